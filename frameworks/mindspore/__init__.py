@@ -1,0 +1,1 @@
+"""The MindSpore implementation (imports neither PyTorch nor ``harness``)."""

@@ -1,0 +1,1 @@
+"""Framework-free source of truth: architecture presets, canonical names, data presets."""

@@ -1,0 +1,1 @@
+"""The PyTorch implementation (imports neither MindSpore nor ``harness``)."""

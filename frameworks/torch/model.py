@@ -1,0 +1,236 @@
+"""I3D Non-local ResNet in PyTorch, built from :class:`frameworks.spec.arch.I3DNLConfig`.
+
+Module paths are the canonical names of the spec, so ``state_dict()`` keys are canonical
+(``num_batches_tracked`` aside). The network is a chain of named stages
+(:meth:`I3DNL.stages`); ``forward_intermediates`` returns each stage's output under its
+canonical layer name, and ``forward_stage`` runs one stage on a given input.
+"""
+from __future__ import annotations
+
+from typing import Dict, Iterable, List, Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from frameworks.spec.arch import BlockSpec, I3DNLConfig, STAGE_NAMES, layer_names
+
+
+def _bn(channels: int, cfg: I3DNLConfig) -> nn.BatchNorm3d:
+    return nn.BatchNorm3d(channels, eps=cfg.bn_eps, momentum=cfg.bn_momentum)
+
+
+def _conv(cin: int, cout: int, kernel, stride=(1, 1, 1), padding=(0, 0, 0), bias=False) -> nn.Conv3d:
+    return nn.Conv3d(cin, cout, kernel_size=tuple(kernel), stride=tuple(stride),
+                     padding=tuple(padding), bias=bias)
+
+
+class Stem(nn.Module):
+    """conv1 (5x7x7 for I3D) -> BN -> ReLU."""
+
+    def __init__(self, cfg: I3DNLConfig):
+        super().__init__()
+        self.conv = _conv(cfg.in_channels, cfg.base_channels, cfg.conv1_kernel,
+                          cfg.conv1_stride, cfg.conv1_padding)
+        self.bn = _bn(cfg.base_channels, cfg)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.relu(self.bn(self.conv(x)))
+
+
+class Downsample(nn.Module):
+    def __init__(self, blk: BlockSpec, cfg: I3DNLConfig):
+        super().__init__()
+        self.conv = _conv(blk.in_channels, blk.out_channels, (1, 1, 1), blk.downsample_stride)
+        self.bn = _bn(blk.out_channels, cfg)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.bn(self.conv(x))
+
+
+class NonLocalBlock(nn.Module):
+    """Non-local block; ``z = x + BN(W_out y)``, ``y = f(theta(x), phi(x)) g(x)``.
+
+    Shapes for input ``x: (N, C, T, H, W)``, ``L = T*H*W``, ``C' = C / reduction`` and
+    ``L'`` the positions left after sub-sampling the phi / g paths::
+
+        theta: (N, L, C')   phi: (N, C', L')   g: (N, L', C')
+        f = theta @ phi: (N, L, L')  ->  /L' (dot product) or softmax (Gaussian forms)
+        y = f @ g: (N, L, C')  ->  (N, C', T, H, W)
+    """
+
+    def __init__(self, channels: int, cfg: I3DNLConfig):
+        super().__init__()
+        nl = cfg.nonlocal_cfg
+        self.mode, self.use_scale = nl.mode, nl.use_scale
+        self.inter = max(channels // nl.reduction, 1)
+        self.pool_before_conv = nl.pool_before_conv
+        self.pool = nn.MaxPool3d(nl.pool_kernel, nl.pool_kernel) if nl.sub_sample else None
+        if self.mode != "gaussian":
+            self.theta = _conv(channels, self.inter, (1, 1, 1), bias=True)
+            self.phi = _conv(channels, self.inter, (1, 1, 1), bias=True)
+        self.g = _conv(channels, self.inter, (1, 1, 1), bias=True)
+        self.out = _conv(self.inter, channels, (1, 1, 1), bias=nl.out_bias)
+        self.bn = _bn(channels, cfg)
+
+    def _subsampled(self, x: torch.Tensor, conv: Optional[nn.Module]) -> torch.Tensor:
+        if self.pool is None:
+            return conv(x) if conv is not None else x
+        if conv is None:
+            return self.pool(x)
+        return conv(self.pool(x)) if self.pool_before_conv else self.pool(conv(x))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n, c = x.shape[:2]
+        if self.mode == "gaussian":
+            theta = x.reshape(n, c, -1).transpose(1, 2)                       # (N, L, C)
+            phi = self._subsampled(x, None).reshape(n, c, -1)                 # (N, C, L')
+        else:
+            theta = self.theta(x).reshape(n, self.inter, -1).transpose(1, 2)  # (N, L, C')
+            phi = self._subsampled(x, self.phi).reshape(n, self.inter, -1)    # (N, C', L')
+        g = self._subsampled(x, self.g).reshape(n, self.inter, -1).transpose(1, 2)  # (N, L', C')
+        affinity = torch.matmul(theta, phi)                                   # (N, L, L')
+        if self.mode == "dot_product":
+            affinity = affinity / affinity.shape[-1]
+        else:
+            if self.use_scale:
+                affinity = affinity / theta.shape[-1] ** 0.5
+            affinity = affinity.softmax(dim=-1)
+        y = torch.matmul(affinity, g)                                         # (N, L, C')
+        y = y.transpose(1, 2).reshape(n, self.inter, *x.shape[2:])
+        return x + self.bn(self.out(y))
+
+
+class Bottleneck(nn.Module):
+    """conv1 (1x1x1 or 3x1x1) -> conv2 (1x3x3) -> conv3 (1x1x1), shortcut, ReLU.
+
+    The optional ``non_local`` block that follows is a stage of its own (see
+    :meth:`I3DNL.stages`), so parity can tell the two apart.
+    """
+
+    def __init__(self, blk: BlockSpec, cfg: I3DNLConfig):
+        super().__init__()
+        self.conv1 = _conv(blk.in_channels, blk.planes, blk.conv1_kernel, blk.conv1_stride, blk.conv1_padding)
+        self.bn1 = _bn(blk.planes, cfg)
+        self.conv2 = _conv(blk.planes, blk.planes, blk.conv2_kernel, blk.conv2_stride, blk.conv2_padding)
+        self.bn2 = _bn(blk.planes, cfg)
+        self.conv3 = _conv(blk.planes, blk.out_channels, (1, 1, 1))
+        self.bn3 = _bn(blk.out_channels, cfg)
+        self.downsample = Downsample(blk, cfg) if blk.downsample_stride is not None else None
+        self.non_local = NonLocalBlock(blk.out_channels, cfg) if blk.non_local else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = F.relu(self.bn1(self.conv1(x)))
+        out = F.relu(self.bn2(self.conv2(out)))
+        out = self.bn3(self.conv3(out))
+        identity = self.downsample(x) if self.downsample is not None else x
+        return F.relu(out + identity)
+
+
+class Head(nn.Module):
+    """Global average pool -> dropout -> fc (mmaction2's I3DHead, mindvideo's dense head),
+    or Caffe2's test head: ``fc`` applied at every position of the pooled map as a 1x1x1
+    conv, softmax over classes per position, then the mean over positions."""
+
+    def __init__(self, cfg: I3DNLConfig):
+        super().__init__()
+        self.kind = cfg.head
+        self.dropout = nn.Dropout(cfg.dropout) if cfg.dropout > 0 else nn.Identity()
+        self.fc = nn.Linear(cfg.feature_channels, cfg.num_classes)
+
+    def pool(self, x: torch.Tensor) -> torch.Tensor:
+        if self.kind == "fc":
+            return x.mean(dim=(2, 3, 4))
+        # Caffe2: average over all frames and a 7x7 window, stride 1 (fully convolutional).
+        return F.avg_pool3d(x, kernel_size=(x.shape[2], 7, 7), stride=1)
+
+    def classify(self, pooled: torch.Tensor) -> torch.Tensor:
+        pooled = self.dropout(pooled)
+        if self.kind == "fc":
+            return self.fc(pooled)
+        scores = torch.einsum("ncthw,kc->nkthw", pooled, self.fc.weight) + self.fc.bias[:, None, None, None]
+        return scores.softmax(dim=1).mean(dim=(2, 3, 4))
+
+    def forward(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        pooled = self.pool(x)
+        return pooled if pre_logits else self.classify(pooled)
+
+
+class I3DNL(nn.Module):
+    """ResNet3D-50/101 with non-local blocks, as configured by ``cfg``."""
+
+    def __init__(self, cfg: I3DNLConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.stem = Stem(cfg)
+        self.pool1 = nn.MaxPool3d(cfg.pool1_kernel, cfg.pool1_stride, cfg.pool1_padding,
+                                  ceil_mode=cfg.pool1_ceil_mode)
+        blocks = cfg.blocks()
+        for stage in STAGE_NAMES:
+            self.add_module(stage, nn.ModuleList(
+                Bottleneck(b, cfg) for b in blocks if b.name.startswith(stage + ".")))
+        self.pool2 = (nn.MaxPool3d(cfg.pool2_kernel, cfg.pool2_kernel)
+                      if cfg.pool2_kernel is not None else None)
+        self.head = Head(cfg)
+        self._stage_table = self._build_stage_table()
+        self.feature_info = [
+            dict(num_chs=cfg.base_channels * 2 ** i * 4, reduction=4 * 2 ** i, module=s)
+            for i, s in enumerate(STAGE_NAMES)]
+
+    # ------------------------------------------------------------------ stages
+    def _build_stage_table(self) -> List[Tuple[str, nn.Module]]:
+        table: List[Tuple[str, nn.Module]] = [("stem", self.stem), ("pool1", self.pool1)]
+        for stage in STAGE_NAMES:
+            for i, block in enumerate(getattr(self, stage)):
+                table.append((f"{stage}.{i}", block))
+                if block.non_local is not None:
+                    table.append((f"{stage}.{i}.non_local", block.non_local))
+                if stage == "res2" and i == len(self.res2) - 1 and self.pool2 is not None:
+                    table.append(("pool2", self.pool2))
+        names = [name for name, _ in table] + ["pool", "logits"]
+        assert names == layer_names(self.cfg), "torch stage order disagrees with the spec"
+        return table
+
+    def stages(self) -> List[Tuple[str, nn.Module]]:
+        """The backbone as ``(canonical layer name, module)`` in execution order."""
+        return list(self._stage_table)
+
+    def forward_stage(self, name: str, x: torch.Tensor) -> torch.Tensor:
+        """Run one canonical layer on its input (the previous layer's output)."""
+        if name == "pool":
+            return self.head.pool(x)
+        if name == "logits":
+            return self.head.classify(x)
+        return dict(self._stage_table)[name](x)
+
+    # ------------------------------------------------------------------ timm-style API
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        for _, module in self._stage_table:
+            x = module(x)
+        return x
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        return self.head(x, pre_logits=pre_logits)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
+
+    def forward_intermediates(self, x: torch.Tensor,
+                              names: Optional[Iterable[str]] = None) -> Dict[str, torch.Tensor]:
+        """Every canonical layer's output (or only ``names``), keyed by canonical name."""
+        wanted = set(names) if names is not None else None
+        out: Dict[str, torch.Tensor] = {}
+        for name, module in self._stage_table:
+            x = module(x)
+            if wanted is None or name in wanted:
+                out[name] = x
+        pooled = self.head.pool(x)
+        logits = self.head.classify(pooled)
+        for name, value in (("pool", pooled), ("logits", logits)):
+            if wanted is None or name in wanted:
+                out[name] = value
+        return out
+
+
+def build_model(cfg: I3DNLConfig) -> I3DNL:
+    return I3DNL(cfg)

@@ -1,0 +1,1 @@
+"""Conversion, parity, evaluation, benchmarks and reports over the two frameworks."""

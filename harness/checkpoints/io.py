@@ -1,0 +1,185 @@
+"""Reading and writing weight files as ``{name: numpy array}``, format found from content.
+
+Formats: PyTorch zip (``.pth``/``.pt``, ``torch.save``), numpy ``.npz``, ``.safetensors``.
+(MindSpore ``.ckpt`` and Caffe2 ``.pkl`` readers register themselves in ``READERS``.)
+The content, not the extension, decides; the extension only breaks ties.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import struct
+import zipfile
+from dataclasses import dataclass, field
+from typing import Callable, Dict, List, Optional, Tuple
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+
+class CheckpointError(ValueError):
+    """A weight file that cannot be read or does not fit: always a one-line reason."""
+
+
+@dataclass
+class RawCheckpoint:
+    """A file's arrays under their own (foreign) names, before any renaming."""
+
+    path: str
+    container: str                    # torch | npz | safetensors | ckpt | pickle
+    arrays: Dict[str, np.ndarray]
+    meta: dict = field(default_factory=dict)
+
+
+def sha256_file(path: str, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(chunk), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+# ----------------------------------------------------------------------- detection
+def sniff_container(path: str) -> str:
+    """Which container a file is, from its first bytes (and a zip's member names)."""
+    if not os.path.isfile(path):
+        raise CheckpointError(f"no such checkpoint file: {path}")
+    if os.path.getsize(path) == 0:
+        raise CheckpointError(f"{path} is empty")
+    with open(path, "rb") as f:
+        head = f.read(16)
+    if head[:4] == b"PK\x03\x04":
+        try:
+            with zipfile.ZipFile(path) as z:
+                names = z.namelist()
+        except zipfile.BadZipFile:
+            raise CheckpointError(f"{path} is a damaged zip archive (truncated download?)") from None
+        if any(n.endswith("data.pkl") for n in names):
+            return "torch"
+        if names and all(n.endswith(".npy") for n in names):
+            return "npz"
+        raise CheckpointError(f"{path} is a zip archive but neither a torch.save file nor an .npz")
+    if len(head) >= 9:
+        (header_len,) = struct.unpack("<Q", head[:8])
+        if 2 <= header_len < 100_000_000 and head[8:9] == b"{":
+            return "safetensors"
+    if head[:1] == b"\x80":
+        return "pickle"
+    for container, probe in _SNIFFERS:
+        if probe(path, head):
+            return container
+    raise CheckpointError(f"{path}: not a weight file this tool reads "
+                          "(torch .pth, .npz, .safetensors, MindSpore .ckpt, Caffe2 .pkl)")
+
+
+# Extra sniffers (e.g. MindSpore's protobuf .ckpt) register here: (name, probe(path, head)).
+_SNIFFERS: List[Tuple[str, Callable[[str, bytes], bool]]] = []
+
+
+# ------------------------------------------------------------------------- readers
+def _torch_to_numpy(obj):
+    import torch
+
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().cpu().numpy()
+    return obj
+
+
+def _read_torch(path: str) -> RawCheckpoint:
+    try:
+        import torch
+    except ImportError:
+        raise CheckpointError(f"{path} is a PyTorch file; install torch to read it") from None
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as first:  # noqa: BLE001 - mmengine checkpoints pickle their own classes
+        log.info("weights_only load failed (%s); retrying with full unpickling", first)
+        try:
+            obj = torch.load(path, map_location="cpu", weights_only=False)
+        except Exception as exc:  # noqa: BLE001
+            raise CheckpointError(f"{path}: unreadable PyTorch file ({type(exc).__name__}: "
+                                  f"{str(exc).splitlines()[0] if str(exc) else ''})") from None
+    meta = {}
+    if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
+        meta = obj.get("meta") or {}
+        obj = obj["state_dict"]
+    if not isinstance(obj, dict):
+        raise CheckpointError(f"{path}: holds a {type(obj).__name__}, not a state dict")
+    arrays = {k: _torch_to_numpy(v) for k, v in obj.items()}
+    if arrays and all(k.startswith("module.") for k in arrays):
+        arrays = {k[len("module."):]: v for k, v in arrays.items()}
+    bad = [k for k, v in arrays.items() if not isinstance(v, np.ndarray)]
+    if bad:
+        raise CheckpointError(f"{path}: entries that are not tensors: {', '.join(bad[:5])}")
+    return RawCheckpoint(path, "torch", arrays, meta if isinstance(meta, dict) else {})
+
+
+def _read_npz(path: str) -> RawCheckpoint:
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            arrays = {k: z[k] for k in z.files}
+    except Exception as exc:  # noqa: BLE001
+        raise CheckpointError(f"{path}: unreadable .npz ({exc})") from None
+    return RawCheckpoint(path, "npz", arrays)
+
+
+def _read_safetensors(path: str) -> RawCheckpoint:
+    try:
+        from safetensors.numpy import load_file
+    except ImportError:
+        raise CheckpointError("reading .safetensors needs the 'safetensors' package") from None
+    try:
+        arrays = load_file(path)
+    except Exception as exc:  # noqa: BLE001
+        raise CheckpointError(f"{path}: unreadable .safetensors ({exc})") from None
+    return RawCheckpoint(path, "safetensors", dict(arrays))
+
+
+READERS: Dict[str, Callable[[str], RawCheckpoint]] = {
+    "torch": _read_torch,
+    "npz": _read_npz,
+    "safetensors": _read_safetensors,
+}
+
+
+def read_raw(path: str) -> RawCheckpoint:
+    container = sniff_container(path)
+    reader = READERS.get(container)
+    if reader is None:
+        raise CheckpointError(f"{path}: {container} files are not supported yet")
+    return reader(path)
+
+
+# ------------------------------------------------------------------------- writers
+def write_npz(path: str, arrays: Dict[str, np.ndarray]) -> None:
+    tmp = path + ".tmp.npz"
+    np.savez(tmp, **arrays)
+    os.replace(tmp, path)
+
+
+def write_torch(path: str, arrays: Dict[str, np.ndarray], meta: Optional[dict] = None) -> None:
+    import torch
+
+    state = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in arrays.items()}
+    tmp = path + ".tmp"
+    torch.save({"state_dict": state, "meta": meta or {}} if meta else state, tmp)
+    os.replace(tmp, path)
+
+
+def write_safetensors(path: str, arrays: Dict[str, np.ndarray], meta: Optional[dict] = None) -> None:
+    from safetensors.numpy import save_file
+
+    tmp = path + ".tmp"
+    save_file({k: np.ascontiguousarray(v) for k, v in arrays.items()}, tmp,
+              metadata={k: json.dumps(v) for k, v in (meta or {}).items()})
+    os.replace(tmp, path)
+
+
+WRITERS: Dict[str, Callable[..., None]] = {
+    "npz": lambda path, arrays, meta=None: write_npz(path, arrays),
+    "torch": write_torch,
+    "safetensors": write_safetensors,
+}

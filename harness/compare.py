@@ -1,0 +1,164 @@
+"""Layer-by-layer comparison of saved outputs; imports no framework.
+
+Tolerance rule (Polygraphy's, made scale-free): an element fails only if its error
+exceeds *both* ``atol * max|reference layer|`` and ``rtol * |reference element|``.
+Scaling ``atol`` by the layer's own magnitude lets one number serve a stem whose values
+are O(1) and logits that are O(10), and makes "1e-5 of the layer's max |value|"
+(how framework noise is usually quoted) the literal meaning of ``--atol 1e-5``.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional, Sequence
+
+import numpy as np
+
+# Defaults: float32 CPU noise between two correct implementations, measured on the real
+# (1,3,32,224,224) network (see README "Tolerances"); per-layer overrides may tighten them.
+DEFAULT_ATOL = 1e-5
+DEFAULT_RTOL = 1e-5
+
+
+@dataclass
+class LayerComparison:
+    name: str
+    shape: List[int]
+    ref_max: float
+    max_abs: float
+    max_rel: float           # max |d| / |ref| over elements with |ref| > 1e-6 max|ref|
+    scaled_max_abs: float    # max |d| / max|ref|
+    mean_abs: float
+    cosine: float
+    within: float            # fraction of elements inside the tolerance
+    min_atol: float          # smallest (scaled) atol that passes at the given rtol
+    atol: float
+    rtol: float
+    passed: bool
+    note: str = ""
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+@dataclass
+class ParityReport:
+    reference: str
+    candidate: str
+    layers: List[LayerComparison]
+    atol: float
+    rtol: float
+    logits: Dict[str, float] = field(default_factory=dict)
+    mode: str = "propagated"
+
+    @property
+    def passed(self) -> bool:
+        return all(layer.passed for layer in self.layers)
+
+    @property
+    def first_failure(self) -> Optional[str]:
+        return next((layer.name for layer in self.layers if not layer.passed), None)
+
+    def to_dict(self) -> dict:
+        return {"reference": self.reference, "candidate": self.candidate, "mode": self.mode,
+                "passed": self.passed, "first_failure": self.first_failure,
+                "tolerance": {"atol": self.atol, "rtol": self.rtol, "atol_scale": "layer max |reference|"},
+                "layers": [layer.to_dict() for layer in self.layers], "logits": self.logits}
+
+
+def compare_arrays(name: str, ref: np.ndarray, got: np.ndarray, atol: float, rtol: float) -> LayerComparison:
+    if ref.shape != got.shape:
+        return LayerComparison(name, list(ref.shape), float("nan"), float("inf"), float("inf"), float("inf"),
+                               float("inf"), float("nan"), 0.0, float("inf"), atol, rtol, False,
+                               note=f"shape {list(got.shape)} != reference {list(ref.shape)}")
+    ref64, got64 = ref.astype(np.float64).ravel(), got.astype(np.float64).ravel()
+    if not (np.all(np.isfinite(ref64)) and np.all(np.isfinite(got64))):
+        bad = "reference" if not np.all(np.isfinite(ref64)) else "candidate"
+        return LayerComparison(name, list(ref.shape), float(np.nanmax(np.abs(ref64))), float("inf"), float("inf"),
+                               float("inf"), float("inf"), float("nan"), 0.0, float("inf"), atol, rtol, False,
+                               note=f"non-finite values in the {bad}")
+    diff = np.abs(got64 - ref64)
+    mag = np.abs(ref64)
+    scale = float(mag.max()) if mag.size else 0.0
+    scale = scale if scale > 0 else 1.0
+    significant = mag > 1e-6 * scale
+    max_rel = float((diff[significant] / mag[significant]).max()) if significant.any() else 0.0
+    fails = (diff > atol * scale) & (diff > rtol * mag)
+    outside_rtol = diff > rtol * mag
+    min_atol = float(diff[outside_rtol].max() / scale) if outside_rtol.any() else 0.0
+    denom = float(np.linalg.norm(ref64) * np.linalg.norm(got64))
+    cosine = float(ref64 @ got64 / denom) if denom > 0 else (1.0 if not diff.any() else 0.0)
+    return LayerComparison(
+        name=name, shape=list(ref.shape), ref_max=float(mag.max()) if mag.size else 0.0,
+        max_abs=float(diff.max()) if diff.size else 0.0, max_rel=max_rel,
+        scaled_max_abs=float(diff.max() / scale) if diff.size else 0.0,
+        mean_abs=float(diff.mean()) if diff.size else 0.0, cosine=cosine,
+        within=float(1.0 - fails.mean()) if fails.size else 1.0, min_atol=min_atol,
+        atol=atol, rtol=rtol, passed=not fails.any())
+
+
+def topk_agreement(ref_logits: np.ndarray, got_logits: np.ndarray, k: int = 5) -> Dict[str, float]:
+    ref2, got2 = ref_logits.reshape(ref_logits.shape[0], -1), got_logits.reshape(got_logits.shape[0], -1)
+    top1 = float(np.mean(ref2.argmax(1) == got2.argmax(1)))
+    k = min(k, ref2.shape[1])
+    ref_k = np.argsort(-ref2, axis=1)[:, :k]
+    got_k = np.argsort(-got2, axis=1)[:, :k]
+    topk = float(np.mean([set(a) == set(b) for a, b in zip(ref_k, got_k)]))
+    return {"top1_agreement": top1, f"top{k}_set_agreement": topk}
+
+
+def compare_outputs(reference: Dict[str, np.ndarray], candidate: Dict[str, np.ndarray], names: Sequence[str],
+                    atol: float = DEFAULT_ATOL, rtol: float = DEFAULT_RTOL,
+                    per_layer_atol: Optional[Dict[str, float]] = None,
+                    reference_name: str = "reference", candidate_name: str = "candidate",
+                    mode: str = "propagated") -> ParityReport:
+    """Compare two dicts of canonical outputs over ``names`` (in that order)."""
+    layers = []
+    for name in names:
+        if name not in reference or name not in candidate:
+            side = reference_name if name not in reference else candidate_name
+            layers.append(LayerComparison(name, [], float("nan"), float("inf"), float("inf"), float("inf"),
+                                          float("inf"), float("nan"), 0.0, float("inf"), atol, rtol, False,
+                                          note=f"missing from {side}"))
+            continue
+        layer_atol = (per_layer_atol or {}).get(name, atol)
+        layers.append(compare_arrays(name, reference[name], candidate[name], layer_atol, rtol))
+    logits = {}
+    if "logits" in reference and "logits" in candidate and reference["logits"].shape == candidate["logits"].shape:
+        logits = topk_agreement(reference["logits"], candidate["logits"])
+        logits.update(max_abs=float(np.abs(reference["logits"].astype(np.float64) - candidate["logits"]).max()))
+    return ParityReport(reference_name, candidate_name, layers, atol, rtol, logits, mode)
+
+
+def _fmt(x: float, width: int = 9) -> str:
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "nan".rjust(width)
+    if isinstance(x, float) and math.isinf(x):
+        return "inf".rjust(width)
+    return f"{x:.2e}".rjust(width)
+
+
+def format_report(report: ParityReport) -> str:
+    """The per-layer table, then the first failing layer and the verdict."""
+    head = (f"{'layer':<18} {'shape':<22} {'max|ref|':>9} {'max abs':>9} {'abs/max':>9} {'max rel':>9} "
+            f"{'mean abs':>9} {'cosine':>10} {'within':>8} {'min atol':>9}  result")
+    lines = [f"{report.candidate} vs {report.reference} ({report.mode}); an element fails if "
+             f"|d| > {report.atol:g}*max|ref| and |d| > {report.rtol:g}*|ref|", head, "-" * len(head)]
+    for layer in report.layers:
+        cos = "nan" if math.isnan(layer.cosine) else f"{layer.cosine:.7f}"
+        lines.append(
+            f"{layer.name:<18} {'x'.join(map(str, layer.shape)):<22} {_fmt(layer.ref_max)} {_fmt(layer.max_abs)} "
+            f"{_fmt(layer.scaled_max_abs)} {_fmt(layer.max_rel)} {_fmt(layer.mean_abs)} {cos:>10} "
+            f"{100 * layer.within:7.3f}% {_fmt(layer.min_atol)}  {'PASS' if layer.passed else 'FAIL'}"
+            + (f"  ({layer.note})" if layer.note else ""))
+    if report.logits:
+        agreement = ", ".join(f"{k} {v:.3g}" for k, v in report.logits.items())
+        lines.append(f"logits: {agreement}")
+    if report.passed:
+        lines.append(f"PASSED: {report.candidate} matches {report.reference} at every one of {len(report.layers)} layers")
+    else:
+        n_fail = sum(not layer.passed for layer in report.layers)
+        lines.append(f"FAILED: {n_fail} of {len(report.layers)} layers out of tolerance; "
+                     f"first failing layer: {report.first_failure}")
+    return "\n".join(lines)

@@ -1,0 +1,217 @@
+"""Layer-by-layer output parity of the I3D-NL network across frameworks.
+
+Each framework runs in a process of its own and writes every canonical intermediate to
+``<framework>.npz``; the comparison reads those files and imports no framework, so
+saved outputs can be compared again later, or on another machine (``--load-outputs``).
+
+Examples::
+
+    python -m harness.parity --frameworks torch --reference mmaction2 --input-shape 1,3,8,64,64
+    python -m harness.parity --frameworks torch,ms --checkpoint i3d_nl.pth --json parity.json
+    python -m harness.parity --frameworks torch,ms --mode isolated      # each layer's own error
+    python -m harness.parity --load-outputs out/ --frameworks torch,ms  # compare saved outputs
+
+Without ``--checkpoint`` the weights are seeded random ones whose BN statistics are
+calibrated on the very clip compared (so five non-local blocks stay finite and each
+still changes its input). Exit status: 0 all layers pass, 1 a layer is out of
+tolerance, 2 bad input (one line on stderr).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import subprocess
+import sys
+import tempfile
+from typing import Dict, List, Optional
+
+import numpy as np
+
+from frameworks.spec.arch import DEFAULT_PRESET, PRESETS, get_preset, layer_names
+from harness.compare import DEFAULT_ATOL, DEFAULT_RTOL, ParityReport, compare_outputs, format_report
+
+log = logging.getLogger("harness.parity")
+
+
+class InputError(Exception):
+    """Bad input: reported as one line, exit status 2."""
+
+
+def _shape(text: str):
+    try:
+        shape = tuple(int(x) for x in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a comma-separated shape: {text!r}") from None
+    if len(shape) != 5 or min(shape) < 1:
+        raise argparse.ArgumentTypeError("input shape must be N,C,T,H,W with positive sizes")
+    return shape
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m harness.parity", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--arch", default=DEFAULT_PRESET, choices=list(PRESETS), metavar="PRESET",
+                   help=f"architecture preset (default {DEFAULT_PRESET}; one of: {', '.join(PRESETS)})")
+    p.add_argument("--depth", type=int, choices=[50, 101], help="override the preset's depth")
+    p.add_argument("--num-classes", type=int, help="override the preset's number of classes")
+    p.add_argument("--checkpoint", help="weights to load in every framework (any format harness.convert reads); "
+                                        "default: seeded random weights")
+    p.add_argument("--frameworks", default="torch,ms",
+                   help="comma-separated: torch/pt, mindspore/ms (default torch,ms); the first is the "
+                        "reference unless --reference is given")
+    p.add_argument("--reference", help="a reference implementation to compare every framework against "
+                                       "(mmaction2, or one of the frameworks)")
+    p.add_argument("--input-shape", type=_shape, default=(1, 3, 32, 224, 224), metavar="N,C,T,H,W",
+                   help="shape of the seeded random clip (default 1,3,32,224,224)")
+    p.add_argument("--input", help="a float32 clip (N,C,T,H,W) saved with numpy.save, instead of a random one")
+    p.add_argument("--seed", type=int, default=0, help="seed for the random clip and weights (default 0)")
+    p.add_argument("--atol", type=float, default=DEFAULT_ATOL,
+                   help=f"absolute tolerance as a fraction of each layer's max |reference| (default {DEFAULT_ATOL:g})")
+    p.add_argument("--rtol", type=float, default=DEFAULT_RTOL,
+                   help=f"relative tolerance per element (default {DEFAULT_RTOL:g}); an element fails only "
+                        "if it exceeds both")
+    p.add_argument("--mode", choices=["propagated", "isolated"], default="propagated",
+                   help="propagated: each framework runs end to end; isolated: every layer of a candidate "
+                        "runs on the reference's input to that layer, showing each layer's own error")
+    p.add_argument("--device", choices=["cpu", "gpu"], default="cpu")
+    p.add_argument("--ms-mode", choices=["graph", "pynative"], default="graph", help="MindSpore execution mode")
+    p.add_argument("--json", metavar="OUT", help="write the comparison as JSON")
+    p.add_argument("--save-outputs", metavar="DIR", help="keep <framework>.npz (every intermediate, logits, input)")
+    p.add_argument("--load-outputs", metavar="DIR", help="compare outputs saved earlier; run nothing")
+    p.add_argument("-v", "--verbose", action="store_true")
+    return p
+
+
+def _run_worker(framework: str, cfg_path: str, input_path: str, out_path: Optional[str], args,
+                weights: Optional[str] = None, init_seed: Optional[int] = None,
+                save_weights: Optional[str] = None, isolated_from: Optional[str] = None) -> dict:
+    cmd = [sys.executable, "-m", "harness.worker", "--framework", framework, "--config", cfg_path,
+           "--input", input_path, "--device", args.device, "--ms-mode", args.ms_mode]
+    meta_path = (out_path or save_weights) + ".meta.json"
+    cmd += ["--meta", meta_path]
+    if out_path:
+        cmd += ["--out", out_path]
+    if weights:
+        cmd += ["--weights", weights]
+    if init_seed is not None:
+        cmd += ["--init-seed", str(init_seed), "--save-weights", save_weights]
+    if isolated_from:
+        cmd += ["--isolated-from", isolated_from]
+    proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    if proc.returncode != 0:
+        lines = [ln for ln in proc.stderr.strip().splitlines() if ln.strip()]
+        raise InputError(lines[-1].removeprefix("error: ") if lines else f"{framework} worker failed")
+    with open(meta_path) as f:
+        meta = json.load(f)
+    os.remove(meta_path)
+    return meta
+
+
+def _load_npz(path: str) -> Dict[str, np.ndarray]:
+    try:
+        with np.load(path) as z:
+            return {k: z[k] for k in z.files}
+    except (OSError, ValueError) as exc:
+        raise InputError(f"cannot read saved outputs {path}: {exc}") from None
+
+
+def _read_clip(path: str) -> np.ndarray:
+    try:
+        clip = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as exc:
+        raise InputError(f"cannot read --input {path}: {exc}") from None
+    if clip.ndim != 5 or not np.issubdtype(clip.dtype, np.floating):
+        raise InputError(f"--input must be a float (N,C,T,H,W) array; got {clip.dtype} {clip.shape}")
+    return clip.astype(np.float32)
+
+
+def run(args) -> List[ParityReport]:
+    from harness.backends import canonical_framework
+
+    try:
+        frameworks = [canonical_framework(f) for f in args.frameworks.split(",") if f]
+        reference = canonical_framework(args.reference) if args.reference else None
+    except ValueError as exc:
+        raise InputError(str(exc)) from None
+    if reference is None:
+        if len(frameworks) < 2:
+            raise InputError("give two frameworks, or one framework and --reference")
+        reference, frameworks = frameworks[0], frameworks[1:]
+    frameworks = [f for f in frameworks if f != reference]
+    if not frameworks:
+        raise InputError("nothing to compare: every framework is the reference")
+    overrides = {k: v for k, v in (("depth", args.depth), ("num_classes", args.num_classes)) if v is not None}
+    cfg = get_preset(args.arch, **overrides)
+    names = layer_names(cfg)
+
+    if args.load_outputs:
+        outputs = {fw: _load_npz(os.path.join(args.load_outputs, f"{fw}.npz")) for fw in [reference] + frameworks}
+    else:
+        outputs = _run_frameworks(cfg, reference, frameworks, args)
+    return [compare_outputs(outputs[reference], outputs[fw], names, atol=args.atol, rtol=args.rtol,
+                            reference_name=reference, candidate_name=fw, mode=args.mode)
+            for fw in frameworks]
+
+
+def _run_frameworks(cfg, reference: str, frameworks: List[str], args) -> Dict[str, Dict[str, np.ndarray]]:
+    from harness.checkpoints import CheckpointError, load_weights
+    from harness.checkpoints.io import write_npz
+
+    with tempfile.TemporaryDirectory(prefix="nlparity-") as tmp:
+        out_dir = args.save_outputs or tmp
+        os.makedirs(out_dir, exist_ok=True)
+        cfg_path = os.path.join(tmp, "config.json")
+        with open(cfg_path, "w") as f:
+            json.dump(cfg.to_dict(), f)
+        clip = _read_clip(args.input) if args.input else \
+            np.random.default_rng(args.seed).standard_normal(args.input_shape).astype(np.float32)
+        if clip.shape[1] != cfg.in_channels:
+            raise InputError(f"the clip has {clip.shape[1]} channels; arch {cfg.name} takes {cfg.in_channels}")
+        input_path = os.path.join(tmp, "input.npy")
+        np.save(input_path, clip)
+        weights_path = os.path.join(tmp, "weights.npz")
+        if args.checkpoint:
+            try:
+                loaded = load_weights(args.checkpoint, cfg)
+            except CheckpointError as exc:
+                raise InputError(str(exc)) from None
+            log.info("weights: %s", loaded.describe())
+            write_npz(weights_path, loaded.arrays)
+        else:
+            log.info("weights: seeded random (seed %d), BN statistics calibrated on the input clip", args.seed)
+            _run_worker("torch", cfg_path, input_path, None, args, init_seed=args.seed, save_weights=weights_path)
+        outputs = {}
+        for fw in [reference] + frameworks:
+            log.info("running %s on %s", fw, "x".join(map(str, clip.shape)))
+            out_path = os.path.join(out_dir, f"{fw}.npz")
+            isolated = os.path.join(out_dir, f"{reference}.npz") if (args.mode == "isolated" and fw != reference) else None
+            _run_worker(fw, cfg_path, input_path, out_path, args, weights=weights_path, isolated_from=isolated)
+            outputs[fw] = _load_npz(out_path)
+        return outputs
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(name)s: %(message)s", stream=sys.stderr)
+    try:
+        reports = run(args)
+    except (InputError, KeyError) as exc:
+        print(f"error: {str(exc).strip(chr(34)).strip(chr(39))}", file=sys.stderr)
+        return 2
+    for report in reports:
+        print(format_report(report))
+        print()
+    if args.json:
+        doc = reports[0].to_dict() if len(reports) == 1 else {
+            "passed": all(r.passed for r in reports), "comparisons": [r.to_dict() for r in reports]}
+        doc.update(arch=args.arch, seed=args.seed, checkpoint=args.checkpoint)
+        with open(args.json, "w") as f:
+            json.dump(doc, f, indent=2)
+    return 0 if all(r.passed for r in reports) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
