@@ -235,14 +235,17 @@ PRESETS: Dict[str, I3DNLConfig] = {
     "c2d_r50": I3DNLConfig(
         name="c2d_r50", conv1_kernel=(1, 7, 7), non_local=_NO_NL,
         inflate=((0, 0, 0), (0, 0, 0, 0), (0, 0, 0, 0, 0, 0), (0, 0, 0))),
-    # facebookresearch/video-nonlocal-net, i3d_nonlocal_32x2_IN_pretrain_400k.pkl
+    # facebookresearch/video-nonlocal-net resnet_video_org.py (arc 2), run_i3d_nlnet_400k_32f.sh:
+    # pool1 2x3x3 stride 2 unpadded (Caffe2 floors: 112 -> 55), embedded Gaussian scaled by
+    # 1/sqrt(C'), max-pool before phi and g, biased out conv; pred applied per position.
     "i3d_nl_caffe2_r50": I3DNLConfig(
         name="i3d_nl_caffe2_r50",
-        pool1_stride=(1, 2, 2), pool1_padding=(0, 0, 0), pool1_ceil_mode=False,
+        pool1_kernel=(2, 3, 3), pool1_stride=(2, 2, 2), pool1_padding=(0, 0, 0),
         nonlocal_cfg=NonLocalConfig(mode="embedded_gaussian", use_scale=True,
                                     pool_before_conv=True, out_bias=True),
-        stride_on="conv1", head="conv_softmax_avg"),
-    # ZJUT-ERCISS/zjut_mindvideo mindvideo/models/nonlocal3d.py (the seed)
+        bn_eps=1.0000001e-5, head="conv_softmax_avg"),
+    # ZJUT-ERCISS/zjut_mindvideo mindvideo/models/nonlocal3d.py (the seed): mmaction2's graph
+    # but no temporal stride in the stem, so a 32-frame clip reaches res5 as 16x7x7.
     "i3d_nl_mindvideo_r50": I3DNLConfig(
         name="i3d_nl_mindvideo_r50", conv1_stride=(1, 2, 2), pool1_stride=(1, 2, 2)),
 }
@@ -344,7 +347,10 @@ def layer_shapes(cfg: I3DNLConfig, input_shape: Tuple[int, int, int, int, int]) 
         if blk.name == f"res2.{cfg.stage_blocks[0] - 1}" and cfg.pool2_kernel is not None:
             thw = [_conv_out(x, k, k, 0) for x, k in zip(thw, cfg.pool2_kernel)]
             shapes["pool2"] = (n, blk.out_channels, *thw)
-    shapes["pool"] = (n, cfg.feature_channels)
+    if cfg.head == "fc":
+        shapes["pool"] = (n, cfg.feature_channels)
+    else:  # Caffe2: average over all frames and a 7x7 window (smaller maps: all of it), stride 1
+        shapes["pool"] = (n, cfg.feature_channels, 1, thw[1] - min(7, thw[1]) + 1, thw[2] - min(7, thw[2]) + 1)
     shapes["logits"] = (n, cfg.num_classes)
     return {name: shapes[name] for name in layer_names(cfg)}
 

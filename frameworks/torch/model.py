@@ -141,8 +141,10 @@ class Head(nn.Module):
     def pool(self, x: torch.Tensor) -> torch.Tensor:
         if self.kind == "fc":
             return x.mean(dim=(2, 3, 4))
-        # Caffe2: average over all frames and a 7x7 window, stride 1 (fully convolutional).
-        return F.avg_pool3d(x, kernel_size=(x.shape[2], 7, 7), stride=1)
+        # Caffe2: average over all frames and a 7x7 window, stride 1 (fully convolutional:
+        # a 256 crop gives a 2x2 map); maps smaller than 7x7 (test shapes) are pooled whole.
+        t, h, w = x.shape[2:]
+        return F.avg_pool3d(x, kernel_size=(t, min(7, h), min(7, w)), stride=1)
 
     def classify(self, pooled: torch.Tensor) -> torch.Tensor:
         pooled = self.dropout(pooled)

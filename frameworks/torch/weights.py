@@ -6,7 +6,7 @@ missing, unexpected and mis-shaped key before touching the model.
 """
 from __future__ import annotations
 
-from typing import Dict
+from typing import Callable, Dict, Optional
 
 import numpy as np
 import torch
@@ -36,7 +36,8 @@ def load_canonical(model: nn.Module, arrays: Dict[str, np.ndarray], cfg: I3DNLCo
 
 
 @torch.no_grad()
-def calibrate_batchnorm(model: nn.Module, clip: torch.Tensor, seed: int) -> None:
+def calibrate_batchnorm(model: nn.Module, clip: torch.Tensor, seed: int,
+                        forward: Optional[Callable[[torch.Tensor], torch.Tensor]] = None) -> None:
     """Give every BatchNorm random affine parameters and running statistics taken from its
     own input on ``clip``, then perturb them a little.
 
@@ -45,7 +46,8 @@ def calibrate_batchnorm(model: nn.Module, clip: torch.Tensor, seed: int) -> None
     that will be compared keep activations O(1-10), while the random affine parameters and
     the perturbation (mean + 0.1 std noise, variance x U[0.8, 1.2]) keep every layer,
     including the non-local output BN, doing real work. Works on any ``nn.Module`` (ours
-    or mmaction2's), which is what lets both be randomised the same way.
+    or mmaction2's, whose inference path is passed as ``forward``), which is what lets
+    both be randomised the same way.
     """
     gen = torch.Generator().manual_seed(seed)
     bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
@@ -66,7 +68,7 @@ def calibrate_batchnorm(model: nn.Module, clip: torch.Tensor, seed: int) -> None
     was_training = model.training
     try:
         model.eval()
-        model(clip)
+        (forward or model)(clip)
     finally:
         for h in handles:
             h.remove()

@@ -1,0 +1,93 @@
+"""The framework-free spec: presets, canonical names and shapes, strict checking."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from frameworks.spec.arch import (PRESETS, I3DNLConfig, WeightMismatchError, arch_hash, check_weights,
+                                  get_preset, layer_names, layer_shapes, parameter_count, parameter_specs)
+
+REAL = (1, 3, 32, 224, 224)
+
+
+def test_default_preset_is_mmaction2_i3d_nl_dot_product():
+    cfg = get_preset("i3d_nl_dot_product_r50")
+    assert cfg.nonlocal_cfg.mode == "dot_product" and cfg.nonlocal_cfg.sub_sample
+    assert cfg.inflate == ((1, 1, 1), (1, 0, 1, 0), (1, 0, 1, 0, 1, 0), (0, 1, 0))
+    assert cfg.non_local == ((0, 0, 0), (0, 1, 0, 1), (0, 1, 0, 1, 0, 1), (0, 0, 0))
+    # Hand count: 5 non-local blocks, 16 bottlenecks, 4 shortcut projections.
+    names = layer_names(cfg)
+    assert len(names) == 2 + 16 + 5 + 1 + 2
+    assert [n for n in names if n.endswith("non_local")] == [
+        "res3.1.non_local", "res3.3.non_local", "res4.1.non_local", "res4.3.non_local", "res4.5.non_local"]
+    assert names[:6] == ["stem", "pool1", "res2.0", "res2.1", "res2.2", "pool2"]
+    assert names[-2:] == ["pool", "logits"]
+
+
+@pytest.mark.parametrize("preset,res5", [
+    ("i3d_nl_dot_product_r50", (4, 7, 7)), ("i3d_nl_caffe2_r50", (4, 7, 7)),
+    ("i3d_nl_mindvideo_r50", (16, 7, 7)), ("c2d_r50", (4, 7, 7))])
+def test_res5_shape_of_a_32_frame_clip(preset, res5):
+    shapes = layer_shapes(get_preset(preset), REAL)
+    assert shapes["res5.2"] == (1, 2048, *res5)
+
+
+def test_caffe2_stem_floors_to_55_and_tests_fully_convolutionally():
+    cfg = get_preset("i3d_nl_caffe2_r50")
+    assert layer_shapes(cfg, REAL)["pool1"] == (1, 64, 8, 55, 55)
+    shapes = layer_shapes(cfg, (1, 3, 32, 256, 256))
+    assert shapes["res5.2"] == (1, 2048, 4, 8, 8) and shapes["pool"] == (1, 2048, 1, 2, 2)
+    # theta/phi/g/out all biased, out conv too
+    specs = parameter_specs(cfg)
+    assert specs["res3.1.non_local.out.bias"] == (512,)
+
+
+def test_parameter_names_and_shapes_of_the_default_preset():
+    specs = parameter_specs(get_preset("i3d_nl_dot_product_r50"))
+    assert specs["stem.conv.weight"] == (64, 3, 5, 7, 7)
+    assert specs["res2.0.conv1.weight"] == (64, 64, 3, 1, 1)
+    assert specs["res3.1.conv1.weight"] == (128, 512, 1, 1, 1)
+    assert specs["res3.0.downsample.conv.weight"] == (512, 256, 1, 1, 1)
+    assert specs["res4.1.non_local.theta.weight"] == (512, 1024, 1, 1, 1)
+    assert "res4.1.non_local.out.bias" not in specs
+    assert specs["head.fc.weight"] == (400, 2048)
+    assert parameter_count(get_preset("i3d_nl_dot_product_r50")) == 35_397_840
+
+
+def test_gaussian_has_no_theta_phi_and_depth_101_extends_the_patterns():
+    assert not any(".theta." in k for k in parameter_specs(get_preset("i3d_nl_gaussian_r50")))
+    r101 = get_preset("i3d_nl_dot_product_r50", depth=101)
+    assert r101.stage_blocks == (3, 4, 23, 3)
+    assert r101.non_local[2][:6] == (0, 1, 0, 1, 0, 1) and len(r101.non_local[2]) == 23
+    assert "res4.22.conv3.weight" in parameter_specs(r101)
+
+
+def test_configs_roundtrip_json_and_hash_tells_presets_apart():
+    hashes = set()
+    for cfg in PRESETS.values():
+        assert I3DNLConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
+        hashes.add(arch_hash(cfg))
+    assert len(hashes) == len(PRESETS)
+
+
+def test_bad_configs_and_unknown_presets_are_refused():
+    with pytest.raises(KeyError, match="unknown arch preset"):
+        get_preset("resnet18")
+    with pytest.raises(ValueError, match="depth"):
+        I3DNLConfig(depth=34)
+    with pytest.raises(ValueError, match="non_local"):
+        I3DNLConfig(non_local=((0, 0, 0),) * 4)
+
+
+def test_check_weights_names_every_offending_key():
+    cfg = get_preset("i3d_nl_dot_product_r50")
+    shapes = dict(parameter_specs(cfg))
+    del shapes["res3.1.non_local.g.bias"]
+    shapes["res4.22.conv1.weight"] = (256, 1024, 1, 1, 1)
+    shapes["head.fc.weight"] = (101, 2048)
+    with pytest.raises(WeightMismatchError) as err:
+        check_weights(cfg, shapes)
+    message = str(err.value)
+    assert "res3.1.non_local.g.bias" in message and "res4.22.conv1.weight" in message
+    assert "head.fc.weight (101, 2048) != (400, 2048)" in message
