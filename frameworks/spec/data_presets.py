@@ -1,0 +1,332 @@
+"""Named data presets: every choice between a video file and a model input, as data.
+
+A :class:`DataPreset` says which frames form each clip (:mod:`.clips`), how they are
+resized and cropped (:mod:`.transforms`), how values are scaled and normalised, how the
+classes are numbered (:mod:`.labels`) and how the scores of a video's clips are combined.
+Every result records the preset's name and :func:`data_preset_hash`; the spec hash of a
+run combines this preset's :meth:`DataPreset.to_dict` with the architecture's.
+
+Presets (sources are each project's own code and configs):
+
+``mmaction2_val``
+    ``i3d_imagenet-pretrained-r50-nl-dot-product_8xb8-32x2x1-100e_kinetics400-rgb.py``
+    ``val_pipeline``: 1 clip of 32 frames, interval 2, centred; decord; short edge 256
+    (bilinear); centre crop 224; ``ActionDataPreprocessor`` mean/std on 0-255 RGB.
+``mmaction2_test_10x3``
+    the same config's ``test_pipeline``: 10 clips x ``ThreeCrop(256)``, scores averaged
+    as softmax probabilities (``average_clips='prob'``).
+``seed_eval``
+    the seed's ``nonlocal.yaml`` ``data_loader.eval``, verbatim: ``seq=32``,
+    ``seq_mode='interval'``, ``frame_interval=6``, one clip at a random offset;
+    ``VideoShortEdgeResize(256, 'bicubic')``, ``VideoCenterCrop([256, 256])`` (offsets
+    rounded half-to-even), ``VideoRescale`` (x/255), ``VideoNormalize`` with
+    ``std=[0.229, 0.224, 0.255]`` (0.255 is a typo for ImageNet's 0.225, kept because the
+    seed's numbers were measured with it); classes numbered by first appearance in the
+    train CSV. The random offset is drawn from a generator seeded by ``offset_seed`` and
+    the video's id, so a run is repeatable.
+``caffe2_test_10x3``
+    video-nonlocal-net's test: clip ``k`` of 10 starts at ``floor(k * N / 10)``; short edge
+    256 with a truncated size (``ScaleTransform``), bilinear; three 256 crops at 0, 1/2 and
+    1 of the long side (left, centre, right); ``(x - 114.75) * (1 / 57.375)`` on 0-255 RGB;
+    softmax per clip, then averaged.
+
+Layout of the clips of one video: ``(V, C, T, H, W)`` float32 with ``V = crops x clips``,
+crop-major (all clips of the first crop, then the second ...), as mmaction2's
+``FormatShape('NCTHW')`` orders them and as Caffe2's test LMDB enumerates them.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import random
+import warnings
+from dataclasses import dataclass
+from typing import Dict, Optional, Tuple
+
+import numpy as np
+
+from . import clips as _clips
+from . import transforms as _tf
+
+log = logging.getLogger(__name__)
+
+CROPS = ("center", "three")
+CLIP_COMBINES = ("prob", "score")
+
+
+@dataclass(frozen=True)
+class DataPreset:
+    """Everything that turns decoded RGB frames into a model input, and scores into a verdict."""
+
+    name: str
+    source: str
+    # temporal
+    sampler: str  # one of clips.SAMPLERS
+    clip_len: int
+    frame_interval: int
+    num_clips: int
+    # spatial
+    short_edge: int
+    interpolation: str
+    size_rounding: str
+    crop: str  # "center" | "three"
+    crop_size: int
+    crop_rounding: str = "floor"  # center crop only
+    three_crop_order: str = "mmaction2"  # three crop only
+    # values
+    value_scale: float = 1.0  # applied before mean / std (the seed rescales to [0, 1])
+    mean: Tuple[float, float, float] = (123.675, 116.28, 103.53)
+    std: Tuple[float, float, float] = (58.395, 57.12, 57.375)
+    normalize_op: str = "divide"
+    channel_order: str = "RGB"
+    layout: str = "NCTHW"
+    # scores and labels
+    clip_combine: str = "prob"  # "prob": softmax then mean over views; "score": mean of logits
+    label_order: str = "alphabetical"  # or "train_csv" (first appearance, the seed)
+    offset_seed: Optional[int] = None  # seed_interval sampler only
+    decoder: str = "decord"
+    known_quirks: Tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        checks = {
+            "sampler": (self.sampler, _clips.SAMPLERS),
+            "interpolation": (self.interpolation, tuple(_tf.INTERPOLATIONS)),
+            "size_rounding": (self.size_rounding, _tf.SIZE_ROUNDINGS),
+            "crop": (self.crop, CROPS),
+            "crop_rounding": (self.crop_rounding, _tf.CROP_ROUNDINGS),
+            "three_crop_order": (self.three_crop_order, _tf.THREE_CROP_ORDERS),
+            "normalize_op": (self.normalize_op, _tf.NORMALIZE_OPS),
+            "clip_combine": (self.clip_combine, CLIP_COMBINES),
+        }
+        for field_name, (value, allowed) in checks.items():
+            if value not in allowed:
+                raise ValueError(f"{self.name}: {field_name}={value!r} not in {allowed}")
+        if self.layout != "NCTHW" or self.channel_order != "RGB":
+            raise ValueError(f"{self.name}: only RGB NCTHW is produced")
+        if self.sampler == "seed_interval" and self.offset_seed is None:
+            raise ValueError(f"{self.name}: the seed_interval sampler needs an offset_seed")
+
+    # ------------------------------------------------------------------ identity
+    def replace(self, **changes) -> "DataPreset":
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["protocol"] = self.protocol
+        return d
+
+    @property
+    def num_crops(self) -> int:
+        return 3 if self.crop == "three" else 1
+
+    @property
+    def views_per_video(self) -> int:
+        return self.num_crops * self.num_clips
+
+    @property
+    def protocol(self) -> str:
+        """``clips x crops`` as papers write it: ``1x1``, ``10x3``."""
+        return f"{self.num_clips}x{self.num_crops}"
+
+    @property
+    def clip_span(self) -> int:
+        return _clips.clip_span(self.clip_len, self.frame_interval)
+
+    def input_shape(self, batch: int = 1) -> Tuple[int, int, int, int, int]:
+        """Shape of the model input for ``batch`` videos: ``(batch * V, 3, T, crop, crop)``."""
+        return (batch * self.views_per_video, 3, self.clip_len, self.crop_size, self.crop_size)
+
+    # ------------------------------------------------------------------ temporal
+    def is_short(self, num_frames: int) -> bool:
+        """The video is shorter than one clip, so its clips loop (counted, still used)."""
+        return _clips.is_short(num_frames, self.clip_len, self.frame_interval)
+
+    def frame_indices(self, num_frames: int, video_key: str = "") -> np.ndarray:
+        """``(num_clips, clip_len)`` int64 frame indices; ``video_key`` seeds random offsets."""
+        if self.sampler == "mmaction2":
+            return _clips.sample_clip_indices(
+                num_frames, self.clip_len, self.frame_interval, self.num_clips, test_mode=True
+            )
+        if self.sampler == "seed_interval":
+            rng = random.Random(_clips.video_seed(self.offset_seed, video_key))
+            return _clips.seed_interval_indices(
+                num_frames, self.clip_len, self.frame_interval, self.num_clips, rng=rng
+            )
+        return _clips.caffe2_test_indices(num_frames, self.clip_len, self.frame_interval, self.num_clips)
+
+    # ------------------------------------------------------------------ spatial
+    def resize(self, frames: np.ndarray) -> np.ndarray:
+        return _tf.resize_short_edge(frames, self.short_edge, self.interpolation, self.size_rounding)
+
+    def crop_views(self, frames: np.ndarray) -> np.ndarray:
+        """Resized ``(num_clips, T, H, W, 3)`` -> ``(V, T, crop, crop, 3)``, crop-major."""
+        if self.crop == "center":
+            return _tf.center_crop(frames, self.crop_size, self.crop_rounding)
+        crops = _tf.three_crop(frames, self.crop_size, self.three_crop_order)  # (3, clips, T, h, w, 3)
+        return crops.reshape((-1,) + crops.shape[2:])
+
+    def views_uint8(self, frames: np.ndarray) -> np.ndarray:
+        """Decoded frames of the sampled indices, ``(num_clips, T, H, W, 3)`` or flat
+        ``(num_clips * T, H, W, 3)`` uint8 RGB -> ``(V, T, crop, crop, 3)`` uint8."""
+        frames = np.asarray(frames)
+        if frames.ndim == 4 and frames.shape[0] == self.num_clips * self.clip_len:
+            frames = frames.reshape((self.num_clips, self.clip_len) + frames.shape[1:])
+        if frames.ndim != 5 or frames.shape[:2] != (self.num_clips, self.clip_len) or frames.shape[-1] != 3:
+            raise ValueError(
+                f"{self.name}: expected ({self.num_clips}, {self.clip_len}, H, W, 3) frames, got {frames.shape}"
+            )
+        return self.crop_views(self.resize(frames))
+
+    # ------------------------------------------------------------------ values
+    def normalize(self, views: np.ndarray) -> np.ndarray:
+        """uint8 ``(V, T, h, w, 3)`` -> float32 ``(V, 3, T, h, w)``."""
+        scale = None if self.value_scale == 1.0 else self.value_scale
+        x = _tf.normalize(views, self.mean, self.std, value_scale=scale, op=self.normalize_op)
+        return _tf.to_ncthw(x)
+
+    def make_clips(self, frames: np.ndarray) -> np.ndarray:
+        """Decoded frames -> the model input for one video, float32 ``(V, 3, T, h, w)``."""
+        return self.normalize(self.views_uint8(frames))
+
+    # ------------------------------------------------------------------ scores
+    def combine(self, logits: np.ndarray) -> np.ndarray:
+        """Per-view logits ``(V, classes)`` -> one score vector per video, as the preset's
+        codebase combines them (``prob``: softmax, then mean; ``score``: mean of logits)."""
+        x = np.asarray(logits, dtype=np.float64)
+        if self.clip_combine == "prob":
+            x = x - x.max(axis=-1, keepdims=True)
+            e = np.exp(x)
+            x = e / e.sum(axis=-1, keepdims=True)
+        return x.mean(axis=0)
+
+
+# Published and config-documented values; see the module docstring for each source.
+_MMACTION2_MEAN = (123.675, 116.28, 103.53)
+_MMACTION2_STD = (58.395, 57.12, 57.375)
+SEED_STD_TYPO = "std[2] = 0.255 in the seed's nonlocal.yaml is a typo for ImageNet's 0.225; kept verbatim"
+
+PRESETS: Dict[str, DataPreset] = {
+    p.name: p
+    for p in (
+        DataPreset(
+            name="mmaction2_val",
+            source="mmaction2 1.1.0 configs/recognition/i3d/"
+            "i3d_imagenet-pretrained-r50-nl-dot-product_8xb8-32x2x1-100e_kinetics400-rgb.py val_pipeline",
+            sampler="mmaction2",
+            clip_len=32,
+            frame_interval=2,
+            num_clips=1,
+            short_edge=256,
+            interpolation="bilinear",
+            size_rounding="round",
+            crop="center",
+            crop_size=224,
+            crop_rounding="floor",
+            mean=_MMACTION2_MEAN,
+            std=_MMACTION2_STD,
+            clip_combine="prob",
+            label_order="alphabetical",
+        ),
+        DataPreset(
+            name="mmaction2_test_10x3",
+            source="mmaction2 1.1.0 configs/recognition/i3d/"
+            "i3d_imagenet-pretrained-r50-nl-dot-product_8xb8-32x2x1-100e_kinetics400-rgb.py test_pipeline",
+            sampler="mmaction2",
+            clip_len=32,
+            frame_interval=2,
+            num_clips=10,
+            short_edge=256,
+            interpolation="bilinear",
+            size_rounding="round",
+            crop="three",
+            crop_size=256,
+            three_crop_order="mmaction2",
+            mean=_MMACTION2_MEAN,
+            std=_MMACTION2_STD,
+            clip_combine="prob",
+            label_order="alphabetical",
+        ),
+        DataPreset(
+            name="seed_eval",
+            source="ZJUT-ERCISS/zjut_mindvideo mindvideo/config/nonlocal/nonlocal.yaml data_loader.eval "
+            "(Kinetic400, seq_mode=interval; DatasetGenerator.__sampler__)",
+            sampler="seed_interval",
+            clip_len=32,
+            frame_interval=6,
+            num_clips=1,
+            short_edge=256,
+            interpolation="bicubic",
+            size_rounding="round",
+            crop="center",
+            crop_size=256,
+            crop_rounding="half_even",
+            value_scale=1 / 255.0,
+            mean=(0.485, 0.456, 0.406),
+            std=(0.229, 0.224, 0.255),
+            clip_combine="score",
+            label_order="train_csv",
+            offset_seed=0,
+            known_quirks=(
+                SEED_STD_TYPO,
+                "clip offset is random in the seed (global `random`); here seeded by offset_seed and video id",
+                "class ids in order of first appearance in kinetics-400_train.csv",
+            ),
+        ),
+        DataPreset(
+            name="caffe2_test_10x3",
+            source="facebookresearch/video-nonlocal-net caffe2_customized_ops/video/customized_video_io.cc "
+            "(DecodeClipFromVideoFileFlex, ScaleTransform, ClipTransformFlex), lib/core/config.py, "
+            "process_data/kinetics/create_video_lmdb_test_multicrop.py",
+            sampler="caffe2_uniform",
+            clip_len=32,
+            frame_interval=2,
+            num_clips=10,
+            short_edge=256,
+            interpolation="bilinear",
+            size_rounding="floor",
+            crop="three",
+            crop_size=256,
+            three_crop_order="caffe2",
+            mean=(114.75, 114.75, 114.75),
+            std=(57.375, 57.375, 57.375),
+            normalize_op="multiply_inverse",
+            clip_combine="prob",
+            label_order="alphabetical",
+        ),
+    )
+}
+DEFAULT_DATA_PRESET = "mmaction2_val"
+
+
+def get_data_preset(name: str, **overrides) -> DataPreset:
+    """The named preset, optionally with fields changed (``offset_seed=3``, ``decoder='pyav'``).
+
+    ``seed_eval`` emits a ``UserWarning`` about its std typo each time it is requested,
+    so that no result built on it goes out without the caveat.
+    """
+    try:
+        preset = PRESETS[name]
+    except KeyError:
+        raise KeyError(f"unknown data preset {name!r}; choose from {', '.join(PRESETS)}") from None
+    if overrides:
+        preset = preset.replace(**overrides)
+    if SEED_STD_TYPO in preset.known_quirks:
+        warnings.warn(f"data preset {name!r}: {SEED_STD_TYPO}", UserWarning, stacklevel=2)
+        log.warning("data preset %s: %s", name, SEED_STD_TYPO)
+    return preset
+
+
+def data_preset_to_dict(preset: DataPreset) -> dict:
+    return preset.to_dict()
+
+
+def canonical_json(obj) -> str:
+    """The JSON every spec hash is taken over: sorted keys, no whitespace, tuples as lists."""
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), default=list)
+
+
+def data_preset_hash(preset: DataPreset) -> str:
+    """A short, stable digest of everything that defines the data pipeline."""
+    return hashlib.sha256(canonical_json(preset.to_dict()).encode("utf-8")).hexdigest()[:16]
