@@ -9,6 +9,8 @@ foreign key must be the image of exactly one canonical name.
 from __future__ import annotations
 
 import re
+
+import numpy as np
 from typing import Callable, Dict, Iterable, Mapping, Optional, Sequence, Tuple, TypeVar
 
 from frameworks.spec.arch import I3DNLConfig, WeightMismatchError, parameter_specs
@@ -39,8 +41,8 @@ class RenameTable:
 
     def to_canonical(self, foreign: Mapping[str, V], cfg: I3DNLConfig, context: str = "",
                      transform: Optional[Callable[[str, V], V]] = None) -> Dict[str, V]:
-        """Rename ``foreign`` to canonical names; strict about keys (shapes are the
-        caller's to check, after any ``transform(canonical_name, value)``)."""
+        """Rename ``foreign`` to canonical names, applying ``transform(canonical_name, value)``
+        where layouts differ; strict about keys and shapes, naming foreign keys in errors."""
         table = self.mapping(cfg)
         kept = {k: v for k, v in foreign.items() if not self.is_ignored(k)}
         missing = [f for f in table if f not in kept]
@@ -50,7 +52,17 @@ class RenameTable:
         out = {}
         for f, c in table.items():
             out[c] = transform(c, kept[f]) if transform else kept[f]
+        expected = parameter_specs(cfg)
+        misshaped = [f"{f} {tuple(np.shape(out[c]))} != {expected[c]}" for f, c in table.items()
+                     if tuple(np.shape(out[c])) != expected[c]]
+        if misshaped:
+            raise WeightMismatchError((), (), misshaped, context)
         return out
 
     def from_canonical(self, canonical: Mapping[str, V]) -> Dict[str, V]:
         return {self.foreign_name(c): v for c, v in canonical.items()}
+
+
+# BatchNorm field names per framework, keyed by the canonical (PyTorch) field.
+MINDSPORE_BN_FIELDS = {"weight": "gamma", "bias": "beta",
+                       "running_mean": "moving_mean", "running_var": "moving_variance"}

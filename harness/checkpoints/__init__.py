@@ -12,8 +12,8 @@ from typing import Callable, Dict, Iterable, List, Tuple
 import numpy as np
 
 from frameworks.spec.arch import I3DNLConfig, WeightMismatchError, check_weights, parameter_specs
-from harness.checkpoints import mmaction2
-from harness.checkpoints.io import CheckpointError, RawCheckpoint, read_raw, sha256_file
+from harness.checkpoints import caffe2, mindvideo, mmaction2
+from harness.checkpoints.io import READERS, WRITERS, CheckpointError, RawCheckpoint, read_raw, sha256_file
 
 __all__ = ["CheckpointError", "LoadedWeights", "load_weights", "to_canonical", "SCHEMES"]
 
@@ -32,7 +32,12 @@ SCHEMES: Dict[str, Tuple[Callable[[Iterable[str]], bool],
                          Callable[[Dict[str, np.ndarray], I3DNLConfig], Dict[str, np.ndarray]]]] = {
     "canonical": (_looks_canonical, _canonical),
     "mmaction2": (mmaction2.looks_like_mmaction2, mmaction2.to_canonical),
+    "caffe2": (caffe2.looks_like_caffe2, caffe2.to_canonical),
+    "mindvideo": (mindvideo.looks_like_mindvideo, mindvideo.to_canonical),
 }
+
+READERS["pickle"] = caffe2.read_pickle
+WRITERS["pickle"] = caffe2.write_pickle
 
 
 @dataclass
@@ -66,8 +71,12 @@ def to_canonical(arrays: Dict[str, np.ndarray], cfg: I3DNLConfig, scheme: str = 
 
 
 def load_weights(path: str, cfg: I3DNLConfig, scheme: str = "auto") -> LoadedWeights:
-    """Read ``path`` and return canonical arrays for ``cfg``; any problem is a
-    :class:`CheckpointError` with a one-line reason."""
+    """Read ``path`` (a file, or a registry name already fetched into the cache) and return
+    canonical arrays for ``cfg``; any problem is a :class:`CheckpointError` with a one-line
+    reason."""
+    from harness.checkpoints.registry import resolve
+
+    path = resolve(path)
     raw: RawCheckpoint = read_raw(path)
     try:
         found = detect_scheme(raw.arrays) if scheme == "auto" else scheme

@@ -1,0 +1,95 @@
+"""python -m harness.checkpoints list | fetch NAME | verify PATH [--name NAME]
+
+list     the public checkpoints the registry knows, with their published accuracy
+fetch    download one into the cache (progress bar) and verify its hash
+verify   check a file you already have: its sha256 against the registry (by --name, else by
+         file name or digest), then that it loads strictly onto the entry's arch preset
+
+Exit status: 0 ok, 1 a hash or structure check failed, 2 bad input (one line).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from typing import List, Optional
+
+from frameworks.spec.arch import get_preset
+from harness.checkpoints import load_weights
+from harness.checkpoints.io import CheckpointError, sha256_file
+from harness.checkpoints.registry import cached_path, fetch, load_registry
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m harness.checkpoints", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="command", required=True)
+    sub.add_parser("list", help="list registry entries")
+    f = sub.add_parser("fetch", help="download NAME into the cache and verify it")
+    f.add_argument("name")
+    v = sub.add_parser("verify", help="check the hash and structure of a file you have")
+    v.add_argument("path")
+    v.add_argument("--name", help="registry entry to check against (default: match by file name or digest)")
+    v.add_argument("--hash-only", action="store_true", help="skip loading the weights onto the arch")
+    return p
+
+
+def _list() -> int:
+    registry = load_registry()
+    print(f"{'name':<40} {'format':<10} {'arch':<30} {'top1':>6} {'top5':>6}  cached")
+    for e in registry.values():
+        cached = "yes" if os.path.isfile(cached_path(e)) else "-"
+        print(f"{e.name:<40} {e.format:<10} {e.arch:<30} {e.published.get('top1', float('nan')):6.2f} "
+              f"{e.published.get('top5', float('nan')):6.2f}  {cached}")
+    return 0
+
+
+def _verify(path: str, name: Optional[str], hash_only: bool) -> int:
+    if not os.path.isfile(path):
+        raise CheckpointError(f"no such file: {path}")
+    registry = load_registry()
+    digest = sha256_file(path)
+    if name:
+        if name not in registry:
+            raise CheckpointError(f"unknown registry name {name!r}; see: python -m harness.checkpoints list")
+        entry = registry[name]
+    else:
+        by_name = [e for e in registry.values() if e.filename == os.path.basename(path)]
+        by_hash = [e for e in registry.values() if e.check_digest(digest)]
+        candidates = by_name or by_hash
+        if not candidates:
+            print(f"sha256 {digest}: matches no registry entry by file name or digest")
+            return 1
+        entry = candidates[0]
+    verdict = entry.check_digest(digest)
+    print(f"{path}: sha256 {digest}")
+    if verdict is False:
+        print(f"FAILED: {entry.name} expects {entry.sha256 or entry.sha256_prefix + '...'}")
+        return 1
+    print(f"hash: {'matches ' + entry.name if verdict else 'not pinned by ' + entry.name + ' (recorded above)'}")
+    if not hash_only:
+        loaded = load_weights(path, get_preset(entry.arch))
+        print(f"structure: {len(loaded.arrays)} tensors load strictly onto {entry.arch} ({loaded.scheme} names)")
+    print("OK")
+    return 0
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "list":
+            return _list()
+        if args.command == "fetch":
+            registry = load_registry()
+            if args.name not in registry:
+                raise CheckpointError(f"unknown registry name {args.name!r}; see: python -m harness.checkpoints list")
+            print(fetch(registry[args.name]))
+            return 0
+        return _verify(args.path, args.name, args.hash_only)
+    except CheckpointError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

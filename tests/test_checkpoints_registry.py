@@ -1,0 +1,113 @@
+"""The public-checkpoint registry: entries, fetch into the cache, verify a file you have."""
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+import pytest
+import torch
+
+from frameworks.spec.arch import get_preset, parameter_specs
+from harness.checkpoints import load_weights
+from harness.checkpoints.io import CheckpointError
+from harness.checkpoints.mmaction2 import from_canonical
+from harness.checkpoints.registry import fetch, load_registry
+
+
+def test_the_registry_has_the_three_framework_rows_with_published_numbers():
+    registry = load_registry()
+    rows = {e.framework_row for e in registry.values()}
+    assert rows == {"caffe", "pytorch", "mindspore"}
+    by_name = {name: e for name, e in registry.items()}
+    assert by_name["i3d_nl_dot_product_r50_mmaction2_v0"].published["top1"] == 73.92
+    assert by_name["i3d_nl_dot_product_r50_mmaction2"].sha256_prefix == "8e1f2148"
+    assert by_name["i3d_nl_dot_product_r50_caffe2"].arch == "i3d_nl_caffe2_r50"
+    assert by_name["i3d_nl_dot_product_r50_mindvideo"].published["val_videos"] == "19877"
+    for entry in registry.values():
+        get_preset(entry.arch)  # every entry names a real preset
+        assert entry.url.startswith("https://") and entry.filename
+
+
+@pytest.fixture()
+def small_mmaction2_file(tmp_path):
+    cfg = get_preset("i3d_r50")
+    rng = np.random.default_rng(0)
+    state = {k: torch.from_numpy(rng.standard_normal(v).astype(np.float32))
+             for k, v in from_canonical(parameter_specs(cfg), cfg).items()}
+    path = tmp_path / "i3d_r50.pth"
+    torch.save({"state_dict": state, "meta": {}}, path)
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    registry = tmp_path / "registry.toml"
+    registry.write_text(f'''
+[test_i3d_r50]
+origin = "a test"
+url = "{path.as_uri()}"
+filename = "i3d_r50_{digest[:8]}.pth"
+sha256 = "{digest}"
+format = "mmaction2"
+framework_row = "pytorch"
+arch = "i3d_r50"
+data_preset = "mmaction2_val"
+published = {{ top1 = 1.0, top5 = 2.0, protocol = "none", val_videos = "0" }}
+
+[test_prefix]
+origin = "a test"
+url = "http://127.0.0.1:9/unreachable.pth"
+filename = "unreachable.pth"
+sha256_prefix = "{digest[:8]}"
+format = "mmaction2"
+framework_row = "pytorch"
+arch = "i3d_r50"
+data_preset = "mmaction2_val"
+''')
+    return path, registry, digest
+
+
+def test_verify_accepts_the_file_and_rejects_a_one_byte_change(cli, small_mmaction2_file, tmp_path):
+    path, registry, digest = small_mmaction2_file
+    env = {"NLPARITY_REGISTRY": str(registry)}
+    ok = cli("harness.checkpoints", "verify", path, "--name", "test_i3d_r50", env=env)
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    assert digest in ok.stdout and "load strictly onto i3d_r50" in ok.stdout
+    prefix_ok = cli("harness.checkpoints", "verify", path, "--name", "test_prefix", "--hash-only", env=env)
+    assert prefix_ok.returncode == 0
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    changed = tmp_path / "changed.pth"
+    changed.write_bytes(bytes(data))
+    for name in ("test_i3d_r50", "test_prefix"):
+        bad = cli("harness.checkpoints", "verify", changed, "--name", name, "--hash-only", env=env)
+        assert bad.returncode == 1 and "FAILED" in bad.stdout
+
+
+def test_fetch_downloads_verifies_and_resolves_by_name(small_mmaction2_file, tmp_path, monkeypatch):
+    path, registry, digest = small_mmaction2_file
+    monkeypatch.setenv("NLPARITY_REGISTRY", str(registry))
+    monkeypatch.setenv("NLPARITY_CACHE", str(tmp_path / "cache"))
+    entry = load_registry()["test_i3d_r50"]
+    fetched = fetch(entry, progress=False)
+    assert hashlib.sha256(open(fetched, "rb").read()).hexdigest() == digest
+    loaded = load_weights("test_i3d_r50", get_preset("i3d_r50"))  # a registry name, from the cache
+    assert loaded.sha256 == digest and loaded.scheme == "mmaction2"
+
+
+def test_fetch_refuses_a_wrong_hash_and_reports_no_network_in_one_line(small_mmaction2_file, tmp_path,
+                                                                       monkeypatch, cli):
+    path, registry, _ = small_mmaction2_file
+    monkeypatch.setenv("NLPARITY_CACHE", str(tmp_path / "cache"))
+    bad_registry = tmp_path / "bad.toml"
+    bad_registry.write_text(registry.read_text().replace('sha256 = "', 'sha256 = "0'))
+    monkeypatch.setenv("NLPARITY_REGISTRY", str(bad_registry))
+    with pytest.raises(CheckpointError, match="discarded"):
+        fetch(load_registry()["test_i3d_r50"], progress=False)
+    proc = cli("harness.checkpoints", "fetch", "test_prefix",
+               env={"NLPARITY_REGISTRY": str(registry), "NLPARITY_CACHE": str(tmp_path / "cache")})
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "cannot download test_prefix" in proc.stderr
+    missing = cli("harness.checkpoints", "fetch", "no_such_entry")
+    assert missing.returncode == 2 and "unknown registry name" in missing.stderr
+
+
+def test_unfetched_registry_name_says_how_to_fetch(tmp_path, monkeypatch):
+    monkeypatch.setenv("NLPARITY_CACHE", str(tmp_path / "empty"))
+    with pytest.raises(CheckpointError, match="python -m harness.checkpoints fetch i3d_nl_dot_product_r50_mmaction2"):
+        load_weights("i3d_nl_dot_product_r50_mmaction2", get_preset("i3d_nl_dot_product_r50"))
