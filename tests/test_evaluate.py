@@ -1,0 +1,137 @@
+"""`python -m harness.evaluate`: a real dataset made by make_dataset, faults planted,
+interrupted by SIGKILL and resumed, sharded by torchrun and merged, compared across
+frameworks. Test-sized inputs (8 frames, 64 px) through the real network."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from harness.evaluate import read_scores
+from tests.conftest import ROOT, run_cli
+
+SMALL = ["--data-override", "clip_len=8", "--data-override", "short_edge=72", "--data-override", "crop_size=64"]
+PLANTED = {"missing_file": 1, "empty_file": 1, "truncated": 1, "not_a_video": 1, "short_video": 1,
+           "unknown_label": 1, "bad_row": 1}
+# Identity and accuracy fields; timings and dates differ between runs by nature.
+STABLE = ("framework", "arch", "data_preset", "checkpoint_sha256", "n_index", "n_videos", "n_missing",
+          "top1", "top5", "mean_class_accuracy", "faults", "spec_hash", "protocol")
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    root = tmp_path_factory.mktemp("k400")
+    proc = run_cli("harness.make_dataset", root, "--classes", "8", "--videos-per-class", "1",
+                   "--val-videos-per-class", "4", "--seconds", "2", "--size", "128x96", "--faults", "--no-progress")
+    assert proc.returncode == 0, proc.stderr
+    return root
+
+
+@pytest.fixture(scope="module")
+def torch_run(dataset, tmp_path_factory):
+    out = tmp_path_factory.mktemp("torch") / "torch.json"
+    proc = run_cli("harness.evaluate", "--framework", "pt", "--data-root", dataset, *SMALL, "--out", out,
+                   "--chunk-videos", "4", "-q")
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(out.read_text()), out
+
+
+def test_summary_has_the_contract_fields_and_counts_every_planted_fault(torch_run):
+    summary, out = torch_run
+    for key in ("framework", "checkpoint_sha256", "arch", "data_preset", "protocol", "n_videos", "n_missing",
+                "top1", "top5", "mean_class_accuracy", "clips_per_s", "model_clips_per_s", "hardware",
+                "versions", "spec_hash", "data_wait_share"):
+        assert key in summary, key
+    assert summary["framework"] == "torch" and summary["protocol"] == "1x1"
+    assert summary["checkpoint"].startswith("random (seed 0")
+    assert summary["faults"]["counts"] == {**{k: 0 for k in summary["faults"]["counts"]}, **PLANTED}
+    listed = {f["kind"]: f["id"] for f in summary["faults"]["list"]}
+    assert set(listed) == set(PLANTED)
+    # 8 classes x 4 val videos + planted faulty rows; the short video is scored (it loops)
+    saved = read_scores(str(out)[:-5] + ".scores")
+    assert summary["n_videos"] == len(saved["video_ids"]) == 33
+    assert summary["n_missing"] == 6
+    assert listed["short_video"] in saved["video_ids"]
+    assert saved["scores"].shape == (33, 400)
+    np.testing.assert_allclose(saved["scores"].sum(axis=1), 1.0, rtol=1e-5)  # 'prob': softmax, then mean
+
+
+def test_resume_after_sigkill_equals_an_uninterrupted_run(dataset, torch_run, tmp_path):
+    reference, ref_out = torch_run
+    out = tmp_path / "killed.json"
+    cmd = [sys.executable, "-m", "harness.evaluate", "--framework", "torch", "--data-root", str(dataset), *SMALL,
+           "--out", str(out), "--chunk-videos", "2", "--workers", "0", "-q"]
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    scores_dir = tmp_path / "killed.scores"
+    deadline = time.time() + 120
+    while time.time() < deadline and len(list(scores_dir.glob("chunk-*.npz"))) < 3:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    n_before = len(list(scores_dir.glob("chunk-*.npz")))
+    assert 3 <= n_before < 17, "the kill must land mid-run"
+    assert not out.exists()
+
+    again = run_cli("harness.evaluate", "--framework", "torch", "--data-root", dataset, *SMALL, "--out", out,
+                    "--chunk-videos", "2", "--workers", "0", "-q")
+    assert again.returncode == 2 and "--resume" in again.stderr  # never silently mixes two runs
+    resumed = run_cli("harness.evaluate", "--framework", "torch", "--data-root", dataset, *SMALL, "--out", out,
+                      "--chunk-videos", "2", "--workers", "0", "-q", "--resume")
+    assert resumed.returncode == 0, resumed.stderr
+    summary = json.loads(out.read_text())
+    assert summary["resumed"] is True
+    for key in STABLE:
+        assert summary[key] == reference[key], key
+    a, b = read_scores(str(ref_out)[:-5] + ".scores"), read_scores(str(scores_dir))
+    assert a["video_ids"] == b["video_ids"]
+    np.testing.assert_array_equal(a["scores"], b["scores"])
+
+
+def test_torchrun_two_shards_merge_into_the_single_process_run(dataset, torch_run, tmp_path):
+    reference, ref_out = torch_run
+    out = tmp_path / "dist.json"
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                           "--master_port", "29613", "-m", "harness.evaluate", "--framework", "torch",
+                           "--data-root", str(dataset), *SMALL, "--out", str(out), "--workers", "1", "-q"],
+                          cwd=ROOT, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    shards = sorted(tmp_path.glob("dist.shard*of2.json"))
+    assert [s.name for s in shards] == ["dist.shard0of2.json", "dist.shard1of2.json"]
+    merged_out = tmp_path / "merged.json"
+    merged = run_cli("harness.evaluate", "--merge", *shards, "--out", merged_out)
+    assert merged.returncode == 0, merged.stderr
+    summary = json.loads(merged_out.read_text())
+    for key in STABLE:
+        assert summary[key] == reference[key], key
+    a, b = read_scores(str(ref_out)[:-5] + ".scores"), read_scores(str(tmp_path / "merged.scores"))
+    assert a["video_ids"] == b["video_ids"]
+    np.testing.assert_array_equal(a["scores"], b["scores"])
+    # a shard missing is refused
+    partial = run_cli("harness.evaluate", "--merge", shards[0], "--out", tmp_path / "partial.json")
+    assert partial.returncode == 2 and "do not cover" in partial.stderr
+
+
+@pytest.mark.parametrize("argv,needle", [
+    (["--framework", "torch", "--data-root", "/no/such/root"], "/no/such/root"),
+    (["--framework", "tf", "--data-root", "."], "unknown framework 'tf'"),
+    (["--framework", "torch", "--data-root", ".", "--data-override", "crop=7"], "crop"),
+])
+def test_bad_input_is_one_line_exit_2(argv, needle):
+    proc = run_cli("harness.evaluate", *argv)
+    assert proc.returncode == 2, proc.stderr
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and needle in lines[0] and "Traceback" not in proc.stderr
+
+
+def test_annotations_of_the_wrong_format_exit_2(dataset, tmp_path):
+    bad = tmp_path / "bad.csv"
+    bad.write_text("this is not,a kinetics csv\n1,2\n")
+    proc = run_cli("harness.evaluate", "--framework", "torch", "--data-root", dataset, "--annotations", bad)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert len([ln for ln in proc.stderr.splitlines() if ln.strip()]) == 1
