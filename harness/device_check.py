@@ -1,0 +1,89 @@
+"""PyTorch on a GPU against PyTorch on the CPU, layer by layer, then forward throughput.
+
+    python -m harness.device_check --out results/gpu_torch.json
+
+The one script a GPU session runs: the same seeded, BN-calibrated weights and clip on
+both devices (TF32 off, so a 1e-3 error cannot hide), the per-layer parity table, then
+clips/s on the GPU for several batch sizes (warm-up apart, device synchronised) and on
+the CPU for batch 1, all in one JSON with provenance. Exit 0 parity passed, 1 failed,
+2 no GPU or bad input.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import json
+import os
+import sys
+from typing import List, Optional
+
+import numpy as np
+
+from frameworks.spec.arch import DEFAULT_PRESET, PRESETS, arch_hash, get_preset, layer_names, parameter_count
+from harness.compare import compare_outputs, format_report
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m harness.device_check", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--arch", default=DEFAULT_PRESET, choices=list(PRESETS), metavar="PRESET")
+    p.add_argument("--frames", type=int, default=32)
+    p.add_argument("--size", type=int, default=224)
+    p.add_argument("--batch-sizes", default="1,4,8,16")
+    p.add_argument("--iters", type=int, default=20)
+    p.add_argument("--warmup", type=int, default=5)
+    p.add_argument("--atol", type=float, default=1e-4, help="scaled atol for GPU vs CPU (cuDNN reorders sums)")
+    p.add_argument("--out", default="results/device_check.json")
+    args = p.parse_args(argv)
+
+    from harness.backends import BackendError, TorchRunner
+
+    cfg = get_preset(args.arch)
+    clip = np.random.default_rng(0).standard_normal((1, 3, args.frames, args.size, args.size)).astype(np.float32)
+    try:
+        gpu = TorchRunner(device="gpu")
+    except BackendError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    cpu = TorchRunner(device="cpu")
+    weights = cpu.random_weights(cfg, clip, seed=0)
+    for runner in (cpu, gpu):
+        runner.build(cfg)
+        runner.load(weights)
+    ref, got = cpu.forward_intermediates(clip), gpu.forward_intermediates(clip)
+    report = compare_outputs(ref, got, layer_names(cfg), atol=args.atol, rtol=args.atol,
+                             reference_name="torch-cpu", candidate_name="torch-gpu")
+    print(format_report(report))
+
+    rows = []
+    for batch in [int(b) for b in args.batch_sizes.split(",")]:
+        x = np.random.default_rng(batch).standard_normal((batch,) + clip.shape[1:]).astype(np.float32)
+        try:
+            times = gpu.time_forward(x, warmup=args.warmup, iters=args.iters)
+        except RuntimeError as exc:  # out of memory at a large batch: record and stop growing
+            rows.append({"batch_size": batch, "error": str(exc).splitlines()[0]})
+            break
+        median = float(np.median(times))
+        rows.append({"batch_size": batch, "step_s_median": median, "step_s_min": float(min(times)),
+                     "clips_per_s": batch / median, "ms_per_clip": 1000 * median / batch})
+        print(f"torch gpu batch {batch:>3}: {1000 * median / batch:7.2f} ms/clip  {batch / median:8.2f} clips/s")
+    cpu_times = cpu.time_forward(clip, warmup=1, iters=3)
+    cpu_row = {"batch_size": 1, "step_s_median": float(np.median(cpu_times)),
+               "clips_per_s": 1 / float(np.median(cpu_times))}
+    print(f"torch cpu batch   1: {1000 * cpu_row['step_s_median']:7.2f} ms/clip")
+    import torch
+
+    doc = {"benchmark": "device_check", "arch": cfg.name, "arch_hash": arch_hash(cfg),
+           "parameters": parameter_count(cfg), "input_shape": list(clip.shape),
+           "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+           "versions": gpu.versions(), "hardware": gpu.hardware(),
+           "cuda": torch.version.cuda, "cudnn": torch.backends.cudnn.version(), "tf32": False,
+           "parity": report.to_dict(), "gpu": rows, "cpu": cpu_row}
+    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+    with open(args.out, "w") as f:
+        json.dump(doc, f, indent=2)
+    return 0 if report.passed else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
