@@ -1,0 +1,383 @@
+"""The Kinetics-400 index: which videos a split holds, where they are, and their labels.
+
+Two annotation formats are read:
+
+* the seed's layout (mindvideo ``Kinetic400``; also the CVDF mirror's)::
+
+      <root>/kinetics-400_<split>.csv     label,youtube_id,time_start,time_end,split
+      <root>/<split>/<youtube_id>_<time_start:06d>_<time_end:06d>.mp4
+
+  (``.mkv`` and ``.webm`` are accepted where no ``.mp4`` exists, as YouTube downloads
+  often are), and
+* mmaction2's list files, one ``<path> <label>`` per line, paths relative to a data
+  prefix (``data/kinetics400/kinetics400_val_list_videos.txt``).
+
+Faults are data. A row that names a missing or zero-byte file, an unknown label, or
+has too few columns (or non-numeric times) is skipped and recorded as a :class:`Fault`
+with its kind and reason; so is a duplicate row. Only a dataset root or an annotation
+file that cannot be read at all raises :class:`DatasetError` (a command maps it to exit
+2 with one line). Files that exist but do not decode are found later, by the loader.
+"""
+from __future__ import annotations
+
+import csv
+import logging
+import os
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, Iterable, List, Optional, Sequence
+
+from frameworks.spec.labels import LABEL_ORDERS, LabelMap, canonical_label
+
+log = logging.getLogger(__name__)
+
+VIDEO_EXTENSIONS = (".mp4", ".mkv", ".webm")
+REQUIRED_COLUMNS = ("youtube_id", "time_start", "time_end")
+
+# Fault kinds, in the order reports list them. ``short_video`` is a note, not a skip:
+# mmaction2, the seed and Caffe2 all loop a video shorter than a clip, so it is used.
+FAULT_KINDS = (
+    "missing_file",
+    "empty_file",
+    "truncated",
+    "not_a_video",
+    "decode_error",
+    "unknown_label",
+    "bad_row",
+    "duplicate_row",
+    "worker_crash",
+    "timeout",
+    "short_video",
+)
+NOT_SKIPPED = ("short_video",)
+
+
+class DatasetError(Exception):
+    """The dataset root or its annotation file cannot be read: nothing to evaluate."""
+
+
+@dataclass(frozen=True)
+class VideoRecord:
+    """One labelled video. ``label`` is the class id under the index's label map."""
+
+    video_id: str
+    path: str
+    label: int
+    label_name: str = ""
+    line: int = 0  # 1-based line in the annotation file
+
+
+@dataclass(frozen=True)
+class Fault:
+    video_id: str
+    kind: str
+    reason: str
+    skipped: bool = True
+
+    def to_dict(self) -> dict:
+        return {"id": self.video_id, "kind": self.kind, "reason": self.reason, "skipped": self.skipped}
+
+
+@dataclass
+class FaultLog:
+    """Every fault of a run, in the order found; counts by kind."""
+
+    faults: List[Fault] = field(default_factory=list)
+
+    def add(self, video_id: str, kind: str, reason: str, skipped: Optional[bool] = None) -> Fault:
+        """Record a fault; ``skipped`` defaults to True except for ``short_video``."""
+        if kind not in FAULT_KINDS:
+            raise ValueError(f"unknown fault kind {kind!r}")
+        fault = Fault(video_id, kind, reason, skipped=(kind not in NOT_SKIPPED) if skipped is None else skipped)
+        self.faults.append(fault)
+        log.debug("fault %s %s: %s", kind, video_id, reason)
+        return fault
+
+    def extend(self, faults: Iterable[Fault]) -> None:
+        self.faults.extend(faults)
+
+    def counts(self) -> Dict[str, int]:
+        """``{kind: n}`` for every kind in :data:`FAULT_KINDS` (zeros included)."""
+        c = Counter(f.kind for f in self.faults)
+        return {kind: c.get(kind, 0) for kind in FAULT_KINDS}
+
+    @property
+    def n_skipped(self) -> int:
+        return sum(1 for f in self.faults if f.skipped)
+
+    def ids(self, kind: str) -> List[str]:
+        return [f.video_id for f in self.faults if f.kind == kind]
+
+    def to_dict(self) -> dict:
+        return {
+            "counts": self.counts(),
+            "n_skipped": self.n_skipped,
+            "faults": [f.to_dict() for f in self.faults],
+        }
+
+    def summary(self) -> str:
+        nonzero = {k: v for k, v in self.counts().items() if v}
+        return ", ".join(f"{k}={v}" for k, v in nonzero.items()) or "none"
+
+
+@dataclass
+class DatasetIndex:
+    """The usable videos of one split, plus the faults found while indexing."""
+
+    records: List[VideoRecord]
+    label_map: LabelMap
+    faults: FaultLog
+    split: str = ""
+    root: str = ""
+    annotation: str = ""
+    source: str = ""  # "kinetics_csv" | "mmaction2_list"
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __iter__(self):
+        return iter(self.records)
+
+    def limit(self, n: Optional[int]) -> "DatasetIndex":
+        """The first ``n`` records (all if ``n`` is None); faults are kept."""
+        if n is None:
+            return self
+        return DatasetIndex(self.records[:n], self.label_map, self.faults, self.split, self.root,
+                            self.annotation, self.source)
+
+    def to_dict(self) -> dict:
+        return {
+            "source": self.source,
+            "root": self.root,
+            "split": self.split,
+            "annotation": self.annotation,
+            "n_videos": len(self.records),
+            "label_order": self.label_map.order,
+            "num_classes": len(self.label_map),
+            "faults": self.faults.to_dict(),
+        }
+
+
+# ---------------------------------------------------------------------------- helpers
+def _check_root(root: Path) -> None:
+    if not root.exists():
+        raise DatasetError(f"dataset root {root} does not exist")
+    if not root.is_dir():
+        raise DatasetError(f"dataset root {root} is not a directory")
+    if not os.access(root, os.R_OK | os.X_OK):
+        raise DatasetError(f"dataset root {root} is not readable")
+
+
+def _read_text(path: Path, what: str) -> str:
+    try:
+        return path.read_text(encoding="utf-8-sig")
+    except FileNotFoundError:
+        raise DatasetError(f"{what} {path} does not exist") from None
+    except IsADirectoryError:
+        raise DatasetError(f"{what} {path} is a directory") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DatasetError(f"{what} {path} cannot be read: {exc}") from None
+
+
+def _resolve_video(directory: Path, stem: str) -> Optional[Path]:
+    for ext in VIDEO_EXTENSIONS:
+        candidate = directory / (stem + ext)
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def _check_file(path: Optional[Path], video_id: str, expected: Path, faults: FaultLog) -> bool:
+    if path is None:
+        faults.add(video_id, "missing_file", f"no file {expected}")
+        return False
+    try:
+        size = path.stat().st_size
+    except OSError as exc:
+        faults.add(video_id, "missing_file", f"cannot stat {path}: {exc}")
+        return False
+    if size == 0:
+        faults.add(video_id, "empty_file", f"{path} has zero bytes")
+        return False
+    return True
+
+
+def _parse_time(text: str) -> int:
+    value = float(text)
+    if value < 0 or value != int(value):
+        raise ValueError(text)
+    return int(value)
+
+
+def kinetics_video_id(youtube_id: str, time_start, time_end) -> str:
+    """``<youtube_id>_<start:06d>_<end:06d>``, the seed's file stem."""
+    return f"{youtube_id}_{int(time_start):06d}_{int(time_end):06d}"
+
+
+def _csv_rows(path: Path):
+    text = _read_text(path, "annotation file")
+    lines = text.splitlines()
+    if not lines:
+        raise DatasetError(f"annotation file {path} is empty")
+    reader = csv.reader(lines)
+    header = [h.strip() for h in next(reader)]
+    missing = [c for c in REQUIRED_COLUMNS if c not in header]
+    if missing:
+        raise DatasetError(f"annotation file {path} lacks columns {missing} (header: {','.join(header)})")
+    return header, reader
+
+
+def read_label_order(root, order: str = "alphabetical") -> LabelMap:
+    """The label map of a dataset: Kinetics-400 alphabetical, or the seed's first
+    appearance in ``<root>/kinetics-400_train.csv``."""
+    if order == "alphabetical":
+        return LabelMap.k400()
+    if order != "train_csv":
+        raise ValueError(f"unknown label order {order!r}; choose from {LABEL_ORDERS}")
+    train_csv = Path(root) / "kinetics-400_train.csv"
+    header, reader = _csv_rows(train_csv)
+    if "label" not in header:
+        raise DatasetError(f"{train_csv} has no label column, so it cannot define the class order")
+    col = header.index("label")
+    return LabelMap.from_first_appearance(row[col] for row in reader if len(row) > col and row[col].strip())
+
+
+# ---------------------------------------------------------------------------- readers
+def read_kinetics_csv(
+    root,
+    split: str = "val",
+    *,
+    label_order: str = "alphabetical",
+    label_map: Optional[LabelMap] = None,
+    annotation=None,
+    video_dir=None,
+) -> DatasetIndex:
+    """Index ``<root>/kinetics-400_<split>.csv`` and ``<root>/<split>/``.
+
+    ``label_order`` picks the class numbering (``alphabetical``: mmaction2 / Caffe2;
+    ``train_csv``: the seed's first appearance in the train CSV) unless ``label_map`` is
+    given. A CSV without a ``label`` column (Kinetics' unlabelled test split) yields
+    records with ``label = -1``.
+    """
+    root = Path(root)
+    _check_root(root)
+    csv_path = Path(annotation) if annotation else root / f"kinetics-400_{split}.csv"
+    videos = Path(video_dir) if video_dir else root / split
+    header, reader = _csv_rows(csv_path)
+    if label_map is None:
+        label_map = read_label_order(root, label_order)
+    col = {name: header.index(name) for name in header}
+    has_label = "label" in col
+    if not has_label:
+        log.warning("%s has no label column: records get label -1", csv_path)
+    n_cols = len(header)
+
+    faults = FaultLog()
+    records: List[VideoRecord] = []
+    seen = set()
+    for line_no, row in enumerate(reader, start=2):
+        if not row or all(not c.strip() for c in row):
+            continue
+        row_id = f"{csv_path.name}:{line_no}"
+        if len(row) < n_cols:
+            faults.add(row_id, "bad_row", f"{len(row)} columns, expected {n_cols}: {','.join(row)[:120]}")
+            continue
+        youtube_id = row[col["youtube_id"]].strip()
+        try:
+            start, end = _parse_time(row[col["time_start"]]), _parse_time(row[col["time_end"]])
+        except ValueError:
+            faults.add(row_id, "bad_row", f"non-integer time_start/time_end: {','.join(row)[:120]}")
+            continue
+        if not youtube_id:
+            faults.add(row_id, "bad_row", "empty youtube_id")
+            continue
+        video_id = kinetics_video_id(youtube_id, start, end)
+        if video_id in seen:
+            faults.add(video_id, "duplicate_row", f"line {line_no} repeats an earlier row")
+            continue
+        seen.add(video_id)
+        label, label_name = -1, ""
+        if has_label:
+            label_name = canonical_label(row[col["label"]])
+            label = label_map.get(label_name, -1)
+            if label < 0:
+                faults.add(video_id, "unknown_label", f"label {label_name!r} not in the {label_map.order} label map")
+                continue
+        path = _resolve_video(videos, video_id)
+        if not _check_file(path, video_id, videos / f"{video_id}.mp4", faults):
+            continue
+        records.append(VideoRecord(video_id, str(path), label, label_name, line_no))
+    _log_index(csv_path, records, faults)
+    return DatasetIndex(records, label_map, faults, split, str(root), str(csv_path), "kinetics_csv")
+
+
+def read_list_file(
+    annotation,
+    data_prefix=None,
+    *,
+    label_map: Optional[LabelMap] = None,
+    split: str = "",
+) -> DatasetIndex:
+    """Index an mmaction2 list file (``<path> <label>`` per line, space-separated).
+
+    Paths are joined to ``data_prefix`` (default: the list file's directory). Labels
+    are class ids under ``label_map`` (default: Kinetics-400 alphabetical); an id
+    outside it is an ``unknown_label`` fault, a line without a label or with extra
+    fields a ``bad_row``.
+    """
+    ann = Path(annotation)
+    text = _read_text(ann, "annotation file")
+    prefix = Path(data_prefix) if data_prefix is not None else ann.parent
+    _check_root(prefix)
+    label_map = label_map or LabelMap.k400()
+    faults = FaultLog()
+    records: List[VideoRecord] = []
+    seen = set()
+    for line_no, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        parts = line.strip().split()
+        row_id = f"{ann.name}:{line_no}"
+        if len(parts) != 2:
+            faults.add(row_id, "bad_row", f"{len(parts)} fields, expected '<path> <label>': {line.strip()[:120]}")
+            continue
+        rel, label_text = parts
+        try:
+            label = int(label_text)
+        except ValueError:
+            faults.add(row_id, "bad_row", f"label {label_text!r} is not an integer")
+            continue
+        video_id = Path(rel).stem
+        if rel in seen:
+            faults.add(video_id, "duplicate_row", f"line {line_no} repeats an earlier row")
+            continue
+        seen.add(rel)
+        if not 0 <= label < len(label_map):
+            faults.add(video_id, "unknown_label", f"class id {label} outside [0, {len(label_map)})")
+            continue
+        path = prefix / rel
+        if not _check_file(path if path.is_file() else None, video_id, path, faults):
+            continue
+        records.append(VideoRecord(video_id, str(path), label, label_map.name(label), line_no))
+    _log_index(ann, records, faults)
+    return DatasetIndex(records, label_map, faults, split, str(prefix), str(ann), "mmaction2_list")
+
+
+def build_index(
+    data_root,
+    split: str = "val",
+    *,
+    annotations=None,
+    label_order: str = "alphabetical",
+) -> DatasetIndex:
+    """The index a command asks for: an mmaction2 list file if ``annotations`` ends in
+    ``.txt``, else the seed's CSV layout (with ``annotations`` overriding the CSV path)."""
+    if annotations is not None and str(annotations).endswith(".txt"):
+        label_map = read_label_order(data_root, label_order) if label_order == "train_csv" else None
+        return read_list_file(annotations, data_root, label_map=label_map, split=split)
+    return read_kinetics_csv(data_root, split, label_order=label_order, annotation=annotations)
+
+
+def _log_index(path: Path, records: Sequence[VideoRecord], faults: FaultLog) -> None:
+    log.info("indexed %s: %d videos, faults: %s", path, len(records), faults.summary())
