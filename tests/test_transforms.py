@@ -135,3 +135,14 @@ def test_flip_and_random_crop():
     assert a.shape == (3, 8, 10, 3) and np.array_equal(a, b)
     with pytest.raises(ValueError):
         tf.random_crop(frames, 40, np.random.default_rng(0))
+
+
+@pytest.mark.parametrize("op", ["divide", "multiply_inverse"])
+@pytest.mark.parametrize("value_scale", [None, 1 / 255.0])
+def test_fast_normalize_ncthw_is_bit_identical(op, value_scale):
+    views = _frames(12, 14, t=2 * 5).reshape(2, 5, 12, 14, 3)
+    mean, std = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.255)) if value_scale else ((114.75,) * 3, (57.375,) * 3)
+    slow = tf.to_ncthw(tf.normalize(views, mean, std, value_scale=value_scale, op=op))
+    fast = tf.normalize_ncthw(views, mean, std, value_scale=value_scale, op=op)
+    assert fast.dtype == np.float32 and fast.flags.c_contiguous
+    np.testing.assert_array_equal(fast, slow)

@@ -183,8 +183,7 @@ class DataPreset:
     def normalize(self, views: np.ndarray) -> np.ndarray:
         """uint8 ``(V, T, h, w, 3)`` -> float32 ``(V, 3, T, h, w)``."""
         scale = None if self.value_scale == 1.0 else self.value_scale
-        x = _tf.normalize(views, self.mean, self.std, value_scale=scale, op=self.normalize_op)
-        return _tf.to_ncthw(x)
+        return _tf.normalize_ncthw(views, self.mean, self.std, value_scale=scale, op=self.normalize_op)
 
     def make_clips(self, frames: np.ndarray) -> np.ndarray:
         """Decoded frames -> the model input for one video, float32 ``(V, 3, T, h, w)``."""
