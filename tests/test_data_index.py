@@ -136,3 +136,14 @@ def test_build_index_dispatch(seed_layout, tmp_path):
     index = build_index(seed_layout, "val", annotations=lst)
     assert index.source == "mmaction2_list" and [r.label_name for r in index] == [K400_CLASSES[7]]
     assert len(build_index(seed_layout, "val").limit(2)) == 2
+
+
+def test_seed_class_cache_wins_over_train_csv(seed_layout):
+    """The seed caches its first-appearance order as cls2index.json and trusts it after."""
+    (seed_layout / "cls2index.json").write_text('{"abseiling": 0, "zumba": 1, "passing American football (in game)": 2}')
+    index = read_kinetics_csv(seed_layout, "val", label_order="train_csv")
+    assert index.label_map.names[:2] == ("abseiling", "zumba")
+    assert [r.label for r in index] == [0, 1, 2, 2, 0]
+    (seed_layout / "cls2index.json").write_text("[1, 2]")
+    with pytest.raises(DatasetError, match="cls2index.json"):
+        read_kinetics_csv(seed_layout, "val", label_order="train_csv")

@@ -293,6 +293,10 @@ PRESETS: Dict[str, DataPreset] = {
             normalize_op="multiply_inverse",
             clip_combine="prob",
             label_order="alphabetical",
+            known_quirks=(
+                "frames decoded with decord here; Caffe2 used its own FFmpeg decoder (RGB24 via swscale)",
+                "short side fixed at 256 where float32 truncation in ScaleTransform would give 255",
+            ),
         ),
     )
 }

@@ -21,6 +21,7 @@ file that cannot be read at all raises :class:`DatasetError` (a command maps it 
 from __future__ import annotations
 
 import csv
+import json
 import logging
 import os
 from collections import Counter
@@ -229,12 +230,25 @@ def _csv_rows(path: Path):
 
 
 def read_label_order(root, order: str = "alphabetical") -> LabelMap:
-    """The label map of a dataset: Kinetics-400 alphabetical, or the seed's first
-    appearance in ``<root>/kinetics-400_train.csv``."""
+    """The label map of a dataset: Kinetics-400 alphabetical, or the seed's numbering.
+
+    The seed (``ParseKinetic400.load_cls_file``) numbers classes by first appearance in
+    ``<root>/kinetics-400_train.csv`` and caches the result as ``<root>/cls2index.json``;
+    when that cache exists it wins, as it does in the seed.
+    """
     if order == "alphabetical":
         return LabelMap.k400()
     if order != "train_csv":
         raise ValueError(f"unknown label order {order!r}; choose from {LABEL_ORDERS}")
+    cache = Path(root) / "cls2index.json"
+    if cache.is_file():  # the seed writes this on first use and trusts it ever after
+        try:
+            mapping = json.loads(_read_text(cache, "class index file"))
+            names = [name for name, _ in sorted(mapping.items(), key=lambda kv: int(kv[1]))]
+        except (ValueError, AttributeError, TypeError) as exc:
+            raise DatasetError(f"class index file {cache} is not a name -> id JSON object: {exc}") from None
+        log.info("class order from %s (the seed's cache), not from the train CSV", cache)
+        return LabelMap(tuple(canonical_label(n) for n in names), "train_csv")
     train_csv = Path(root) / "kinetics-400_train.csv"
     header, reader = _csv_rows(train_csv)
     if "label" not in header:
