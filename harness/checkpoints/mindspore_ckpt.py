@@ -1,0 +1,289 @@
+"""MindSpore ``.ckpt`` files as ``{name: numpy array}``, in pure Python (no MindSpore import).
+
+The layout, from MindSpore's own ``checkpoint.proto`` (proto2)::
+
+    message Checkpoint {
+      message Value {
+        required string tag = 1;
+        oneof value { TensorProto tensor = 2; MapTensorProto maptensor = 3; }
+      }
+      repeated Value value = 1;
+    }
+    message TensorProto {
+      repeated int64 dims = 1;          // unpacked varints, as proto2 writes them
+      required string tensor_type = 2;  // "Float32", "Int64", ... or "str"
+      required bytes tensor_content = 3;
+    }
+
+``mindspore.save_checkpoint`` serialises one single-Value ``Checkpoint`` per parameter
+and concatenates them (concatenated protobuf messages merge into one), slices arrays
+over 512 MiB into several consecutive Values with the same tag (each carrying the full
+``dims``), and may append a CRC trailer (``b"crc_num"`` + 10 big-endian bytes). The
+writer below produces the same bytes as ``save_checkpoint`` for the same arrays; the
+reader accepts packed ``dims`` too. Encrypted checkpoints and map parameters are refused
+with a one-line reason.
+
+Importing this module registers the ``ckpt`` container with :mod:`harness.checkpoints.io`
+(reader, writer, content sniffer), and defines the ``mindspore`` naming scheme: the
+parameter names of *our* MindSpore model (:mod:`frameworks.mindspore.weights`).
+"""
+from __future__ import annotations
+
+import binascii
+import math
+import os
+import re
+from typing import Dict, Iterable, List, Optional, Tuple
+
+import numpy as np
+
+from frameworks.spec.arch import I3DNLConfig
+from harness.checkpoints.io import READERS, WRITERS, _SNIFFERS, CheckpointError, RawCheckpoint
+
+# tensor_type strings, as MindSpore's serialization.py spells them.
+_NUMPY_OF = {
+    "Float16": np.float16, "Float32": np.float32, "Float64": np.float64,
+    "Int8": np.int8, "Int16": np.int16, "Int32": np.int32, "Int64": np.int64,
+    "UInt8": np.uint8, "UInt16": np.uint16, "UInt32": np.uint32, "UInt64": np.uint64,
+    "Bool": np.bool_,
+}
+_TYPE_OF = {np.dtype(v): k for k, v in _NUMPY_OF.items()}
+_SLICE_KIB = 512 * 1024          # MindSpore's SLICE_SIZE: arrays above 512 MiB are written in slices
+_CRC_MARK = b"crc_num"
+_MASK64 = (1 << 64) - 1
+
+# wire types
+_VARINT, _I64, _LEN, _I32 = 0, 1, 2, 5
+
+
+# ------------------------------------------------------------------------ wire format
+def _read_varint(buf: memoryview, pos: int) -> Tuple[int, int]:
+    result = shift = 0
+    while True:
+        if pos >= len(buf):
+            raise ValueError("truncated varint")
+        byte = buf[pos]
+        pos += 1
+        result |= (byte & 0x7F) << shift
+        if not byte & 0x80:
+            return result, pos
+        shift += 7
+        if shift >= 70:
+            raise ValueError("varint too long")
+
+
+def _signed64(value: int) -> int:
+    return value - (1 << 64) if value >= 1 << 63 else value
+
+
+def _fields(buf: memoryview, start: int, end: int):
+    """Yield ``(field number, wire type, value)``; LEN values are ``(start, end)`` offsets."""
+    pos = start
+    while pos < end:
+        key, pos = _read_varint(buf, pos)
+        number, wire = key >> 3, key & 7
+        if wire == _VARINT:
+            value, pos = _read_varint(buf, pos)
+        elif wire == _LEN:
+            length, pos = _read_varint(buf, pos)
+            if pos + length > end:
+                raise ValueError("a length-delimited field runs past its message")
+            value, pos = (pos, pos + length), pos + length
+        elif wire == _I64:
+            value, pos = bytes(buf[pos:pos + 8]), pos + 8
+        elif wire == _I32:
+            value, pos = bytes(buf[pos:pos + 4]), pos + 4
+        else:
+            raise ValueError(f"unsupported wire type {wire}")
+        if pos > end:
+            raise ValueError("truncated field")
+        yield number, wire, value
+
+
+def _varint_bytes(value: int) -> bytes:
+    value &= _MASK64
+    out = bytearray()
+    while True:
+        byte = value & 0x7F
+        value >>= 7
+        if value:
+            out.append(byte | 0x80)
+        else:
+            out.append(byte)
+            return bytes(out)
+
+
+def _len_field(number: int, payload: bytes) -> bytes:
+    return _varint_bytes(number << 3 | _LEN) + _varint_bytes(len(payload)) + payload
+
+
+# --------------------------------------------------------------------------- reading
+def _parse_tensor(buf: memoryview, span: Tuple[int, int]) -> Tuple[List[int], str, memoryview]:
+    dims: List[int] = []
+    tensor_type, content = None, None
+    for number, wire, value in _fields(buf, *span):
+        if number == 1 and wire == _VARINT:
+            dims.append(_signed64(value))
+        elif number == 1 and wire == _LEN:                    # packed dims
+            pos, end = value
+            while pos < end:
+                dim, pos = _read_varint(buf, pos)
+                dims.append(_signed64(dim))
+        elif number == 2 and wire == _LEN:
+            tensor_type = bytes(buf[value[0]:value[1]]).decode("utf-8")
+        elif number == 3 and wire == _LEN:
+            content = buf[value[0]:value[1]]
+    if tensor_type is None or content is None:
+        raise ValueError("a TensorProto lacks its tensor_type or tensor_content")
+    return dims, tensor_type, content
+
+
+def parse_ckpt(data: bytes) -> Tuple[Dict[str, np.ndarray], Dict[str, str]]:
+    """The bytes of a ``.ckpt`` file -> (arrays by tag, string entries by tag)."""
+    if data[-17:-10] == _CRC_MARK:
+        stored = int.from_bytes(data[-10:], "big")
+        data = data[:-17]
+        if binascii.crc32(data) != stored:
+            raise ValueError("the CRC trailer does not match the content (damaged file)")
+    buf = memoryview(data)
+    # Values in file order; consecutive Values with one tag are slices of one array.
+    entries: List[Tuple[str, List[int], str, List[memoryview]]] = []
+    for number, wire, value in _fields(buf, 0, len(buf)):
+        if number != 1 or wire != _LEN:
+            raise ValueError(f"unexpected top-level field {number} (wire type {wire})")
+        tag, tensor = None, None
+        for vnum, vwire, vval in _fields(buf, *value):
+            if vnum == 1 and vwire == _LEN:
+                tag = bytes(buf[vval[0]:vval[1]]).decode("utf-8")
+            elif vnum == 2 and vwire == _LEN:
+                tensor = _parse_tensor(buf, vval)
+            elif vnum == 3:
+                raise ValueError(f"{tag or 'an entry'} is a MapTensor (embedding table), not supported")
+        if tag is None or tensor is None:
+            raise ValueError("a Checkpoint.Value lacks its tag or tensor")
+        dims, tensor_type, content = tensor
+        if entries and entries[-1][0] == tag:
+            entries[-1][3].append(content)
+        else:
+            entries.append((tag, dims, tensor_type, [content]))
+    arrays: Dict[str, np.ndarray] = {}
+    strings: Dict[str, str] = {}
+    for tag, dims, tensor_type, pieces in entries:
+        if tag in arrays or tag in strings:
+            raise ValueError(f"parameter {tag!r} appears twice")
+        content = b"".join(pieces)
+        if tensor_type == "str":
+            strings[tag] = np.frombuffer(content, dtype=f"<U{len(content) // 4}")[0] if content else ""
+            continue
+        if tensor_type not in _NUMPY_OF:
+            raise ValueError(f"{tag}: tensor type {tensor_type!r} has no numpy equivalent here")
+        flat = np.frombuffer(content, dtype=_NUMPY_OF[tensor_type])
+        if dims == [0] and flat.size == 1:   # how MindSpore marks some scalars
+            dims = []
+        if int(np.prod(dims, dtype=np.int64)) != flat.size:
+            raise ValueError(f"{tag}: {flat.size} elements of {tensor_type} do not fill dims {dims}")
+        arrays[tag] = flat.reshape(dims).copy()
+    return arrays, strings
+
+
+def read_ckpt(path: str) -> RawCheckpoint:
+    """Read a MindSpore ``.ckpt`` without MindSpore."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as exc:
+        raise CheckpointError(f"cannot read {path}: {exc.strerror}") from None
+    try:
+        arrays, strings = parse_ckpt(data)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise CheckpointError(f"{path}: not a readable MindSpore checkpoint ({exc}; encrypted or damaged?)") from None
+    if not arrays:
+        raise CheckpointError(f"{path}: a MindSpore checkpoint with no tensors")
+    return RawCheckpoint(path, "ckpt", arrays, {"strings": strings} if strings else {})
+
+
+# --------------------------------------------------------------------------- writing
+def serialize_ckpt(arrays: Dict[str, np.ndarray]) -> bytes:
+    """``{name: array}`` -> the bytes ``mindspore.save_checkpoint`` writes for them."""
+    out = bytearray()
+    for name, value in arrays.items():
+        array = np.ascontiguousarray(value)
+        if array.dtype.byteorder == ">":   # the format is little-endian; the values stay the same
+            array = array.astype(array.dtype.newbyteorder("<"))
+        tensor_type = _TYPE_OF.get(array.dtype)
+        if tensor_type is None:
+            raise CheckpointError(f"{name}: dtype {array.dtype} cannot be stored in a MindSpore checkpoint")
+        dims = b"".join(_varint_bytes(1 << 3 | _VARINT) + _varint_bytes(d) for d in array.shape)
+        kib = array.nbytes / 1024
+        pieces = np.array_split(array, math.ceil(kib / _SLICE_KIB)) if kib > _SLICE_KIB else [array]
+        for piece in pieces:
+            tensor = dims + _len_field(2, tensor_type.encode()) + _len_field(3, piece.tobytes())
+            entry = _len_field(1, name.encode("utf-8")) + _len_field(2, tensor)
+            out += _len_field(1, entry)
+    return bytes(out)
+
+
+def write_ckpt(path: str, arrays: Dict[str, np.ndarray], meta: Optional[dict] = None) -> None:
+    """Write ``arrays`` as a MindSpore ``.ckpt`` (``meta`` has no place in the format)."""
+    data = serialize_ckpt(arrays)
+    tmp = path + ".tmp"
+    with open(tmp, "wb") as f:
+        f.write(data)
+    os.replace(tmp, path)
+
+
+# --------------------------------------------------------------------------- sniffing
+def looks_like_ckpt(path: str, head: bytes) -> bool:
+    """A serialized Checkpoint starts with ``value`` (field 1, LEN) whose first field is
+    the ``tag`` string (field 1, LEN) holding a parameter name."""
+    if len(head) < 4 or head[0] != 0x0A:
+        return False
+    try:
+        buf = memoryview(head)
+        length, pos = _read_varint(buf, 1)
+        if pos >= len(buf) or buf[pos] != 0x0A or pos + length > os.path.getsize(path):
+            return False
+        tag_len, pos = _read_varint(buf, pos + 1)
+    except ValueError:
+        return False
+    tag = bytes(head[pos:pos + tag_len])
+    return 0 < tag_len < length and all(32 < b < 127 for b in tag)
+
+
+# ------------------------------------------------------------------------ the scheme
+# Bookkeeping MindSpore training writes beside the weights (optimizer state, counters).
+_TRAINING_KEYS = [r"global_step", r"learning_rate", r"momentum", r"epoch_num", r"step_num",
+                  r"cur_step_num", r"cur_epoch_num", r"loss_scale", r"scale_sense",
+                  r"current_iterator_step", r"last_overflow_iterator_step",
+                  r"(moments|accum|accu_grads|adam_m|adam_v|mean_grad|mean_square)\..*"]
+
+
+def _is_training_key(key: str) -> bool:
+    return any(re.fullmatch(p, key) for p in _TRAINING_KEYS)
+
+
+def looks_like_mindspore(keys: Iterable[str]) -> bool:
+    """Our MindSpore model's names: canonical prefixes, BN parameters inside ``bn2d``."""
+    keys = [k for k in keys if not _is_training_key(k)]
+    return (bool(keys) and all(k.startswith(("stem.", "res", "head.")) for k in keys)
+            and any(".bn2d." in k for k in keys))
+
+
+def to_canonical(arrays: Dict[str, np.ndarray], cfg: I3DNLConfig) -> Dict[str, np.ndarray]:
+    """MindSpore names (ours) -> canonical names; strict about the key set."""
+    from frameworks.mindspore.weights import to_canonical_names
+
+    kept = {k: v for k, v in arrays.items() if not _is_training_key(k)}
+    return to_canonical_names(kept, cfg, context="MindSpore checkpoint")
+
+
+def from_canonical(arrays: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
+    from frameworks.mindspore.weights import from_canonical as rename
+
+    return rename(arrays)
+
+
+READERS["ckpt"] = read_ckpt
+WRITERS["ckpt"] = write_ckpt
+if not any(name == "ckpt" for name, _ in _SNIFFERS):
+    _SNIFFERS.append(("ckpt", looks_like_ckpt))
