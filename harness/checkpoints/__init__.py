@@ -12,7 +12,7 @@ from typing import Callable, Dict, Iterable, List, Tuple
 import numpy as np
 
 from frameworks.spec.arch import I3DNLConfig, WeightMismatchError, check_weights, parameter_specs
-from harness.checkpoints import caffe2, mindvideo, mmaction2
+from harness.checkpoints import caffe2, mindspore_ckpt, mindvideo, mmaction2
 from harness.checkpoints.io import READERS, WRITERS, CheckpointError, RawCheckpoint, read_raw, sha256_file
 
 __all__ = ["CheckpointError", "LoadedWeights", "load_weights", "to_canonical", "SCHEMES"]
@@ -30,6 +30,8 @@ def _canonical(arrays: Dict[str, np.ndarray], cfg: I3DNLConfig) -> Dict[str, np.
 # name -> (detect(keys) -> bool, to_canonical(arrays, cfg) -> arrays); tried in order.
 SCHEMES: Dict[str, Tuple[Callable[[Iterable[str]], bool],
                          Callable[[Dict[str, np.ndarray], I3DNLConfig], Dict[str, np.ndarray]]]] = {
+    # before "canonical": our MindSpore names share its prefixes (BN parameters differ)
+    "mindspore": (mindspore_ckpt.looks_like_mindspore, mindspore_ckpt.to_canonical),
     "canonical": (_looks_canonical, _canonical),
     "mmaction2": (mmaction2.looks_like_mmaction2, mmaction2.to_canonical),
     "caffe2": (caffe2.looks_like_caffe2, caffe2.to_canonical),
