@@ -152,10 +152,14 @@ class _WorkerPool:
         self.ctx = mp.get_context(start_method)
         self.args = (preset, decoder, threads, process_fn)
         self.timeout_s = timeout_s
-        self.workers: List[_Worker] = [self._start(wait=False) for _ in range(n)]
-        for worker in self.workers:  # started together, so their imports overlap
-            self._await_ready(worker)
         self.restarts = 0
+        self.workers: List[_Worker] = [self._start(wait=False) for _ in range(n)]
+        try:
+            for worker in self.workers:  # started together, so their imports overlap
+                self._await_ready(worker)
+        except BaseException:
+            self.close()
+            raise
 
     def _start(self, wait: bool = True) -> _Worker:
         parent, child = self.ctx.Pipe(duplex=True)
