@@ -14,8 +14,11 @@ The first ``--warmup`` videos (worker start-up, caches) are not timed.
 
 Reported per configuration: ``videos_per_s`` and ``clips_per_s`` (views: crops x clips
 per video, 1 for ``mmaction2_val``) for W workers, ``clips_per_s_per_worker`` (the
-same divided by W), and ``worker_ms_per_video`` (decode + transform time inside a
-worker, which is what one core sustains). ``harness.bench`` dispatches here for data.
+same divided by W), ``worker_ms_per_video`` (decode + transform wall time inside a
+worker) and ``worker_cpu_ms_per_video`` / ``clips_per_cpu_s`` (the same as CPU time:
+what one dedicated core sustains, which other load on a shared machine does not
+inflate). ``provenance.hardware.load_average_1_5_15`` records how busy the machine was.
+``harness.bench`` dispatches here for data.
 
 Exit codes: 0 done, 1 a video failed to decode during the run, 2 bad input.
 """
@@ -120,12 +123,14 @@ def run_one(video: Path, preset, decoder: str, workers: int, videos: int, warmup
     # `prefetch` videos are already in flight then, a bias of at most prefetch / videos
     t_start = time.perf_counter() if warmup == 0 else None
     worker_s: List[float] = []
+    worker_cpu_s: List[float] = []
     for k, item in enumerate(loader):
         if k < warmup:
             if k == warmup - 1:
                 t_start = time.perf_counter()
             continue
         worker_s.append(item.seconds)
+        worker_cpu_s.append(item.cpu_seconds)
     elapsed = time.perf_counter() - t_start if t_start is not None else float("nan")
     timed = len(worker_s)
     n_faults = sum(1 for f in loader.faults.faults if f.skipped)
@@ -140,6 +145,10 @@ def run_one(video: Path, preset, decoder: str, workers: int, videos: int, warmup
         "clips_per_s": round(per_s * views, 3),
         "clips_per_s_per_worker": round(per_s * views / max(1, workers), 3),
         "worker_ms_per_video": round(1000 * float(np.mean(worker_s)), 2) if worker_s else None,
+        "worker_cpu_ms_per_video": round(1000 * float(np.mean(worker_cpu_s)), 2) if worker_cpu_s else None,
+        # what one dedicated core sustains: 1 / CPU time per video, unaffected by other load
+        "clips_per_cpu_s": round(views / float(np.mean(worker_cpu_s)), 3)
+        if worker_cpu_s and np.mean(worker_cpu_s) > 0 else None,
         "decode_faults": n_faults,
     }
 
@@ -166,11 +175,14 @@ def _progress(items, enabled: bool):
 
 
 def format_table(results: Sequence[dict]) -> str:
-    head = f"{'decoder':8} {'workers':>7} {'clips/s':>9} {'clips/s/worker':>15} {'worker ms/video':>16}"
+    head = (f"{'decoder':8} {'workers':>7} {'clips/s':>9} {'clips/s/worker':>15} {'worker ms/video':>16} "
+            f"{'cpu ms/video':>13} {'clips/cpu-s':>12}")
     rows = [head, "-" * len(head)]
+    nan = float("nan")
     for r in results:
         rows.append(f"{r['decoder']:8} {r['workers']:>7} {r['clips_per_s']:>9.2f} {r['clips_per_s_per_worker']:>15.2f} "
-                    f"{(r['worker_ms_per_video'] or float('nan')):>16.1f}")
+                    f"{(r['worker_ms_per_video'] or nan):>16.1f} {(r['worker_cpu_ms_per_video'] or nan):>13.1f} "
+                    f"{(r['clips_per_cpu_s'] or nan):>12.2f}")
     return "\n".join(rows)
 
 

@@ -16,6 +16,7 @@ def test_tiny_run_writes_results_with_provenance(tmp_path, capsys):
     for r in report["results"]:
         assert r["videos_timed"] == 2 and r["clips_per_s"] > 0 and r["decode_faults"] == 0
         assert r["clips_per_s_per_worker"] == r["clips_per_s"] and r["worker_ms_per_video"] > 0
+        assert r["worker_cpu_ms_per_video"] > 0 and r["clips_per_cpu_s"] > 0
     prov = report["provenance"]
     assert prov["hardware"]["cpu_model"] and prov["hardware"]["logical_cpus"] >= 1
     assert prov["versions"]["decord"] == "0.6.0" and prov["versions"]["av"] and prov["date"]

@@ -52,7 +52,7 @@ def _mmaction2_uint8(path, num_clips, crop):
 
 
 def _ours_uint8(path, preset):
-    status, views, _, _ = process_video(path, "v", preset, "decord")
+    status, views, *_ = process_video(path, "v", preset, "decord")
     assert status == "ok"
     return views.transpose(0, 4, 1, 2, 3)
 

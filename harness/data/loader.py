@@ -61,7 +61,8 @@ class VideoClips:
     num_frames: int
     short: bool = False
     position: int = 0  # index of the record in the DatasetIndex
-    seconds: float = 0.0  # decode + transform time in the worker
+    seconds: float = 0.0  # decode + transform wall time in the worker
+    cpu_seconds: float = 0.0  # the same, as CPU time of the worker
 
 
 @dataclass
@@ -84,22 +85,27 @@ class ClipBatch:
 
 # ---------------------------------------------------------------------------- one video
 def process_video(path: str, video_id: str, preset: DataPreset, decoder: str, threads: int = 1) -> tuple:
-    """Decode, sample and crop one video: ``("ok", views_uint8, num_frames, seconds)``
-    or ``("fault", kind, reason, seconds)``. Never raises for a bad file."""
-    t0 = time.perf_counter()
+    """Decode, sample and crop one video. Never raises for a bad file. Returns
+    ``("ok", views_uint8, num_frames, seconds, cpu_seconds)`` or
+    ``("fault", kind, reason, seconds, cpu_seconds)``; ``cpu_seconds`` is this process's
+    CPU time, which other load on the machine does not inflate the way it inflates wall time."""
+    t0, c0 = time.perf_counter(), time.process_time()
+
+    def timed(*result):
+        return result + (time.perf_counter() - t0, time.process_time() - c0)
+
     try:
         with open_video(path, decoder, threads=threads) as video:
             n = video.num_frames
             indices = preset.frame_indices(n, video_id)
             frames = video.get_frames(indices.reshape(-1))
-        views = preset.views_uint8(frames)
-        return ("ok", views, n, time.perf_counter() - t0)
+        return timed("ok", preset.views_uint8(frames), n)
     except VideoDecodeError as exc:
-        return ("fault", exc.kind, exc.reason, time.perf_counter() - t0)
+        return timed("fault", exc.kind, exc.reason)
     except FileNotFoundError as exc:
-        return ("fault", "missing_file", f"vanished after indexing: {exc}", time.perf_counter() - t0)
+        return timed("fault", "missing_file", f"vanished after indexing: {exc}")
     except Exception as exc:  # a decoder's unexpected error is still one bad video, not a dead run
-        return ("fault", "decode_error", f"{type(exc).__name__}: {exc}"[:300], time.perf_counter() - t0)
+        return timed("fault", "decode_error", f"{type(exc).__name__}: {exc}"[:300])
 
 
 def load_clips(path, preset: DataPreset, *, decoder: Optional[str] = None, video_key: str = "") -> np.ndarray:
@@ -107,11 +113,10 @@ def load_clips(path, preset: DataPreset, *, decoder: Optional[str] = None, video
     from pathlib import Path
 
     key = video_key or Path(path).stem
-    status, *rest = process_video(str(path), key, preset, decoder or preset.decoder)
+    status, first, second, *_ = process_video(str(path), key, preset, decoder or preset.decoder)
     if status != "ok":
-        kind, reason, _ = rest
-        raise VideoDecodeError(kind, path, reason)
-    return preset.normalize(rest[0])
+        raise VideoDecodeError(first, path, second)
+    return preset.normalize(first)
 
 
 # ---------------------------------------------------------------------------- workers
@@ -214,7 +219,7 @@ class _WorkerPool:
         if pending:
             position, record = pending.pop(0)
             log.warning("%s on %s (%s); worker replaced", kind, record.video_id, reason)
-            results.append((position, ("fault", kind, reason, 0.0)))
+            results.append((position, ("fault", kind, reason, 0.0, 0.0)))
         self.workers[slot] = self._start()
         for position, record in pending:
             self.workers[slot].tasks.append((position, record))
@@ -323,11 +328,13 @@ class ClipLoader:
     def _finish(self, position: int, record: VideoRecord, result: tuple) -> Optional[VideoClips]:
         status = result[0]
         if status == "fault":
-            _, kind, reason, _ = result
+            _, kind, reason, *_ = result
             self.faults.add(record.video_id, kind, reason)
             return None
-        _, views, num_frames, seconds = result
+        _, views, num_frames, seconds, *more = result
+        cpu_seconds = more[0] if more else 0.0
         self.stats["worker_s"] = self.stats.get("worker_s", 0.0) + seconds
+        self.stats["worker_cpu_s"] = self.stats.get("worker_cpu_s", 0.0) + cpu_seconds
         short = self.preset.is_short(num_frames)
         if short:
             use = self.short_policy == "loop"
@@ -341,11 +348,11 @@ class ClipLoader:
             if not use:
                 return None
         clips = self.preset.normalize(views) if self.normalize else views
-        return VideoClips(record.video_id, record.label, clips, num_frames, short, position, seconds)
+        return VideoClips(record.video_id, record.label, clips, num_frames, short, position, seconds, cpu_seconds)
 
     def __iter__(self) -> Iterator[VideoClips]:
         self.faults = FaultLog(list(self.index.faults.faults))
-        self.stats = {"videos": 0, "worker_s": 0.0, "restarts": 0}
+        self.stats = {"videos": 0, "worker_s": 0.0, "worker_cpu_s": 0.0, "restarts": 0}
         t0 = time.perf_counter()
         records = self.index.records
         try:
