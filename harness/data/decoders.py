@@ -122,8 +122,9 @@ class DecordReader(VideoReader):
                 raise RuntimeError("no frames")
         except Exception as exc:  # decord raises RuntimeError / DECORDError on bad files
             raise classify_open_failure(self.path, exc) from None
-        # decord exposes no frame size without decoding, and decoding a frame here would
-        # make our reads differ from mmaction2's (DecordInit never touches a frame)
+        # decord exposes no frame size without decoding; decoding one here would cost a
+        # decode and move the reader before get_batch, which mmaction2's DecordInit never
+        # does, so the size is taken from the first batch instead
         self.height = self.width = None
         self.fps = float(self._vr.get_avg_fps())
 
