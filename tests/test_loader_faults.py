@@ -145,7 +145,7 @@ def test_hung_worker_times_out(dataset, preset, monkeypatch):
     victim = _good_ids(root)[0]
     monkeypatch.setenv(VICTIM, victim)
     t0 = time.monotonic()
-    loader, items = _run(root, preset, workers=2, timeout_s=1.0, process_fn=hang_on_victim)
+    loader, items = _run(root, preset, workers=2, timeout_s=3.0, process_fn=hang_on_victim)
     assert time.monotonic() - t0 < 20
     assert loader.faults.ids("timeout") == [victim] and len(items) == 6
 
