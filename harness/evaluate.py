@@ -278,6 +278,15 @@ def evaluate(args) -> dict:
         out = f"{stem}.shard{rank}of{world}.json"
     summary_path, scores_dir = _paths(out)
 
+    # The framework first: MindSpore 2.10 aborts ("random_device could not be read") when
+    # decord was imported into the process before it.
+    threads = args.threads or max(1, (os.cpu_count() or 1) // world)
+    try:
+        extra = {"mode": args.ms_mode} if framework == "ms" else {}
+        runner = make_runner(framework, device=args.device, threads=threads, **extra)
+    except (BackendError, ValueError) as exc:
+        raise InputError(str(exc)) from None
+
     try:
         index = build_index(args.data_root, args.split, annotations=args.annotations, label_order=preset.label_order)
     except DatasetError as exc:
@@ -326,10 +335,7 @@ def evaluate(args) -> dict:
                              index.split, index.root, index.annotation, index.source)
     position_of = {index.records[p].video_id: p for p in remaining}
 
-    threads = args.threads or max(1, (os.cpu_count() or 1) // world)
     try:
-        extra = {"mode": args.ms_mode} if framework == "ms" else {}
-        runner = make_runner(framework, device=args.device, threads=threads, **extra)
         runner.build(cfg)
         runner.load(arrays)
     except (BackendError, ValueError) as exc:
