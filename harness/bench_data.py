@@ -17,7 +17,7 @@ per video, 1 for ``mmaction2_val``) for W workers, ``clips_per_s_per_worker`` (t
 same divided by W), ``worker_ms_per_video`` (decode + transform wall time inside a
 worker) and ``worker_cpu_ms_per_video`` / ``clips_per_cpu_s`` (the same as CPU time:
 what one dedicated core sustains, which other load on a shared machine does not
-inflate). ``provenance.hardware.load_average_1_5_15`` records how busy the machine was.
+inflate). ``provenance.hardware.load_average_*`` record how busy the machine was.
 ``harness.bench`` dispatches here for data.
 
 Exit codes: 0 done, 1 a video failed to decode during the run, 2 bad input.
@@ -71,7 +71,11 @@ def _git_commit() -> Optional[str]:
         return None
 
 
-def provenance(argv: Sequence[str]) -> dict:
+def _loadavg() -> Optional[List[float]]:
+    return [round(x, 2) for x in os.getloadavg()] if hasattr(os, "getloadavg") else None
+
+
+def provenance(argv: Sequence[str], load_before: Optional[List[float]] = None) -> dict:
     return {
         "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "command": "python -m harness.bench_data " + " ".join(argv),
@@ -81,8 +85,10 @@ def provenance(argv: Sequence[str]) -> dict:
             "logical_cpus": os.cpu_count(),
             "machine": platform.machine(),
             "system": platform.system(),
-            # other work on the machine during the run skews the numbers; say how much there was
-            "load_average_1_5_15": [round(x, 2) for x in os.getloadavg()] if hasattr(os, "getloadavg") else None,
+            # other work on the machine skews wall-time numbers (not CPU time): say how much
+            # there was before the run, and after it (which includes the run's own workers)
+            "load_average_before_1_5_15": load_before,
+            "load_average_after_1_5_15": _loadavg(),
         },
         "versions": {
             "python": platform.python_version(),
@@ -232,6 +238,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    load_before = _loadavg()
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
@@ -281,7 +288,7 @@ def main(argv=None) -> int:
         "videos_per_config": args.videos,
         "warmup": args.warmup,
         "results": results,
-        "provenance": provenance(argv),
+        "provenance": provenance(argv, load_before),
     }
     print(format_table(results))
     if args.json:
