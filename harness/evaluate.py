@@ -529,7 +529,8 @@ def compare(path_a: str, path_b: str, tie_margin: float) -> dict:
     result = metrics.agreement(sa["video_ids"], sa["scores"], sb["video_ids"], sb["scores"], tie_margin)
     result.update(a={"path": path_a, "framework": a["framework"], "top1": a["top1"], "top5": a["top5"]},
                   b={"path": path_b, "framework": b["framework"], "top1": b["top1"], "top5": b["top5"]},
-                  tie_margin=tie_margin)
+                  tie_margin=tie_margin, same_weights=a["checkpoint_sha256"] == b["checkpoint_sha256"],
+                  same_protocol=a["spec_hash"] == b["spec_hash"])
     return result
 
 
@@ -560,6 +561,9 @@ def main(argv: Optional[List[str]] = None) -> int:
                   f"{100 * result['top5_set_agreement']:.2f}%, max |delta score| {result['max_abs_delta']:.3g}, "
                   f"mean {result['mean_abs_delta']:.3g}; {result['n_top1_differ']} top-1 flips "
                   f"({result['n_near_ties']} near-ties)")
+            for what in ("weights", "protocol"):
+                if not result[f"same_{what}"]:
+                    print(f"warning: the two runs used different {what}", file=sys.stderr)
             for d in result["top1_differ"]:
                 print(f"  {d['video']}: {d['top1_a']} vs {d['top1_b']} (top-2 gaps {d['top2_gap_a']:.2g}, "
                       f"{d['top2_gap_b']:.2g})")
