@@ -16,9 +16,9 @@ The layout, from MindSpore's own ``checkpoint.proto`` (proto2)::
     }
 
 ``mindspore.save_checkpoint`` serialises one single-Value ``Checkpoint`` per parameter
-and concatenates them (concatenated protobuf messages merge into one), slices arrays
-over 512 MiB into several consecutive Values with the same tag (each carrying the full
-``dims``), and may append a CRC trailer (``b"crc_num"`` + 10 big-endian bytes). The
+and concatenates them (concatenated protobuf messages merge into one), cuts a tensor's
+bytes into 512 MiB pieces written as consecutive Values with the same tag (each carrying
+the full ``dims``), and may append a CRC trailer (``b"crc_num"`` + 10 big-endian bytes). The
 writer below produces the same bytes as ``save_checkpoint`` for the same arrays; the
 reader accepts packed ``dims`` too. Encrypted checkpoints and map parameters are refused
 with a one-line reason.
@@ -30,7 +30,6 @@ parameter names of *our* MindSpore model (:mod:`frameworks.mindspore.weights`).
 from __future__ import annotations
 
 import binascii
-import math
 import os
 import re
 from typing import Dict, Iterable, List, Optional, Tuple
@@ -48,7 +47,7 @@ _NUMPY_OF = {
     "Bool": np.bool_,
 }
 _TYPE_OF = {np.dtype(v): k for k, v in _NUMPY_OF.items()}
-_SLICE_KIB = 512 * 1024          # MindSpore's SLICE_SIZE: arrays above 512 MiB are written in slices
+_SLICE_KIB = 512 * 1024          # MindSpore's SLICE_SIZE (KiB): tensors are written in 512 MiB slices
 _CRC_MARK = b"crc_num"
 _MASK64 = (1 << 64) - 1
 
@@ -207,17 +206,17 @@ def serialize_ckpt(arrays: Dict[str, np.ndarray]) -> bytes:
     """``{name: array}`` -> the bytes ``mindspore.save_checkpoint`` writes for them."""
     out = bytearray()
     for name, value in arrays.items():
-        array = np.ascontiguousarray(value)
+        array = np.asarray(value)   # not ascontiguousarray: it turns a 0-d array into shape (1,)
         if array.dtype.byteorder == ">":   # the format is little-endian; the values stay the same
             array = array.astype(array.dtype.newbyteorder("<"))
         tensor_type = _TYPE_OF.get(array.dtype)
         if tensor_type is None:
             raise CheckpointError(f"{name}: dtype {array.dtype} cannot be stored in a MindSpore checkpoint")
         dims = b"".join(_varint_bytes(1 << 3 | _VARINT) + _varint_bytes(d) for d in array.shape)
-        kib = array.nbytes / 1024
-        pieces = np.array_split(array, math.ceil(kib / _SLICE_KIB)) if kib > _SLICE_KIB else [array]
-        for piece in pieces:
-            tensor = dims + _len_field(2, tensor_type.encode()) + _len_field(3, piece.tobytes())
+        content, chunk = array.tobytes(), _SLICE_KIB * 1024
+        # MindSpore cuts a tensor's bytes into 512 MiB pieces (and writes nothing for an empty one)
+        for start in range(0, max(len(content), 1), chunk):
+            tensor = dims + _len_field(2, tensor_type.encode()) + _len_field(3, content[start:start + chunk])
             entry = _len_field(1, name.encode("utf-8")) + _len_field(2, tensor)
             out += _len_field(1, entry)
     return bytes(out)
