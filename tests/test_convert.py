@@ -1,0 +1,140 @@
+"""`python -m harness.convert`: lossless round trips, what it says, and bad input (exit 2, one line)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from frameworks.spec.arch import get_preset, parameter_specs
+from harness import convert
+from harness.checkpoints import mmaction2
+from harness.checkpoints.io import read_raw
+from harness.checkpoints.mindspore_ckpt import write_ckpt
+
+DEFAULT = "i3d_nl_dot_product_r50"
+
+
+def random_canonical(preset: str = DEFAULT, dtype=np.float32, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    return {k: rng.standard_normal(shape).astype(dtype) for k, shape in parameter_specs(get_preset(preset)).items()}
+
+
+def save_mmaction2(path, arrays, preset: str = DEFAULT):
+    """As mmaction2 1.x saves: a state dict under "state_dict", BN counters included."""
+    state = {k: torch.from_numpy(v) for k, v in mmaction2.from_canonical(arrays, get_preset(preset)).items()}
+    for key in [k for k in state if k.endswith(".bn.running_var")]:
+        state[key.replace("running_var", "num_batches_tracked")] = torch.tensor(1000, dtype=torch.int64)
+    torch.save({"meta": {"mmaction2_version": "1.1.0"}, "state_dict": state}, path)
+
+
+def run(capsys, *argv):
+    code = convert.main([str(a) for a in argv])
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def one_line_error(capsys, *argv) -> str:
+    code, out, err = run(capsys, *argv)
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert code == 2 and len(lines) == 1 and "Traceback" not in err, err
+    return lines[0]
+
+
+def assert_identical(a: dict, b: dict):
+    assert list(a) == list(b)
+    for k in a:
+        assert a[k].dtype == b[k].dtype and a[k].shape == b[k].shape and a[k].tobytes() == b[k].tobytes(), k
+
+
+def test_mmaction2_pth_to_ckpt_to_pth_to_npz_is_byte_identical_to_direct_npz(tmp_path, capsys):
+    save_mmaction2(tmp_path / "mm.pth", random_canonical())
+    steps = [("mm.pth", "w.ckpt"), ("w.ckpt", "w.pth"), ("w.pth", "via.npz"), ("mm.pth", "direct.npz")]
+    for src, dst in steps:
+        code, out, err = run(capsys, tmp_path / src, tmp_path / dst)
+        assert code == 0, err
+    assert (tmp_path / "via.npz").read_bytes() == (tmp_path / "direct.npz").read_bytes()
+    # and it says what it found and what it wrote
+    code, out, _ = run(capsys, tmp_path / "mm.pth", tmp_path / "again.ckpt")
+    assert "mmaction2 names in a torch file" in out and f"arch {DEFAULT}" in out and "322 arrays" in out
+    assert "mindspore names in a ckpt file" in out and "read back byte-identical" in out
+
+
+@pytest.mark.parametrize("fmt,dtype", [("ms", np.float64), ("ms", np.float16), ("torch", np.float16),
+                                       ("safetensors", np.float16), ("npz", np.float32)])
+def test_round_trips_are_bit_exact_and_keep_the_dtype(tmp_path, capsys, fmt, dtype):
+    arrays = random_canonical("i3d_nl_gaussian_r50", dtype)
+    np.savez(tmp_path / "src.npz", **arrays)
+    assert run(capsys, tmp_path / "src.npz", tmp_path / "mid.bin", "--to", fmt)[0] == 0
+    assert run(capsys, tmp_path / "mid.bin", tmp_path / "back.npz")[0] == 0
+    back = read_raw(str(tmp_path / "back.npz")).arrays
+    assert_identical(arrays, back)
+
+
+def test_foreign_schemes_registered_elsewhere_are_formats_too(tmp_path, capsys):
+    arrays = random_canonical(DEFAULT, seed=3)
+    np.savez(tmp_path / "src.npz", **arrays)
+    for src, dst, extra in (("src.npz", "c2.pkl", ()), ("c2.pkl", "mv.ckpt", ("--to", "mindvideo")),
+                            ("mv.ckpt", "mm.pth", ("--to", "mmaction2")), ("mm.pth", "back.npz", ())):
+        code, _, err = run(capsys, tmp_path / src, tmp_path / dst, *extra)
+        assert code == 0, err
+    assert_identical(arrays, read_raw(str(tmp_path / "back.npz")).arrays)
+
+
+def test_content_decides_and_the_preset_is_found(tmp_path, capsys):
+    arrays = random_canonical("i3d_nl_caffe2_r50")
+    from harness.checkpoints.mindspore_ckpt import from_canonical
+
+    write_ckpt(str(tmp_path / "weights.bin"), from_canonical(arrays))
+    code, out, err = run(capsys, tmp_path / "weights.bin", tmp_path / "w.safetensors")
+    assert code == 0, err
+    assert "mindspore names in a ckpt file, arch i3d_nl_caffe2_r50" in out
+    # a 174-class head is read as such
+    arrays = random_canonical("i3d_r50")
+    arrays["head.fc.weight"], arrays["head.fc.bias"] = arrays["head.fc.weight"][:174], arrays["head.fc.bias"][:174]
+    np.savez(tmp_path / "ssv2.npz", **arrays)
+    code, out, err = run(capsys, tmp_path / "ssv2.npz", tmp_path / "ssv2.ckpt", "--arch", "i3d_r50")
+    assert code == 0 and "174 classes" in out, err
+
+
+def test_ckpt_of_another_architecture_is_refused(tmp_path, capsys):
+    from harness.checkpoints.mindspore_ckpt import from_canonical
+
+    write_ckpt(str(tmp_path / "i3d.ckpt"), from_canonical(random_canonical("i3d_r50")))
+    line = one_line_error(capsys, tmp_path / "i3d.ckpt", tmp_path / "x.npz", "--arch", DEFAULT)
+    assert "does not fit arch 'i3d_nl_dot_product_r50'" in line and "missing" in line
+    write_ckpt(str(tmp_path / "mlp.ckpt"), {"fc1.weight": np.ones((4, 3), np.float32)})
+    assert "unrecognised parameter names" in one_line_error(capsys, tmp_path / "mlp.ckpt", tmp_path / "x.npz")
+
+
+def test_dtype_mismatch_is_refused(tmp_path, capsys):
+    arrays = random_canonical()
+    arrays["res3.1.non_local.g.weight"] = arrays["res3.1.non_local.g.weight"].astype(np.float16)
+    np.savez(tmp_path / "mixed.npz", **arrays)
+    line = one_line_error(capsys, tmp_path / "mixed.npz", tmp_path / "x.ckpt")
+    assert "dtype mismatch" in line and "res3.1.non_local.g.weight" in line
+    ints = {k: v.astype(np.int32) for k, v in random_canonical().items()}
+    np.savez(tmp_path / "ints.npz", **ints)
+    assert "dtype mismatch" in one_line_error(capsys, tmp_path / "ints.npz", tmp_path / "x.ckpt")
+
+
+def test_other_bad_input_is_one_line_exit_2(tmp_path, capsys):
+    np.savez(tmp_path / "w.npz", **random_canonical())
+    assert "unknown arch preset 'resnet18'" in one_line_error(capsys, tmp_path / "w.npz", tmp_path / "x.ckpt",
+                                                               "--arch", "resnet18")
+    assert "no such checkpoint file" in one_line_error(capsys, tmp_path / "nope.pth", tmp_path / "x.ckpt")
+    assert "--to" in one_line_error(capsys, tmp_path / "w.npz", tmp_path / "x.weights")
+    assert "unknown format 'onnx'" in one_line_error(capsys, tmp_path / "w.npz", tmp_path / "x.onnx", "--to", "onnx")
+    assert "expects a ckpt file" in one_line_error(capsys, tmp_path / "w.npz", tmp_path / "x.pth", "--from", "ms")
+    assert "no such directory" in one_line_error(capsys, tmp_path / "w.npz", tmp_path / "no" / "x.pth")
+
+
+def test_the_cli_as_a_user_runs_it(cli, tmp_path):
+    save_mmaction2(tmp_path / "mm.pth", random_canonical())
+    ok = cli("harness.convert", tmp_path / "mm.pth", tmp_path / "w.ckpt")
+    assert ok.returncode == 0 and "wrote" in ok.stdout and not ok.stderr.strip(), ok.stderr
+    bad = cli("harness.convert", tmp_path / "w.ckpt", tmp_path / "x.npz", "--arch", "i3d_r50")
+    lines = [ln for ln in bad.stderr.splitlines() if ln.strip()]
+    assert bad.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: ") and "unexpected" in lines[0]
+    unknown = cli("harness.convert", tmp_path / "w.ckpt", tmp_path / "x.npz", "--arch", "nope")
+    assert unknown.returncode == 2 and len(unknown.stderr.strip().splitlines()) == 1
+    assert cli("harness.convert", "--help").returncode == 0
