@@ -95,23 +95,30 @@ class MindSporeRunner(Runner):
         except ImportError as exc:
             raise BackendError(f"MindSpore is not installed ({exc})") from None
         self.ms = ms
+        self._set_device()
         self._activate()
         if device == "cpu":
             self._set_threads(self.threads)
         self.net = self._intermediates = self._isolated = None
 
     # ------------------------------------------------------------------ context
+    def _set_device(self) -> None:
+        """Choose the device once: MindSpore refuses a change after its first kernel ran."""
+        ms = self.ms
+        target = "GPU" if self.device == "gpu" else "CPU"
+        if ms.get_context("device_target") != target:
+            try:
+                ms.set_device(target)
+            except (RuntimeError, ValueError) as exc:
+                raise BackendError(f"MindSpore cannot use {target} here ({str(exc).splitlines()[0]})") from None
+        if ms.get_context("device_target") != target:
+            raise BackendError(f"--device {self.device} asked for, but MindSpore runs on "
+                               f"{ms.get_context('device_target')} in this process")
+
     def _activate(self) -> None:
-        """Make this runner's mode and device current (several runners may share a process)."""
+        """Make this runner's mode current (several runners may share a process)."""
         ms = self.ms
         ms.set_context(mode=ms.GRAPH_MODE if self.mode == "graph" else ms.PYNATIVE_MODE)
-        target = "GPU" if self.device == "gpu" else "CPU"
-        try:
-            ms.set_device(target)
-        except (RuntimeError, ValueError) as exc:
-            raise BackendError(f"MindSpore cannot use {target} here ({str(exc).splitlines()[0]})") from None
-        if self.device == "gpu" and ms.get_context("device_target") != "GPU":
-            raise BackendError("--device gpu asked for, but this MindSpore build has no GPU support")
 
     def _set_threads(self, n: int) -> None:
         if _THREADS_SET:
