@@ -30,7 +30,7 @@ from typing import Dict, List, Optional
 import numpy as np
 
 from frameworks.spec.arch import DEFAULT_PRESET, PRESETS, get_preset, layer_names
-from harness.compare import DEFAULT_ATOL, DEFAULT_RTOL, ParityReport, compare_outputs, format_report
+from harness.compare import DEFAULT_RTOL, DEFAULT_STAGE_ATOL, ParityReport, compare_outputs, format_report
 
 log = logging.getLogger("harness.parity")
 
@@ -49,8 +49,13 @@ def _shape(text: str):
     return shape
 
 
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # one line and exit 2, without argparse's usage block
+        self.exit(2, f"error: {message}\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m harness.parity", description=__doc__,
+    p = _Parser(prog="python -m harness.parity", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--arch", default=DEFAULT_PRESET, choices=list(PRESETS), metavar="PRESET",
                    help=f"architecture preset (default {DEFAULT_PRESET}; one of: {', '.join(PRESETS)})")
@@ -67,8 +72,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="shape of the seeded random clip (default 1,3,32,224,224)")
     p.add_argument("--input", help="a float32 clip (N,C,T,H,W) saved with numpy.save, instead of a random one")
     p.add_argument("--seed", type=int, default=0, help="seed for the random clip and weights (default 0)")
-    p.add_argument("--atol", type=float, default=DEFAULT_ATOL,
-                   help=f"absolute tolerance as a fraction of each layer's max |reference| (default {DEFAULT_ATOL:g})")
+    p.add_argument("--atol", type=float, default=None,
+                   help="absolute tolerance as a fraction of each layer's max |reference|, for every layer "
+                        "(default: per stage, " + ", ".join(f"{k} {v:g}" for k, v in DEFAULT_STAGE_ATOL.items())
+                        + "; measured float32 noise, see harness/compare.py)")
     p.add_argument("--rtol", type=float, default=DEFAULT_RTOL,
                    help=f"relative tolerance per element (default {DEFAULT_RTOL:g}); an element fails only "
                         "if it exceeds both")
@@ -120,14 +127,18 @@ def _load_npz(path: str) -> Dict[str, np.ndarray]:
 def _read_clip(path: str) -> np.ndarray:
     try:
         clip = np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, EOFError) as exc:
         raise InputError(f"cannot read --input {path}: {exc}") from None
+    if not isinstance(clip, np.ndarray):
+        raise InputError(f"--input {path} is not one array saved with numpy.save")
     if clip.ndim != 5 or not np.issubdtype(clip.dtype, np.floating):
         raise InputError(f"--input must be a float (N,C,T,H,W) array; got {clip.dtype} {clip.shape}")
     return clip.astype(np.float32)
 
 
-def run(args) -> List[ParityReport]:
+def run(args, runs: Optional[Dict[str, dict]] = None) -> List[ParityReport]:
+    """Run (or load) every framework and compare; ``runs`` collects each worker's versions,
+    hardware and timings by framework."""
     from harness.backends import canonical_framework
 
     try:
@@ -149,13 +160,14 @@ def run(args) -> List[ParityReport]:
     if args.load_outputs:
         outputs = {fw: _load_npz(os.path.join(args.load_outputs, f"{fw}.npz")) for fw in [reference] + frameworks}
     else:
-        outputs = _run_frameworks(cfg, reference, frameworks, args)
+        outputs = _run_frameworks(cfg, reference, frameworks, args, runs if runs is not None else {})
     return [compare_outputs(outputs[reference], outputs[fw], names, atol=args.atol, rtol=args.rtol,
                             reference_name=reference, candidate_name=fw, mode=args.mode)
             for fw in frameworks]
 
 
-def _run_frameworks(cfg, reference: str, frameworks: List[str], args) -> Dict[str, Dict[str, np.ndarray]]:
+def _run_frameworks(cfg, reference: str, frameworks: List[str], args,
+                    runs: Dict[str, dict]) -> Dict[str, Dict[str, np.ndarray]]:
     from harness.checkpoints import CheckpointError, load_weights
     from harness.checkpoints.io import write_npz
 
@@ -178,6 +190,10 @@ def _run_frameworks(cfg, reference: str, frameworks: List[str], args) -> Dict[st
             except CheckpointError as exc:
                 raise InputError(str(exc)) from None
             log.info("weights: %s", loaded.describe())
+            wrong = sorted({str(v.dtype) for v in loaded.arrays.values()} - {"float32"})
+            if wrong:
+                raise InputError(f"{args.checkpoint}: dtype mismatch: the weights hold {', '.join(wrong)}; "
+                                 "the models run float32 (convert the weights to float32 first)")
             write_npz(weights_path, loaded.arrays)
         else:
             log.info("weights: seeded random (seed %d), BN statistics calibrated on the input clip", args.seed)
@@ -187,7 +203,8 @@ def _run_frameworks(cfg, reference: str, frameworks: List[str], args) -> Dict[st
             log.info("running %s on %s", fw, "x".join(map(str, clip.shape)))
             out_path = os.path.join(out_dir, f"{fw}.npz")
             isolated = os.path.join(out_dir, f"{reference}.npz") if (args.mode == "isolated" and fw != reference) else None
-            _run_worker(fw, cfg_path, input_path, out_path, args, weights=weights_path, isolated_from=isolated)
+            runs[fw] = _run_worker(fw, cfg_path, input_path, out_path, args, weights=weights_path,
+                                   isolated_from=isolated)
             outputs[fw] = _load_npz(out_path)
         return outputs
 
@@ -196,8 +213,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(name)s: %(message)s", stream=sys.stderr)
+    runs: Dict[str, dict] = {}
     try:
-        reports = run(args)
+        reports = run(args, runs)
     except (InputError, KeyError) as exc:
         print(f"error: {str(exc).strip(chr(34)).strip(chr(39))}", file=sys.stderr)
         return 2
@@ -207,7 +225,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     if args.json:
         doc = reports[0].to_dict() if len(reports) == 1 else {
             "passed": all(r.passed for r in reports), "comparisons": [r.to_dict() for r in reports]}
-        doc.update(arch=args.arch, seed=args.seed, checkpoint=args.checkpoint)
+        doc.update(arch=args.arch, seed=args.seed, checkpoint=args.checkpoint, runs=runs)
         with open(args.json, "w") as f:
             json.dump(doc, f, indent=2)
     return 0 if all(r.passed for r in reports) else 1
