@@ -185,6 +185,4 @@ class MindSporeRunner(Runner):
     def hardware(self) -> Dict[str, str]:
         hw = super().hardware()
         hw.update(self.isa)
-        if self.device == "gpu":
-            hw["gpu"] = "MindSpore GPU device"
         return hw

@@ -168,6 +168,20 @@ def test_loading_is_strict(nets):
         ms_weights.load_canonical(other, good, cfg)
 
 
+def test_what_load_param_into_net_leaves_unloaded_is_an_error(nets, monkeypatch):
+    cfg, net = nets(DEFAULT)
+    real = ms.load_param_into_net
+
+    def leaves_one_out(cell, params, strict_load=False):
+        params = dict(params)
+        params.pop("res4.1.non_local.out.weight")
+        return real(cell, params, strict_load=strict_load)
+
+    monkeypatch.setattr(ms, "load_param_into_net", leaves_one_out)
+    with pytest.raises(WeightMismatchError, match="res4.1.non_local.out.weight"):
+        ms_weights.load_canonical(net, random_canonical(cfg), cfg)
+
+
 def test_cpu_isa_detection():
     assert detect_cpu_isa({"avx2", "avx512f", "avx512bw", "avx512vl", "avx512dq"}) == "AVX512_CORE"
     assert detect_cpu_isa({"avx", "avx2", "fma"}) == "AVX2"
