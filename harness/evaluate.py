@@ -47,6 +47,7 @@ log = logging.getLogger("harness.evaluate")
 
 SUMMARY_VERSION = 1
 IDENTITY_KEYS = ("framework", "arch", "arch_hash", "data_preset", "data_preset_hash", "checkpoint_sha256",
+                 "weights_sha256",
                  "split", "n_index", "limit", "num_classes")
 
 
@@ -211,26 +212,21 @@ def _random_weights(cfg, preset, seed: int, cache_dir: str, index, calibration_v
     torch never share one), cached beside the scores so a resumed run reuses them.
 
     BN statistics are calibrated on one clip from each of up to ``calibration_videos``
-    videos spread over the index: noise calibration does not transfer to real clips, nor
+    videos spread over the index (decoded by a loader worker process): noise calibration does not transfer to real clips, nor
     does one video's to another's, and five dot-product non-local blocks (cubic in their
     input's scale) amplify any mismatch into NaN.
     """
-    from harness.data.decoders import VideoDecodeError
-    from harness.data.loader import load_clips
+    from harness.data import ClipLoader, DatasetIndex
 
     path = os.path.join(cache_dir, f"random_weights_seed{seed}.npz")
     if os.path.isfile(path):
         return path
     os.makedirs(cache_dir, exist_ok=True)
     step = max(1, len(index.records) // calibration_videos)
-    clips = []
-    for record in index.records[::step]:
-        try:
-            clips.append(load_clips(record.path, preset, video_key=record.video_id)[:1])
-        except VideoDecodeError:
-            continue
-        if len(clips) == calibration_videos:
-            break
+    picked = DatasetIndex(index.records[::step][: 2 * calibration_videos], index.label_map, type(index.faults)())
+    # decoded in a worker process: decord must not enter this process before MindSpore
+    loader = ClipLoader(picked, preset, workers=1)
+    clips = [item.clips[:1] for _, item in zip(range(calibration_videos), loader)]
     if not clips:
         raise InputError("random weights are calibrated on videos, and no video of the index decodes")
     clip = np.concatenate(clips)
@@ -253,6 +249,7 @@ def _random_weights(cfg, preset, seed: int, cache_dir: str, index, calibration_v
 def evaluate(args) -> dict:
     from harness.backends import BackendError, canonical_framework, make_runner
     from harness.checkpoints import CheckpointError, load_weights
+    from harness.checkpoints.io import arrays_sha256
     from harness.data import ClipLoader, DatasetError, DatasetIndex, build_index
 
     if not args.framework or not args.data_root:
@@ -278,15 +275,6 @@ def evaluate(args) -> dict:
         out = f"{stem}.shard{rank}of{world}.json"
     summary_path, scores_dir = _paths(out)
 
-    # The framework first: MindSpore 2.10 aborts ("random_device could not be read") when
-    # decord was imported into the process before it.
-    threads = args.threads or max(1, (os.cpu_count() or 1) // world)
-    try:
-        extra = {"mode": args.ms_mode} if framework == "ms" else {}
-        runner = make_runner(framework, device=args.device, threads=threads, **extra)
-    except (BackendError, ValueError) as exc:
-        raise InputError(str(exc)) from None
-
     try:
         index = build_index(args.data_root, args.split, annotations=args.annotations, label_order=preset.label_order)
     except DatasetError as exc:
@@ -308,11 +296,21 @@ def evaluate(args) -> dict:
         with np.load(path) as z:
             arrays = {k: z[k] for k in z.files}
         checkpoint_label = f"random (seed {args.seed}; BN statistics calibrated on clips of this dataset)"
-        checkpoint_sha = _sha256(path)
+        checkpoint_sha = arrays_sha256(arrays)  # no file to name: the weights' own digest
+
+    # Only now the framework: the random weights' torch process must not inherit the oneDNN
+    # ISA cap the MindSpore runner sets, and MindSpore 2.10 aborts ("random_device could not
+    # be read") if decord entered this process before it (so nothing above decodes here).
+    threads = args.threads or max(1, (os.cpu_count() or 1) // world)
+    try:
+        extra = {"mode": args.ms_mode} if framework == "ms" else {}
+        runner = make_runner(framework, device=args.device, threads=threads, **extra)
+    except (BackendError, ValueError) as exc:
+        raise InputError(str(exc)) from None
 
     identity = {"framework": framework, "arch": cfg.name, "arch_hash": arch_hash(cfg),
                 "data_preset": preset.name, "data_preset_hash": data_preset_hash(preset),
-                "checkpoint_sha256": checkpoint_sha, "split": args.split, "n_index": n_index,
+                "checkpoint_sha256": checkpoint_sha, "weights_sha256": arrays_sha256(arrays), "split": args.split, "n_index": n_index,
                 "limit": args.limit, "num_classes": cfg.num_classes, "shard": [rank, world]}
     os.makedirs(scores_dir, exist_ok=True)
     run_file = os.path.join(scores_dir, "run.json")
@@ -529,7 +527,7 @@ def compare(path_a: str, path_b: str, tie_margin: float) -> dict:
     result = metrics.agreement(sa["video_ids"], sa["scores"], sb["video_ids"], sb["scores"], tie_margin)
     result.update(a={"path": path_a, "framework": a["framework"], "top1": a["top1"], "top5": a["top5"]},
                   b={"path": path_b, "framework": b["framework"], "top1": b["top1"], "top5": b["top5"]},
-                  tie_margin=tie_margin, same_weights=a["checkpoint_sha256"] == b["checkpoint_sha256"],
+                  tie_margin=tie_margin, same_weights=a["weights_sha256"] == b["weights_sha256"],
                   same_protocol=a["spec_hash"] == b["spec_hash"])
     return result
 

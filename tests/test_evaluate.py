@@ -135,3 +135,59 @@ def test_annotations_of_the_wrong_format_exit_2(dataset, tmp_path):
     proc = run_cli("harness.evaluate", "--framework", "torch", "--data-root", dataset, "--annotations", bad)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert len([ln for ln in proc.stderr.splitlines() if ln.strip()]) == 1
+
+
+def _float64_scores(dataset, weights_path, video_ids):
+    """Each video's probabilities from our torch model in float64: the float32 noise floor."""
+    import torch
+
+    from frameworks.spec.arch import get_preset
+    from frameworks.spec.data_presets import get_data_preset
+    from frameworks.torch.model import I3DNL
+    from frameworks.torch.weights import load_canonical
+    from harness.data import build_index
+    from harness.data.loader import load_clips
+
+    cfg = get_preset("i3d_nl_dot_product_r50")
+    preset = get_data_preset("mmaction2_val", clip_len=8, short_edge=72, crop_size=64)
+    model = I3DNL(cfg).eval()
+    with np.load(weights_path) as z:
+        load_canonical(model, {k: z[k] for k in z.files}, cfg)
+    model.double()
+    records = {r.video_id: r for r in build_index(dataset, "val").records}
+    out = []
+    with torch.no_grad():
+        for vid in video_ids:
+            clips = load_clips(records[vid].path, preset, video_key=vid).astype(np.float64)
+            out.append(preset.combine(model(torch.from_numpy(clips)).numpy()))
+    return np.stack(out)
+
+
+def test_torch_and_mindspore_agree_video_by_video(dataset, torch_run, tmp_path):
+    """Same seeded weights, same clips: every top-1 agrees (or is a near-tie), and MindSpore's
+    probabilities differ from torch's by no more than float32 itself does: torch float32
+    against torch float64 on the same clips sets the bound, since the dot-product blocks
+    amplify rounding by an amount that depends on the input."""
+    reference, ref_out = torch_run
+    out = tmp_path / "ms.json"
+    proc = run_cli("harness.evaluate", "--framework", "mindspore", "--data-root", dataset, *SMALL, "--out", out,
+                   "--chunk-videos", "4", "-q")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    summary = json.loads(out.read_text())
+    assert summary["weights_sha256"] == reference["weights_sha256"]  # the same seeded weights
+    assert summary["versions"]["mindspore"].startswith("2.")
+    assert summary["faults"] == reference["faults"] and summary["n_videos"] == reference["n_videos"]
+    agreement_json = tmp_path / "agreement.json"
+    compared = run_cli("harness.evaluate", "--compare", ref_out, out, "--json", agreement_json)
+    assert compared.returncode == 0, compared.stderr
+    agreement = json.loads(agreement_json.read_text())
+    assert agreement["n_common"] == 33 and agreement["same_weights"] and agreement["same_protocol"]
+    assert agreement["n_top1_differ"] == agreement["n_near_ties"]  # only near-ties may flip
+    assert agreement["top1_agreement"] >= (33 - agreement["n_near_ties"]) / 33
+
+    torch_saved = read_scores(str(ref_out)[:-5] + ".scores")
+    exact = _float64_scores(dataset, str(ref_out)[:-5] + ".scores/random_weights_seed0.npz",
+                            torch_saved["video_ids"])
+    float32_floor = np.abs(torch_saved["scores"] - exact).max()
+    assert 0 < float32_floor < 1e-3
+    assert agreement["max_abs_delta"] <= 3 * float32_floor, (agreement["max_abs_delta"], float32_floor)

@@ -42,6 +42,17 @@ def sha256_file(path: str, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
+def arrays_sha256(arrays: Dict[str, np.ndarray]) -> str:
+    """A digest of the weights themselves (names, dtypes, shapes, bytes), independent of
+    the container: two .npz files holding the same arrays differ in their zip timestamps."""
+    h = hashlib.sha256()
+    for name in sorted(arrays):
+        a = np.ascontiguousarray(arrays[name])
+        h.update(f"{name}|{a.dtype.str}|{a.shape}|".encode())
+        h.update(a.tobytes())
+    return h.hexdigest()
+
+
 # ----------------------------------------------------------------------- detection
 def sniff_container(path: str) -> str:
     """Which container a file is, from its first bytes (and a zip's member names)."""
