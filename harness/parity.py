@@ -19,6 +19,7 @@ tolerance, 2 bad input (one line on stderr).
 from __future__ import annotations
 
 import argparse
+import datetime as _dt
 import json
 import logging
 import os
@@ -29,7 +30,7 @@ from typing import Dict, List, Optional
 
 import numpy as np
 
-from frameworks.spec.arch import DEFAULT_PRESET, PRESETS, get_preset, layer_names
+from frameworks.spec.arch import DEFAULT_PRESET, PRESETS, arch_hash, get_preset, layer_names
 from harness.compare import DEFAULT_RTOL, DEFAULT_STAGE_ATOL, ParityReport, compare_outputs, format_report
 
 log = logging.getLogger("harness.parity")
@@ -225,7 +226,11 @@ def main(argv: Optional[List[str]] = None) -> int:
     if args.json:
         doc = reports[0].to_dict() if len(reports) == 1 else {
             "passed": all(r.passed for r in reports), "comparisons": [r.to_dict() for r in reports]}
-        doc.update(arch=args.arch, seed=args.seed, checkpoint=args.checkpoint, runs=runs)
+        overrides = {k: v for k, v in (("depth", args.depth), ("num_classes", args.num_classes)) if v is not None}
+        doc.update(arch=args.arch, arch_hash=arch_hash(get_preset(args.arch, **overrides)), seed=args.seed,
+                   checkpoint=args.checkpoint, input=args.input,
+                   input_shape=list(args.input_shape) if not (args.input or args.load_outputs) else None,
+                   date=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), runs=runs)
         with open(args.json, "w") as f:
             json.dump(doc, f, indent=2)
     return 0 if all(r.passed for r in reports) else 1
