@@ -29,11 +29,9 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import io
 import logging
 import os
 import sys
-import zipfile
 from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional, Tuple
 
@@ -201,27 +199,13 @@ def _check_dtypes(arrays: Dict[str, np.ndarray], path: str) -> None:
 
 
 # ---------------------------------------------------------------------- writing
-def write_npz_deterministic(path: str, arrays: Dict[str, np.ndarray]) -> None:
-    """An ``.npz`` that ``np.load`` reads like ``np.savez``'s, but with fixed zip timestamps,
-    so that the same arrays always give the same bytes."""
-    tmp = path + ".tmp"
-    with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as archive:
-        for name, value in arrays.items():
-            buffer = io.BytesIO()
-            np.lib.format.write_array(buffer, np.asanyarray(value), allow_pickle=False)
-            info = zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0))
-            info.external_attr = 0o600 << 16
-            archive.writestr(info, buffer.getvalue())
-    os.replace(tmp, path)
-
-
 def write_destination(path: str, fmt: str, arrays: Dict[str, np.ndarray], cfg: I3DNLConfig) -> Dict[str, np.ndarray]:
     """Write canonical ``arrays`` as ``fmt``; returns what was written, by written name."""
     from harness.checkpoints.io import WRITERS
 
     target = FORMATS[fmt]
     named = renamer(target.write_scheme)(arrays, cfg)
-    writer = write_npz_deterministic if target.container == "npz" else WRITERS.get(target.container)
+    writer = WRITERS.get(target.container)
     if writer is None:
         raise InputError(f"writing {target.container} files is not supported yet")
     try:

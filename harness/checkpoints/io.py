@@ -7,6 +7,7 @@ The content, not the extension, decides; the extension only breaks ties.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import logging
 import os
@@ -42,12 +43,16 @@ def sha256_file(path: str, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
+def _c_order(value: np.ndarray) -> np.ndarray:
+    return np.require(value, requirements="C")  # unlike ascontiguousarray, keeps 0-d arrays 0-d
+
+
 def arrays_sha256(arrays: Dict[str, np.ndarray]) -> str:
     """A digest of the weights themselves (names, dtypes, shapes, bytes), independent of
     the container: two .npz files holding the same arrays differ in their zip timestamps."""
     h = hashlib.sha256()
     for name in sorted(arrays):
-        a = np.ascontiguousarray(arrays[name])
+        a = _c_order(arrays[name])
         h.update(f"{name}|{a.dtype.str}|{a.shape}|".encode())
         h.update(a.tobytes())
     return h.hexdigest()
@@ -166,15 +171,23 @@ def read_raw(path: str) -> RawCheckpoint:
 
 # ------------------------------------------------------------------------- writers
 def write_npz(path: str, arrays: Dict[str, np.ndarray]) -> None:
-    tmp = path + ".tmp.npz"
-    np.savez(tmp, **arrays)
+    """An ``.npz`` that ``np.load`` reads like ``np.savez``'s, but with fixed zip timestamps,
+    so that the same arrays always give the same bytes; replaced atomically."""
+    tmp = path + ".tmp"
+    with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as archive:
+        for name, value in arrays.items():
+            buffer = io.BytesIO()
+            np.lib.format.write_array(buffer, np.asanyarray(value), allow_pickle=False)
+            info = zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0))
+            info.external_attr = 0o600 << 16
+            archive.writestr(info, buffer.getvalue())
     os.replace(tmp, path)
 
 
 def write_torch(path: str, arrays: Dict[str, np.ndarray], meta: Optional[dict] = None) -> None:
     import torch
 
-    state = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in arrays.items()}
+    state = {k: torch.from_numpy(_c_order(v)) for k, v in arrays.items()}
     tmp = path + ".tmp"
     torch.save({"state_dict": state, "meta": meta or {}} if meta else state, tmp)
     os.replace(tmp, path)
@@ -184,7 +197,7 @@ def write_safetensors(path: str, arrays: Dict[str, np.ndarray], meta: Optional[d
     from safetensors.numpy import save_file
 
     tmp = path + ".tmp"
-    save_file({k: np.ascontiguousarray(v) for k, v in arrays.items()}, tmp,
+    save_file({k: _c_order(v) for k, v in arrays.items()}, tmp,
               metadata={k: json.dumps(v) for k, v in (meta or {}).items()})
     os.replace(tmp, path)
 
