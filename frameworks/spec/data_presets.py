@@ -206,46 +206,38 @@ _MMACTION2_MEAN = (123.675, 116.28, 103.53)
 _MMACTION2_STD = (58.395, 57.12, 57.375)
 SEED_STD_TYPO = "std[2] = 0.255 in the seed's nonlocal.yaml is a typo for ImageNet's 0.225; kept verbatim"
 
+_MMACTION2_VAL = DataPreset(
+    name="mmaction2_val",
+    source="mmaction2 1.1.0 configs/recognition/i3d/"
+    "i3d_imagenet-pretrained-r50-nl-dot-product_8xb8-32x2x1-100e_kinetics400-rgb.py val_pipeline",
+    sampler="mmaction2",
+    clip_len=32,
+    frame_interval=2,
+    num_clips=1,
+    short_edge=256,
+    interpolation="bilinear",
+    size_rounding="round",
+    crop="center",
+    crop_size=224,
+    crop_rounding="floor",
+    mean=_MMACTION2_MEAN,
+    std=_MMACTION2_STD,
+    clip_combine="prob",
+    label_order="alphabetical",
+)
+
 PRESETS: Dict[str, DataPreset] = {
     p.name: p
     for p in (
-        DataPreset(
-            name="mmaction2_val",
-            source="mmaction2 1.1.0 configs/recognition/i3d/"
-            "i3d_imagenet-pretrained-r50-nl-dot-product_8xb8-32x2x1-100e_kinetics400-rgb.py val_pipeline",
-            sampler="mmaction2",
-            clip_len=32,
-            frame_interval=2,
-            num_clips=1,
-            short_edge=256,
-            interpolation="bilinear",
-            size_rounding="round",
-            crop="center",
-            crop_size=224,
-            crop_rounding="floor",
-            mean=_MMACTION2_MEAN,
-            std=_MMACTION2_STD,
-            clip_combine="prob",
-            label_order="alphabetical",
-        ),
-        DataPreset(
+        _MMACTION2_VAL,
+        # the same config's test_pipeline: 10 clips x ThreeCrop(256)
+        _MMACTION2_VAL.replace(
             name="mmaction2_test_10x3",
-            source="mmaction2 1.1.0 configs/recognition/i3d/"
-            "i3d_imagenet-pretrained-r50-nl-dot-product_8xb8-32x2x1-100e_kinetics400-rgb.py test_pipeline",
-            sampler="mmaction2",
-            clip_len=32,
-            frame_interval=2,
+            source=_MMACTION2_VAL.source.replace("val_pipeline", "test_pipeline"),
             num_clips=10,
-            short_edge=256,
-            interpolation="bilinear",
-            size_rounding="round",
             crop="three",
             crop_size=256,
             three_crop_order="mmaction2",
-            mean=_MMACTION2_MEAN,
-            std=_MMACTION2_STD,
-            clip_combine="prob",
-            label_order="alphabetical",
         ),
         DataPreset(
             name="seed_eval",
