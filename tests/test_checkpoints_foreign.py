@@ -2,6 +2,7 @@
 checked against a numpy non-local block written from each author's description."""
 from __future__ import annotations
 
+import json
 import pickle
 
 import numpy as np
@@ -228,3 +229,28 @@ def test_every_scheme_covers_exactly_the_canonical_names():
         assert sorted(names.values()) == sorted(parameter_specs(cfg))
         assert len(set(names)) == len(names)
     assert "pool" in layer_names(get_preset("i3d_nl_caffe2_r50"))
+
+
+# --------------------------------------------------------------------------- both frameworks
+@pytest.mark.parametrize("fmt", ["caffe2", "mindvideo"])
+def test_foreign_checkpoint_runs_in_torch_and_mindspore_with_parity(fmt, clip, tmp_path, cli):
+    """The file as its authors write it, through `harness.parity --checkpoint`: the format is
+    recognised from its content and both frameworks agree at every layer."""
+    pytest.importorskip("mindspore")
+    preset = "i3d_nl_caffe2_r50" if fmt == "caffe2" else "i3d_nl_mindvideo_r50"
+    cfg, canonical = _calibrated(preset, clip)
+    if fmt == "caffe2":
+        path = tmp_path / "i3d_nonlocal_32x2_IN_pretrain_400k.pkl"
+        _write_caffe2_pkl(path, canonical, cfg)
+    else:
+        from harness.checkpoints.io import WRITERS
+
+        path = tmp_path / "nonlocal_kinetics400_mindspore.ckpt"
+        WRITERS["ckpt"](str(path), mindvideo.from_canonical(canonical, cfg))
+    np.save(tmp_path / "clip.npy", clip)
+    proc = cli("harness.parity", "--arch", preset, "--frameworks", "torch,ms", "--checkpoint", path,
+               "--input", tmp_path / "clip.npy", "--json", tmp_path / "parity.json", "-v")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
+    assert f"{fmt} weights" in proc.stderr  # what was recognised is said
+    report = json.loads((tmp_path / "parity.json").read_text())
+    assert report["passed"] and len(report["layers"]) == len(layer_names(cfg))

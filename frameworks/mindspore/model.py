@@ -177,20 +177,19 @@ class Bottleneck(nn.Cell):
 
 class GlobalPool(nn.Cell):
     """``pool`` of the head: the mean over T, H, W (``fc`` head), or Caffe2's average
-    over all frames and a 7x7 window at stride 1 (the fully convolutional test head)."""
+    over all frames and a 7x7 window at stride 1 (the fully convolutional test head;
+    maps smaller than 7x7, at test shapes, are pooled whole, as in the torch model)."""
 
     def __init__(self, kind: str):
         super().__init__()
         self.fully_convolutional = kind == "conv_softmax_avg"
-        if self.fully_convolutional:
-            self.avg2d = nn.AvgPool2d(kernel_size=7, stride=1, pad_mode="valid")
 
     def construct(self, x):
         if not self.fully_convolutional:
             return x.mean(axis=(2, 3, 4))
         # A (T, 7, 7) window at stride 1 is the mean over T, then a 7x7 mean per frame.
         n, c, t, h, w = x.shape
-        pooled = self.avg2d(x.mean(axis=2))
+        pooled = ops.avg_pool2d(x.mean(axis=2), kernel_size=(min(7, h), min(7, w)), stride=1)
         return pooled.reshape(n, c, 1, pooled.shape[2], pooled.shape[3])
 
 
