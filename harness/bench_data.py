@@ -39,6 +39,8 @@ from typing import List, Optional, Sequence
 
 import numpy as np
 
+from harness.cli import OneLineParser
+
 log = logging.getLogger("harness.bench_data")
 
 
@@ -193,11 +195,6 @@ def format_table(results: Sequence[dict]) -> str:
 
 
 # ---------------------------------------------------------------------------- CLI
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):
-        self.exit(2, f"{self.prog}: error: {message}\n")
-
-
 def _int_list(text: str) -> List[int]:
     try:
         values = [int(v) for v in text.split(",") if v.strip()]
@@ -217,7 +214,7 @@ def _size(text: str):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(
+    p = OneLineParser(
         prog="python -m harness.bench_data",
         description="Decode benchmark: decoded + transformed clips/s per decoder (decord, PyAV) and number "
         "of loader worker processes, written as JSON with provenance.",

@@ -37,13 +37,10 @@ from typing import Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 
+from harness.cli import InputError, OneLineParser
 from frameworks.spec.arch import PRESETS, I3DNLConfig, WeightMismatchError, get_preset, parameter_specs
 
 log = logging.getLogger("harness.convert")
-
-
-class InputError(Exception):
-    """Bad input: one line on stderr, exit status 2."""
 
 
 @dataclass(frozen=True)
@@ -231,13 +228,8 @@ def verify(path: str, written: Dict[str, np.ndarray]) -> List[str]:
 
 
 # ---------------------------------------------------------------------- CLI
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str):  # one line, exit 2 (argparse prints the usage too)
-        self.exit(2, f"error: {message}\n")
-
-
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="python -m harness.convert", description=__doc__,
+    p = OneLineParser(prog="python -m harness.convert", description=__doc__,
                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("src", metavar="SRC", help="weights to read")
     p.add_argument("dst", metavar="DST", help="file to write")

@@ -30,7 +30,6 @@ import hashlib
 import json
 import logging
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -42,6 +41,7 @@ from frameworks.spec.arch import DEFAULT_PRESET, PRESETS, arch_hash, get_preset
 from frameworks.spec.data_presets import DEFAULT_DATA_PRESET, PRESETS as DATA_PRESETS
 from frameworks.spec.data_presets import data_preset_hash, get_data_preset
 from harness import metrics
+from harness.cli import InputError, OneLineParser, failure_line, run_module
 
 log = logging.getLogger("harness.evaluate")
 
@@ -51,13 +51,9 @@ IDENTITY_KEYS = ("framework", "arch", "arch_hash", "data_preset", "data_preset_h
                  "split", "n_index", "limit", "num_classes")
 
 
-class InputError(Exception):
-    """Bad input: one line, exit status 2."""
-
-
 # ----------------------------------------------------------------------------- CLI
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m harness.evaluate", description=__doc__,
+    p = OneLineParser(prog="python -m harness.evaluate", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     mode = p.add_argument_group("what to do (default: evaluate)")
     mode.add_argument("--merge", nargs="+", metavar="SHARD", help="merge shard summaries (JSON files or folders)")
@@ -195,14 +191,6 @@ def read_scores(scores_dir: str) -> dict:
 
 
 # ----------------------------------------------------------------------------- provenance
-def _sha256(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def spec_hash(arch_cfg, data_preset) -> str:
     return hashlib.sha256(f"{arch_hash(arch_cfg)}:{data_preset_hash(data_preset)}".encode()).hexdigest()[:16]
 
@@ -235,12 +223,10 @@ def _random_weights(cfg, preset, seed: int, cache_dir: str, index, calibration_v
         with open(cfg_path, "w") as f:
             json.dump(cfg.to_dict(), f)
         np.save(clip_path, clip.astype(np.float32))
-        proc = subprocess.run([sys.executable, "-m", "harness.worker", "--framework", "torch", "--config", cfg_path,
-                               "--input", clip_path, "--init-seed", str(seed), "--save-weights", path + ".tmp.npz"],
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        proc = run_module("harness.worker", ["--framework", "torch", "--config", cfg_path, "--input", clip_path,
+                                             "--init-seed", str(seed), "--save-weights", path + ".tmp.npz"])
     if proc.returncode != 0:
-        lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
-        raise InputError(f"random weights need torch: {lines[-1] if lines else 'worker failed'}")
+        raise InputError(f"random weights need torch: {failure_line(proc, 'worker failed')}")
     os.replace(path + ".tmp.npz", path)
     return path
 
@@ -310,8 +296,8 @@ def evaluate(args) -> dict:
 
     identity = {"framework": framework, "arch": cfg.name, "arch_hash": arch_hash(cfg),
                 "data_preset": preset.name, "data_preset_hash": data_preset_hash(preset),
-                "checkpoint_sha256": checkpoint_sha, "weights_sha256": arrays_sha256(arrays), "split": args.split, "n_index": n_index,
-                "limit": args.limit, "num_classes": cfg.num_classes, "shard": [rank, world]}
+                "checkpoint_sha256": checkpoint_sha, "weights_sha256": arrays_sha256(arrays),
+                "split": args.split, "n_index": n_index, "limit": args.limit, "num_classes": cfg.num_classes, "shard": [rank, world]}
     os.makedirs(scores_dir, exist_ok=True)
     run_file = os.path.join(scores_dir, "run.json")
     done = read_scores(scores_dir)

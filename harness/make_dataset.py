@@ -44,6 +44,8 @@ import numpy as np
 
 from frameworks.spec.labels import K400_CLASSES
 
+from harness.cli import OneLineParser
+
 log = logging.getLogger("harness.make_dataset")
 
 CSV_COLUMNS = ("label", "youtube_id", "time_start", "time_end", "split")
@@ -361,13 +363,8 @@ def _parse_size(text: str) -> Tuple[int, int]:
         raise argparse.ArgumentTypeError(f"expected WxH such as 340x256, got {text!r}") from None
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):  # exit 2 with one line, as every command here does
-        self.exit(2, f"{self.prog}: error: {message}\n")
-
-
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(
+    p = OneLineParser(
         prog="python -m harness.make_dataset",
         description="Write a small labelled H.264 video dataset in the seed's Kinetics-400 layout "
         "(train and val splits, each with kinetics-400_<split>.csv). Deterministic for a seed.",

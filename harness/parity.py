@@ -23,7 +23,6 @@ import datetime as _dt
 import json
 import logging
 import os
-import subprocess
 import sys
 import tempfile
 from typing import Dict, List, Optional
@@ -31,13 +30,10 @@ from typing import Dict, List, Optional
 import numpy as np
 
 from frameworks.spec.arch import DEFAULT_PRESET, PRESETS, arch_hash, get_preset, layer_names
+from harness.cli import InputError, OneLineParser, failure_line, run_module
 from harness.compare import DEFAULT_RTOL, DEFAULT_STAGE_ATOL, ParityReport, compare_outputs, format_report
 
 log = logging.getLogger("harness.parity")
-
-
-class InputError(Exception):
-    """Bad input: reported as one line, exit status 2."""
 
 
 def _shape(text: str):
@@ -50,13 +46,8 @@ def _shape(text: str):
     return shape
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str):  # one line and exit 2, without argparse's usage block
-        self.exit(2, f"error: {message}\n")
-
-
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="python -m harness.parity", description=__doc__,
+    p = OneLineParser(prog="python -m harness.parity", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--arch", default=DEFAULT_PRESET, choices=list(PRESETS), metavar="PRESET",
                    help=f"architecture preset (default {DEFAULT_PRESET}; one of: {', '.join(PRESETS)})")
@@ -95,7 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _run_worker(framework: str, cfg_path: str, input_path: str, out_path: Optional[str], args,
                 weights: Optional[str] = None, init_seed: Optional[int] = None,
                 save_weights: Optional[str] = None, isolated_from: Optional[str] = None) -> dict:
-    cmd = [sys.executable, "-m", "harness.worker", "--framework", framework, "--config", cfg_path,
+    cmd = ["--framework", framework, "--config", cfg_path,
            "--input", input_path, "--device", args.device, "--ms-mode", args.ms_mode]
     meta_path = (out_path or save_weights) + ".meta.json"
     cmd += ["--meta", meta_path]
@@ -107,10 +98,9 @@ def _run_worker(framework: str, cfg_path: str, input_path: str, out_path: Option
         cmd += ["--init-seed", str(init_seed), "--save-weights", save_weights]
     if isolated_from:
         cmd += ["--isolated-from", isolated_from]
-    proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = run_module("harness.worker", cmd)
     if proc.returncode != 0:
-        lines = [ln for ln in proc.stderr.strip().splitlines() if ln.strip()]
-        raise InputError(lines[-1].removeprefix("error: ") if lines else f"{framework} worker failed")
+        raise InputError(failure_line(proc, f"{framework} worker failed"))
     with open(meta_path) as f:
         meta = json.load(f)
     os.remove(meta_path)

@@ -4,7 +4,6 @@ frameworks. Test-sized inputs (8 frames, 64 px) through the real network."""
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys

@@ -4,7 +4,6 @@ from __future__ import annotations
 import json
 
 import numpy as np
-import pytest
 import torch
 
 from frameworks.spec.arch import get_preset, layer_names, parameter_specs

@@ -7,11 +7,11 @@ Importers are pure functions over dicts of arrays, so each is testable without a
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable, Dict, Iterable, List, Tuple
+from typing import Callable, Dict, Iterable, Tuple
 
 import numpy as np
 
-from frameworks.spec.arch import I3DNLConfig, WeightMismatchError, check_weights, parameter_specs
+from frameworks.spec.arch import I3DNLConfig, WeightMismatchError, check_weights
 from harness.checkpoints import caffe2, mindspore_ckpt, mindvideo, mmaction2
 from harness.checkpoints.io import READERS, WRITERS, CheckpointError, RawCheckpoint, read_raw, sha256_file
 
