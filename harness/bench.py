@@ -17,7 +17,6 @@ import datetime as _dt
 import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -25,6 +24,7 @@ from typing import List, Optional
 
 import numpy as np
 
+from harness.cli import OneLineParser, failure_line, run_module
 from frameworks.spec.arch import DEFAULT_PRESET, PRESETS, arch_hash, get_preset, parameter_count, parameter_specs
 
 
@@ -39,7 +39,7 @@ def _ints(text: str) -> List[int]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m harness.bench", description=__doc__,
+    p = OneLineParser(prog="python -m harness.bench", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--frameworks", default="torch,ms", help="comma-separated: torch/pt, mindspore/ms")
     p.add_argument("--arch", default=DEFAULT_PRESET, choices=list(PRESETS), metavar="PRESET")
@@ -109,7 +109,7 @@ def _measure(framework: str, args) -> dict:
 def _child(framework: str, mode: Optional[str], args) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         out = os.path.join(tmp, "r.json")
-        cmd = [sys.executable, "-m", "harness.bench", "--_child", "--frameworks", framework, "--arch", args.arch,
+        cmd = ["--_child", "--frameworks", framework, "--arch", args.arch,
                "--input-shape", ",".join(map(str, args.input_shape)), "--device", args.device,
                "--warmup", str(args.warmup), "--iters", str(args.iters), "--json", out]
         if mode:
@@ -118,10 +118,9 @@ def _child(framework: str, mode: Optional[str], args) -> dict:
             cmd += ["--batch-sizes", ",".join(map(str, args.batch_sizes))]
         if args.threads:
             cmd += ["--threads", str(args.threads)]
-        proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        proc = run_module("harness.bench", cmd)
         if proc.returncode != 0:
-            lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
-            return {"framework": framework, "mode": mode, "error": lines[-1] if lines else "failed"}
+            return {"framework": framework, "mode": mode, "error": failure_line(proc, "failed")}
         with open(out) as f:
             return json.load(f)
 
