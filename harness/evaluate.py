@@ -276,7 +276,7 @@ def evaluate(args) -> dict:
         except CheckpointError as exc:
             raise InputError(str(exc)) from None
         arrays, checkpoint_label, checkpoint_sha = loaded.arrays, loaded.path, loaded.sha256
-        log.info("weights: %s", loaded.describe())
+        print(f"weights: {loaded.describe()}", file=sys.stderr, flush=True)
     else:
         path = _random_weights(cfg, preset, args.seed, scores_dir, index)
         with np.load(path) as z:

@@ -180,14 +180,14 @@ def _run_frameworks(cfg, reference: str, frameworks: List[str], args,
                 loaded = load_weights(args.checkpoint, cfg)
             except CheckpointError as exc:
                 raise InputError(str(exc)) from None
-            log.info("weights: %s", loaded.describe())
+            print(f"weights: {loaded.describe()}", flush=True)
             wrong = sorted({str(v.dtype) for v in loaded.arrays.values()} - {"float32"})
             if wrong:
                 raise InputError(f"{args.checkpoint}: dtype mismatch: the weights hold {', '.join(wrong)}; "
                                  "the models run float32 (convert the weights to float32 first)")
             write_npz(weights_path, loaded.arrays)
         else:
-            log.info("weights: seeded random (seed %d), BN statistics calibrated on the input clip", args.seed)
+            print(f"weights: seeded random (seed {args.seed}), BN statistics calibrated on the input clip", flush=True)
             _run_worker("torch", cfg_path, input_path, None, args, init_seed=args.seed, save_weights=weights_path)
         outputs = {}
         for fw in [reference] + frameworks:

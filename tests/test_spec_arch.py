@@ -91,3 +91,31 @@ def test_check_weights_names_every_offending_key():
     message = str(err.value)
     assert "res3.1.non_local.g.bias" in message and "res4.22.conv1.weight" in message
     assert "head.fc.weight (101, 2048) != (400, 2048)" in message
+
+
+@pytest.mark.parametrize("preset", list(PRESETS))
+def test_torch_model_gives_the_spec_shapes(preset):
+    """Every preset builds, and each canonical layer has the shape the spec computes."""
+    import numpy as np
+    import torch
+
+    from frameworks.torch.model import I3DNL
+
+    cfg = get_preset(preset)
+    shape = (1, 3, 8, 64, 64)
+    with torch.no_grad():
+        out = I3DNL(cfg).eval().forward_intermediates(torch.zeros(shape))
+    assert {k: tuple(v.shape) for k, v in out.items()} == layer_shapes(cfg, shape)
+    assert sum(int(np.prod(p.shape)) for p in I3DNL(cfg).parameters()) == parameter_count(cfg)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("preset,res5", [("i3d_nl_caffe2_r50", (4, 7, 7)), ("i3d_nl_mindvideo_r50", (16, 7, 7))])
+def test_foreign_graphs_reach_res5_with_the_documented_shape(preset, res5):
+    import torch
+
+    from frameworks.torch.model import I3DNL
+
+    with torch.no_grad():
+        out = I3DNL(get_preset(preset)).eval().forward_intermediates(torch.zeros(REAL), names=["res5.2"])
+    assert tuple(out["res5.2"].shape) == (1, 2048, *res5)
