@@ -57,6 +57,14 @@ class LayerComparison:
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
+    @classmethod
+    def failed(cls, name: str, shape, atol: float, rtol: float, note: str,
+               ref_max: float = float("nan")) -> "LayerComparison":
+        """A layer that could not be compared element by element (missing, mis-shaped, NaN)."""
+        inf = float("inf")
+        return cls(name, list(shape), ref_max, inf, inf, inf, inf, float("nan"), 0.0, inf, atol, rtol, False,
+                   note=note)
+
 
 @dataclass
 class ParityReport:
@@ -86,15 +94,13 @@ class ParityReport:
 
 def compare_arrays(name: str, ref: np.ndarray, got: np.ndarray, atol: float, rtol: float) -> LayerComparison:
     if ref.shape != got.shape:
-        return LayerComparison(name, list(ref.shape), float("nan"), float("inf"), float("inf"), float("inf"),
-                               float("inf"), float("nan"), 0.0, float("inf"), atol, rtol, False,
-                               note=f"shape {list(got.shape)} != reference {list(ref.shape)}")
+        return LayerComparison.failed(name, ref.shape, atol, rtol,
+                                      f"shape {list(got.shape)} != reference {list(ref.shape)}")
     ref64, got64 = ref.astype(np.float64).ravel(), got.astype(np.float64).ravel()
     if not (np.all(np.isfinite(ref64)) and np.all(np.isfinite(got64))):
         bad = "reference" if not np.all(np.isfinite(ref64)) else "candidate"
-        return LayerComparison(name, list(ref.shape), float(np.nanmax(np.abs(ref64))), float("inf"), float("inf"),
-                               float("inf"), float("inf"), float("nan"), 0.0, float("inf"), atol, rtol, False,
-                               note=f"non-finite values in the {bad}")
+        return LayerComparison.failed(name, ref.shape, atol, rtol, f"non-finite values in the {bad}",
+                                      ref_max=float(np.nanmax(np.abs(ref64))))
     diff = np.abs(got64 - ref64)
     mag = np.abs(ref64)
     scale = float(mag.max()) if mag.size else 0.0
@@ -137,9 +143,7 @@ def compare_outputs(reference: Dict[str, np.ndarray], candidate: Dict[str, np.nd
         layer_atol = (per_layer_atol or {}).get(name, default_atol(name) if atol is None else atol)
         if name not in reference or name not in candidate:
             side = reference_name if name not in reference else candidate_name
-            layers.append(LayerComparison(name, [], float("nan"), float("inf"), float("inf"), float("inf"),
-                                          float("inf"), float("nan"), 0.0, float("inf"), layer_atol, rtol, False,
-                                          note=f"missing from {side}"))
+            layers.append(LayerComparison.failed(name, [], layer_atol, rtol, f"missing from {side}"))
             continue
         layers.append(compare_arrays(name, reference[name], candidate[name], layer_atol, rtol))
     logits = {}
