@@ -147,6 +147,19 @@ class _Worker:
     tasks: Deque[Tuple[int, VideoRecord]] = field(default_factory=deque)
     busy_since: float = 0.0
 
+    def stop(self, grace: float = 0.0) -> None:
+        """Wait up to ``grace`` seconds for the process to exit, kill it if it has not,
+        and close its pipe."""
+        if grace > 0:
+            self.process.join(timeout=grace)
+        if self.process.is_alive():
+            self.process.kill()
+        self.process.join(timeout=5)
+        try:
+            self.conn.close()
+        except OSError:
+            pass
+
 
 class _WorkerPool:
     """Worker processes with one duplex pipe each (a worker's sends are synchronous, so
@@ -185,8 +198,7 @@ class _WorkerPool:
         except (EOFError, OSError):
             ok = False
         if not ok:
-            worker.process.kill()
-            worker.process.join(timeout=5)
+            worker.stop()
             raise LoaderStartupError(
                 f"a loader worker failed to start (exit code {worker.process.exitcode}); "
                 "run with workers=0 to see the error in this process"
@@ -206,13 +218,7 @@ class _WorkerPool:
     def _replace(self, slot: int, kind: str, reason: str) -> List[Tuple[int, tuple]]:
         """Replace a dead or hung worker; its current video becomes a fault, the rest are resubmitted."""
         old = self.workers[slot]
-        if old.process.is_alive():
-            old.process.kill()
-        old.process.join(timeout=5)
-        try:
-            old.conn.close()
-        except OSError:
-            pass
+        old.stop()
         self.restarts += 1
         results: List[Tuple[int, tuple]] = []
         pending = list(old.tasks)
@@ -263,14 +269,7 @@ class _WorkerPool:
                 pass
         deadline = time.monotonic() + 2.0
         for worker in self.workers:
-            worker.process.join(timeout=max(0.0, deadline - time.monotonic()))
-            if worker.process.is_alive():
-                worker.process.kill()
-                worker.process.join(timeout=2)
-            try:
-                worker.conn.close()
-            except OSError:
-                pass
+            worker.stop(grace=max(0.0, deadline - time.monotonic()))
 
 
 # ---------------------------------------------------------------------------- loader
