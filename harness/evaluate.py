@@ -172,9 +172,8 @@ def read_scores(scores_dir: str) -> dict:
     """Every saved chunk of a run, concatenated in index order."""
     positions, ids, labels, scores, faults, seconds = [], [], [], [], [], []
     covered = -1
+    # in-progress files are mkstemp's "tmp*.tmp.npz", which this pattern never matches
     for path in sorted(glob.glob(os.path.join(scores_dir, "chunk-*.npz"))):
-        if path.endswith(".tmp.npz"):
-            continue
         with np.load(path) as z:
             positions.append(z["positions"])
             ids.extend(z["video_ids"].tolist())
@@ -336,7 +335,7 @@ def evaluate(args) -> dict:
     from tqdm import tqdm
 
     bar = tqdm(total=len(remaining), unit="video", disable=args.quiet, desc=f"{framework} {preset.protocol}",
-               initial=0, dynamic_ncols=True)
+               dynamic_ncols=True)
     t_wait = time.perf_counter()
     for batch in loader.batches(args.batch_size):
         wait_s += time.perf_counter() - t_wait
