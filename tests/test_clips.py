@@ -107,3 +107,52 @@ def test_caffe2_float32_start_equals_exact_floor():
     for n in range(1, 2001):
         starts = clips.caffe2_test_indices(n, 2, 1, 10)[:, 0]
         assert starts.tolist() == [(k * n // 10) % n for k in range(10)], n
+
+
+def _mmaction2_0x_restated(num_frames, clip_len, interval, num_clips):
+    """mmaction2 0.x ``SampleFrames._get_test_clips`` + ``__call__`` (loading.py@v0.6.0:114-122),
+    re-typed with Python floats and lists: ``avg = (N - L*s + 1) / float(K)``; clip ``i`` at
+    ``int(i * avg + avg / 2.0)`` when ``N > L*s - 1``, else 0; indices ``% N`` (loop)."""
+    ori_clip_len = clip_len * interval
+    avg = (num_frames - ori_clip_len + 1) / float(num_clips)
+    if num_frames > ori_clip_len - 1:
+        offsets = [int(i * avg + avg / 2.0) for i in range(num_clips)]
+    else:
+        offsets = [0] * num_clips
+    return [[(o + j * interval) % num_frames for j in range(clip_len)] for o in offsets]
+
+
+@pytest.mark.parametrize("num_clips", [1, 10])
+def test_mmaction2_0x_sampler_equals_the_authors_rule_for_every_length(num_clips):
+    for n in range(1, 1001):
+        ours = clips.mmaction2_0x_test_indices(n, 32, 2, num_clips)
+        assert ours.shape == (num_clips, 32) and ours.dtype == np.int64
+        assert ours.tolist() == _mmaction2_0x_restated(n, 32, 2, num_clips), n
+
+
+def test_mmaction2_0x_sampler_hand_computed_and_boundary():
+    # N=300: avg = (300 - 64 + 1) / 10 = 23.7; offsets int(23.7 i + 11.85)
+    assert clips.mmaction2_0x_test_indices(300, 32, 2, 10)[:, 0].tolist() == [
+        11, 35, 59, 82, 106, 130, 154, 177, 201, 225]
+    # the branch is N > L*s - 1 = 63: N=63 takes the zeros branch (and loops); N=64 computes
+    # avg 0.1 -> int(0.1 i + 0.05) = 0 (so the branch point itself is unobservable by one frame);
+    # N=84: avg 2.1 -> int(2.1 i + 1.05) = 1, 3, 5, ..., 19
+    assert clips.mmaction2_0x_test_indices(63, 32, 2, 10)[:, 0].tolist() == [0] * 10
+    assert clips.mmaction2_0x_test_indices(64, 32, 2, 10)[:, 0].tolist() == [0] * 10
+    assert clips.mmaction2_0x_test_indices(84, 32, 2, 10)[:, 0].tolist() == list(range(1, 20, 2))
+    # a clip never runs past the end once N >= 64 (the last index is at most N - 2)
+    for n in range(64, 1001):
+        assert clips.mmaction2_0x_test_indices(n, 32, 2, 10).max() <= n - 2
+
+
+def test_mmaction2_0x_differs_from_1x_for_ten_clips_only():
+    """One clip: 0.x's int((N-63)/2) is 1.x's max_offset // 2 for every N. Ten clips: the two
+    rules differ for every length 64..1000 (the 1.x clips span first to last frame)."""
+    for n in range(1, 1001):
+        np.testing.assert_array_equal(clips.mmaction2_0x_test_indices(n, 32, 2, 1),
+                                      clips.sample_clip_indices(n, 32, 2, 1), err_msg=str(n))
+    differ = [n for n in range(64, 1001)
+              if not np.array_equal(clips.mmaction2_0x_test_indices(n, 32, 2, 10),
+                                    clips.sample_clip_indices(n, 32, 2, 10))]
+    assert len(differ) == 1000 - 64 + 1
+    assert "mmaction2_0x" in clips.SAMPLERS

@@ -80,6 +80,22 @@ def test_bad_configs_and_unknown_presets_are_refused():
         I3DNLConfig(non_local=((0, 0, 0),) * 4)
 
 
+def test_gaussian_with_scale_is_refused_because_mmcv_never_scales_it():
+    import dataclasses
+
+    from frameworks.spec.arch import NonLocalConfig
+
+    gaussian = get_preset("i3d_nl_gaussian_r50")
+    assert gaussian.nonlocal_cfg.mode == "gaussian" and not gaussian.nonlocal_cfg.use_scale
+    with pytest.raises(ValueError, match="gaussian.*use_scale"):
+        dataclasses.replace(gaussian, nonlocal_cfg=dataclasses.replace(gaussian.nonlocal_cfg, use_scale=True))
+    with pytest.raises(ValueError, match="use_scale"):
+        I3DNLConfig(nonlocal_cfg=NonLocalConfig(mode="gaussian", use_scale=True))
+    # the scaled softmax forms stay allowed: Caffe2's embedded Gaussian divides by sqrt(C')
+    assert get_preset("i3d_nl_caffe2_r50").nonlocal_cfg.use_scale
+    I3DNLConfig(nonlocal_cfg=NonLocalConfig(mode="embedded_gaussian", use_scale=True))
+
+
 def test_check_weights_names_every_offending_key():
     cfg = get_preset("i3d_nl_dot_product_r50")
     shapes = dict(parameter_specs(cfg))

@@ -101,7 +101,8 @@ class I3DNLConfig:
     nonlocal_cfg: NonLocalConfig = field(default_factory=NonLocalConfig)
     spatial_strides: Tuple[int, ...] = (1, 2, 2, 2)
     # 'conv2': stride on the 3x3 conv (torchvision / mmaction2 "pytorch" style);
-    # 'conv1': stride on the first 1x1 conv (Caffe2 / original ResNet "caffe" style).
+    # 'conv1': stride on the first 1x1 conv (ResNet v1 "caffe" style (MSRA), used by no preset;
+    # video-nonlocal-net's Caffe2 model puts it on branch2b, the 3x3, i.e. 'conv2').
     stride_on: str = "conv2"
     bn_eps: float = 1e-5
     bn_momentum: float = 0.1
@@ -123,6 +124,10 @@ class I3DNLConfig:
             raise ValueError(f"head must be one of {HEAD_KINDS}")
         if self.stride_on not in ("conv1", "conv2"):
             raise ValueError("stride_on must be 'conv1' or 'conv2'")
+        if self.nonlocal_cfg.mode == "gaussian" and self.nonlocal_cfg.use_scale:
+            # mmcv's NonLocal3d.gaussian() never scales its affinities, whatever use_scale says
+            raise ValueError("non-local mode 'gaussian' with use_scale=True has no upstream model "
+                             "(mmcv never scales Gaussian affinities); set use_scale=False")
 
     # ----------------------------------------------------------------- derived facts
     @property

@@ -24,6 +24,11 @@ Three samplers, one per codebase:
     (``DecodeClipFromVideoFileFlex``): clip ``k`` of ``K`` starts at
     ``int(float32(N) / float32(K) * k) % N``, i.e. ``floor(k * N / K)`` evaluated in
     float32 as the C++ does.
+``mmaction2_0x`` (:func:`mmaction2_0x_test_indices`) mmaction2 0.x ``SampleFrames`` in test
+    mode, the rule its 2020 numbers were measured with (it was replaced in 1.x): with
+    ``avg = (N - L * s + 1) / K``, clip ``i`` starts at ``int(i * avg + avg / 2)`` if
+    ``N > L * s - 1``, else every clip starts at 0. With one clip this equals the 1.x
+    centred clip; with 10 clips of 32x2 it differs for every N >= 64.
 """
 from __future__ import annotations
 
@@ -33,7 +38,7 @@ from typing import Optional
 
 import numpy as np
 
-SAMPLERS = ("mmaction2", "seed_interval", "caffe2_uniform")
+SAMPLERS = ("mmaction2", "seed_interval", "caffe2_uniform", "mmaction2_0x")
 
 
 def clip_span(clip_len: int, frame_interval: int) -> int:
@@ -157,4 +162,35 @@ def caffe2_test_indices(num_frames: int, clip_len: int, frame_interval: int, num
     offsets = np.array(
         [int(np.float32(gap * np.float32(k))) % num_frames for k in range(num_clips)], dtype=np.int64
     )
+    return _assemble(offsets, num_frames, clip_len, frame_interval)
+
+
+def mmaction2_0x_test_indices(num_frames: int, clip_len: int, frame_interval: int, num_clips: int = 1) -> np.ndarray:
+    """mmaction2 0.x ``SampleFrames`` in test mode (``twice_sample=False``, ``loop``).
+
+    The authors' code, ``mmaction/datasets/pipelines/loading.py@v0.6.0:114-122``
+    (``SampleFrames._get_test_clips``, as the 2026-11 fidelity audit cites it; the text
+    below is copied from the 0.x revision ``00fd89c6`` of that file)::
+
+        ori_clip_len = self.clip_len * self.frame_interval
+        avg_interval = (num_frames - ori_clip_len + 1) / float(self.num_clips)
+        if num_frames > ori_clip_len - 1:
+            base_offsets = np.arange(self.num_clips) * avg_interval
+            clip_offsets = (base_offsets + avg_interval / 2.0).astype(np.int)
+        else:
+            clip_offsets = np.zeros((self.num_clips, ), dtype=np.int)
+
+    ``ori_clip_len`` here is ``L * s`` (64 for 32x2), one frame more than the span of a
+    clip; a video of ``N <= L * s - 1`` frames gets every clip at offset 0 (and wraps).
+    The ``start_index`` that 0.x adds afterwards (1 for JPEG rawframes) names files, not
+    frames, so it is not part of a decoded-frame index.
+    """
+    _check(num_frames, clip_len, frame_interval, num_clips)
+    ori_clip_len = clip_len * frame_interval
+    avg_interval = (num_frames - ori_clip_len + 1) / float(num_clips)
+    if num_frames > ori_clip_len - 1:
+        base_offsets = np.arange(num_clips) * avg_interval
+        offsets = (base_offsets + avg_interval / 2.0).astype(np.int64)
+    else:
+        offsets = np.zeros((num_clips,), dtype=np.int64)
     return _assemble(offsets, num_frames, clip_len, frame_interval)

@@ -15,6 +15,14 @@ Presets (sources are each project's own code and configs):
 ``mmaction2_test_10x3``
     the same config's ``test_pipeline``: 10 clips x ``ThreeCrop(256)``, scores averaged
     as softmax probabilities (``average_clips='prob'``).
+``mmaction2_0x_test_10x3``
+    the protocol behind mmaction2 0.x's 73.92 / 91.59 (checkpoint ``20200814-7c30d5bb``,
+    published 2020-08): ``i3d_nl_dot_product_r50_32x2x1_100e_kinetics400_rgb.py``
+    ``test_pipeline`` at ``v0.6.0`` (``SampleFrames(32, 2, num_clips=10, test_mode=True)``,
+    ``Resize((-1, 256))``, ``ThreeCrop(256)``, ``Normalize`` = ``mmcv.imnormalize_``, which
+    equals ``(x - mean) / std`` in float32 bit for bit), with the 0.x test sampler
+    (:func:`.clips.mmaction2_0x_test_indices`) and ``tools/test.py``'s default
+    ``--average-clips score`` (the mean of raw scores). 0.x read JPEG rawframes, not video.
 ``seed_eval``
     the seed's ``nonlocal.yaml`` ``data_loader.eval``, verbatim: ``seq=32``,
     ``seq_mode='interval'``, ``frame_interval=6``, one clip at a random offset;
@@ -25,10 +33,13 @@ Presets (sources are each project's own code and configs):
     train CSV. The random offset is drawn from a generator seeded by ``offset_seed`` and
     the video's id, so a run is repeatable.
 ``caffe2_test_10x3``
-    video-nonlocal-net's test: clip ``k`` of 10 starts at ``floor(k * N / 10)``; short edge
-    256 with a truncated size (``ScaleTransform``), bilinear; three 256 crops at 0, 1/2 and
-    1 of the long side (left, centre, right); ``(x - 114.75) * (1 / 57.375)`` on 0-255 RGB;
-    softmax per clip, then averaged.
+    video-nonlocal-net's test, preceded by its dataset preparation: every frame is first
+    resized to height 256 and width ``trunc(256 * W / H / 2) * 2`` (bicubic), as the
+    authors' ffmpeg re-encode of Kinetics did (``pre_resize_height``); then clip ``k`` of
+    10 starts at ``floor(k * N / 10)``; short edge 256 with a truncated size
+    (``ScaleTransform``), bilinear; three 256 crops at 0, 1/2 and 1 of the long side (left,
+    centre, right); ``(x - 114.75) * (1 / 57.375)`` on 0-255 RGB; softmax per clip, then
+    averaged.
 
 Layout of the clips of one video: ``(V, C, T, H, W)`` float32 with ``V = crops x clips``,
 crop-major (all clips of the first crop, then the second ...), as mmaction2's
@@ -54,6 +65,8 @@ log = logging.getLogger(__name__)
 
 CROPS = ("center", "three")
 CLIP_COMBINES = ("prob", "score")
+DECODERS = ("decord", "pyav")
+MAX_SIZE = 16384  # frames per clip, pixels per side: anything larger is a typo, refused before decoding
 
 
 @dataclass(frozen=True)
@@ -88,6 +101,13 @@ class DataPreset:
     offset_seed: Optional[int] = None  # seed_interval sampler only
     decoder: str = "decord"
     known_quirks: Tuple[str, ...] = ()
+    # dataset preparation, applied to decoded frames before the preset's own resize: each
+    # frame is first resized to this height and width trunc(h * W / H / 2) * 2 (ffmpeg's
+    # scale="trunc(oh*a/2)*2:h"), as the Caffe2 authors re-encoded their copy of Kinetics.
+    # None: no preparation (and the two fields stay out of to_dict, so the hashes of the
+    # presets without it are unchanged).
+    pre_resize_height: Optional[int] = None
+    pre_resize_interpolation: str = "bicubic"
 
     def __post_init__(self) -> None:
         checks = {
@@ -99,6 +119,7 @@ class DataPreset:
             "three_crop_order": (self.three_crop_order, _tf.THREE_CROP_ORDERS),
             "normalize_op": (self.normalize_op, _tf.NORMALIZE_OPS),
             "clip_combine": (self.clip_combine, CLIP_COMBINES),
+            "pre_resize_interpolation": (self.pre_resize_interpolation, tuple(_tf.INTERPOLATIONS)),
         }
         for field_name, (value, allowed) in checks.items():
             if value not in allowed:
@@ -107,6 +128,25 @@ class DataPreset:
             raise ValueError(f"{self.name}: only RGB NCTHW is produced")
         if self.sampler == "seed_interval" and self.offset_seed is None:
             raise ValueError(f"{self.name}: the seed_interval sampler needs an offset_seed")
+        if self.pre_resize_height is not None and int(self.pre_resize_height) < 1:
+            raise ValueError(f"{self.name}: pre_resize_height must be >= 1 or None, got {self.pre_resize_height}")
+        for field_name in ("clip_len", "frame_interval", "num_clips", "short_edge", "crop_size"):
+            value = getattr(self, field_name)
+            if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or not 1 <= value <= MAX_SIZE:
+                raise ValueError(f"{self.name}: {field_name} must be an integer in 1..{MAX_SIZE}, got {value!r}")
+        if self.crop_size > self.short_edge:
+            raise ValueError(f"{self.name}: crop_size {self.crop_size} is larger than short_edge {self.short_edge}")
+        for field_name in ("mean", "std"):
+            value = getattr(self, field_name)
+            if (not isinstance(value, tuple) or len(value) != 3
+                    or not all(isinstance(v, (int, float)) and np.isfinite(v) for v in value)):
+                raise ValueError(f"{self.name}: {field_name} must be three finite numbers (R, G, B), got {value!r}")
+        if min(self.std) <= 0:
+            raise ValueError(f"{self.name}: std must be > 0, got {self.std}")
+        if not (np.isfinite(self.value_scale) and self.value_scale > 0):
+            raise ValueError(f"{self.name}: value_scale must be a finite number > 0, got {self.value_scale}")
+        if self.decoder not in DECODERS:
+            raise ValueError(f"{self.name}: decoder={self.decoder!r} not in {DECODERS}")
 
     # ------------------------------------------------------------------ identity
     def replace(self, **changes) -> "DataPreset":
@@ -115,6 +155,8 @@ class DataPreset:
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
         d["protocol"] = self.protocol
+        if self.pre_resize_height is None:  # no preparation: the dict (and hash) from before these fields
+            del d["pre_resize_height"], d["pre_resize_interpolation"]
         return d
 
     @property
@@ -154,9 +196,19 @@ class DataPreset:
             return _clips.seed_interval_indices(
                 num_frames, self.clip_len, self.frame_interval, self.num_clips, rng=rng
             )
+        if self.sampler == "mmaction2_0x":
+            return _clips.mmaction2_0x_test_indices(num_frames, self.clip_len, self.frame_interval, self.num_clips)
         return _clips.caffe2_test_indices(num_frames, self.clip_len, self.frame_interval, self.num_clips)
 
     # ------------------------------------------------------------------ spatial
+    def prepare(self, frames: np.ndarray) -> np.ndarray:
+        """The dataset-preparation resize (``pre_resize_height``), or the frames unchanged."""
+        if self.pre_resize_height is None:
+            return frames
+        h, w = frames.shape[-3:-1]
+        size = _tf.ffmpeg_height_even_width_size(h, w, int(self.pre_resize_height))
+        return _tf.resize(frames, size, self.pre_resize_interpolation)
+
     def resize(self, frames: np.ndarray) -> np.ndarray:
         return _tf.resize_short_edge(frames, self.short_edge, self.interpolation, self.size_rounding)
 
@@ -177,7 +229,7 @@ class DataPreset:
             raise ValueError(
                 f"{self.name}: expected ({self.num_clips}, {self.clip_len}, H, W, 3) frames, got {frames.shape}"
             )
-        return self.crop_views(self.resize(frames))
+        return self.crop_views(self.resize(self.prepare(frames)))
 
     # ------------------------------------------------------------------ values
     def normalize(self, views: np.ndarray) -> np.ndarray:
@@ -190,6 +242,16 @@ class DataPreset:
         return self.normalize(self.views_uint8(frames))
 
     # ------------------------------------------------------------------ scores
+    def video_score(self, view_outputs: np.ndarray, head: str = "fc") -> np.ndarray:
+        """The network's outputs for every view of one video -> the video's score vector.
+
+        An ``fc`` head gives logits, combined as the preset's codebase combines them
+        (:meth:`combine`); Caffe2's ``conv_softmax_avg`` head already gives probabilities
+        (softmax per position inside the network), which its test averages over views."""
+        if head == "fc":
+            return self.combine(view_outputs)
+        return np.asarray(view_outputs, dtype=np.float64).mean(axis=0)
+
     def combine(self, logits: np.ndarray) -> np.ndarray:
         """Per-view logits ``(V, classes)`` -> one score vector per video, as the preset's
         codebase combines them (``prob``: softmax, then mean; ``score``: mean of logits)."""
@@ -239,6 +301,30 @@ PRESETS: Dict[str, DataPreset] = {
             crop_size=256,
             three_crop_order="mmaction2",
         ),
+        # mmaction2 0.x (v0.6.0, when 73.92 / 91.59 was published): the same geometry and
+        # normalisation, the old test sampler, and tools/test.py's default
+        # --average-clips score (the mean of raw scores, PR #232 made 'prob' the default
+        # only on 2020-10-10)
+        _MMACTION2_VAL.replace(
+            name="mmaction2_0x_test_10x3",
+            source="mmaction2 v0.6.0 configs/recognition/i3d/i3d_nl_dot_product_r50_32x2x1_100e_kinetics400_rgb.py "
+            "test_pipeline (RawframeDataset); mmaction/datasets/pipelines/loading.py SampleFrames._get_test_clips; "
+            "tools/test.py --average-clips score",
+            sampler="mmaction2_0x",
+            num_clips=10,
+            crop="three",
+            crop_size=256,
+            three_crop_order="mmaction2",
+            clip_combine="score",
+            known_quirks=(
+                "0.x decoded JPEG rawframes (extracted at short side 256, JPEG re-encoded), not video; here the "
+                "video is decoded and resized to short side 256 (bilinear), so pixels differ by the JPEG round trip "
+                "and the extraction's own resize",
+                "0.x took total_frames from the rawframe list file (frames extracted per video), not from the "
+                "decoder; a different frame count moves the clip offsets",
+                "start_index=1 of the rawframes names files (img_00001.jpg), it is not a frame offset here",
+            ),
+        ),
         DataPreset(
             name="seed_eval",
             source="ZJUT-ERCISS/zjut_mindvideo mindvideo/config/nonlocal/nonlocal.yaml data_loader.eval "
@@ -287,8 +373,18 @@ PRESETS: Dict[str, DataPreset] = {
             label_order="alphabetical",
             known_quirks=(
                 "frames decoded with decord here; Caffe2 used its own FFmpeg decoder (RGB24 via swscale)",
-                "short side fixed at 256 where float32 truncation in ScaleTransform would give 255",
+                "the dataset preparation (ffmpeg scale=trunc(oh*a/2)*2:256, swscale bicubic in YUV, then an "
+                "H.264 re-encode) is modelled as an OpenCV INTER_CUBIC resize of the decoded RGB frames: "
+                "same sizes, pixels differ by the filter (swscale widens its bicubic kernel when it "
+                "downscales, INTER_CUBIC does not), the colour space it runs in and the lost re-encode: "
+                "mean |diff| 0.3-2.9 levels on 5 test clips, largest on a 1280x720 downscale "
+                "(results/caffe2_prepare_bicubic_vs_swscale.json)",
+                "every side ScaleTransform's float32 truncation leaves at 255 is set to 256 (the C++ would "
+                "crop 256 out of 255, undefined behaviour): the short side of a non-square frame, both sides "
+                "of a square one",
             ),
+            pre_resize_height=256,
+            pre_resize_interpolation="bicubic",
         ),
     )
 }
@@ -325,3 +421,10 @@ def canonical_json(obj) -> str:
 def data_preset_hash(preset: DataPreset) -> str:
     """A short, stable digest of everything that defines the data pipeline."""
     return hashlib.sha256(canonical_json(preset.to_dict()).encode("utf-8")).hexdigest()[:16]
+
+
+def spec_hash(arch_cfg, preset: DataPreset) -> str:
+    """One digest of the graph and the data protocol a result was measured with."""
+    from .arch import arch_hash
+
+    return hashlib.sha256(f"{arch_hash(arch_cfg)}:{data_preset_hash(preset)}".encode()).hexdigest()[:16]

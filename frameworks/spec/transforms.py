@@ -15,8 +15,10 @@ Rounding of the resized size and of crop offsets differs between codebases, so i
 parameter, never a guess:
 
 * short-edge size: ``round`` = ``int(x * s + 0.5)`` (mmcv ``rescale_size``, mindvideo);
-  ``floor`` = ``(int)(x * s)`` with ``s`` in float32 (Caffe2 ``ScaleTransform``) for the
-  long side, the short side set to the target exactly.
+  ``floor`` = ``(int)(x * s)`` with ``s`` in float32 (Caffe2 ``ScaleTransform``) for both
+  sides, each side then raised to at least the target (see :func:`short_edge_size`).
+* dataset preparation (Caffe2's ffmpeg re-encode): height fixed, width
+  ``trunc(oh * a / 2) * 2`` (:func:`ffmpeg_height_even_width_size`).
 * centre-crop offset: ``floor`` = ``(H - h) // 2`` (mmaction2 ``CenterCrop``, Caffe2);
   ``half_even`` = ``np.round((H - h) / 2)`` (mindvideo ``VideoCenterCrop``).
 * three crops along the long side: ``mmaction2`` order is left, right, middle (``ThreeCrop``);
@@ -24,6 +26,7 @@ parameter, never a guess:
 """
 from __future__ import annotations
 
+import math
 from typing import Optional, Sequence, Tuple, Union
 
 import cv2
@@ -57,15 +60,37 @@ def short_edge_size(height: int, width: int, short_edge: int, rounding: str = "r
         scale = short_edge / min(height, width)
         return int(height * scale + 0.5), int(width * scale + 0.5)
     if rounding == "floor":
-        # Caffe2's ScaleTransform: (int)(side * (float)target / (float)short), in float32.
+        # Caffe2's ScaleTransform (customized_video_io.cc:605-614), float32 throughout:
+        #   ratio = (float)side_length / (float)(height > width ? width : height);
+        #   new_height = (int)((float)height * ratio); new_width = (int)((float)width * ratio);
         # For the short side that product can land just below the target (242 * (256.f /
-        # 242.f) = 255.99998 -> 255), after which the C++ crop asserts; the short side is
-        # therefore set to the target exactly, and only the long side is truncated.
-        ratio = np.float32(short_edge) / np.float32(min(height, width))
-        if height <= width:
-            return short_edge, int(np.float32(width) * ratio)
-        return int(np.float32(height) * ratio), short_edge
+        # 242.f) = 255.99998 -> 255); for a square frame both sides do (282x282 -> 255x255).
+        # The C++ then crops 256 out of 255 (its assert is compiled out: undefined
+        # behaviour). Documented deviation: every side is raised to at least the target,
+        # so the video is kept. The C++ short side is 255 or 256, so this changes only the
+        # sides that came out 255: the short side of a non-square frame, both sides of a
+        # square one. Wherever the C++ gives both sides >= the target, this is the C++.
+        ratio = np.float32(short_edge) / np.float32(width if height > width else height)
+        new_h = int(np.float32(height) * ratio)
+        new_w = int(np.float32(width) * ratio)
+        return max(new_h, short_edge), max(new_w, short_edge)
     raise ValueError(f"unknown size rounding {rounding!r}; choose from {SIZE_ROUNDINGS}")
+
+
+def ffmpeg_height_even_width_size(height: int, width: int, target_height: int) -> Tuple[int, int]:
+    """``(target_height, new_w)`` as ffmpeg's ``scale="trunc(oh*a/2)*2:H"`` computes it.
+
+    The Caffe2 authors re-encoded every Kinetics video this way before testing
+    (video-nonlocal-net ``DATASET.md``, ``process_data/kinetics/downscale_video_joblib.py``).
+    ffmpeg evaluates the expression in double precision with ``a = iw / ih`` (the storage
+    aspect ratio; ``dar`` would be ``a * sar``) and ``oh`` the output height, then casts to
+    int; a width that evaluates to 0 means "keep the input width" (libavfilter
+    ``scale_eval.c``). The width is even whenever ``width / height >= 2 / target_height``.
+    """
+    if height < 1 or width < 1:
+        raise ValueError(f"frame size must be positive, got {height}x{width}")
+    new_w = int(math.trunc(target_height * (width / height) / 2) * 2)
+    return int(target_height), (new_w if new_w != 0 else int(width))
 
 
 def resize(frames: np.ndarray, size_hw: Tuple[int, int], interpolation: str = "bilinear") -> np.ndarray:
