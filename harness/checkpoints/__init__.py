@@ -50,9 +50,22 @@ class LoadedWeights:
     scheme: str
     sha256: str
     meta: dict = field(default_factory=dict)
+    # entries of the file that carry no weights and were dropped, by family: {"accum.*": 206, ...}
+    ignored: Dict[str, int] = field(default_factory=dict)
 
     def describe(self) -> str:
-        return f"{self.path} ({self.scheme} weights in a {self.container} file, sha256 {self.sha256[:12]})"
+        text = f"{self.path} ({self.scheme} weights in a {self.container} file, sha256 {self.sha256[:12]}"
+        if self.ignored:
+            families = ", ".join(f"{family} {n}" for family, n in self.ignored.items())
+            text += f", ignored {sum(self.ignored.values())} optimiser-state entries: {families}"
+        return text + ")"
+
+
+def ignored_entries(keys: Iterable[str], scheme: str) -> Dict[str, int]:
+    """The training-state entries a scheme's importer drops, counted by family."""
+    if scheme in ("mindspore", "mindvideo"):
+        return mindspore_ckpt.ignored_training_entries(keys)
+    return {}
 
 
 def detect_scheme(keys: Iterable[str]) -> str:
@@ -72,19 +85,25 @@ def to_canonical(arrays: Dict[str, np.ndarray], cfg: I3DNLConfig, scheme: str = 
     return canonical
 
 
-def load_weights(path: str, cfg: I3DNLConfig, scheme: str = "auto") -> LoadedWeights:
+class WeightsDoNotFit(CheckpointError):
+    """A readable weight file whose names or shapes are not those of the arch asked for."""
+
+
+def load_weights(path: str, cfg: I3DNLConfig, scheme: str = "auto", *, trust: bool = False) -> LoadedWeights:
     """Read ``path`` (a file, or a registry name already fetched into the cache) and return
     canonical arrays for ``cfg``; any problem is a :class:`CheckpointError` with a one-line
-    reason."""
+    reason. No code from the file runs unless ``trust`` (full unpickling: a pickle can run
+    arbitrary code, so only for files you trust)."""
     from harness.checkpoints.registry import resolve
 
     path = resolve(path)
-    raw: RawCheckpoint = read_raw(path)
+    raw: RawCheckpoint = read_raw(path, trust=trust)
     try:
         found = detect_scheme(raw.arrays) if scheme == "auto" else scheme
         arrays = to_canonical(raw.arrays, cfg, found)
     except WeightMismatchError as exc:
-        raise CheckpointError(f"{path} does not fit arch {cfg.name!r} (depth {cfg.depth}): {exc}") from None
+        raise WeightsDoNotFit(f"{path} does not fit arch {cfg.name!r} (depth {cfg.depth}): {exc}") from None
     except CheckpointError as exc:
         raise CheckpointError(f"{path}: {exc}") from None
-    return LoadedWeights(arrays, path, raw.container, found, sha256_file(path), raw.meta)
+    return LoadedWeights(arrays, path, raw.container, found, sha256_file(path), raw.meta,
+                         ignored_entries(raw.arrays, found))

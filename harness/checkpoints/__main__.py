@@ -15,13 +15,14 @@ import sys
 from typing import List, Optional
 
 from frameworks.spec.arch import get_preset
-from harness.checkpoints import load_weights
+from harness.checkpoints import WeightsDoNotFit, load_weights
+from harness.cli import OneLineParser, run_main
 from harness.checkpoints.io import CheckpointError, sha256_file
 from harness.checkpoints.registry import cached_path, fetch, load_registry
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m harness.checkpoints", description=__doc__,
+    p = OneLineParser(prog="python -m harness.checkpoints", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command", required=True)
     sub.add_parser("list", help="list registry entries")
@@ -31,7 +32,13 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("path")
     v.add_argument("--name", help="registry entry to check against (default: match by file name or digest)")
     v.add_argument("--hash-only", action="store_true", help="skip loading the weights onto the arch")
+    from harness.checkpoints.safe_pickle import TRUST_HELP
+    v.add_argument("--trust-checkpoint", action="store_true", help=TRUST_HELP.replace("the weights file", "PATH"))
     return p
+
+
+def _pct(value) -> str:
+    return f"{value:6.2f}" if isinstance(value, (int, float)) else f"{'-':>6}"
 
 
 def _list() -> int:
@@ -39,12 +46,12 @@ def _list() -> int:
     print(f"{'name':<40} {'format':<10} {'arch':<30} {'top1':>6} {'top5':>6}  cached")
     for e in registry.values():
         cached = "yes" if os.path.isfile(cached_path(e)) else "-"
-        print(f"{e.name:<40} {e.format:<10} {e.arch:<30} {e.published.get('top1', float('nan')):6.2f} "
-              f"{e.published.get('top5', float('nan')):6.2f}  {cached}")
+        print(f"{e.name:<40} {e.format:<10} {e.arch:<30} {_pct(e.published.get('top1'))} "
+              f"{_pct(e.published.get('top5'))}  {cached}")
     return 0
 
 
-def _verify(path: str, name: Optional[str], hash_only: bool) -> int:
+def _verify(path: str, name: Optional[str], hash_only: bool, trust: bool = False) -> int:
     if not os.path.isfile(path):
         raise CheckpointError(f"no such file: {path}")
     registry = load_registry()
@@ -68,7 +75,11 @@ def _verify(path: str, name: Optional[str], hash_only: bool) -> int:
         return 1
     print(f"hash: {'matches ' + entry.name if verdict else 'not pinned by ' + entry.name + ' (recorded above)'}")
     if not hash_only:
-        loaded = load_weights(path, get_preset(entry.arch))
+        try:
+            loaded = load_weights(path, get_preset(entry.arch), trust=trust)
+        except WeightsDoNotFit as exc:
+            print(f"FAILED: structure: {exc}")
+            return 1
         print(f"structure: {len(loaded.arrays)} tensors load strictly onto {entry.arch} ({loaded.scheme} names)")
     print("OK")
     return 0
@@ -76,19 +87,16 @@ def _verify(path: str, name: Optional[str], hash_only: bool) -> int:
 
 def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
+
+    def body() -> int:
         if args.command == "list":
             return _list()
         if args.command == "fetch":
-            registry = load_registry()
-            if args.name not in registry:
-                raise CheckpointError(f"unknown registry name {args.name!r}; see: python -m harness.checkpoints list")
-            print(fetch(registry[args.name]))
+            print(fetch(args.name))
             return 0
-        return _verify(args.path, args.name, args.hash_only)
-    except CheckpointError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return _verify(args.path, args.name, args.hash_only, args.trust_checkpoint)
+
+    return run_main(body)
 
 
 if __name__ == "__main__":

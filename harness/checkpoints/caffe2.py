@@ -24,7 +24,8 @@ import numpy as np
 
 from frameworks.spec.arch import I3DNLConfig
 from frameworks.spec.naming import RenameTable
-from harness.checkpoints.io import CheckpointError, RawCheckpoint
+from harness.checkpoints.io import CheckpointError, RawCheckpoint, refusal
+from harness.checkpoints.safe_pickle import RefusedGlobal, fix_imports
 
 BN_SUFFIX = {"weight": "s", "bias": "b", "running_mean": "rm", "running_var": "riv"}
 BRANCHES = {"1": "branch2a", "2": "branch2b", "3": "branch2c"}  # canonical conv{k}/bn{k}
@@ -87,15 +88,21 @@ class _NumpyOnlyUnpickler(pickle.Unpickler):
     def find_class(self, module, name):
         if (module, name) in self.ALLOWED:
             return super().find_class(module, name)
-        raise pickle.UnpicklingError(f"refusing to load {module}.{name} (only numpy arrays are expected)")
+        raise RefusedGlobal(*fix_imports(module, name))
 
 
-def read_pickle(path: str) -> RawCheckpoint:
+def read_pickle(path: str, trust: bool = False) -> RawCheckpoint:
+    """Blobs from a pickle that may hold numpy arrays and plain containers only; ``trust``
+    unpickles anything (a pickle can run arbitrary code: only for files you trust)."""
+    unpickler = pickle.Unpickler if trust else _NumpyOnlyUnpickler
     try:
         with open(path, "rb") as f:
-            obj = _NumpyOnlyUnpickler(io.BufferedReader(f), encoding="latin1").load()
-    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, ImportError) as exc:
-        raise CheckpointError(f"{path}: not a readable Caffe2 blob pickle ({exc})") from None
+            obj = unpickler(io.BufferedReader(f), encoding="latin1").load()
+    except RefusedGlobal as exc:
+        raise refusal(path, f"{exc.module}.{exc.name}") from None
+    except Exception as exc:  # noqa: BLE001 - any damage is a one-line reason
+        raise CheckpointError(f"{path}: not a readable Caffe2 blob pickle ({type(exc).__name__}: "
+                              f"{str(exc).splitlines()[0] if str(exc) else ''})") from None
     if isinstance(obj, dict) and isinstance(obj.get("blobs"), dict):
         obj = obj["blobs"]
     if not isinstance(obj, dict):

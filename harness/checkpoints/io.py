@@ -37,9 +37,12 @@ class RawCheckpoint:
 
 def sha256_file(path: str, chunk: int = 1 << 20) -> str:
     h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(chunk), b""):
-            h.update(block)
+    try:
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(chunk), b""):
+                h.update(block)
+    except OSError as exc:
+        raise CheckpointError(f"cannot read {path}: {exc.strerror or exc}") from None
     return h.hexdigest()
 
 
@@ -65,8 +68,11 @@ def sniff_container(path: str) -> str:
         raise CheckpointError(f"no such checkpoint file: {path}")
     if os.path.getsize(path) == 0:
         raise CheckpointError(f"{path} is empty")
-    with open(path, "rb") as f:
-        head = f.read(16)
+    try:
+        with open(path, "rb") as f:
+            head = f.read(16)
+    except OSError as exc:  # unreadable (chmod 000, a FIFO, a vanished file)
+        raise CheckpointError(f"cannot read {path}: {exc.strerror or exc}") from None
     if head[:4] == b"PK\x03\x04":
         try:
             with zipfile.ZipFile(path) as z:
@@ -99,50 +105,109 @@ _SNIFFERS: List[Tuple[str, Callable[[str, bytes], bool]]] = []
 def _torch_to_numpy(obj):
     import torch
 
-    if isinstance(obj, torch.Tensor):
-        return obj.detach().cpu().numpy()
+    if isinstance(obj, torch.Tensor):   # unbound: an unpickled instance's attributes cannot intervene
+        return torch.Tensor.numpy(torch.Tensor.cpu(torch.Tensor.detach(obj)))
     return obj
 
 
-def _read_torch(path: str) -> RawCheckpoint:
+def refusal(path: str, what: str) -> CheckpointError:
+    """The one-line error for a file that would need code run to be read."""
+    from harness.checkpoints.safe_pickle import REFUSAL_ADVICE
+
+    return CheckpointError(f"refusing to unpickle {what} from {path}: {REFUSAL_ADVICE}")
+
+
+def _torch_load(path: str, trust: bool):
+    """``torch.load`` that runs no code from the file unless ``trust``: see
+    :mod:`harness.checkpoints.safe_pickle`; returns (object, globals left as placeholders)."""
+    import torch
+
+    from harness.checkpoints import safe_pickle
+
+    if trust:
+        return torch.load(path, map_location="cpu", weights_only=False), set()
+    with zipfile.ZipFile(path) as z:
+        if any(n.endswith("constants.pkl") for n in z.namelist()):
+            # torch.load hands TorchScript archives to torch.jit.load: code, not a state dict
+            raise CheckpointError(f"{path} is a TorchScript archive (a program, not a state dict); "
+                                  "save the model's state_dict() instead")
+    module, placeholders = safe_pickle.pickle_module()
     try:
-        import torch
+        return torch.load(path, map_location="cpu", weights_only=False, pickle_module=module), placeholders
+    except RuntimeError as exc:
+        if "explicit pickle_module" not in str(exc):   # TORCH_FORCE_WEIGHTS_ONLY_LOAD is set:
+            raise                                       # torch's own restricted unpickler then
+        return torch.load(path, map_location="cpu", weights_only=True), set()
+
+
+def _read_torch(path: str, trust: bool = False) -> RawCheckpoint:
+    """A ``torch.save`` zip: its ``state_dict`` (or the dict itself) as arrays, and ``meta``.
+    Without ``trust`` nothing from the file is imported or run (see
+    :mod:`harness.checkpoints.safe_pickle`): mmengine's ``message_hub``, ``optimizer`` and
+    other entries beside the state dict may hold objects of any class; they become inert
+    placeholders and are dropped."""
+    try:
+        import torch  # noqa: F401
     except ImportError:
         raise CheckpointError(f"{path} is a PyTorch file; install torch to read it") from None
+    from harness.checkpoints.safe_pickle import Placeholder, RefusedGlobal, inert_copy
+
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as first:  # noqa: BLE001 - mmengine checkpoints pickle their own classes
-        log.info("weights_only load failed (%s); retrying with full unpickling", first)
-        try:
-            obj = torch.load(path, map_location="cpu", weights_only=False)
-        except Exception as exc:  # noqa: BLE001
-            raise CheckpointError(f"{path}: unreadable PyTorch file ({type(exc).__name__}: "
-                                  f"{str(exc).splitlines()[0] if str(exc) else ''})") from None
+        obj, placeholders = _torch_load(path, trust)
+    except CheckpointError:
+        raise
+    except RefusedGlobal as exc:
+        raise refusal(path, f"{exc.module}.{exc.name}") from None
+    except Exception as exc:  # noqa: BLE001 - any damage is a one-line reason
+        text = str(exc).strip().splitlines()
+        raise CheckpointError(f"{path}: unreadable PyTorch file ({type(exc).__name__}"
+                              f"{': ' + text[0] if text else ''})") from None
+    if placeholders:
+        log.info("%s: left as inert placeholders (not imported): %s", path, ", ".join(sorted(placeholders)))
     meta = {}
     if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
         meta = obj.get("meta") or {}
         obj = obj["state_dict"]
     if not isinstance(obj, dict):
-        raise CheckpointError(f"{path}: holds a {type(obj).__name__}, not a state dict")
-    arrays = {k: _torch_to_numpy(v) for k, v in obj.items()}
+        what = repr(obj) if isinstance(obj, Placeholder) else f"a {type(obj).__name__}"
+        raise CheckpointError(f"{path}: holds {what}, not a state dict")
+    odd_keys = [repr(k) for k in obj if not isinstance(k, str)]
+    if odd_keys:
+        raise CheckpointError(f"{path}: state dict keys that are not names: {', '.join(odd_keys[:5])}")
+    try:
+        arrays = {k: _torch_to_numpy(v) for k, v in obj.items()}
+    except (TypeError, RuntimeError) as exc:   # e.g. bfloat16, which numpy lacks
+        raise CheckpointError(f"{path}: a tensor numpy cannot hold ({str(exc).splitlines()[0]})") from None
     if arrays and all(k.startswith("module.") for k in arrays):
         arrays = {k[len("module."):]: v for k, v in arrays.items()}
-    bad = [k for k, v in arrays.items() if not isinstance(v, np.ndarray)]
+    bad = [f"{k} ({v!r})" if isinstance(v, Placeholder) else str(k)
+           for k, v in arrays.items() if not isinstance(v, np.ndarray)]
     if bad:
         raise CheckpointError(f"{path}: entries that are not tensors: {', '.join(bad[:5])}")
-    return RawCheckpoint(path, "torch", arrays, meta if isinstance(meta, dict) else {})
+    return RawCheckpoint(path, "torch", arrays, inert_copy(meta) if isinstance(meta, dict) else {})
 
 
-def _read_npz(path: str) -> RawCheckpoint:
+def _read_npz(path: str, trust: bool = False) -> RawCheckpoint:
+    """An ``.npz``; object arrays (pickles) only with ``trust``."""
     try:
-        with np.load(path, allow_pickle=False) as z:
-            arrays = {k: z[k] for k in z.files}
+        with np.load(path, allow_pickle=trust) as z:
+            arrays = {}
+            for k in z.files:
+                try:
+                    arrays[k] = z[k]
+                except ValueError as exc:
+                    if "allow_pickle" in str(exc):
+                        raise refusal(path, f"the object array {k!r}") from None
+                    raise
+    except CheckpointError:
+        raise
     except Exception as exc:  # noqa: BLE001
         raise CheckpointError(f"{path}: unreadable .npz ({exc})") from None
     return RawCheckpoint(path, "npz", arrays)
 
 
-def _read_safetensors(path: str) -> RawCheckpoint:
+def _read_safetensors(path: str, trust: bool = False) -> RawCheckpoint:
+    """``.safetensors`` is a JSON header and raw bytes: there is no code to run."""
     try:
         from safetensors.numpy import load_file
     except ImportError:
@@ -154,19 +219,23 @@ def _read_safetensors(path: str) -> RawCheckpoint:
     return RawCheckpoint(path, "safetensors", dict(arrays))
 
 
-READERS: Dict[str, Callable[[str], RawCheckpoint]] = {
+# Every reader is ``reader(path, trust=False)``: without ``trust`` it must not run code
+# from the file (no unpickling beyond harness.checkpoints.safe_pickle's rules).
+READERS: Dict[str, Callable[..., RawCheckpoint]] = {
     "torch": _read_torch,
     "npz": _read_npz,
     "safetensors": _read_safetensors,
 }
 
 
-def read_raw(path: str) -> RawCheckpoint:
+def read_raw(path: str, trust: bool = False) -> RawCheckpoint:
+    """``path``'s arrays under their own names. Reading runs no code from the file; ``trust``
+    allows full unpickling (a pickle can run arbitrary code: only for files you trust)."""
     container = sniff_container(path)
     reader = READERS.get(container)
     if reader is None:
         raise CheckpointError(f"{path}: {container} files are not supported yet")
-    return reader(path)
+    return reader(path, trust=trust)
 
 
 # ------------------------------------------------------------------------- writers

@@ -185,8 +185,9 @@ def parse_ckpt(data: bytes) -> Tuple[Dict[str, np.ndarray], Dict[str, str]]:
     return arrays, strings
 
 
-def read_ckpt(path: str) -> RawCheckpoint:
-    """Read a MindSpore ``.ckpt`` without MindSpore."""
+def read_ckpt(path: str, trust: bool = False) -> RawCheckpoint:
+    """Read a MindSpore ``.ckpt`` without MindSpore. A pure-Python protobuf parse that
+    only ever builds numpy arrays and strings: no code can run, so ``trust`` changes nothing."""
     try:
         with open(path, "rb") as f:
             data = f.read()
@@ -250,15 +251,69 @@ def looks_like_ckpt(path: str, head: bytes) -> bool:
 
 
 # ------------------------------------------------------------------------ the scheme
-# Bookkeeping MindSpore training writes beside the weights (optimizer state, counters).
-_TRAINING_KEYS = [r"global_step", r"learning_rate", r"momentum", r"epoch_num", r"step_num",
-                  r"cur_step_num", r"cur_epoch_num", r"loss_scale", r"scale_sense",
-                  r"current_iterator_step", r"last_overflow_iterator_step",
-                  r"(moments|accum|accu_grads|adam_m|adam_v|mean_grad|mean_square)\..*"]
+# What MindSpore training saves beside the weights: ``save_checkpoint(train_cell)`` and
+# ``ModelCheckpoint`` write every Parameter of the TrainOneStepCell, i.e. the optimiser's
+# state (one copy of each trainable parameter per family, named ``<family>.<parameter>``),
+# its hyper-parameters and counters, loss-scale state, and ``append_info``. The names below
+# are the ones MindSpore 2.10 writes (tests/test_checkpoint_safety.py has it write them):
+OPTIMIZER_STATE_FAMILIES = {
+    "accum": "SGD, Adagrad, ProximalAdagrad, Adadelta",
+    "stat": "SGD",
+    "moments": "Momentum, LARS, FTRL",
+    "moment1": "Adam, LazyAdam, AdaMax", "moment2": "Adam, LazyAdam, AdaMax",
+    "vhat": "Adam(use_amsgrad=True)",
+    "adam_m": "AdamWeightDecay", "adam_v": "AdamWeightDecay",
+    "lamb_m": "Lamb", "lamb_v": "Lamb",
+    "moment": "RMSProp", "mean_square": "RMSProp", "mean_grad": "RMSProp(centered=True)",
+    "accum_update": "Adadelta",
+    "linear": "FTRL",
+    "prev": "Rprop", "step_size": "Rprop",
+    "ax_": "ASGD",
+    "accu_grads": "gradient accumulation (model zoo training cells)",
+}
+# ASGD joins these to the parameter name without a dot (``eta_conv.weight``)
+OPTIMIZER_STATE_UNDOTTED = {"eta_": "ASGD", "mu_": "ASGD"}
+# single entries: optimiser hyper-parameters and counters, loss scale, ModelCheckpoint's append_info
+TRAINING_SCALARS = {
+    "global_step": "every optimiser", "learning_rate": "every optimiser", "momentum": "SGD, Momentum, LARS",
+    "beta1_power": "Adam, LazyAdam, AdaMax", "beta2_power": "Adam, LazyAdam",
+    "fake_lr": "LARS", "fake_param": "LARS",
+    "scale_sense": "TrainOneStepWithLossScaleCell", "loss_scale": "loss-scale managers",
+    "current_iterator_step": "DynamicLossScaleUpdateCell", "last_overflow_iterator_step": "DynamicLossScaleUpdateCell",
+    "epoch_num": "ModelCheckpoint append_info", "step_num": "ModelCheckpoint append_info",
+    "cur_step_num": "training callbacks", "cur_epoch_num": "training callbacks",
+}
+TRAINING_KEY_PATTERNS = ([rf"{re.escape(f)}\..+" for f in OPTIMIZER_STATE_FAMILIES]
+                         + [rf"{re.escape(f)}.+" for f in OPTIMIZER_STATE_UNDOTTED]
+                         + [re.escape(k) for k in TRAINING_SCALARS])
+_TRAINING_RE = re.compile("|".join(f"(?:{p})" for p in TRAINING_KEY_PATTERNS))
+
+
+def training_family(key: str) -> Optional[str]:
+    """The optimiser-state family (``"accum.*"``) or bookkeeping entry (``"global_step"``)
+    ``key`` belongs to, or None for a model parameter."""
+    if not _TRAINING_RE.fullmatch(key):
+        return None
+    if key in TRAINING_SCALARS:
+        return key
+    for family in OPTIMIZER_STATE_FAMILIES:
+        if key.startswith(family + "."):
+            return family + ".*"
+    return next(f + "*" for f in OPTIMIZER_STATE_UNDOTTED if key.startswith(f))
+
+
+def ignored_training_entries(keys: Iterable[str]) -> Dict[str, int]:
+    """``{family: count}`` of the training-state entries among ``keys``, largest first."""
+    counts: Dict[str, int] = {}
+    for key in keys:
+        family = training_family(key)
+        if family:
+            counts[family] = counts.get(family, 0) + 1
+    return dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
 
 
 def _is_training_key(key: str) -> bool:
-    return any(re.fullmatch(p, key) for p in _TRAINING_KEYS)
+    return training_family(key) is not None
 
 
 def looks_like_mindspore(keys: Iterable[str]) -> bool:

@@ -19,6 +19,7 @@ import numpy as np
 
 from frameworks.spec.arch import I3DNLConfig
 from frameworks.spec.naming import MINDSPORE_BN_FIELDS, RenameTable
+from harness.checkpoints.mindspore_ckpt import TRAINING_KEY_PATTERNS
 
 UNIT = {"conv1": "conv12.conv1", "conv2": "conv12.conv2", "conv3": "conv3"}
 
@@ -48,10 +49,9 @@ def _rules():
     return rules
 
 
-# Optimiser state and step counters that MindSpore's ModelCheckpoint saves beside weights.
-RENAME = RenameTable(_rules(), ignore=[r"moments\..*", r"accum\..*", r"learning_rate", r"global_step",
-                                       r"momentum", r"epoch_num", r"step_num", r"scale_sense",
-                                       r"current_iterator_step", r"last_overflow_iterator_step"])
+# Optimiser state and step counters that MindSpore's ModelCheckpoint saves beside weights
+# (the seed's nn.SGD with momentum writes accum.* and stat.* copies of every parameter).
+RENAME = RenameTable(_rules(), ignore=TRAINING_KEY_PATTERNS)
 
 
 def looks_like_mindvideo(keys) -> bool:
