@@ -24,18 +24,17 @@ from typing import List, Optional
 
 import numpy as np
 
-from harness.cli import OneLineParser, failure_line, run_module
+from harness.cli import (InputError, OneLineParser, check_clip_size, failure_line, int_list, nonnegative_int,
+                         positive_int, run_main, run_module)
+from harness.files import atomic_write_json, check_output_path
 from frameworks.spec.arch import DEFAULT_PRESET, PRESETS, arch_hash, get_preset, parameter_count, parameter_specs
 
 
-def _ints(text: str) -> List[int]:
-    try:
-        values = [int(x) for x in text.split(",") if x]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a comma-separated list of integers: {text!r}") from None
-    if not values or min(values) < 1:
-        raise argparse.ArgumentTypeError("values must be positive")
-    return values
+def _shape(text: str) -> List[int]:
+    shape = int_list(text)
+    if len(shape) != 5:
+        raise argparse.ArgumentTypeError("input shape must be N,C,T,H,W")
+    return shape
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -43,14 +42,14 @@ def build_parser() -> argparse.ArgumentParser:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--frameworks", default="torch,ms", help="comma-separated: torch/pt, mindspore/ms")
     p.add_argument("--arch", default=DEFAULT_PRESET, choices=list(PRESETS), metavar="PRESET")
-    p.add_argument("--input-shape", type=_ints, default=[1, 3, 32, 224, 224], metavar="N,C,T,H,W",
+    p.add_argument("--input-shape", type=_shape, default=[1, 3, 32, 224, 224], metavar="N,C,T,H,W",
                    help="clip shape; N is replaced by each of --batch-sizes (default 1,3,32,224,224)")
-    p.add_argument("--batch-sizes", type=_ints, help="clips per forward (default: N of --input-shape)")
+    p.add_argument("--batch-sizes", type=int_list, help="clips per forward (default: N of --input-shape)")
     p.add_argument("--device", choices=["cpu", "gpu"], default="cpu")
     p.add_argument("--ms-mode", default="graph", help="graph, pynative, or both as 'graph,pynative'")
-    p.add_argument("--warmup", type=int, default=2)
-    p.add_argument("--iters", type=int, default=5)
-    p.add_argument("--threads", type=int, help="framework threads (default: all cores)")
+    p.add_argument("--warmup", type=nonnegative_int, default=2)
+    p.add_argument("--iters", type=positive_int, default=5)
+    p.add_argument("--threads", type=positive_int, help="framework threads (default: all cores)")
     p.add_argument("--json", metavar="OUT", help="write the results here")
     p.add_argument("--data", action="store_true", help="run the decode benchmark instead (harness.bench_data)")
     p.add_argument("--_child", action="store_true", help=argparse.SUPPRESS)
@@ -133,13 +132,20 @@ def main(argv: Optional[List[str]] = None) -> int:
         argv.remove("--data")
         return bench_data.main(argv)
     args = build_parser().parse_args(argv)
+    return run_main(lambda: _main(args))
+
+
+def _main(args) -> int:
     from harness.backends import BackendError, canonical_framework
 
     try:
         frameworks = [canonical_framework(f) for f in args.frameworks.split(",") if f]
     except ValueError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        raise InputError(str(exc)) from None
+    for batch in args.batch_sizes or [args.input_shape[0]]:
+        check_clip_size([batch] + list(args.input_shape[1:]))
+    if args.json:
+        check_output_path(args.json, "--json")
     if args._child:
         try:
             result = _measure(frameworks[0], args)
@@ -171,9 +177,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         base = ok[0]["runs"][0]["ms_per_clip"]
         doc["relative_to_first"] = {f"{r['framework']}/{r['mode']}": r["runs"][0]["ms_per_clip"] / base for r in ok}
     if args.json:
-        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
-        with open(args.json, "w") as f:
-            json.dump(doc, f, indent=2)
+        atomic_write_json(args.json, doc)
     return 0 if ok else 2
 
 

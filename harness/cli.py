@@ -1,15 +1,46 @@
-"""What every command shares: the bad-input error, a one-line argparse, and running a
-command module in a process of its own."""
+"""What every command shares: the error families and their exit codes, a one-line
+argparse, argument types that refuse nonsense before any work, the ``main`` wrapper, and
+running a command module in a process of its own.
+
+Exit codes (the contract of every command): 0 ok, 1 a check failed (:class:`CheckFailed`),
+2 bad input (:class:`InputError`, and the library errors listed in :data:`BAD_INPUT`),
+one line on stderr and never a traceback; 130 when interrupted (Ctrl-C).
+"""
 from __future__ import annotations
 
 import argparse
+import logging
+import math
+import os
 import subprocess
 import sys
-from typing import List
+from typing import Callable, List, Optional, Sequence
+
+from harness.files import OutputPathError
 
 
 class InputError(Exception):
     """Bad input (missing file, bad checkpoint, unknown option): one line on stderr, exit 2."""
+
+
+class CheckFailed(Exception):
+    """The command ran and a check it exists to make failed: one line on stderr, exit 1."""
+
+
+def bad_input_types() -> tuple:
+    """The library errors that mean bad input (imported lazily: a command that never
+    touches checkpoints does not import their readers)."""
+    from harness.checkpoints.io import CheckpointError
+    from harness.data.index import DatasetError
+
+    types = [InputError, OutputPathError, CheckpointError, DatasetError]
+    try:
+        from harness.backends import BackendError
+    except ImportError:  # pragma: no cover
+        pass
+    else:
+        types.append(BackendError)
+    return tuple(types)
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -19,6 +50,117 @@ class OneLineParser(argparse.ArgumentParser):
         self.exit(2, f"error: {message}\n")
 
 
+def one_line(exc: BaseException) -> str:
+    text = str(exc).strip().strip("'\"")
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def run_main(body: Callable[[], Optional[int]], verbose: bool = False) -> int:
+    """Run a command's body and map its errors to the exit-code contract."""
+    try:
+        code = body()
+        return 0 if code is None else int(code)
+    except CheckFailed as exc:
+        print(f"error: {one_line(exc)}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:  # `... | head`: the reader has gone, which is not an error of ours
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+    except Exception as exc:  # noqa: BLE001 - only the bad-input family is mapped; the rest re-raises
+        if isinstance(exc, bad_input_types()):
+            if verbose:
+                logging.getLogger("harness").exception("bad input")
+            print(f"error: {one_line(exc)}", file=sys.stderr)
+            return 2
+        raise
+
+
+def setup_logging(verbose: bool = False) -> None:
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
+                        format="%(name)s: %(message)s", stream=sys.stderr)
+
+
+# ------------------------------------------------------------------ argument types
+def _int(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+
+
+def positive_int(text: str) -> int:
+    value = _int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def nonnegative_int(text: str) -> int:
+    value = _int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
+    return value
+
+
+def tolerance(text: str) -> float:
+    """A finite, non-negative float (``nan`` would make every comparison pass)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text}")
+    return value
+
+
+def positive_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive, finite number, got {text}")
+    return value
+
+
+def int_list(text: str) -> List[int]:
+    """``1,4,8``: positive integers."""
+    values = [positive_int(x) for x in text.split(",") if x.strip()]
+    if not values:
+        raise argparse.ArgumentTypeError("expected a comma-separated list of positive integers")
+    return values
+
+
+# A clip larger than this (elements) would need > 8 GiB of float32 per input alone.
+MAX_CLIP_ELEMENTS = 2 ** 31
+
+
+def clip_shape(text: str) -> tuple:
+    """``N,C,T,H,W`` with positive sizes and a sane total (checked before any allocation)."""
+    try:
+        shape = tuple(int(x) for x in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a comma-separated shape: {text!r}") from None
+    if len(shape) != 5 or min(shape) < 1:
+        raise argparse.ArgumentTypeError("input shape must be N,C,T,H,W with positive sizes")
+    check_clip_size(shape)
+    return shape
+
+
+def check_clip_size(shape: Sequence[int]) -> None:
+    total = 1
+    for d in shape:
+        total *= int(d)
+    if total > MAX_CLIP_ELEMENTS:
+        raise argparse.ArgumentTypeError(
+            f"shape {'x'.join(map(str, shape))} is {total:.3g} elements ({4 * total / 2 ** 30:.0f} GiB "
+            f"as float32); the limit is {MAX_CLIP_ELEMENTS:.3g}")
+
+
+# ------------------------------------------------------------------ child processes
 def run_module(module: str, argv: List[str]) -> subprocess.CompletedProcess:
     """``python -m module argv`` in a fresh process (one framework per process), captured."""
     return subprocess.run([sys.executable, "-m", module, *argv], stdout=subprocess.PIPE,

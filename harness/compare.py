@@ -53,17 +53,20 @@ class LayerComparison:
     rtol: float
     passed: bool
     note: str = ""
+    non_finite_ref: int = 0  # NaN / inf elements on each side
+    non_finite_got: int = 0
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
     @classmethod
     def failed(cls, name: str, shape, atol: float, rtol: float, note: str,
-               ref_max: float = float("nan")) -> "LayerComparison":
+               ref_max: float = float("nan"), non_finite_ref: int = 0, non_finite_got: int = 0
+               ) -> "LayerComparison":
         """A layer that could not be compared element by element (missing, mis-shaped, NaN)."""
         inf = float("inf")
         return cls(name, list(shape), ref_max, inf, inf, inf, inf, float("nan"), 0.0, inf, atol, rtol, False,
-                   note=note)
+                   note=note, non_finite_ref=non_finite_ref, non_finite_got=non_finite_got)
 
 
 @dataclass
@@ -97,10 +100,16 @@ def compare_arrays(name: str, ref: np.ndarray, got: np.ndarray, atol: float, rto
         return LayerComparison.failed(name, ref.shape, atol, rtol,
                                       f"shape {list(got.shape)} != reference {list(ref.shape)}")
     ref64, got64 = ref.astype(np.float64).ravel(), got.astype(np.float64).ravel()
-    if not (np.all(np.isfinite(ref64)) and np.all(np.isfinite(got64))):
-        bad = "reference" if not np.all(np.isfinite(ref64)) else "candidate"
-        return LayerComparison.failed(name, ref.shape, atol, rtol, f"non-finite values in the {bad}",
-                                      ref_max=float(np.nanmax(np.abs(ref64))))
+    finite_ref, finite_got = np.isfinite(ref64), np.isfinite(got64)
+    bad_ref, bad_got = int(ref64.size - finite_ref.sum()), int(got64.size - finite_got.sum())
+    if bad_ref or bad_got:
+        sides = [f"{n} in the {side}" for n, side in ((bad_ref, "reference"), (bad_got, "candidate")) if n]
+        note = f"non-finite values: {', '.join(sides)}"
+        if bad_ref and not bad_got:  # e.g. MindSpore's ReLU maps NaN to 0: the candidate hides the fault
+            note += " (the candidate is finite where the reference is not)"
+        ref_max = float(np.abs(ref64[finite_ref]).max()) if finite_ref.any() else float("nan")
+        return LayerComparison.failed(name, ref.shape, atol, rtol, note, ref_max=ref_max,
+                                      non_finite_ref=bad_ref, non_finite_got=bad_got)
     diff = np.abs(got64 - ref64)
     mag = np.abs(ref64)
     scale = float(mag.max()) if mag.size else 0.0
@@ -148,8 +157,9 @@ def compare_outputs(reference: Dict[str, np.ndarray], candidate: Dict[str, np.nd
         layers.append(compare_arrays(name, reference[name], candidate[name], layer_atol, rtol))
     logits = {}
     if "logits" in reference and "logits" in candidate and reference["logits"].shape == candidate["logits"].shape:
-        logits = topk_agreement(reference["logits"], candidate["logits"])
-        logits.update(max_abs=float(np.abs(reference["logits"].astype(np.float64) - candidate["logits"]).max()))
+        with np.errstate(invalid="ignore"):  # NaN logits are reported per layer above
+            logits = topk_agreement(reference["logits"], candidate["logits"])
+            logits.update(max_abs=float(np.abs(reference["logits"].astype(np.float64) - candidate["logits"]).max()))
     return ParityReport(reference_name, candidate_name, layers, atol, rtol, logits, mode)
 
 

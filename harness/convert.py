@@ -37,7 +37,8 @@ from typing import Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 
-from harness.cli import InputError, OneLineParser
+from harness.cli import InputError, OneLineParser, run_main, setup_logging
+from harness.files import check_output_path
 from frameworks.spec.arch import PRESETS, I3DNLConfig, WeightMismatchError, get_preset, parameter_specs
 
 log = logging.getLogger("harness.convert")
@@ -133,12 +134,12 @@ def _candidates(arch: Optional[str], depth: Optional[int], num_classes: Optional
 
 
 def read_source(path: str, fmt: Optional[str], arch: Optional[str], depth: Optional[int] = None,
-                num_classes: Optional[int] = None) -> Source:
+                num_classes: Optional[int] = None, *, trust: bool = False) -> Source:
     from harness.checkpoints import SCHEMES, CheckpointError, detect_scheme, to_canonical
     from harness.checkpoints.io import read_raw, sha256_file
 
     try:
-        raw = read_raw(path)
+        raw = read_raw(path, trust=trust)
     except CheckpointError as exc:
         raise InputError(str(exc)) from None
     expected = FORMATS[fmt] if fmt else None
@@ -241,6 +242,8 @@ def build_parser() -> argparse.ArgumentParser:
                         f"{', '.join(PRESETS)})")
     p.add_argument("--depth", type=int, choices=[50, 101], help="ResNet depth (default: found from the weights)")
     p.add_argument("--num-classes", type=int, help="classes (default: found from the classifier's shape)")
+    from harness.checkpoints.safe_pickle import TRUST_HELP
+    p.add_argument("--trust-checkpoint", action="store_true", help=TRUST_HELP.replace("the weights file", "SRC"))
     p.add_argument("-v", "--verbose", action="store_true")
     return p
 
@@ -248,13 +251,13 @@ def build_parser() -> argparse.ArgumentParser:
 def convert(args) -> str:
     if args.arch is not None and args.arch not in PRESETS:
         raise InputError(f"unknown arch preset {args.arch!r}; choose from {', '.join(PRESETS)}")
+    check_output_path(args.dst, "DST")
     src_format = format_name(args.src_format) if args.src_format else None
     dst_format = format_name(args.dst_format) if args.dst_format else format_for_path(args.dst)
     if os.path.exists(args.dst) and os.path.exists(args.src) and os.path.samefile(args.src, args.dst):
         raise InputError("SRC and DST are the same file")
-    if os.path.dirname(os.path.abspath(args.dst)) and not os.path.isdir(os.path.dirname(os.path.abspath(args.dst))):
-        raise InputError(f"cannot write {args.dst}: no such directory")
-    source = read_source(args.src, src_format, args.arch, args.depth, args.num_classes)
+    source = read_source(args.src, src_format, args.arch, args.depth, args.num_classes,
+                         trust=getattr(args, "trust_checkpoint", False))
     written = write_destination(args.dst, dst_format, source.arrays, source.cfg)
     bad = verify(args.dst, written)
     dtype = next(iter(source.arrays.values())).dtype
@@ -276,19 +279,19 @@ class VerificationError(Exception):
 
 def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
-                        format="%(name)s: %(message)s", stream=sys.stderr)
-    try:
-        print(convert(args))
-    except InputError as exc:
-        print(f"error: {str(exc).splitlines()[0]}", file=sys.stderr)
-        return 2
-    except VerificationError as exc:
-        found, error = str(exc).split("\n", 1)
-        print(found)
-        print(error, file=sys.stderr)
-        return 1
-    return 0
+    setup_logging(args.verbose)
+
+    def body() -> int:
+        try:
+            print(convert(args))
+        except VerificationError as exc:
+            found, error = str(exc).split("\n", 1)
+            print(found)
+            print(error, file=sys.stderr)
+            return 1
+        return 0
+
+    return run_main(body, args.verbose)
 
 
 if __name__ == "__main__":

@@ -22,6 +22,9 @@ import tempfile
 import time
 from typing import List, Optional
 
+from harness.cli import OneLineParser
+from harness.files import check_output_dir
+
 SMALL_DATA = ["--data-override", "clip_len=8", "--data-override", "short_edge=72", "--data-override", "crop_size=64"]
 
 
@@ -35,11 +38,17 @@ def _step(title: str, *args: str) -> None:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m harness.demo", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = OneLineParser(prog="python -m harness.demo", description=__doc__,
+                      formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--workdir", help="keep every file here (default: a temporary folder)")
-    p.add_argument("--frameworks", default="torch,ms")
+    p.add_argument("--frameworks", type=_frameworks, default="torch,ms",
+                   help="the frameworks to run, comma-separated: torch/pt, mindspore/ms (default torch,ms)")
     args = p.parse_args(argv)
+    if args.workdir:
+        try:
+            check_output_dir(args.workdir, "--workdir")
+        except ValueError as exc:
+            p.error(str(exc))
     with tempfile.TemporaryDirectory(prefix="nlparity-demo-") as tmp:
         work = args.workdir or tmp
         os.makedirs(work, exist_ok=True)
@@ -69,6 +78,18 @@ def main(argv: Optional[List[str]] = None) -> int:
     return 0
 
 
+def _frameworks(text: str) -> str:
+    from harness.backends import canonical_framework
+
+    try:
+        names = [canonical_framework(f) for f in text.split(",") if f.strip()]
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    if not names or len(set(names)) != len(names) or "mmaction2" in names:
+        raise argparse.ArgumentTypeError("give one or two of torch, ms (mmaction2 is always the reference)")
+    return ",".join(names)
+
+
 def _write_config(path: str) -> str:
     import json
 
@@ -89,7 +110,7 @@ def _write_clip(path: str) -> str:
 def _same_arrays(a: str, b: str) -> None:
     import numpy as np
 
-    with np.load(a) as za, np.load(b) as zb:
+    with np.load(a, allow_pickle=False) as za, np.load(b, allow_pickle=False) as zb:
         assert sorted(za.files) == sorted(zb.files), "key sets differ"
         for k in za.files:
             x, y = za[k], zb[k]

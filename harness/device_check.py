@@ -20,32 +20,40 @@ from typing import List, Optional
 import numpy as np
 
 from frameworks.spec.arch import DEFAULT_PRESET, PRESETS, arch_hash, get_preset, layer_names, parameter_count
+from harness.cli import (InputError, OneLineParser, check_clip_size, int_list, nonnegative_int, positive_int,
+                         run_main, tolerance)
 from harness.compare import compare_outputs, format_report
+from harness.files import atomic_write_json, check_output_path
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m harness.device_check", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = OneLineParser(prog="python -m harness.device_check", description=__doc__,
+                      formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--arch", default=DEFAULT_PRESET, choices=list(PRESETS), metavar="PRESET")
-    p.add_argument("--frames", type=int, default=32)
-    p.add_argument("--size", type=int, default=224)
-    p.add_argument("--batch-sizes", default="1,4,8,16")
-    p.add_argument("--iters", type=int, default=20)
-    p.add_argument("--warmup", type=int, default=5)
-    p.add_argument("--atol", type=float, default=None,
+    p.add_argument("--frames", type=positive_int, default=32, help="frames per clip (default 32)")
+    p.add_argument("--size", type=positive_int, default=224, help="crop size (default 224)")
+    p.add_argument("--batch-sizes", type=int_list, default=[1, 4, 8, 16], help="default 1,4,8,16")
+    p.add_argument("--iters", type=positive_int, default=20)
+    p.add_argument("--warmup", type=nonnegative_int, default=5)
+    p.add_argument("--atol", type=tolerance, default=None,
                    help="scaled atol for every layer (default: parity's per-stage defaults)")
     p.add_argument("--out", default="results/device_check.json")
     args = p.parse_args(argv)
+    return run_main(lambda: _main(args))
 
-    from harness.backends import BackendError, TorchRunner
+
+def _main(args) -> int:
+    try:
+        for batch in [1] + args.batch_sizes:
+            check_clip_size((batch, 3, args.frames, args.size, args.size))
+    except argparse.ArgumentTypeError as exc:
+        raise InputError(str(exc)) from None
+    check_output_path(args.out, "--out")
+    from harness.backends import TorchRunner
 
     cfg = get_preset(args.arch)
     clip = np.random.default_rng(0).standard_normal((1, 3, args.frames, args.size, args.size)).astype(np.float32)
-    try:
-        gpu = TorchRunner(device="gpu")
-    except BackendError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    gpu = TorchRunner(device="gpu")
     cpu = TorchRunner(device="cpu")
     weights = cpu.random_weights(cfg, clip, seed=0)
     for runner in (cpu, gpu):
@@ -57,7 +65,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     print(format_report(report))
 
     rows = []
-    for batch in [int(b) for b in args.batch_sizes.split(",")]:
+    for batch in args.batch_sizes:
         x = np.random.default_rng(batch).standard_normal((batch,) + clip.shape[1:]).astype(np.float32)
         try:
             times = gpu.time_forward(x, warmup=args.warmup, iters=args.iters)
@@ -80,9 +88,7 @@ def main(argv: Optional[List[str]] = None) -> int:
            "versions": gpu.versions(), "hardware": gpu.hardware(),
            "cuda": torch.version.cuda, "cudnn": torch.backends.cudnn.version(), "tf32": False,
            "parity": report.to_dict(), "gpu": rows, "cpu": cpu_row}
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    with open(args.out, "w") as f:
-        json.dump(doc, f, indent=2)
+    atomic_write_json(args.out, doc)
     return 0 if report.passed else 1
 
 

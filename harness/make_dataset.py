@@ -44,7 +44,8 @@ import numpy as np
 
 from frameworks.spec.labels import K400_CLASSES
 
-from harness.cli import OneLineParser
+from harness.cli import OneLineParser, positive_int, positive_seconds
+from harness.files import check_output_path
 
 log = logging.getLogger("harness.make_dataset")
 
@@ -355,12 +356,40 @@ def _tqdm(enabled: bool):
 
 
 # ---------------------------------------------------------------------------- CLI
+MAX_SIDE = 4096       # pixels: larger frames are a typo here (the dataset is for tests and demos)
+MAX_SECONDS = 600.0
+
+
 def _parse_size(text: str) -> Tuple[int, int]:
     try:
         w, h = text.lower().split("x")
-        return int(w), int(h)
+        w, h = int(w), int(h)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected WxH such as 340x256, got {text!r}") from None
+    if not (16 <= w <= MAX_SIDE and 16 <= h <= MAX_SIDE) or w % 2 or h % 2:
+        raise argparse.ArgumentTypeError(f"frame size {w}x{h}: each side must be even and in 16..{MAX_SIDE}")
+    return w, h
+
+
+def _seconds(text: str) -> float:
+    value = positive_seconds(text)
+    if value > MAX_SECONDS:
+        raise argparse.ArgumentTypeError(f"at most {MAX_SECONDS:g} seconds per video, got {text}")
+    return value
+
+
+def _classes(text: str) -> int:
+    value = positive_int(text)
+    if value > len(K400_CLASSES):
+        raise argparse.ArgumentTypeError(f"at most {len(K400_CLASSES)} classes (Kinetics-400's), got {value}")
+    return value
+
+
+def _fps(text: str) -> int:
+    value = positive_int(text)
+    if value > 240:
+        raise argparse.ArgumentTypeError(f"at most 240 frames per second, got {value}")
+    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -370,16 +399,16 @@ def build_parser() -> argparse.ArgumentParser:
         "(train and val splits, each with kinetics-400_<split>.csv). Deterministic for a seed.",
     )
     p.add_argument("root", metavar="DIR", help="output directory (created if missing)")
-    p.add_argument("--classes", type=int, default=4, help="number of classes (default 4; names are "
+    p.add_argument("--classes", type=_classes, default=4, help="number of classes (default 4; names are "
                    "the first K Kinetics-400 classes)")
-    p.add_argument("--videos-per-class", type=int, default=8, help="train videos per class (default 8)")
-    p.add_argument("--val-videos-per-class", type=int, default=None,
+    p.add_argument("--videos-per-class", type=positive_int, default=8, help="train videos per class (default 8)")
+    p.add_argument("--val-videos-per-class", type=positive_int, default=None,
                    help="val videos per class (default: videos-per-class // 4, at least 1)")
-    p.add_argument("--seconds", type=float, default=3.0,
+    p.add_argument("--seconds", type=_seconds, default=3.0,
                    help="length of each video in seconds (default 3: 90 frames, one 32x2 clip without looping)")
     p.add_argument("--size", type=_parse_size, default=(340, 256), metavar="WxH",
                    help="frame size, even numbers (default 340x256, Kinetics' usual)")
-    p.add_argument("--fps", type=int, default=30, help="frame rate (default 30)")
+    p.add_argument("--fps", type=_fps, default=30, help="frame rate (default 30)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument("--faults", action="store_true",
                    help="also plant one of each fault (missing, empty, truncated, not a video, short, "
@@ -392,6 +421,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    if args.json:
+        try:
+            check_output_path(args.json, "--json")
+        except ValueError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
         summary = make_dataset(
@@ -409,7 +444,7 @@ def main(argv=None) -> int:
         if args.json:
             Path(args.json).write_text(json.dumps(summary.to_dict(), indent=2) + "\n")
     except (ValueError, OSError) as exc:
-        print(f"make_dataset: error: {exc}", file=sys.stderr)
+        print(f"error: {str(exc).splitlines()[0]}", file=sys.stderr)
         return 2
     log.info(
         "wrote %d train + %d val videos (%d classes, %d frames of %dx%d) under %s%s",

@@ -30,20 +30,12 @@ from typing import Dict, List, Optional
 import numpy as np
 
 from frameworks.spec.arch import DEFAULT_PRESET, PRESETS, arch_hash, get_preset, layer_names
-from harness.cli import InputError, OneLineParser, failure_line, run_module
+from harness.cli import (InputError, OneLineParser, clip_shape, failure_line, run_main, run_module, setup_logging,
+                         tolerance)
+from harness.files import atomic_write_json, check_output_dir, check_output_path
 from harness.compare import DEFAULT_RTOL, DEFAULT_STAGE_ATOL, ParityReport, compare_outputs, format_report
 
 log = logging.getLogger("harness.parity")
-
-
-def _shape(text: str):
-    try:
-        shape = tuple(int(x) for x in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a comma-separated shape: {text!r}") from None
-    if len(shape) != 5 or min(shape) < 1:
-        raise argparse.ArgumentTypeError("input shape must be N,C,T,H,W with positive sizes")
-    return shape
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -55,20 +47,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-classes", type=int, help="override the preset's number of classes")
     p.add_argument("--checkpoint", help="weights to load in every framework (any format harness.convert reads); "
                                         "default: seeded random weights")
+    from harness.checkpoints.safe_pickle import TRUST_HELP
+    p.add_argument("--trust-checkpoint", action="store_true", help=TRUST_HELP.replace("the weights file", "--checkpoint"))
     p.add_argument("--frameworks", default="torch,ms",
                    help="comma-separated: torch/pt, mindspore/ms (default torch,ms); the first is the "
                         "reference unless --reference is given")
     p.add_argument("--reference", help="a reference implementation to compare every framework against "
                                        "(mmaction2, or one of the frameworks)")
-    p.add_argument("--input-shape", type=_shape, default=(1, 3, 32, 224, 224), metavar="N,C,T,H,W",
+    p.add_argument("--input-shape", type=clip_shape, default=(1, 3, 32, 224, 224), metavar="N,C,T,H,W",
                    help="shape of the seeded random clip (default 1,3,32,224,224)")
     p.add_argument("--input", help="a float32 clip (N,C,T,H,W) saved with numpy.save, instead of a random one")
     p.add_argument("--seed", type=int, default=0, help="seed for the random clip and weights (default 0)")
-    p.add_argument("--atol", type=float, default=None,
+    p.add_argument("--atol", type=tolerance, default=None,
                    help="absolute tolerance as a fraction of each layer's max |reference|, for every layer "
                         "(default: per stage, " + ", ".join(f"{k} {v:g}" for k, v in DEFAULT_STAGE_ATOL.items())
                         + "; measured float32 noise, see harness/compare.py)")
-    p.add_argument("--rtol", type=float, default=DEFAULT_RTOL,
+    p.add_argument("--rtol", type=tolerance, default=DEFAULT_RTOL,
                    help=f"relative tolerance per element (default {DEFAULT_RTOL:g}); an element fails only "
                         "if it exceeds both")
     p.add_argument("--mode", choices=["propagated", "isolated"], default="propagated",
@@ -109,7 +103,7 @@ def _run_worker(framework: str, cfg_path: str, input_path: str, out_path: Option
 
 def _load_npz(path: str) -> Dict[str, np.ndarray]:
     try:
-        with np.load(path) as z:
+        with np.load(path, allow_pickle=False) as z:
             return {k: z[k] for k in z.files}
     except (OSError, ValueError) as exc:
         raise InputError(f"cannot read saved outputs {path}: {exc}") from None
@@ -177,14 +171,18 @@ def _run_frameworks(cfg, reference: str, frameworks: List[str], args,
         weights_path = os.path.join(tmp, "weights.npz")
         if args.checkpoint:
             try:
-                loaded = load_weights(args.checkpoint, cfg)
+                loaded = load_weights(args.checkpoint, cfg, trust=getattr(args, "trust_checkpoint", False))
             except CheckpointError as exc:
                 raise InputError(str(exc)) from None
-            print(f"weights: {loaded.describe()}", flush=True)
             wrong = sorted({str(v.dtype) for v in loaded.arrays.values()} - {"float32"})
             if wrong:
                 raise InputError(f"{args.checkpoint}: dtype mismatch: the weights hold {', '.join(wrong)}; "
                                  "the models run float32 (convert the weights to float32 first)")
+            print(f"weights: {loaded.describe()}", flush=True)
+            bad = {k: int((~np.isfinite(v)).sum()) for k, v in loaded.arrays.items() if not np.isfinite(v).all()}
+            if bad:  # compared all the same: where the frameworks treat NaN differently is worth seeing
+                print(f"warning: the weights hold {sum(bad.values())} non-finite values in {len(bad)} tensors "
+                      f"(first: {next(iter(bad))})", file=sys.stderr, flush=True)
             write_npz(weights_path, loaded.arrays)
         else:
             print(f"weights: seeded random (seed {args.seed}), BN statistics calibrated on the input clip", flush=True)
@@ -202,14 +200,21 @@ def _run_frameworks(cfg, reference: str, frameworks: List[str], args,
 
 def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
-                        format="%(name)s: %(message)s", stream=sys.stderr)
+    setup_logging(args.verbose)
+    return run_main(lambda: _main(args), args.verbose)
+
+
+def _main(args) -> int:
+    # outputs are checked before the work, so a long run never ends in "cannot write"
+    if args.json:
+        check_output_path(args.json, "--json")
+    if args.save_outputs:
+        check_output_dir(args.save_outputs, "--save-outputs folder")
     runs: Dict[str, dict] = {}
     try:
         reports = run(args, runs)
-    except (InputError, KeyError) as exc:
-        print(f"error: {str(exc).strip(chr(34)).strip(chr(39))}", file=sys.stderr)
-        return 2
+    except KeyError as exc:
+        raise InputError(str(exc)) from None
     for report in reports:
         print(format_report(report))
         print()
@@ -221,8 +226,7 @@ def main(argv: Optional[List[str]] = None) -> int:
                    checkpoint=args.checkpoint, input=args.input,
                    input_shape=list(args.input_shape) if not (args.input or args.load_outputs) else None,
                    date=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), runs=runs)
-        with open(args.json, "w") as f:
-            json.dump(doc, f, indent=2)
+        atomic_write_json(args.json, doc)
     return 0 if all(r.passed for r in reports) else 1
 
 

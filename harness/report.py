@@ -21,7 +21,11 @@ import os
 import sys
 from typing import Dict, List, Optional
 
+import numpy as np
+
 from harness import metrics
+from harness.cli import InputError, OneLineParser, run_main
+from harness.files import atomic_path, check_output_path
 
 ROWS = ("caffe", "pytorch", "mindspore")
 FRAMEWORK_NAMES = {"torch": "PyTorch", "ms": "MindSpore"}
@@ -37,24 +41,39 @@ def _load_json(path: str) -> Optional[dict]:
 
 def collect(results_dir: str) -> Dict[str, list]:
     """Evaluation summaries (accuracy recomputed from scores) and benchmark files."""
-    from harness.evaluate import read_scores
+    from harness.cli import InputError
+    from harness.scores import read_scores
 
-    evals, benches = [], []
+    evals, benches, skipped = [], [], []
     for path in sorted(glob.glob(os.path.join(results_dir, "**", "*.json"), recursive=True)):
         doc = _load_json(path)
         if not isinstance(doc, dict):
+            skipped.append(f"{path}: not a JSON object")
             continue
-        if "summary_version" in doc and "scores" in doc and doc.get("shard", [0, 1])[1] == 1:
-            scores_dir = os.path.join(os.path.dirname(path), doc["scores"])
+        if "summary_version" in doc and "scores" in doc:
+            shard = doc.get("shard", [0, 1])
+            if not (isinstance(shard, list) and len(shard) == 2 and shard[1] == 1):
+                continue  # a shard: its merged summary speaks for it
+            missing = [k for k in ("framework", "arch", "data_preset") if not isinstance(doc.get(k), str)]
+            if missing:
+                skipped.append(f"{path}: lacks {', '.join(missing)}")
+                continue
+            scores_dir = os.path.join(os.path.dirname(path), str(doc["scores"]))
             if os.path.isdir(scores_dir):
-                saved = read_scores(scores_dir)
-                if len(saved["labels"]):
-                    doc.update(metrics.accuracy_summary(saved["scores"], saved["labels"]))
+                try:
+                    saved = read_scores(scores_dir)
+                except InputError as exc:
+                    skipped.append(str(exc))
+                    continue
+                if len(saved.labels) and (saved.labels >= 0).all() and np.isfinite(saved.scores).all():
+                    doc.update(metrics.accuracy_summary(saved.scores, saved.labels))
             doc["_path"] = path
             evals.append(doc)
         elif doc.get("benchmark") in ("forward", "device_check"):
             doc["_path"] = path
             benches.append(doc)
+    for line in skipped:
+        print(f"warning: skipped {line}", file=sys.stderr)
     return {"evaluations": evals, "benchmarks": benches}
 
 
@@ -70,7 +89,8 @@ def build_table(results_dir: str) -> dict:
     rows = []
     for row in ROWS:
         for entry in (e for e in registry.values() if e.framework_row == row):
-            runs = [d for d in found["evaluations"] if entry.check_digest(d.get("checkpoint_sha256", ""))]
+            runs = [d for d in found["evaluations"] if isinstance(d.get("checkpoint_sha256"), str)
+                    and d.get("arch") == entry.arch and entry.check_digest(d["checkpoint_sha256"])]
             base = {"type": f"i3d_nlnet_{row}", "checkpoint": entry.name, "arch": entry.arch,
                     "published_top1": entry.published.get("top1"), "published_top5": entry.published.get("top5"),
                     "published_protocol": entry.published.get("protocol", ""),
@@ -89,23 +109,37 @@ def build_table(results_dir: str) -> dict:
                    for d in found["evaluations"] if str(d.get("checkpoint", "")).startswith("random")]
     throughput = []
     for b in found["benchmarks"]:
-        if b["benchmark"] == "forward":
-            for r in b["results"]:
-                if "error" in r:
-                    continue
-                for run in r["runs"]:
-                    throughput.append({"framework": FRAMEWORK_NAMES.get(r["framework"], r["framework"]),
-                                       "mode": r["mode"], "device": r["hardware"].get("gpu") or r["hardware"]["cpu"],
-                                       "batch": run["batch_size"], "ms_per_clip": run["ms_per_clip"],
-                                       "clips_per_s": run["clips_per_s"], "source": b["_path"]})
-        else:
-            for run in b.get("gpu", []):
-                if "error" in run:
-                    continue
-                throughput.append({"framework": "PyTorch", "mode": "eager", "device": b["hardware"].get("gpu"),
-                                   "batch": run["batch_size"], "ms_per_clip": run["ms_per_clip"],
-                                   "clips_per_s": run["clips_per_s"], "source": b["_path"]})
+        try:
+            throughput += _throughput_rows(b)
+        except (KeyError, TypeError, AttributeError) as exc:
+            print(f"warning: skipped {b['_path']}: not a benchmark this report reads ({type(exc).__name__}: {exc})",
+                  file=sys.stderr)
     return {"accuracy": rows, "random_weight_runs": random_runs, "throughput": throughput}
+
+
+def _throughput_rows(b: dict) -> List[dict]:
+    rows = []
+    if b["benchmark"] == "forward":
+        for r in b["results"]:
+            if "error" in r:
+                continue
+            for run in r["runs"]:
+                rows.append({"framework": FRAMEWORK_NAMES.get(r["framework"], r["framework"]),
+                             "mode": r["mode"], "device": r["hardware"].get("gpu") or r["hardware"]["cpu"],
+                             "batch": run["batch_size"], "ms_per_clip": float(run["ms_per_clip"]),
+                             "clips_per_s": float(run["clips_per_s"]), "source": b["_path"]})
+    else:
+        for run in b.get("gpu", []):
+            if "error" in run:
+                continue
+            rows.append({"framework": "PyTorch", "mode": "eager", "device": b["hardware"].get("gpu"),
+                         "batch": run["batch_size"], "ms_per_clip": float(run["ms_per_clip"]),
+                         "clips_per_s": float(run["clips_per_s"]), "source": b["_path"]})
+    return rows
+
+
+def _num(x, fmt: str = "{:.2f}") -> str:
+    return "-" if not isinstance(x, (int, float)) or x != x else fmt.format(x)
 
 
 def render(table: dict, fmt: str) -> str:
@@ -113,10 +147,10 @@ def render(table: dict, fmt: str) -> str:
         return json.dumps(table, indent=2)
     head = ["type", "checkpoint", "arch", "published top1", "published top5", "measured in", "top1", "top5",
             "data preset", "videos", "clips/s"]
-    body = [[r["type"], r["checkpoint"], r["arch"], f"{r['published_top1']:.2f}", f"{r['published_top5']:.2f}",
+    body = [[r["type"], r["checkpoint"], r["arch"], _num(r["published_top1"]), _num(r["published_top5"]),
              r["measured_in"], _pct(r["top1"]), _pct(r["top5"]), r["data_preset"],
              "-" if r["n_videos"] is None else str(r["n_videos"]),
-             "-" if r["clips_per_s"] is None else f"{r['clips_per_s']:.2f}"] for r in table["accuracy"]]
+             _num(r["clips_per_s"])] for r in table["accuracy"]]
     thead = ["framework", "mode", "device", "batch", "ms/clip", "clips/s"]
     tbody = [[t["framework"], t["mode"], t["device"], str(t["batch"]), f"{t['ms_per_clip']:.1f}",
               f"{t['clips_per_s']:.2f}"] for t in table["throughput"]]
@@ -153,22 +187,28 @@ def render(table: dict, fmt: str) -> str:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m harness.report", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = OneLineParser(prog="python -m harness.report", description=__doc__,
+                      formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--results", default="results", help="folder of result JSON files (default results/)")
     p.add_argument("--format", choices=["github", "markdown", "latex", "csv", "json"], default="github")
     p.add_argument("--out", help="write here instead of standard output")
     args = p.parse_args(argv)
-    if not os.path.isdir(args.results):
-        print(f"error: no results folder {args.results}", file=sys.stderr)
-        return 2
-    text = render(build_table(args.results), args.format)
-    if args.out:
-        with open(args.out, "w") as f:
-            f.write(text)
-    else:
-        print(text)
-    return 0
+
+    def body() -> int:
+        if not os.path.isdir(args.results):
+            raise InputError(f"no results folder {args.results}")
+        if args.out:
+            check_output_path(args.out, "--out")
+        text = render(build_table(args.results), args.format)
+        if args.out:
+            with atomic_path(args.out) as tmp:
+                with open(tmp, "w") as f:
+                    f.write(text)
+        else:
+            print(text)
+        return 0
+
+    return run_main(body)
 
 
 if __name__ == "__main__":

@@ -50,7 +50,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         framework = canonical_framework(args.framework)
         with open(args.config) as f:
             cfg = I3DNLConfig.from_dict(json.load(f))
-        clip = np.load(args.input).astype(np.float32, copy=False)
+        clip = np.load(args.input, allow_pickle=False).astype(np.float32, copy=False)
         extra = {"mode": args.ms_mode} if framework == "ms" else {}
         runner = make_runner(framework, device=args.device, threads=args.threads, **extra)
         meta = {"framework": framework, "versions": runner.versions(), "hardware": runner.hardware()}
@@ -62,11 +62,11 @@ def main(argv: Optional[List[str]] = None) -> int:
             t0 = time.perf_counter()
             runner.build(cfg)
             meta["build_s"] = time.perf_counter() - t0
-            with np.load(args.weights if args.weights else args.save_weights) as z:
+            with np.load(args.weights if args.weights else args.save_weights, allow_pickle=False) as z:
                 runner.load({k: z[k] for k in z.files})
             t0 = time.perf_counter()
             if args.isolated_from:
-                with np.load(args.isolated_from) as z:
+                with np.load(args.isolated_from, allow_pickle=False) as z:
                     reference = {k: z[k] for k in z.files}
                 outputs = runner.forward_isolated(clip, reference)
             else:

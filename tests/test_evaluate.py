@@ -35,8 +35,10 @@ def dataset(tmp_path_factory):
 @pytest.fixture(scope="module")
 def torch_run(dataset, tmp_path_factory):
     out = tmp_path_factory.mktemp("torch") / "torch.json"
+    # one thread, as each of the two torchrun shards below gets: torch's float32 results
+    # depend on the thread count in their last bits, and the merge test compares bit for bit
     proc = run_cli("harness.evaluate", "--framework", "pt", "--data-root", dataset, *SMALL, "--out", out,
-                   "--chunk-videos", "4", "-q")
+                   "--chunk-videos", "4", "--threads", "1", "-q")
     assert proc.returncode == 0, proc.stderr
     return json.loads(out.read_text()), out
 
@@ -65,7 +67,7 @@ def test_resume_after_sigkill_equals_an_uninterrupted_run(dataset, torch_run, tm
     reference, ref_out = torch_run
     out = tmp_path / "killed.json"
     cmd = [sys.executable, "-m", "harness.evaluate", "--framework", "torch", "--data-root", str(dataset), *SMALL,
-           "--out", str(out), "--chunk-videos", "2", "--workers", "0", "-q"]
+           "--out", str(out), "--chunk-videos", "2", "--workers", "0", "--threads", "1", "-q"]
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     scores_dir = tmp_path / "killed.scores"
     deadline = time.time() + 120
@@ -78,10 +80,14 @@ def test_resume_after_sigkill_equals_an_uninterrupted_run(dataset, torch_run, tm
     assert not out.exists()
 
     again = run_cli("harness.evaluate", "--framework", "torch", "--data-root", dataset, *SMALL, "--out", out,
-                    "--chunk-videos", "2", "--workers", "0", "-q")
+                    "--chunk-videos", "2", "--workers", "0", "--threads", "1", "-q")
     assert again.returncode == 2 and "--resume" in again.stderr  # never silently mixes two runs
+    # whatever changes a score is part of the run's identity: another decoder is another run
+    other = run_cli("harness.evaluate", "--framework", "torch", "--data-root", dataset, *SMALL, "--out", out,
+                    "--chunk-videos", "2", "--workers", "0", "--threads", "1", "-q", "--resume", "--decoder", "pyav")
+    assert other.returncode == 2 and "decoder ('decord' -> 'pyav')" in other.stderr
     resumed = run_cli("harness.evaluate", "--framework", "torch", "--data-root", dataset, *SMALL, "--out", out,
-                      "--chunk-videos", "2", "--workers", "0", "-q", "--resume")
+                      "--chunk-videos", "2", "--workers", "0", "--threads", "1", "-q", "--resume")
     assert resumed.returncode == 0, resumed.stderr
     summary = json.loads(out.read_text())
     assert summary["resumed"] is True
@@ -190,3 +196,21 @@ def test_torch_and_mindspore_agree_video_by_video(dataset, torch_run, tmp_path):
     float32_floor = np.abs(torch_saved["scores"] - exact).max()
     assert 0 < float32_floor < 1e-3
     assert agreement["max_abs_delta"] <= 3 * float32_floor, (agreement["max_abs_delta"], float32_floor)
+
+
+def test_finite_weights_that_overflow_fail_with_exit_1_and_no_accuracy(dataset, torch_run, tmp_path):
+    """Scores that are NaN or inf are a failed run (exit 1, one clear line), never an accuracy."""
+    from harness.checkpoints.io import write_npz
+
+    _, ref_out = torch_run
+    with np.load(str(ref_out)[:-5] + ".scores/random_weights_seed0.npz") as z:
+        weights = {k: z[k] for k in z.files}
+    weights["stem.bn.weight"] = weights["stem.bn.weight"] * np.float32(1e30)  # finite, but overflows
+    write_npz(str(tmp_path / "huge.npz"), weights)
+    out = tmp_path / "huge.json"
+    proc = run_cli("harness.evaluate", "--framework", "torch", "--data-root", dataset, *SMALL, "--out", out,
+                   "--checkpoint", tmp_path / "huge.npz", "--limit", "3", "--threads", "1", "-q")
+    assert proc.returncode == 1, proc.stderr
+    assert "Traceback" not in proc.stderr and proc.stderr.strip().splitlines()[-1].startswith("error: 3 of 3 videos")
+    summary = json.loads(out.read_text())
+    assert summary["n_non_finite"] == 3 and summary["top1"] is None and "non-finite" in summary["accuracy_note"]

@@ -28,7 +28,7 @@ from .index import (
     read_kinetics_csv,
     read_list_file,
 )
-from .loader import ClipBatch, ClipLoader, VideoClips, load_clips, process_video
+from .loader import ClipBatch, ClipLoader, LoaderStartupError, VideoClips, load_clips, process_video
 
 __all__ = [
     "DECODERS",
@@ -40,6 +40,7 @@ __all__ = [
     "DatasetIndex",
     "Fault",
     "FaultLog",
+    "LoaderStartupError",
     "VideoClips",
     "VideoDecodeError",
     "VideoReader",

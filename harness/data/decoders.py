@@ -53,6 +53,17 @@ def _looks_like_mp4(path) -> bool:
     return len(head) >= 8 and head[4:8] == b"ftyp"
 
 
+def _has_video_stream(path) -> Optional[bool]:
+    """Whether the container holds a video stream; ``None`` when it does not even open."""
+    try:
+        import av
+
+        with av.open(str(path)) as container:
+            return bool(container.streams.video)
+    except Exception:  # noqa: BLE001 - any failure to open means "cannot tell"
+        return None
+
+
 def classify_open_failure(path, exc: BaseException) -> VideoDecodeError:
     """Turn a decoder's exception on opening ``path`` into a :class:`VideoDecodeError`."""
     try:
@@ -61,6 +72,8 @@ def classify_open_failure(path, exc: BaseException) -> VideoDecodeError:
         return VideoDecodeError("not_a_video", path, f"cannot stat: {err}")
     if size == 0:
         return VideoDecodeError("empty_file", path, "zero bytes")
+    if _has_video_stream(path) is False:  # a valid container (audio only, say): nothing was cut off
+        return VideoDecodeError("not_a_video", path, "the container has no video stream (audio only?)")
     if _looks_like_mp4(path):
         return VideoDecodeError("truncated", path, f"MP4 header present but unreadable ({_short(exc)})")
     return VideoDecodeError("not_a_video", path, f"not a video container ({_short(exc)})")
@@ -221,6 +234,53 @@ def open_video(path, decoder: str = DEFAULT_DECODER, *, threads: int = 1) -> Vid
     if os.path.getsize(path) == 0:
         raise VideoDecodeError("empty_file", path, "zero bytes")
     return cls(path, threads=threads)
+
+
+class NativeStderr:
+    """Capture what native libraries (FFmpeg, decord's C++) write to file descriptor 2.
+
+    ``with capture:`` points fd 2 at a private file for the duration and restores it;
+    :attr:`text` then holds what was written, so that a decoder's complaint about a bad
+    file becomes part of its fault record instead of noise across the progress bar. One
+    instance per process; not for concurrent use from several threads.
+    """
+
+    def __init__(self) -> None:
+        import tempfile
+
+        self._file = tempfile.TemporaryFile()
+        self._saved: Optional[int] = None
+        self.text = ""
+
+    def __enter__(self) -> "NativeStderr":
+        import sys
+
+        sys.stderr.flush()
+        self._file.seek(0)
+        self._file.truncate()
+        self._saved = os.dup(2)
+        os.dup2(self._file.fileno(), 2)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        import sys
+
+        sys.stderr.flush()
+        os.dup2(self._saved, 2)
+        os.close(self._saved)
+        self._file.seek(0)
+        self.text = self._file.read(4096).decode("utf-8", "replace")
+
+    def first_line(self) -> str:
+        """The first thing said, without what differs from run to run (decord's clock time,
+        FFmpeg's context address), so that fault records of two runs compare equal."""
+        import re
+
+        for line in self.text.splitlines():
+            line = re.sub(r" @ 0x[0-9a-fA-F]+", "", re.sub(r"^\[\d\d:\d\d:\d\d\]\s*", "", line.strip()))
+            if line:
+                return line[:200]
+        return ""
 
 
 def quiet_native_logs() -> None:

@@ -23,6 +23,7 @@ from __future__ import annotations
 import csv
 import json
 import logging
+import math
 import os
 from collections import Counter
 from dataclasses import dataclass, field
@@ -206,9 +207,25 @@ def _check_file(path: Optional[Path], video_id: str, expected: Path, faults: Fau
 
 def _parse_time(text: str) -> int:
     value = float(text)
-    if value < 0 or value != int(value):
+    if not math.isfinite(value) or value < 0 or value != int(value):
         raise ValueError(text)
     return int(value)
+
+
+def _numbered_rows(reader, first_line: int):
+    """``(line number, row, error)`` for every record: a record the csv module cannot parse
+    (a field over its 128 KiB limit, say) becomes an error on its line, not the end of the file."""
+    line_no = first_line
+    while True:
+        try:
+            row = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as exc:
+            yield line_no, None, str(exc)
+        else:
+            yield line_no, row, None
+        line_no += 1
 
 
 def kinetics_video_id(youtube_id: str, time_start, time_end) -> str:
@@ -222,7 +239,10 @@ def _csv_rows(path: Path):
     if not lines:
         raise DatasetError(f"annotation file {path} is empty")
     reader = csv.reader(lines)
-    header = [h.strip() for h in next(reader)]
+    try:
+        header = [h.strip() for h in next(reader)]
+    except csv.Error as exc:
+        raise DatasetError(f"annotation file {path}: unreadable header ({exc})") from None
     missing = [c for c in REQUIRED_COLUMNS if c not in header]
     if missing:
         raise DatasetError(f"annotation file {path} lacks columns {missing} (header: {','.join(header)})")
@@ -254,7 +274,8 @@ def read_label_order(root, order: str = "alphabetical") -> LabelMap:
     if "label" not in header:
         raise DatasetError(f"{train_csv} has no label column, so it cannot define the class order")
     col = header.index("label")
-    return LabelMap.from_first_appearance(row[col] for row in reader if len(row) > col and row[col].strip())
+    return LabelMap.from_first_appearance(row[col] for _, row, error in _numbered_rows(reader, 2)
+                                          if not error and len(row) > col and row[col].strip())
 
 
 # ---------------------------------------------------------------------------- readers
@@ -290,10 +311,13 @@ def read_kinetics_csv(
     faults = FaultLog()
     records: List[VideoRecord] = []
     seen = set()
-    for line_no, row in enumerate(reader, start=2):
+    for line_no, row, error in _numbered_rows(reader, 2):
+        row_id = f"{csv_path.name}:{line_no}"
+        if error:
+            faults.add(row_id, "bad_row", f"unparseable CSV record: {error}")
+            continue
         if not row or all(not c.strip() for c in row):
             continue
-        row_id = f"{csv_path.name}:{line_no}"
         if len(row) < n_cols:
             faults.add(row_id, "bad_row", f"{len(row)} columns, expected {n_cols}: {','.join(row)[:120]}")
             continue
@@ -362,7 +386,8 @@ def read_list_file(
         except ValueError:
             faults.add(row_id, "bad_row", f"label {label_text!r} is not an integer")
             continue
-        video_id = Path(rel).stem
+        # the path without its extension: two folders may hold files of one name (a/x.mp4, b/x.mp4)
+        video_id = str(Path(rel).with_suffix(""))
         if rel in seen:
             faults.add(video_id, "duplicate_row", f"line {line_no} repeats an earlier row")
             continue

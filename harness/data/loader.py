@@ -37,8 +37,8 @@ from typing import Callable, Deque, Dict, Iterator, List, Optional, Tuple
 import numpy as np
 
 from frameworks.spec.data_presets import DataPreset
-from .decoders import VideoDecodeError, open_video, quiet_native_logs
-from .index import DatasetIndex, FaultLog, VideoRecord
+from .decoders import NativeStderr, VideoDecodeError, open_video, quiet_native_logs
+from .index import DatasetError, DatasetIndex, FaultLog, VideoRecord
 
 log = logging.getLogger(__name__)
 
@@ -46,8 +46,9 @@ SHORT_POLICIES = ("loop", "skip")
 _READY = "ready"
 
 
-class LoaderStartupError(RuntimeError):
-    """A worker process could not start: an environment problem, not a bad video."""
+class LoaderStartupError(DatasetError, RuntimeError):
+    """A worker process could not start: an environment problem, not a bad video (a
+    command reports it like an unreadable dataset: one line, exit 2)."""
 
 
 @dataclass
@@ -94,18 +95,33 @@ def process_video(path: str, video_id: str, preset: DataPreset, decoder: str, th
     def timed(*result):
         return result + (time.perf_counter() - t0, time.process_time() - c0)
 
+    def fault(kind: str, reason: str):
+        said = native.first_line()
+        return timed("fault", kind, f"{reason} [decoder said: {said}]" if said and said not in reason else reason)
+
+    native = _native_stderr()
     try:
-        with open_video(path, decoder, threads=threads) as video:
-            n = video.num_frames
-            indices = preset.frame_indices(n, video_id)
-            frames = video.get_frames(indices.reshape(-1))
+        with native:  # FFmpeg / decord print to fd 2: keep it off the terminal, in the fault record
+            with open_video(path, decoder, threads=threads) as video:
+                n = video.num_frames
+                indices = preset.frame_indices(n, video_id)
+                frames = video.get_frames(indices.reshape(-1))
         return timed("ok", preset.views_uint8(frames), n)
     except VideoDecodeError as exc:
-        return timed("fault", exc.kind, exc.reason)
+        return fault(exc.kind, exc.reason)
     except FileNotFoundError as exc:
-        return timed("fault", "missing_file", f"vanished after indexing: {exc}")
+        return fault("missing_file", f"vanished after indexing: {exc}")
     except Exception as exc:  # a decoder's unexpected error is still one bad video, not a dead run
-        return timed("fault", "decode_error", f"{type(exc).__name__}: {exc}"[:300])
+        return fault("decode_error", f"{type(exc).__name__}: {exc}"[:300])
+
+
+_NATIVE: List[NativeStderr] = []
+
+
+def _native_stderr() -> NativeStderr:
+    if not _NATIVE:
+        _NATIVE.append(NativeStderr())
+    return _NATIVE[0]
 
 
 def load_clips(path, preset: DataPreset, *, decoder: Optional[str] = None, video_key: str = "") -> np.ndarray:
