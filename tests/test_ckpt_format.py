@@ -134,7 +134,7 @@ def test_reading_and_writing_need_no_mindspore(tmp_path):
 
 
 def test_mindspore_scheme_is_detected_before_canonical():
-    from frameworks.mindspore.weights import mindspore_names
+    from frameworks.spec.naming import mindspore_names
     from frameworks.spec.arch import get_preset, parameter_specs
 
     cfg = get_preset("i3d_nl_dot_product_r50")

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from frameworks.spec.arch import PRESETS, WeightMismatchError, get_preset, layer_names, layer_shapes, parameter_specs
+from frameworks.spec.naming import mindspore_names
 from harness.backends_ms import configure_onednn_isa, detect_cpu_isa
 
 configure_onednn_isa()  # before MindSpore is imported (see harness.backends_ms)
@@ -70,7 +71,7 @@ def nets():
 def test_parameter_names_are_the_canonical_ones_through_one_table(nets, preset):
     cfg, net = nets(preset)
     got = {p.name: tuple(p.shape) for p in net.get_parameters()}
-    expected = {ms_name: parameter_specs(cfg)[canonical] for ms_name, canonical in ms_weights.mindspore_names(cfg).items()}
+    expected = {ms_name: parameter_specs(cfg)[canonical] for ms_name, canonical in mindspore_names(cfg).items()}
     assert got == expected
     assert all(n.endswith((".weight", ".bias", ".gamma", ".beta", ".moving_mean", ".moving_variance")) for n in got)
 

@@ -1,12 +1,9 @@
 """Canonical arrays <-> the MindSpore model, by one rename table.
 
-The model's cell paths are the canonical module names, so the table only renames batch
-norm parameters (MindSpore's ``BatchNorm3d`` wraps a ``bn2d`` and calls its parameters
-``gamma``/``beta``/``moving_mean``/``moving_variance``); every other name is unchanged.
-Both directions follow from :data:`RENAME_TABLE`.
-
-This module imports MindSpore only inside the functions that touch a Cell, so the table
-is usable (by converters writing ``.ckpt`` files) where MindSpore is not installed.
+The model's cell paths are the canonical module names, so the one rename table
+(:data:`frameworks.spec.naming.MINDSPORE_RENAME`, framework-free so that converters can
+use it where MindSpore is not installed) only renames batch norm parameters; both
+directions follow from it. MindSpore is imported only inside the functions that touch a Cell.
 """
 from __future__ import annotations
 
@@ -15,28 +12,17 @@ from typing import Dict
 import numpy as np
 
 from frameworks.spec.arch import I3DNLConfig, WeightMismatchError, check_weights, parameter_specs
-from frameworks.spec.naming import MINDSPORE_BN_FIELDS, RenameTable
-
-_BN = r"(.+\.bn\d?)"  # stem.bn, res2.0.bn1, ...downsample.bn, ...non_local.bn
-RENAME_TABLE = RenameTable(
-    [(rf"{_BN}\.{field}", rf"\1.bn2d.{ms_field}") for field, ms_field in MINDSPORE_BN_FIELDS.items()]
-    + [(r"(.+)", r"\1")])   # every other name is the canonical one
-
-
-def mindspore_names(cfg: I3DNLConfig) -> Dict[str, str]:
-    """``{MindSpore parameter name: canonical name}`` for every parameter of ``cfg``."""
-    return RENAME_TABLE.mapping(cfg)
-
+from frameworks.spec.naming import MINDSPORE_RENAME, mindspore_names
 
 def from_canonical(arrays: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
     """Canonical names -> MindSpore names (values untouched)."""
-    return RENAME_TABLE.from_canonical(arrays)
+    return MINDSPORE_RENAME.from_canonical(arrays)
 
 
 def to_canonical_names(arrays: Dict[str, np.ndarray], cfg: I3DNLConfig, context: str = "MindSpore weights"
                        ) -> Dict[str, np.ndarray]:
     """MindSpore names -> canonical names, strict about the key set (values untouched)."""
-    return RENAME_TABLE.to_canonical(arrays, cfg, context=context)
+    return MINDSPORE_RENAME.to_canonical(arrays, cfg, context=context)
 
 
 def _check_dtypes(arrays: Dict[str, np.ndarray], expected: Dict[str, np.dtype], context: str) -> None:

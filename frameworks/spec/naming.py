@@ -66,3 +66,18 @@ class RenameTable:
 # BatchNorm field names per framework, keyed by the canonical (PyTorch) field.
 MINDSPORE_BN_FIELDS = {"weight": "gamma", "bias": "beta",
                        "running_mean": "moving_mean", "running_var": "moving_variance"}
+
+# Our MindSpore model's parameter names. Its cell paths are the canonical module names, so
+# only batch norm differs: MindSpore's BatchNorm3d wraps a ``bn2d`` whose parameters are
+# ``gamma``/``beta``/``moving_mean``/``moving_variance``. Framework-free on purpose: the
+# converters write and read ``.ckpt`` files with it where MindSpore is not installed.
+_BN = r"(.+\.bn\d?)"  # stem.bn, res2.0.bn1, ...downsample.bn, ...non_local.bn
+MINDSPORE_RENAME = RenameTable(
+    [(rf"{_BN}\.{field}", rf"\1.bn2d.{ms_field}") for field, ms_field in MINDSPORE_BN_FIELDS.items()]
+    + [(r"(.+)", r"\1")])   # every other name is the canonical one
+
+
+def mindspore_names(cfg: I3DNLConfig) -> Dict[str, str]:
+    """``{MindSpore parameter name: canonical name}`` for every parameter of ``cfg``."""
+    return MINDSPORE_RENAME.mapping(cfg)
+

@@ -25,7 +25,7 @@ with a one-line reason.
 
 Importing this module registers the ``ckpt`` container with :mod:`harness.checkpoints.io`
 (reader, writer, content sniffer), and defines the ``mindspore`` naming scheme: the
-parameter names of *our* MindSpore model (:mod:`frameworks.mindspore.weights`).
+parameter names of *our* MindSpore model (:data:`frameworks.spec.naming.MINDSPORE_RENAME`).
 """
 from __future__ import annotations
 
@@ -37,6 +37,7 @@ from typing import Dict, Iterable, List, Optional, Tuple
 import numpy as np
 
 from frameworks.spec.arch import I3DNLConfig
+from frameworks.spec.naming import MINDSPORE_RENAME
 from harness.checkpoints.io import READERS, WRITERS, _SNIFFERS, CheckpointError, RawCheckpoint
 
 # tensor_type strings, as MindSpore's serialization.py spells them.
@@ -325,16 +326,12 @@ def looks_like_mindspore(keys: Iterable[str]) -> bool:
 
 def to_canonical(arrays: Dict[str, np.ndarray], cfg: I3DNLConfig) -> Dict[str, np.ndarray]:
     """MindSpore names (ours) -> canonical names; strict about the key set."""
-    from frameworks.mindspore.weights import to_canonical_names
-
     kept = {k: v for k, v in arrays.items() if not _is_training_key(k)}
-    return to_canonical_names(kept, cfg, context="MindSpore checkpoint")
+    return MINDSPORE_RENAME.to_canonical(kept, cfg, context="MindSpore checkpoint")
 
 
 def from_canonical(arrays: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
-    from frameworks.mindspore.weights import from_canonical as rename
-
-    return rename(arrays)
+    return MINDSPORE_RENAME.from_canonical(arrays)
 
 
 READERS["ckpt"] = read_ckpt
