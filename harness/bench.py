@@ -1,33 +1,34 @@
-"""Forward-pass throughput of each framework on the same network (timm benchmark style).
+"""Benchmarks, results as data: ``forward`` (network throughput per framework) and ``data``
+(decoding throughput per decoder and loader workers).
 
-    python -m harness.bench --frameworks torch,ms --input-shape 1,3,32,224,224 --json results/bench.json
-    python -m harness.bench --frameworks torch --device gpu --batch-sizes 1,4,8
-    python -m harness.bench --data ...          # the decode benchmark (harness.bench_data)
+    python -m harness.bench forward --frameworks torch,ms --input-shape 1,3,32,224,224 --json results/b.json
+    python -m harness.bench forward --frameworks torch --device gpu --batch-sizes 1,4,8
+    python -m harness.bench data --json results/bench_data_cpu.json     # see harness.data.bench
 
-Each framework runs in a process of its own (MindSpore sets its oneDNN ISA before import),
-with seeded random weights: warm-up iterations (graph compilation, allocator, cuDNN
-autotune) are reported apart from the timed ones, and the device is synchronised around
-every timed step. Results are data, with provenance: versions, hardware, spec hash, date.
-Exit status: 0 ok, 2 bad input (one line).
+(``python -m harness.bench [--data] OPTIONS`` without a subcommand is the older form:
+``forward``, or ``data`` with ``--data``.)
+
+``forward``: each framework runs in a process of its own (:mod:`harness.runners.child`;
+MindSpore sets its oneDNN ISA before import) on benchmark weights (below): warm-up
+iterations (graph compilation, allocator, cuDNN autotune) are reported apart from the
+timed ones, and the device is synchronised after every timed step. Exit status: 0 ok,
+2 bad input or no framework could run (one line).
 """
 from __future__ import annotations
 
 import argparse
-import datetime as _dt
-import json
 import os
 import statistics
 import sys
 import tempfile
-import time
 from typing import List, Optional
 
 import numpy as np
 
-from harness.cli import (InputError, OneLineParser, check_clip_size, failure_line, int_list, nonnegative_int,
-                         positive_int, run_main, run_module)
-from harness.files import atomic_write_json, check_output_path
 from frameworks.spec.arch import DEFAULT_PRESET, PRESETS, arch_hash, get_preset, parameter_count, parameter_specs
+from harness.cli import (InputError, OneLineParser, check_clip_size, int_list, nonnegative_int, positive_int,
+                         result_doc, run_main, utc_now)
+from harness.files import atomic_write_json, check_output_path
 
 
 def _shape(text: str) -> List[int]:
@@ -37,10 +38,9 @@ def _shape(text: str) -> List[int]:
     return shape
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = OneLineParser(prog="python -m harness.bench", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--frameworks", default="torch,ms", help="comma-separated: torch/pt, mindspore/ms")
+def build_forward_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    p = parser
+    p.add_argument("--frameworks", default="torch,ms", help="comma-separated: torch/pt, mindspore/ms, mmaction2")
     p.add_argument("--arch", default=DEFAULT_PRESET, choices=list(PRESETS), metavar="PRESET")
     p.add_argument("--input-shape", type=_shape, default=[1, 3, 32, 224, 224], metavar="N,C,T,H,W",
                    help="clip shape; N is replaced by each of --batch-sizes (default 1,3,32,224,224)")
@@ -51,8 +51,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--iters", type=positive_int, default=5)
     p.add_argument("--threads", type=positive_int, help="framework threads (default: all cores)")
     p.add_argument("--json", metavar="OUT", help="write the results here")
-    p.add_argument("--data", action="store_true", help="run the decode benchmark instead (harness.bench_data)")
-    p.add_argument("--_child", action="store_true", help=argparse.SUPPRESS)
+    return p
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = OneLineParser(prog="python -m harness.bench", description=__doc__,
+                      formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="command", required=True, metavar="{forward,data}")
+    build_forward_parser(sub.add_parser("forward", help="forward throughput of each framework",
+                                        description="Forward throughput of each framework, each in its own process."))
+    sub.add_parser("data", help="decode throughput (harness.data.bench; its own options)", add_help=False)
     return p
 
 
@@ -75,110 +83,86 @@ def benchmark_weights(cfg, rng) -> dict:
     return weights
 
 
-def _measure(framework: str, args) -> dict:
-    """In this process: build, load seeded random weights, time forward passes."""
-    from harness.backends import make_runner
-
-    cfg = get_preset(args.arch)
-    extra = {"mode": args.ms_mode} if framework == "ms" else {}
-    runner = make_runner(framework, device=args.device, threads=args.threads, **extra)
-    t0 = time.perf_counter()
-    runner.build(cfg)
-    rng = np.random.default_rng(0)
-    runner.load(benchmark_weights(cfg, rng))
-    build_s = time.perf_counter() - t0
+def _summarise(record: dict, framework: str, mode: Optional[str], device: str, shape: List[int]) -> dict:
     rows = []
-    for batch in args.batch_sizes or [args.input_shape[0]]:
-        clip = rng.standard_normal([batch] + list(args.input_shape[1:])).astype(np.float32)
-        warm = []
-        for _ in range(args.warmup):
-            t = time.perf_counter()
-            runner.forward(clip)
-            warm.append(time.perf_counter() - t)
-        times = runner.time_forward(clip, warmup=0, iters=args.iters)
-        median = statistics.median(times)
-        rows.append({"batch_size": batch, "input_shape": [batch] + list(args.input_shape[1:]),
-                     "warmup_s": warm, "step_s": times, "step_s_median": median, "step_s_min": min(times),
+    for run in record["tasks"][0]["runs"]:
+        if "error" in run:
+            rows.append(run)
+            continue
+        median = statistics.median(run["step_s"])
+        batch = run["batch_size"]
+        rows.append({"batch_size": batch, "input_shape": [batch] + list(shape[1:]), "warmup_s": run["warmup_s"],
+                     "step_s": run["step_s"], "step_s_median": median, "step_s_min": min(run["step_s"]),
                      "clips_per_s": batch / median, "ms_per_clip": 1000 * median / batch})
-    return {"framework": framework, "mode": args.ms_mode if framework == "ms" else "eager",
-            "device": args.device, "build_s": build_s, "runs": rows,
-            "versions": runner.versions(), "hardware": runner.hardware()}
+    return {"framework": framework, "mode": mode or "eager", "device": device, "build_s": record.get("build_s"),
+            "runs": rows, "versions": record["versions"], "hardware": record["hardware"]}
 
 
-def _child(framework: str, mode: Optional[str], args) -> dict:
-    with tempfile.TemporaryDirectory() as tmp:
-        out = os.path.join(tmp, "r.json")
-        cmd = ["--_child", "--frameworks", framework, "--arch", args.arch,
-               "--input-shape", ",".join(map(str, args.input_shape)), "--device", args.device,
-               "--warmup", str(args.warmup), "--iters", str(args.iters), "--json", out]
-        if mode:
-            cmd += ["--ms-mode", mode]
-        if args.batch_sizes:
-            cmd += ["--batch-sizes", ",".join(map(str, args.batch_sizes))]
-        if args.threads:
-            cmd += ["--threads", str(args.threads)]
-        proc = run_module("harness.bench", cmd)
-        if proc.returncode != 0:
-            return {"framework": framework, "mode": mode, "error": failure_line(proc, "failed")}
-        with open(out) as f:
-            return json.load(f)
-
-
-def main(argv: Optional[List[str]] = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if "--data" in argv:
-        from harness import bench_data
-
-        argv.remove("--data")
-        return bench_data.main(argv)
-    args = build_parser().parse_args(argv)
-    return run_main(lambda: _main(args))
-
-
-def _main(args) -> int:
-    from harness.backends import BackendError, canonical_framework
+def forward(args) -> int:
+    from harness.checkpoints.io import write_npz
+    from harness.runners import RunnerError, canonical_framework
+    from harness.runners.child import Job, Task, run_job
 
     try:
         frameworks = [canonical_framework(f) for f in args.frameworks.split(",") if f]
     except ValueError as exc:
         raise InputError(str(exc)) from None
-    for batch in args.batch_sizes or [args.input_shape[0]]:
+    batches = args.batch_sizes or [args.input_shape[0]]
+    for batch in batches:
         check_clip_size([batch] + list(args.input_shape[1:]))
     if args.json:
         check_output_path(args.json, "--json")
-    if args._child:
-        try:
-            result = _measure(frameworks[0], args)
-        except BackendError as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            return 2
-        with open(args.json, "w") as f:
-            json.dump(result, f)
-        return 0
     cfg = get_preset(args.arch)
     results = []
-    for fw in frameworks:
-        for mode in (args.ms_mode.split(",") if fw == "ms" else [None]):
-            r = _child(fw, mode, args)
-            results.append(r)
-            if "error" in r:
-                print(f"{fw}{'/' + mode if mode else ''}: {r['error']}", file=sys.stderr)
-                continue
-            for row in r["runs"]:
-                print(f"{fw:<6} {r['mode']:<9} {r['device']} batch {row['batch_size']:>3}: "
-                      f"{row['ms_per_clip']:9.1f} ms/clip  {row['clips_per_s']:8.2f} clips/s  "
-                      f"(first warm-up {row['warmup_s'][0] if row['warmup_s'] else float('nan'):.2f} s)")
+    with tempfile.TemporaryDirectory(prefix="nlparity-bench-") as tmp:
+        weights = os.path.join(tmp, "weights.npz")
+        write_npz(weights, benchmark_weights(cfg, np.random.default_rng(0)))
+        task = Task("time", batch_sizes=batches, input_shape=list(args.input_shape), warmup=args.warmup,
+                    iters=args.iters)
+        for fw in frameworks:
+            for mode in (args.ms_mode.split(",") if fw == "ms" else [None]):
+                job = Job(fw, cfg, device=args.device, threads=args.threads,
+                          options={"mode": mode} if mode else {}, weights=weights, tasks=[task])
+                try:
+                    r = _summarise(run_job(job, tmp, f"{fw}-{mode}"), fw, mode, args.device, args.input_shape)
+                except RunnerError as exc:
+                    print(f"{fw}{'/' + mode if mode else ''}: {exc}", file=sys.stderr)
+                    results.append({"framework": fw, "mode": mode, "error": str(exc)})
+                    continue
+                results.append(r)
+                for row in r["runs"]:
+                    if "error" in row:
+                        print(f"{fw:<6} batch {row['batch_size']:>3}: {row['error']}", file=sys.stderr)
+                        continue
+                    first = row["warmup_s"][0] if row["warmup_s"] else float("nan")
+                    print(f"{fw:<6} {r['mode']:<9} {r['device']} batch {row['batch_size']:>3}: "
+                          f"{row['ms_per_clip']:9.1f} ms/clip  {row['clips_per_s']:8.2f} clips/s  "
+                          f"(first warm-up {first:.2f} s)")
     doc = {"benchmark": "forward", "arch": cfg.name, "arch_hash": arch_hash(cfg),
            "parameters": parameter_count(cfg), "input_shape": args.input_shape, "warmup": args.warmup,
-           "iters": args.iters, "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-           "results": results}
+           "iters": args.iters, "date": utc_now(), "results": results}
     ok = [r for r in results if "error" not in r]
     if len(ok) >= 2:
         base = ok[0]["runs"][0]["ms_per_clip"]
         doc["relative_to_first"] = {f"{r['framework']}/{r['mode']}": r["runs"][0]["ms_per_clip"] / base for r in ok}
     if args.json:
-        atomic_write_json(args.json, doc)
-    return 0 if ok else 2
+        atomic_write_json(args.json, result_doc("bench_forward", doc))
+    if not ok:
+        raise InputError("no framework could run the benchmark")
+    return 0
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] not in ("forward", "data", "-h", "--help"):
+        # the form before subcommands: `bench [--data] OPTIONS`, kept as an alias
+        argv = ["data", *[a for a in argv if a != "--data"]] if "--data" in argv else ["forward", *argv]
+    if argv[0] == "data":
+        from harness.data import bench as data_bench
+
+        return data_bench.main(argv[1:])
+    args = build_parser().parse_args(argv)
+    return run_main(lambda: forward(args))
 
 
 if __name__ == "__main__":

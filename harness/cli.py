@@ -29,18 +29,12 @@ class CheckFailed(Exception):
 
 def bad_input_types() -> tuple:
     """The library errors that mean bad input (imported lazily: a command that never
-    touches checkpoints does not import their readers)."""
+    touches checkpoints does not import their readers). The runners' error is an
+    :class:`InputError` itself."""
     from harness.checkpoints.io import CheckpointError
     from harness.data.index import DatasetError
 
-    types = [InputError, OutputPathError, CheckpointError, DatasetError]
-    try:
-        from harness.backends import BackendError
-    except ImportError:  # pragma: no cover
-        pass
-    else:
-        types.append(BackendError)
-    return tuple(types)
+    return (InputError, OutputPathError, CheckpointError, DatasetError)
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -171,3 +165,69 @@ def failure_line(proc: subprocess.CompletedProcess, fallback: str) -> str:
     """The one-line reason a command printed last on stderr (without its ``error:``)."""
     lines = [ln for ln in proc.stderr.strip().splitlines() if ln.strip()]
     return lines[-1].strip().removeprefix("error: ") if lines else fallback
+
+
+# ------------------------------------------------------------------ provenance
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+RESULT_SCHEMA = 1
+
+
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    import platform
+
+    return platform.processor() or platform.machine()
+
+
+def git_state() -> dict:
+    """The commit the code ran from, and whether the working tree differed from it."""
+    def git(*args: str) -> Optional[str]:
+        try:
+            proc = subprocess.run(["git", "-C", REPO_ROOT, *args], stdout=subprocess.PIPE,
+                                  stderr=subprocess.DEVNULL, text=True, timeout=10)
+        except (OSError, subprocess.TimeoutExpired):
+            return None
+        return proc.stdout.strip() if proc.returncode == 0 else None
+
+    commit = git("rev-parse", "HEAD")
+    if commit is None:
+        return {"commit": None, "dirty": None}
+    status = git("status", "--porcelain", "--untracked-files=no")
+    return {"commit": commit, "dirty": bool(status)}
+
+
+def utc_now() -> str:
+    import datetime as _dt
+
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def provenance(runs: Optional[dict] = None) -> dict:
+    """The block every result JSON carries: when, from which code, on what machine, under
+    which load, and (``runs``) each framework process's versions and hardware."""
+    import platform
+
+    try:
+        load = [round(x, 2) for x in os.getloadavg()]
+    except OSError:  # pragma: no cover - not on Linux
+        load = None
+    doc = {"date": utc_now(),
+           "command": " ".join([os.path.basename(sys.executable), *sys.argv]),
+           "git": git_state(), "host": platform.node(), "python": platform.python_version(),
+           "cpu": cpu_model(), "cores": os.cpu_count(), "load_average": load}
+    if runs is not None:
+        doc["runs"] = runs
+    return doc
+
+
+def result_doc(kind: str, body: dict, runs: Optional[dict] = None) -> dict:
+    """A result JSON: its ``kind`` (what the report dispatches on), one provenance block,
+    and the command's own fields."""
+    return {"kind": kind, "schema": RESULT_SCHEMA, **body, "provenance": provenance(runs)}
+

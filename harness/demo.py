@@ -2,8 +2,8 @@
 
 1. parity: PyTorch vs MindSpore vs mmaction2's own model, layer by layer, on seeded random
    weights whose BN statistics are calibrated on the compared clip;
-2. convert: those weights .npz -> MindSpore .ckpt -> PyTorch .pth -> .npz, every array
-   checked byte for byte;
+2. convert: those weights (kept by parity's ``--save-weights``) .npz -> MindSpore .ckpt ->
+   PyTorch .pth -> .npz, every array checked byte for byte;
 3. evaluate: a small labelled video dataset is made (with planted faults), evaluated in
    PyTorch and in MindSpore with the same seeded weights (calibrated on that dataset's
    clips), and the two runs compared;
@@ -53,15 +53,12 @@ def main(argv: Optional[List[str]] = None) -> int:
         work = args.workdir or tmp
         os.makedirs(work, exist_ok=True)
         j = lambda *parts: os.path.join(work, *parts)  # noqa: E731
-        _step("1. parity on seeded random weights", "harness.parity", "--frameworks", args.frameworks,
-              "--reference", "mmaction2", "--input-shape", "1,3,8,64,64", "--save-outputs", j("parity"),
-              "--json", j("parity.json"))
-        _step("2a. seeded random weights (torch runner, BN calibrated on a clip)", "harness.worker",
-              "--framework", "torch", "--config", _write_config(j("config.json")), "--input", _write_clip(j("clip.npy")),
-              "--init-seed", "0", "--save-weights", j("weights.npz"))
-        _step("2b. convert .npz -> MindSpore .ckpt", "harness.convert", j("weights.npz"), j("weights.ckpt"))
-        _step("2c. convert .ckpt -> PyTorch .pth", "harness.convert", j("weights.ckpt"), j("weights.pth"))
-        _step("2d. convert .pth -> .npz", "harness.convert", j("weights.pth"), j("roundtrip.npz"))
+        _step("1. parity on seeded random weights (kept for step 2)", "harness.parity", "--frameworks",
+              args.frameworks, "--reference", "mmaction2", "--input-shape", "1,3,8,64,64",
+              "--save-outputs", j("parity"), "--save-weights", j("weights.npz"), "--json", j("parity.json"))
+        _step("2a. convert .npz -> MindSpore .ckpt", "harness.convert", j("weights.npz"), j("weights.ckpt"))
+        _step("2b. convert .ckpt -> PyTorch .pth", "harness.convert", j("weights.ckpt"), j("weights.pth"))
+        _step("2c. convert .pth -> .npz", "harness.convert", j("weights.pth"), j("roundtrip.npz"))
         _same_arrays(j("weights.npz"), j("roundtrip.npz"))
         _step("3a. make a small Kinetics-layout dataset (faults planted)", "harness.make_dataset", j("k400"),
               "--classes", "4", "--videos-per-class", "1", "--val-videos-per-class", "3", "--seconds", "2",
@@ -79,7 +76,7 @@ def main(argv: Optional[List[str]] = None) -> int:
 
 
 def _frameworks(text: str) -> str:
-    from harness.backends import canonical_framework
+    from harness.runners import canonical_framework
 
     try:
         names = [canonical_framework(f) for f in text.split(",") if f.strip()]
@@ -88,23 +85,6 @@ def _frameworks(text: str) -> str:
     if not names or len(set(names)) != len(names) or "mmaction2" in names:
         raise argparse.ArgumentTypeError("give one or two of torch, ms (mmaction2 is always the reference)")
     return ",".join(names)
-
-
-def _write_config(path: str) -> str:
-    import json
-
-    from frameworks.spec.arch import get_preset
-
-    with open(path, "w") as f:
-        json.dump(get_preset("i3d_nl_dot_product_r50").to_dict(), f)
-    return path
-
-
-def _write_clip(path: str) -> str:
-    import numpy as np
-
-    np.save(path, np.random.default_rng(0).standard_normal((2, 3, 8, 64, 64)).astype(np.float32))
-    return path
 
 
 def _same_arrays(a: str, b: str) -> None:

@@ -11,17 +11,16 @@ the CPU for batch 1, all in one JSON with provenance. Exit 0 parity passed, 1 fa
 from __future__ import annotations
 
 import argparse
-import datetime as _dt
-import json
 import os
 import sys
+import tempfile
 from typing import List, Optional
 
 import numpy as np
 
 from frameworks.spec.arch import DEFAULT_PRESET, PRESETS, arch_hash, get_preset, layer_names, parameter_count
 from harness.cli import (InputError, OneLineParser, check_clip_size, int_list, nonnegative_int, positive_int,
-                         run_main, tolerance)
+                         result_doc, run_main, tolerance, utc_now)
 from harness.compare import compare_outputs, format_report
 from harness.files import atomic_write_json, check_output_path
 
@@ -43,52 +42,52 @@ def main(argv: Optional[List[str]] = None) -> int:
 
 
 def _main(args) -> int:
+    from harness.runners.child import Job, Task, load_arrays, run_job, save_clip
+
     try:
         for batch in [1] + args.batch_sizes:
             check_clip_size((batch, 3, args.frames, args.size, args.size))
     except argparse.ArgumentTypeError as exc:
         raise InputError(str(exc)) from None
     check_output_path(args.out, "--out")
-    from harness.backends import TorchRunner
-
     cfg = get_preset(args.arch)
     clip = np.random.default_rng(0).standard_normal((1, 3, args.frames, args.size, args.size)).astype(np.float32)
-    gpu = TorchRunner(device="gpu")
-    cpu = TorchRunner(device="cpu")
-    weights = cpu.random_weights(cfg, clip, seed=0)
-    for runner in (cpu, gpu):
-        runner.build(cfg)
-        runner.load(weights)
-    ref, got = cpu.forward_intermediates(clip), gpu.forward_intermediates(clip)
-    report = compare_outputs(ref, got, layer_names(cfg), atol=args.atol,
-                             reference_name="torch-cpu", candidate_name="torch-gpu")
+    shape = list(clip.shape)
+    with tempfile.TemporaryDirectory(prefix="nlparity-device-") as tmp:
+        clip_path = save_clip(os.path.join(tmp, "clip.npy"), clip)
+        weights = os.path.join(tmp, "weights.npz")
+        run_job(Job("torch", cfg, seed=0, save_weights=weights, input=clip_path), tmp, "weights")
+        runs = {}
+        for device, batches in (("gpu", args.batch_sizes), ("cpu", [1])):
+            iters, warmup = (args.iters, args.warmup) if device == "gpu" else (3, 1)
+            runs[device] = run_job(Job("torch", cfg, device=device, weights=weights, input=clip_path, tasks=[
+                Task("intermediates", out=os.path.join(tmp, f"{device}.npz")),
+                Task("time", batch_sizes=batches, input_shape=shape, warmup=warmup, iters=iters)]), tmp, device)
+        ref, got = load_arrays(os.path.join(tmp, "cpu.npz")), load_arrays(os.path.join(tmp, "gpu.npz"))
+    report = compare_outputs(ref, got, layer_names(cfg), atol=args.atol, reference_name="torch-cpu",
+                             candidate_name="torch-gpu")
     print(format_report(report))
-
-    rows = []
-    for batch in args.batch_sizes:
-        x = np.random.default_rng(batch).standard_normal((batch,) + clip.shape[1:]).astype(np.float32)
-        try:
-            times = gpu.time_forward(x, warmup=args.warmup, iters=args.iters)
-        except RuntimeError as exc:  # out of memory at a large batch: record and stop growing
-            rows.append({"batch_size": batch, "error": str(exc).splitlines()[0]})
-            break
-        median = float(np.median(times))
-        rows.append({"batch_size": batch, "step_s_median": median, "step_s_min": float(min(times)),
-                     "clips_per_s": batch / median, "ms_per_clip": 1000 * median / batch})
-        print(f"torch gpu batch {batch:>3}: {1000 * median / batch:7.2f} ms/clip  {batch / median:8.2f} clips/s")
-    cpu_times = cpu.time_forward(clip, warmup=1, iters=3)
-    cpu_row = {"batch_size": 1, "step_s_median": float(np.median(cpu_times)),
-               "clips_per_s": 1 / float(np.median(cpu_times))}
-    print(f"torch cpu batch   1: {1000 * cpu_row['step_s_median']:7.2f} ms/clip")
-    import torch
-
+    rows = {}
+    for device in ("gpu", "cpu"):
+        rows[device] = []
+        for run in runs[device]["tasks"][1]["runs"]:
+            if "error" in run:
+                rows[device].append(run)
+                continue
+            median = float(np.median(run["step_s"]))
+            batch = run["batch_size"]
+            rows[device].append({"batch_size": batch, "step_s_median": median, "step_s_min": float(min(run["step_s"])),
+                                 "clips_per_s": batch / median, "ms_per_clip": 1000 * median / batch})
+            print(f"torch {device} batch {batch:>3}: {1000 * median / batch:7.2f} ms/clip  {batch / median:8.2f} clips/s")
+    gpu = runs["gpu"]
     doc = {"benchmark": "device_check", "arch": cfg.name, "arch_hash": arch_hash(cfg),
-           "parameters": parameter_count(cfg), "input_shape": list(clip.shape),
-           "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-           "versions": gpu.versions(), "hardware": gpu.hardware(),
-           "cuda": torch.version.cuda, "cudnn": torch.backends.cudnn.version(), "tf32": False,
-           "parity": report.to_dict(), "gpu": rows, "cpu": cpu_row}
-    atomic_write_json(args.out, doc)
+           "parameters": parameter_count(cfg), "input_shape": shape, "date": utc_now(),
+           "versions": gpu["versions"], "hardware": gpu["hardware"], "cuda": gpu["versions"].get("cuda"),
+           "cudnn": gpu["versions"].get("cudnn"), "tf32": False, "parity": report.to_dict(), "gpu": rows["gpu"],
+           "cpu": rows["cpu"][0]}
+    atomic_write_json(args.out, result_doc("device_check", doc, runs={d: {"versions": r["versions"],
+                                                                          "hardware": r["hardware"]}
+                                                                      for d, r in runs.items()}))
     return 0 if report.passed else 1
 
 

@@ -32,16 +32,17 @@ import os
 import sys
 import tempfile
 import time
+from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
-from frameworks.spec.arch import DEFAULT_PRESET, PRESETS, arch_hash, get_preset
+from frameworks.spec.arch import DEFAULT_PRESET, PRESETS, I3DNLConfig, arch_hash, get_preset
 from frameworks.spec.data_presets import DEFAULT_DATA_PRESET, PRESETS as DATA_PRESETS
-from frameworks.spec.data_presets import DECODERS, data_preset_hash, get_data_preset, spec_hash
+from frameworks.spec.data_presets import DECODERS, DataPreset, data_preset_hash, get_data_preset, spec_hash
 from harness import scores as score_store
-from harness.cli import (CheckFailed, InputError, OneLineParser, failure_line, nonnegative_int, positive_int,
-                         run_main, run_module, setup_logging, tolerance)
+from harness.cli import (CheckFailed, InputError, OneLineParser, nonnegative_int, positive_int, provenance,
+                         result_doc, run_main, setup_logging, tolerance, utc_now)
 from harness.files import atomic_path, atomic_write_json, check_output_dir, check_output_path
 from harness.scores import Chunk, ScoreStore, read_scores  # noqa: F401 - read_scores: public here too
 
@@ -148,41 +149,68 @@ def parse_overrides(items: List[str], preset) -> dict:
     return out
 
 
+# ----------------------------------------------------------------------------- the request
+@dataclass
+class EvaluationRequest:
+    """One evaluation run, decided from the command line (or by a caller) before any work."""
+
+    framework: str
+    cfg: I3DNLConfig
+    preset: DataPreset
+    data_root: str
+    out: str
+    overrides: dict = field(default_factory=dict)
+    split: str = "val"
+    annotations: Optional[str] = None
+    checkpoint: Optional[str] = None
+    trust: bool = False
+    seed: int = 0
+    limit: Optional[int] = None
+    batch_size: int = 1
+    workers: int = 2
+    device: str = "cpu"
+    ms_mode: str = "graph"
+    threads: Optional[int] = None
+    rank: int = 0
+    world: int = 1
+    chunk_videos: int = 32
+    resume: bool = False
+    quiet: bool = False
+
+    @classmethod
+    def from_args(cls, args) -> "EvaluationRequest":
+        from harness.runners import canonical_framework
+
+        if not args.framework or not args.data_root:
+            raise InputError("--framework and --data-root are required to evaluate")
+        try:
+            framework = canonical_framework(args.framework)
+        except ValueError as exc:
+            raise InputError(str(exc)) from None
+        if framework == "mmaction2":
+            raise InputError("evaluate runs our implementations: --framework torch or ms")
+        rank, world = shard_from(args.shard)
+        cfg = get_preset(args.arch, **({"num_classes": args.num_classes} if args.num_classes else {}))
+        preset = get_data_preset(args.data_preset)
+        overrides = parse_overrides(args.data_override, preset)
+        if args.decoder:
+            overrides["decoder"] = args.decoder
+        if overrides:
+            try:
+                preset = preset.replace(**overrides)
+            except (ValueError, TypeError) as exc:
+                raise InputError(f"--data-override: {exc}") from None
+        out = args.out or os.path.join("results", f"{framework}_{cfg.name}_{preset.name}.json")
+        if world > 1:
+            stem = out[:-5] if out.endswith(".json") else out
+            out = f"{stem}.shard{rank}of{world}.json"
+        check_output_dir(os.path.dirname(os.path.abspath(score_store.paths(out)[0])), "--out folder")
+        return cls(framework, cfg, preset, args.data_root, out, overrides, args.split, args.annotations,
+                   args.checkpoint, args.trust_checkpoint, args.seed, args.limit, args.batch_size, args.workers,
+                   args.device, args.ms_mode, args.threads, rank, world, args.chunk_videos, args.resume, args.quiet)
+
+
 # ----------------------------------------------------------------------------- weights
-def _random_weights(cfg, preset, seed: int, cache_dir: str, index, calibration_videos: int = 16) -> str:
-    """Seeded random weights from the torch runner, in its own process (so MindSpore and
-    torch never share one), cached beside the scores so a resumed run reuses them.
-
-    BN statistics are calibrated on one clip from each of up to ``calibration_videos``
-    videos spread over the index (decoded by a loader worker process): noise calibration
-    does not transfer to real clips, nor does one video's to another's, and five
-    dot-product non-local blocks (cubic in their input's scale) amplify any mismatch into NaN.
-    """
-    from harness.data import ClipLoader, DatasetIndex
-
-    path = os.path.join(cache_dir, f"random_weights_seed{seed}.npz")
-    if os.path.isfile(path):
-        return path
-    step = max(1, len(index.records) // calibration_videos)
-    picked = DatasetIndex(index.records[::step][: 2 * calibration_videos], index.label_map, type(index.faults)())
-    # decoded in a worker process: decord must not enter this process before MindSpore
-    loader = ClipLoader(picked, preset, workers=1)
-    clips = [item.clips[:1] for _, item in zip(range(calibration_videos), loader)]
-    if not clips:
-        raise InputError("random weights are calibrated on videos, and no video of the index decodes")
-    clip = np.concatenate(clips)
-    with tempfile.TemporaryDirectory() as tmp, atomic_path(path, suffix=".npz") as partial:
-        cfg_path, clip_path = os.path.join(tmp, "cfg.json"), os.path.join(tmp, "clip.npy")
-        with open(cfg_path, "w") as f:
-            json.dump(cfg.to_dict(), f)
-        np.save(clip_path, clip.astype(np.float32))
-        proc = run_module("harness.worker", ["--framework", "torch", "--config", cfg_path, "--input", clip_path,
-                                             "--init-seed", str(seed), "--save-weights", partial])
-        if proc.returncode != 0:
-            raise InputError(f"random weights need torch: {failure_line(proc, 'worker failed')}")
-    return path
-
-
 def check_model_weights(arrays: Dict[str, np.ndarray], what: str) -> None:
     """The models run float32 and finite: anything else is refused before any work."""
     wrong = sorted({str(np.asarray(v).dtype) for v in arrays.values()} - {"float32"})
@@ -196,135 +224,137 @@ def check_model_weights(arrays: Dict[str, np.ndarray], what: str) -> None:
                          f"(first: {name}, {bad[name]})")
 
 
+def seeded_weights_for(req: EvaluationRequest, index, cache_dir: str, calibration_videos: int = 16) -> str:
+    """Seeded random weights made by the torch runner in a child process (MindSpore and
+    torch never share one), cached beside the scores so that a resumed run reuses them.
+
+    BN statistics are calibrated on one clip from each of up to ``calibration_videos``
+    videos spread over the index (decoded by a loader worker process, since decord must
+    not enter this process before MindSpore): noise calibration does not transfer to real
+    clips, nor does one video's to another's, and five dot-product non-local blocks
+    (cubic in their input's scale) amplify any mismatch into NaN.
+    """
+    from harness.data import ClipLoader, DatasetIndex
+    from harness.runners.child import Job, run_job, save_clip
+
+    path = os.path.join(cache_dir, f"random_weights_seed{req.seed}.npz")
+    if os.path.isfile(path):
+        return path
+    step = max(1, len(index.records) // calibration_videos)
+    picked = DatasetIndex(index.records[::step][: 2 * calibration_videos], index.label_map, type(index.faults)())
+    loader = ClipLoader(picked, req.preset, workers=1)
+    clips = [item.clips[:1] for _, item in zip(range(calibration_videos), loader)]
+    if not clips:
+        raise InputError("random weights are calibrated on videos, and no video of the index decodes")
+    with tempfile.TemporaryDirectory() as tmp, atomic_path(path, suffix=".npz") as partial:
+        clip_path = save_clip(os.path.join(tmp, "clip.npy"), np.concatenate(clips))
+        run_job(Job("torch", req.cfg, seed=req.seed, save_weights=partial, input=clip_path), tmp, "weights")
+    return path
+
+
+def _weights(req: EvaluationRequest, index, store: ScoreStore) -> Tuple[Dict[str, np.ndarray], str, str]:
+    """(canonical arrays, what they are, the checkpoint's digest or the arrays' own)."""
+    from harness.checkpoints import load_weights
+    from harness.checkpoints.io import arrays_sha256
+
+    if req.checkpoint:
+        loaded = load_weights(req.checkpoint, req.cfg, trust=req.trust)
+        check_model_weights(loaded.arrays, req.checkpoint)
+        print(f"weights: {loaded.describe()}", file=sys.stderr, flush=True)
+        return loaded.arrays, loaded.path, loaded.sha256
+    with np.load(seeded_weights_for(req, index, store.dir), allow_pickle=False) as z:
+        arrays = {k: z[k] for k in z.files}
+    check_model_weights(arrays, "random weights")
+    print(f"weights: seeded random (seed {req.seed}) - a framework comparison, not an accuracy",
+          file=sys.stderr, flush=True)
+    label = f"random (seed {req.seed}; BN statistics calibrated on clips of this dataset)"
+    return arrays, label, arrays_sha256(arrays)  # no file to name: the weights' own digest
+
+
 # ----------------------------------------------------------------------------- evaluate
-def _plan(args):
-    """Everything decided from the arguments alone, before any file is read."""
-    from harness.backends import canonical_framework
-
-    if not args.framework or not args.data_root:
-        raise InputError("--framework and --data-root are required to evaluate")
-    try:
-        framework = canonical_framework(args.framework)
-    except ValueError as exc:
-        raise InputError(str(exc)) from None
-    if framework == "mmaction2":
-        raise InputError("evaluate runs our implementations: --framework torch or ms")
-    rank, world = shard_from(args.shard)
-    cfg = get_preset(args.arch, **({"num_classes": args.num_classes} if args.num_classes else {}))
-    preset = get_data_preset(args.data_preset)
-    overrides = parse_overrides(args.data_override, preset)
-    if args.decoder:
-        overrides["decoder"] = args.decoder
-    if overrides:
-        try:
-            preset = preset.replace(**overrides)
-        except (ValueError, TypeError) as exc:
-            raise InputError(f"--data-override: {exc}") from None
-    out = args.out or os.path.join("results", f"{framework}_{cfg.name}_{preset.name}.json")
-    if world > 1:
-        stem = out[:-5] if out.endswith(".json") else out
-        out = f"{stem}.shard{rank}of{world}.json"
-    summary_path, scores_dir = score_store.paths(out)
-    check_output_dir(os.path.dirname(os.path.abspath(summary_path)), "--out folder")
-    return framework, rank, world, cfg, preset, overrides, out
-
-
-def evaluate(args) -> dict:
+def evaluate(req: EvaluationRequest) -> dict:
+    """plan (the request) -> index -> store -> weights -> runner -> loop -> summary."""
     from harness.data import build_index
 
-    framework, rank, world, cfg, preset, overrides, out = _plan(args)
-    index = build_index(args.data_root, args.split, annotations=args.annotations, label_order=preset.label_order)
+    index = build_index(req.data_root, req.split, annotations=req.annotations, label_order=req.preset.label_order)
     n_index = len(index)
-    index = index.limit(args.limit)
-    positions = list(range(len(index)))[rank::world]
-    store = ScoreStore(out)
+    index = index.limit(req.limit)
+    store = ScoreStore(req.out)
     os.makedirs(os.path.dirname(os.path.abspath(store.summary_path)), exist_ok=True)
     store.lock()
     try:
-        return _evaluate(args, framework, rank, world, cfg, preset, overrides, index, n_index, positions, store)
+        store.check(req.resume)  # damaged files and an unasked-for resume: refused before any work
+        arrays, checkpoint_label, checkpoint_sha = _weights(req, index, store)
+        identity = _identity(req, n_index, index.annotation, checkpoint_sha, arrays)
+        done = store.begin(identity, req.resume, req.cfg.num_classes)
+        remaining = [p for p in range(req.rank, len(index), req.world) if p not in done.covered]
+        runner = _runner(req, arrays)
+        timing = _score_loop(req, runner, store, index, remaining)
+        summary = score_store.summarize(
+            store.dir, identity, index_faults=[f.to_dict() for f in index.faults.faults],
+            extra={"kind": "evaluation", "checkpoint": checkpoint_label, "protocol": req.preset.protocol,
+                   "spec_hash": spec_hash(req.cfg, req.preset), "data_override": req.overrides,
+                   "workers": req.workers, "threads": runner.threads, "hardware": runner.hardware(),
+                   "versions": runner.versions(), "date": utc_now(), "resumed": bool(done.n_chunks),
+                   "session": timing, "provenance": provenance()})
+        atomic_write_json(store.summary_path, summary)
+    except OSError as exc:
+        store.abandon()
+        raise InputError(f"cannot write {store.summary_path}: {exc.strerror or exc}") from None
     except BaseException:
         store.abandon()
         raise
-
-
-def _evaluate(args, framework, rank, world, cfg, preset, overrides, index, n_index, positions,
-              store: ScoreStore) -> dict:
-    from harness.backends import make_runner
-    from harness.checkpoints import load_weights
-    from harness.checkpoints.io import arrays_sha256
-    from harness.data import ClipLoader, DatasetIndex
-
-    store.check(args.resume)  # damaged files and an unasked-for resume: refused before any work
-    if args.checkpoint:
-        loaded = load_weights(args.checkpoint, cfg, trust=args.trust_checkpoint)
-        arrays, checkpoint_label, checkpoint_sha = loaded.arrays, loaded.path, loaded.sha256
-        check_model_weights(arrays, args.checkpoint)
-        print(f"weights: {loaded.describe()}", file=sys.stderr, flush=True)
-    else:
-        path = _random_weights(cfg, preset, args.seed, store.dir, index)
-        with np.load(path, allow_pickle=False) as z:
-            arrays = {k: z[k] for k in z.files}
-        checkpoint_label = f"random (seed {args.seed}; BN statistics calibrated on clips of this dataset)"
-        checkpoint_sha = arrays_sha256(arrays)  # no file to name: the weights' own digest
-        check_model_weights(arrays, "random weights")
-        print(f"weights: seeded random (seed {args.seed}) - a framework comparison, not an accuracy",
-              file=sys.stderr, flush=True)
-
-    identity = {"framework": framework, "arch": cfg.name, "arch_hash": arch_hash(cfg),
-                "data_preset": preset.name, "data_preset_hash": data_preset_hash(preset),
-                "checkpoint_sha256": checkpoint_sha, "weights_sha256": arrays_sha256(arrays),
-                "split": args.split, "n_index": n_index, "limit": args.limit, "num_classes": cfg.num_classes,
-                "data_root": os.path.abspath(args.data_root), "annotations": index.annotation,
-                "decoder": preset.decoder, "device": args.device,
-                "ms_mode": args.ms_mode if framework == "ms" else None, "batch_size": args.batch_size,
-                "shard": [rank, world]}
-    done = store.begin(identity, args.resume, cfg.num_classes)
-    covered = done.covered
-    remaining = [p for p in positions if p not in covered]
-
-    # Only now the framework: the random weights' torch process must not inherit the oneDNN
-    # ISA cap the MindSpore runner sets, and MindSpore 2.10 aborts ("random_device could not
-    # be read") if decord entered this process before it (so nothing above decodes here).
-    threads = args.threads or max(1, (os.cpu_count() or 1) // world)
-    extra = {"mode": args.ms_mode} if framework == "ms" else {}
-    runner = make_runner(framework, device=args.device, threads=threads, **extra)
-    try:
-        runner.build(cfg)
-        runner.load(arrays)
-    except (ValueError, TypeError) as exc:
-        raise InputError(str(exc)) from None
-
-    sub_index = DatasetIndex([index.records[p] for p in remaining], index.label_map, type(index.faults)(),
-                             index.split, index.root, index.annotation, index.source)
-    position_of = {index.records[p].video_id: p for p in remaining}
-    loader = ClipLoader(sub_index, preset, workers=args.workers)
-    timing = _score_loop(loader, runner, cfg, preset, store, position_of, args, framework)
-
-    summary = score_store.summarize(
-        store.dir, identity, index_faults=[f.to_dict() for f in index.faults.faults],
-        extra={"checkpoint": checkpoint_label, "protocol": preset.protocol, "spec_hash": spec_hash(cfg, preset),
-               "data_override": overrides, "workers": args.workers, "threads": threads,
-               "hardware": runner.hardware(), "versions": runner.versions(), "date": score_store.utc_now(),
-               "resumed": bool(done.n_chunks), "session": timing})
-    try:
-        atomic_write_json(store.summary_path, summary)
-    except OSError as exc:
-        raise InputError(f"cannot write {store.summary_path}: {exc.strerror}") from None
     store.unlock()
     summary["_path"] = store.summary_path
     return summary
 
 
-def _score_loop(loader, runner, cfg, preset, store: ScoreStore, position_of: Dict[str, int], args,
-                framework: str) -> dict:
-    """Score every video the loader yields, writing a chunk every ``--chunk-videos``."""
+def _identity(req: EvaluationRequest, n_index: int, annotation: str, checkpoint_sha: str, arrays) -> dict:
+    """Everything that changes a score (see :data:`harness.scores.IDENTITY_KEYS`)."""
+    from harness.checkpoints.io import arrays_sha256
+
+    return {"framework": req.framework, "arch": req.cfg.name, "arch_hash": arch_hash(req.cfg),
+            "data_preset": req.preset.name, "data_preset_hash": data_preset_hash(req.preset),
+            "checkpoint_sha256": checkpoint_sha, "weights_sha256": arrays_sha256(arrays),
+            "split": req.split, "n_index": n_index, "limit": req.limit, "num_classes": req.cfg.num_classes,
+            "data_root": os.path.abspath(req.data_root), "annotations": annotation,
+            "decoder": req.preset.decoder, "device": req.device,
+            "ms_mode": req.ms_mode if req.framework == "ms" else None, "batch_size": req.batch_size,
+            "shard": [req.rank, req.world]}
+
+
+def _runner(req: EvaluationRequest, arrays):
+    """The framework, only now: the seeded weights' torch process must not inherit the
+    oneDNN ISA cap the MindSpore runner sets, and MindSpore 2.10 aborts ("random_device
+    could not be read") if decord entered this process before it (nothing above decodes here)."""
+    from harness.runners import make_runner
+
+    threads = req.threads or max(1, (os.cpu_count() or 1) // req.world)
+    runner = make_runner(req.framework, device=req.device, threads=threads,
+                         **({"mode": req.ms_mode} if req.framework == "ms" else {}))
+    try:
+        runner.build(req.cfg)
+        runner.load(arrays)
+    except (ValueError, TypeError) as exc:
+        raise InputError(str(exc)) from None
+    return runner
+
+
+def _score_loop(req: EvaluationRequest, runner, store: ScoreStore, index, remaining: List[int]) -> dict:
+    """Score every remaining video, writing a chunk every ``chunk_videos`` scored videos."""
     from tqdm import tqdm
 
+    from harness.data import ClipLoader, DatasetIndex
+
+    sub_index = DatasetIndex([index.records[p] for p in remaining], index.label_map, type(index.faults)(),
+                             index.split, index.root, index.annotation, index.source)
+    position_of = {index.records[p].video_id: p for p in remaining}
+    loader = ClipLoader(sub_index, req.preset, workers=req.workers)
     chunk, n_faults_seen, views = Chunk(), 0, 0
-    bar = tqdm(total=len(position_of), unit="video", disable=args.quiet, desc=f"{framework} {preset.protocol}",
-               dynamic_ncols=True)
+    bar = tqdm(total=len(remaining), unit="video", disable=req.quiet, dynamic_ncols=True,
+               desc=f"{req.framework} {req.preset.protocol}")
     t_loop = t_wait = time.perf_counter()
-    for batch in loader.batches(args.batch_size):
+    for batch in loader.batches(req.batch_size):
         wait = time.perf_counter() - t_wait
         clips = batch.flat()
         t0 = time.perf_counter()
@@ -333,22 +363,22 @@ def _score_loop(loader, runner, cfg, preset, store: ScoreStore, position_of: Dic
         views += clips.shape[0]
         per_video = out_scores.reshape(len(batch), batch.views_per_video, -1)
         for vid, label, view_scores in zip(batch.video_ids, batch.labels, per_video):
-            chunk.add(position_of[vid], vid, label, preset.video_score(view_scores, cfg.head))
+            chunk.add(position_of[vid], vid, label, req.preset.video_score(view_scores, req.cfg.head))
         new_faults = loader.faults.faults[n_faults_seen:]
         n_faults_seen = len(loader.faults.faults)
         chunk.faults += [dict(f.to_dict(), position=position_of[f.video_id]) for f in new_faults]
         chunk.seconds.append([len(batch), int(clips.shape[0]), model_s, wait, time.perf_counter() - t_wait])
         bar.update(len(batch) + sum(1 for f in new_faults if f.skipped))
         bar.set_postfix(clips_s=f"{views / max(time.perf_counter() - t_loop, 1e-9):.2f}")
-        if len(chunk.positions) >= args.chunk_videos:
-            store.write(chunk, cfg.num_classes)
+        if len(chunk.positions) >= req.chunk_videos:
+            store.write(chunk, req.cfg.num_classes)
             chunk = Chunk()
         t_wait = time.perf_counter()
     bar.close()
     chunk.faults += [dict(f.to_dict(), position=position_of[f.video_id]) for f in loader.faults.faults[n_faults_seen:]]
     if chunk:
-        store.write(chunk, cfg.num_classes)
-    return {"videos": len(position_of), "views": views, "wall_s": time.perf_counter() - t_loop}
+        store.write(chunk, req.cfg.num_classes)
+    return {"videos": len(remaining), "views": views, "wall_s": time.perf_counter() - t_loop}
 
 
 # ----------------------------------------------------------------------------- printing
@@ -392,7 +422,7 @@ def _compare(args) -> None:
         print(f"  {d['video']}: {d['top1_a']} vs {d['top1_b']} (top-2 gaps {d['top2_gap_a']:.2g}, "
               f"{d['top2_gap_b']:.2g})")
     if args.json:
-        atomic_write_json(args.json, result)
+        atomic_write_json(args.json, result_doc("agreement", result))
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -408,7 +438,7 @@ def main(argv: Optional[List[str]] = None) -> int:
                 raise InputError("--merge needs --out")
             print_summary(score_store.merge(args.merge, args.out))
             return 0
-        summary = evaluate(args)
+        summary = evaluate(EvaluationRequest.from_args(args))
         print_summary(summary)
         if summary.get("n_non_finite"):
             raise CheckFailed(f"{summary['n_non_finite']} of {summary['n_videos']} videos got non-finite scores "

@@ -19,19 +19,18 @@ tolerance, 2 bad input (one line on stderr).
 from __future__ import annotations
 
 import argparse
-import datetime as _dt
-import json
 import logging
 import os
 import sys
 import tempfile
-from typing import Dict, List, Optional
+from dataclasses import dataclass
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from frameworks.spec.arch import DEFAULT_PRESET, PRESETS, arch_hash, get_preset, layer_names
-from harness.cli import (InputError, OneLineParser, clip_shape, failure_line, run_main, run_module, setup_logging,
-                         tolerance)
+from frameworks.spec.arch import DEFAULT_PRESET, PRESETS, I3DNLConfig, arch_hash, get_preset, layer_names
+from harness.cli import (InputError, OneLineParser, clip_shape, result_doc, run_main, setup_logging, tolerance,
+                         utc_now)
 from harness.files import atomic_write_json, check_output_dir, check_output_path
 from harness.compare import DEFAULT_RTOL, DEFAULT_STAGE_ATOL, ParityReport, compare_outputs, format_report
 
@@ -73,32 +72,56 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", metavar="OUT", help="write the comparison as JSON")
     p.add_argument("--save-outputs", metavar="DIR", help="keep <framework>.npz (every intermediate, logits, input)")
     p.add_argument("--load-outputs", metavar="DIR", help="compare outputs saved earlier; run nothing")
+    p.add_argument("--save-weights", metavar="FILE.npz",
+                   help="keep the weights every framework ran (canonical names): the seeded random ones, "
+                        "or the checkpoint's; any command that takes --checkpoint reads them")
     p.add_argument("-v", "--verbose", action="store_true")
     return p
 
 
-def _run_worker(framework: str, cfg_path: str, input_path: str, out_path: Optional[str], args,
-                weights: Optional[str] = None, init_seed: Optional[int] = None,
-                save_weights: Optional[str] = None, isolated_from: Optional[str] = None) -> dict:
-    cmd = ["--framework", framework, "--config", cfg_path,
-           "--input", input_path, "--device", args.device, "--ms-mode", args.ms_mode]
-    meta_path = (out_path or save_weights) + ".meta.json"
-    cmd += ["--meta", meta_path]
-    if out_path:
-        cmd += ["--out", out_path]
-    if weights:
-        cmd += ["--weights", weights]
-    if init_seed is not None:
-        cmd += ["--init-seed", str(init_seed), "--save-weights", save_weights]
-    if isolated_from:
-        cmd += ["--isolated-from", isolated_from]
-    proc = run_module("harness.worker", cmd)
-    if proc.returncode != 0:
-        raise InputError(failure_line(proc, f"{framework} worker failed"))
-    with open(meta_path) as f:
-        meta = json.load(f)
-    os.remove(meta_path)
-    return meta
+@dataclass
+class ParityRequest:
+    """What one parity run compares, decided from the command line (or by a caller)."""
+
+    cfg: I3DNLConfig
+    reference: str
+    candidates: List[str]
+    checkpoint: Optional[str] = None
+    trust: bool = False
+    input: Optional[str] = None
+    input_shape: Sequence[int] = (1, 3, 32, 224, 224)
+    seed: int = 0
+    atol: Optional[float] = None
+    rtol: float = DEFAULT_RTOL
+    mode: str = "propagated"
+    device: str = "cpu"
+    ms_mode: str = "graph"
+    save_outputs: Optional[str] = None
+    load_outputs: Optional[str] = None
+    save_weights: Optional[str] = None
+
+    @classmethod
+    def from_args(cls, args) -> "ParityRequest":
+        from harness.runners import canonical_framework
+
+        try:
+            frameworks = [canonical_framework(f) for f in args.frameworks.split(",") if f]
+            reference = canonical_framework(args.reference) if args.reference else None
+        except ValueError as exc:
+            raise InputError(str(exc)) from None
+        if reference is None:
+            if len(frameworks) < 2:
+                raise InputError("give two frameworks, or one framework and --reference")
+            reference, frameworks = frameworks[0], frameworks[1:]
+        frameworks = [f for f in frameworks if f != reference]
+        if not frameworks:
+            raise InputError("nothing to compare: every framework is the reference")
+        overrides = {k: v for k, v in (("depth", args.depth), ("num_classes", args.num_classes)) if v is not None}
+        return cls(get_preset(args.arch, **overrides), reference, frameworks, checkpoint=args.checkpoint,
+                   trust=args.trust_checkpoint, input=args.input, input_shape=tuple(args.input_shape),
+                   seed=args.seed, atol=args.atol, rtol=args.rtol, mode=args.mode, device=args.device,
+                   ms_mode=args.ms_mode, save_outputs=args.save_outputs, load_outputs=args.load_outputs,
+                   save_weights=args.save_weights)
 
 
 def _load_npz(path: str) -> Dict[str, np.ndarray]:
@@ -121,80 +144,72 @@ def _read_clip(path: str) -> np.ndarray:
     return clip.astype(np.float32)
 
 
-def run(args, runs: Optional[Dict[str, dict]] = None) -> List[ParityReport]:
-    """Run (or load) every framework and compare; ``runs`` collects each worker's versions,
-    hardware and timings by framework."""
-    from harness.backends import canonical_framework
-
-    try:
-        frameworks = [canonical_framework(f) for f in args.frameworks.split(",") if f]
-        reference = canonical_framework(args.reference) if args.reference else None
-    except ValueError as exc:
-        raise InputError(str(exc)) from None
-    if reference is None:
-        if len(frameworks) < 2:
-            raise InputError("give two frameworks, or one framework and --reference")
-        reference, frameworks = frameworks[0], frameworks[1:]
-    frameworks = [f for f in frameworks if f != reference]
-    if not frameworks:
-        raise InputError("nothing to compare: every framework is the reference")
-    overrides = {k: v for k, v in (("depth", args.depth), ("num_classes", args.num_classes)) if v is not None}
-    cfg = get_preset(args.arch, **overrides)
-    names = layer_names(cfg)
-
-    if args.load_outputs:
-        outputs = {fw: _load_npz(os.path.join(args.load_outputs, f"{fw}.npz")) for fw in [reference] + frameworks}
+def run(req: ParityRequest) -> Tuple[List[ParityReport], Dict[str, dict]]:
+    """Run (or load) every framework and compare each candidate with the reference;
+    returns the reports and each framework process's record (versions, hardware, timings)."""
+    names = layer_names(req.cfg)
+    runs: Dict[str, dict] = {}
+    if req.load_outputs:
+        outputs = {fw: _load_npz(os.path.join(req.load_outputs, f"{fw}.npz"))
+                   for fw in [req.reference] + req.candidates}
     else:
-        outputs = _run_frameworks(cfg, reference, frameworks, args, runs if runs is not None else {})
-    return [compare_outputs(outputs[reference], outputs[fw], names, atol=args.atol, rtol=args.rtol,
-                            reference_name=reference, candidate_name=fw, mode=args.mode)
-            for fw in frameworks]
+        outputs = _run_frameworks(req, runs)
+    reports = [compare_outputs(outputs[req.reference], outputs[fw], names, atol=req.atol, rtol=req.rtol,
+                               reference_name=req.reference, candidate_name=fw, mode=req.mode)
+               for fw in req.candidates]
+    return reports, runs
 
 
-def _run_frameworks(cfg, reference: str, frameworks: List[str], args,
-                    runs: Dict[str, dict]) -> Dict[str, Dict[str, np.ndarray]]:
-    from harness.checkpoints import CheckpointError, load_weights
+def _weights(req: ParityRequest, clip_path: str, tmp: str) -> str:
+    """The weights every framework loads, as canonical .npz: the checkpoint's, or seeded
+    random ones whose BN statistics are calibrated on the compared clip."""
+    from harness.checkpoints import load_weights
     from harness.checkpoints.io import write_npz
+    from harness.runners.child import Job, run_job
+
+    path = req.save_weights or os.path.join(tmp, "weights.npz")
+    if req.checkpoint:
+        loaded = load_weights(req.checkpoint, req.cfg, trust=req.trust)
+        wrong = sorted({str(v.dtype) for v in loaded.arrays.values()} - {"float32"})
+        if wrong:
+            raise InputError(f"{req.checkpoint}: dtype mismatch: the weights hold {', '.join(wrong)}; "
+                             "the models run float32 (convert the weights to float32 first)")
+        print(f"weights: {loaded.describe()}", flush=True)
+        bad = {k: int((~np.isfinite(v)).sum()) for k, v in loaded.arrays.items() if not np.isfinite(v).all()}
+        if bad:  # compared all the same: where the frameworks treat NaN differently is worth seeing
+            print(f"warning: the weights hold {sum(bad.values())} non-finite values in {len(bad)} tensors "
+                  f"(first: {next(iter(bad))})", file=sys.stderr, flush=True)
+        write_npz(path, loaded.arrays)
+    else:
+        print(f"weights: seeded random (seed {req.seed}), BN statistics calibrated on the input clip", flush=True)
+        run_job(Job("torch", req.cfg, seed=req.seed, save_weights=path, input=clip_path), tmp, "weights")
+    return path
+
+
+def _run_frameworks(req: ParityRequest, runs: Dict[str, dict]) -> Dict[str, Dict[str, np.ndarray]]:
+    from harness.runners.child import Job, Task, run_job, save_clip
 
     with tempfile.TemporaryDirectory(prefix="nlparity-") as tmp:
-        out_dir = args.save_outputs or tmp
+        out_dir = req.save_outputs or tmp
         os.makedirs(out_dir, exist_ok=True)
-        cfg_path = os.path.join(tmp, "config.json")
-        with open(cfg_path, "w") as f:
-            json.dump(cfg.to_dict(), f)
-        clip = _read_clip(args.input) if args.input else \
-            np.random.default_rng(args.seed).standard_normal(args.input_shape).astype(np.float32)
-        if clip.shape[1] != cfg.in_channels:
-            raise InputError(f"the clip has {clip.shape[1]} channels; arch {cfg.name} takes {cfg.in_channels}")
-        input_path = os.path.join(tmp, "input.npy")
-        np.save(input_path, clip)
-        weights_path = os.path.join(tmp, "weights.npz")
-        if args.checkpoint:
-            try:
-                loaded = load_weights(args.checkpoint, cfg, trust=getattr(args, "trust_checkpoint", False))
-            except CheckpointError as exc:
-                raise InputError(str(exc)) from None
-            wrong = sorted({str(v.dtype) for v in loaded.arrays.values()} - {"float32"})
-            if wrong:
-                raise InputError(f"{args.checkpoint}: dtype mismatch: the weights hold {', '.join(wrong)}; "
-                                 "the models run float32 (convert the weights to float32 first)")
-            print(f"weights: {loaded.describe()}", flush=True)
-            bad = {k: int((~np.isfinite(v)).sum()) for k, v in loaded.arrays.items() if not np.isfinite(v).all()}
-            if bad:  # compared all the same: where the frameworks treat NaN differently is worth seeing
-                print(f"warning: the weights hold {sum(bad.values())} non-finite values in {len(bad)} tensors "
-                      f"(first: {next(iter(bad))})", file=sys.stderr, flush=True)
-            write_npz(weights_path, loaded.arrays)
-        else:
-            print(f"weights: seeded random (seed {args.seed}), BN statistics calibrated on the input clip", flush=True)
-            _run_worker("torch", cfg_path, input_path, None, args, init_seed=args.seed, save_weights=weights_path)
+        clip = _read_clip(req.input) if req.input else \
+            np.random.default_rng(req.seed).standard_normal(req.input_shape).astype(np.float32)
+        if clip.shape[1] != req.cfg.in_channels:
+            raise InputError(f"the clip has {clip.shape[1]} channels; arch {req.cfg.name} takes {req.cfg.in_channels}")
+        clip_path = save_clip(os.path.join(tmp, "input.npy"), clip)
+        weights = _weights(req, clip_path, tmp)
         outputs = {}
-        for fw in [reference] + frameworks:
+        for fw in [req.reference] + req.candidates:
             log.info("running %s on %s", fw, "x".join(map(str, clip.shape)))
-            out_path = os.path.join(out_dir, f"{fw}.npz")
-            isolated = os.path.join(out_dir, f"{reference}.npz") if (args.mode == "isolated" and fw != reference) else None
-            runs[fw] = _run_worker(fw, cfg_path, input_path, out_path, args, weights=weights_path,
-                                   isolated_from=isolated)
-            outputs[fw] = _load_npz(out_path)
+            out = os.path.join(out_dir, f"{fw}.npz")
+            isolated = req.mode == "isolated" and fw != req.reference
+            task = Task("isolated", out=out, reference=os.path.join(out_dir, f"{req.reference}.npz")) if isolated \
+                else Task("intermediates", out=out)
+            record = run_job(Job(fw, req.cfg, device=req.device, options={"mode": req.ms_mode} if fw == "ms" else {},
+                                 weights=weights, input=clip_path, tasks=[task]), tmp, fw)
+            runs[fw] = {"framework": fw, "versions": record["versions"], "hardware": record["hardware"],
+                        "build_s": record.get("build_s"), "forward_s": record["tasks"][0]["forward_s"]}
+            outputs[fw] = _load_npz(out)
         return outputs
 
 
@@ -208,25 +223,24 @@ def _main(args) -> int:
     # outputs are checked before the work, so a long run never ends in "cannot write"
     if args.json:
         check_output_path(args.json, "--json")
+    if args.save_weights:
+        check_output_path(args.save_weights, "--save-weights")
     if args.save_outputs:
         check_output_dir(args.save_outputs, "--save-outputs folder")
-    runs: Dict[str, dict] = {}
-    try:
-        reports = run(args, runs)
-    except KeyError as exc:
-        raise InputError(str(exc)) from None
+    req = ParityRequest.from_args(args)
+    if req.load_outputs and req.save_weights:
+        raise InputError("--load-outputs runs nothing, so it has no weights to --save-weights")
+    reports, runs = run(req)
     for report in reports:
         print(format_report(report))
         print()
     if args.json:
         doc = reports[0].to_dict() if len(reports) == 1 else {
             "passed": all(r.passed for r in reports), "comparisons": [r.to_dict() for r in reports]}
-        overrides = {k: v for k, v in (("depth", args.depth), ("num_classes", args.num_classes)) if v is not None}
-        doc.update(arch=args.arch, arch_hash=arch_hash(get_preset(args.arch, **overrides)), seed=args.seed,
-                   checkpoint=args.checkpoint, input=args.input,
-                   input_shape=list(args.input_shape) if not (args.input or args.load_outputs) else None,
-                   date=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), runs=runs)
-        atomic_write_json(args.json, doc)
+        doc.update(arch=req.cfg.name, arch_hash=arch_hash(req.cfg), seed=req.seed, checkpoint=req.checkpoint,
+                   input=req.input, input_shape=None if (req.input or req.load_outputs) else list(req.input_shape),
+                   device=req.device, date=utc_now(), runs=runs)
+        atomic_write_json(args.json, result_doc("parity", doc))
     return 0 if all(r.passed for r in reports) else 1
 
 

@@ -39,6 +39,21 @@ def _load_json(path: str) -> Optional[dict]:
         return None
 
 
+# result files written before every command stamped its ``kind``: told apart by their fields
+_LEGACY_KINDS = (("evaluation", lambda d: "summary_version" in d and "scores" in d),
+                 ("bench_forward", lambda d: d.get("benchmark") == "forward"),
+                 ("device_check", lambda d: d.get("benchmark") == "device_check"),
+                 ("bench_data", lambda d: d.get("benchmark") == "data_decode"),
+                 ("parity", lambda d: "layers" in d or "comparisons" in d))
+
+
+def kind_of(doc: dict) -> Optional[str]:
+    """What a result file is: its ``kind``, or (older files) what its fields say."""
+    if isinstance(doc.get("kind"), str):
+        return doc["kind"]
+    return next((kind for kind, test in _LEGACY_KINDS if test(doc)), None)
+
+
 def collect(results_dir: str) -> Dict[str, list]:
     """Evaluation summaries (accuracy recomputed from scores) and benchmark files."""
     from harness.cli import InputError
@@ -50,7 +65,8 @@ def collect(results_dir: str) -> Dict[str, list]:
         if not isinstance(doc, dict):
             skipped.append(f"{path}: not a JSON object")
             continue
-        if "summary_version" in doc and "scores" in doc:
+        kind = kind_of(doc)
+        if kind == "evaluation":
             shard = doc.get("shard", [0, 1])
             if not (isinstance(shard, list) and len(shard) == 2 and shard[1] == 1):
                 continue  # a shard: its merged summary speaks for it
@@ -69,7 +85,7 @@ def collect(results_dir: str) -> Dict[str, list]:
                     doc.update(metrics.accuracy_summary(saved.scores, saved.labels))
             doc["_path"] = path
             evals.append(doc)
-        elif doc.get("benchmark") in ("forward", "device_check"):
+        elif kind in ("bench_forward", "device_check"):
             doc["_path"] = path
             benches.append(doc)
     for line in skipped:
@@ -119,7 +135,7 @@ def build_table(results_dir: str) -> dict:
 
 def _throughput_rows(b: dict) -> List[dict]:
     rows = []
-    if b["benchmark"] == "forward":
+    if kind_of(b) == "bench_forward":
         for r in b["results"]:
             if "error" in r:
                 continue

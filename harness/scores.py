@@ -15,7 +15,6 @@ recomputes them from the same files instead of trusting a summary.
 """
 from __future__ import annotations
 
-import datetime as _dt
 import errno
 import glob
 import json
@@ -27,7 +26,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from harness import metrics
-from harness.cli import InputError
+from harness.cli import InputError, provenance, utc_now
 from harness.files import atomic_path, atomic_write_json, json_safe
 
 SUMMARY_VERSION = 2
@@ -45,10 +44,6 @@ def paths(out: str) -> Tuple[str, str]:
     """``(summary JSON, scores folder)`` of a run written to ``out``."""
     stem = out[:-5] if out.endswith(".json") else out
     return stem + ".json", stem + ".scores"
-
-
-def utc_now() -> str:
-    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
 
 
 # ----------------------------------------------------------------------------- chunks
@@ -385,8 +380,9 @@ def merge(items: List[str], out: str) -> dict:
         keep = ("checkpoint", "protocol", "spec_hash", "hardware", "versions", "data_override")
         walls = [(d.get("wall_s") or 0.0) for d in docs]
         summary = summarize(store.dir, identity, index_faults,
-                            {**{k: first.get(k) for k in keep},
-                             "merged_from": [os.path.relpath(p) for p in files], "date": utc_now()},
+                            {**{k: first.get(k) for k in keep}, "kind": "evaluation",
+                             "merged_from": [os.path.relpath(p) for p in files], "date": utc_now(),
+                             "provenance": provenance()},
                             walls=walls)
         atomic_write_json(summary_path, summary)
     except OSError as exc:

@@ -1,7 +1,7 @@
 """python -m harness.bench_data: a tiny run writes the JSON contract; bad input is exit 2."""
 import json
 
-from harness import bench_data
+from harness.data import bench as bench_data
 
 
 def test_tiny_run_writes_results_with_provenance(tmp_path, capsys):

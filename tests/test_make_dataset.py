@@ -8,7 +8,7 @@ import pytest
 from frameworks.spec.labels import K400_CLASSES
 from harness.data.decoders import open_video
 from harness.data.index import read_kinetics_csv
-from harness.make_dataset import class_motion, draw_params, main, make_dataset, render
+from harness.data.synthetic import class_motion, draw_params, main, make_dataset, render
 
 
 @pytest.fixture(scope="module")

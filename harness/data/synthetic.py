@@ -1,0 +1,459 @@
+"""Make a small labelled video dataset in the seed's Kinetics-400 layout.
+
+    python -m harness.make_dataset DIR [--classes 4] [--videos-per-class 8]
+        [--val-videos-per-class 2] [--seconds 3] [--size 340x256] [--fps 30] [--seed 0]
+        [--faults]
+
+writes ::
+
+    DIR/kinetics-400_train.csv    label,youtube_id,time_start,time_end,split
+    DIR/kinetics-400_val.csv
+    DIR/train/<youtube_id>_<start:06d>_<end:06d>.mp4    H.264 (libx264), yuv420p
+    DIR/val/...
+
+Each video is a procedural motion pattern. The class fixes the kind of motion and its
+direction; colours, spatial frequency, phase, speed jitter and noise vary per video::
+
+    class % 4:       0 stripes moving sideways, 1 stripes moving up/down,
+                     2 rings expanding/contracting, 3 a pinwheel rotating
+    (class // 4) % 2: the direction (+ / -)
+    class // 8:       speed tier (1x, 2x, ...)
+
+so telling classes apart needs both appearance and the sign of motion over time: a
+small 3D network learns it, a single frame does not decide it. Class names are the first
+``--classes`` Kinetics-400 names in alphabetical order, so class ``i`` has id ``i`` under
+both the alphabetical (mmaction2) and the first-appearance (seed) numbering. The output
+is a pure function of the arguments (``--seed`` included): x264 runs single-threaded.
+
+``--faults`` adds one of each fault the loader must survive to the val split (see
+:func:`plant_faults`).
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import logging
+import math
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from frameworks.spec.labels import K400_CLASSES
+
+from harness.cli import OneLineParser, positive_int, positive_seconds
+from harness.files import check_output_path
+
+log = logging.getLogger("harness.make_dataset")
+
+CSV_COLUMNS = ("label", "youtube_id", "time_start", "time_end", "split")
+SPLITS = ("train", "val")
+YOUTUBE_ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+FAULT_KINDS = (
+    "missing_file",
+    "empty_file",
+    "truncated",
+    "not_a_video",
+    "short_video",
+    "unknown_label",
+    "bad_row",
+)
+UNKNOWN_LABEL = "juggling chainsaws"  # not a Kinetics-400 class
+SHORT_VIDEO_FRAMES = 8  # shorter than any preset's clip (32 frames at interval >= 2)
+
+
+# ---------------------------------------------------------------------------- video I/O
+def write_video(path, frames: np.ndarray, fps: int = 30, *, crf: int = 20, preset: str = "veryfast") -> None:
+    """Encode ``(T, H, W, 3)`` uint8 RGB as H.264 in an MP4 (libx264, yuv420p, 1 thread,
+    no mbtree), byte-identical for identical frames.
+
+    The ``moov`` index goes at the end (FFmpeg's default), as in most downloaded clips.
+    """
+    import av
+
+    frames = np.asarray(frames)
+    if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
+        raise ValueError(f"expected (T, H, W, 3) uint8 frames, got {frames.shape} {frames.dtype}")
+    t, h, w, _ = frames.shape
+    if h % 2 or w % 2:
+        raise ValueError(f"H.264 yuv420p needs even sizes, got {w}x{h}")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with av.open(str(path), "w", format="mp4") as container:
+        stream = container.add_stream("libx264", rate=fps)
+        stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
+        # mbtree=0: x264's macroblock-tree rate control is not bit-reproducible from run to
+        # run even on one thread (measured with libx264 in PyAV 18.1); without it, it is
+        stream.options = {"crf": str(crf), "preset": preset, "threads": "1", "x264-params": "mbtree=0"}
+        stream.codec_context.thread_count = 1
+        for frame in frames:
+            for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+
+
+# ---------------------------------------------------------------------------- patterns
+@dataclass(frozen=True)
+class MotionParams:
+    """What one video shows; ``family`` and ``direction`` are the class."""
+
+    family: int  # 0 sideways stripes, 1 vertical stripes motion, 2 rings, 3 pinwheel
+    direction: int  # +1 or -1
+    speed: float  # cycles per second
+    frequency: float  # pattern cycles across the short side
+    phase: float
+    color_a: Tuple[float, float, float]
+    color_b: Tuple[float, float, float]
+    noise: float
+
+
+def class_motion(class_id: int) -> Tuple[int, int, int]:
+    """``(family, direction, speed tier)`` of a class."""
+    family = class_id % 4
+    direction = 1 if (class_id // 4) % 2 == 0 else -1
+    return family, direction, class_id // 8
+
+
+def draw_params(class_id: int, rng: np.random.Generator) -> MotionParams:
+    family, direction, tier = class_motion(class_id)
+    colors = rng.uniform(0.0, 1.0, size=(2, 3))
+    while np.abs(colors[0] - colors[1]).sum() < 0.6:  # keep the pattern visible
+        colors = rng.uniform(0.0, 1.0, size=(2, 3))
+    return MotionParams(
+        family=family,
+        direction=direction,
+        speed=float((1.0 + tier) * rng.uniform(0.6, 1.0)),
+        frequency=float(rng.uniform(2.0, 5.0)),
+        phase=float(rng.uniform(0.0, 2 * math.pi)),
+        color_a=tuple(float(c) for c in colors[0]),
+        color_b=tuple(float(c) for c in colors[1]),
+        noise=float(rng.uniform(0.0, 0.04)),
+    )
+
+
+def render(params: MotionParams, num_frames: int, height: int, width: int, fps: int, rng: np.random.Generator) -> np.ndarray:
+    """``(T, H, W, 3)`` uint8 RGB frames of one motion pattern."""
+    short = float(min(height, width))
+    y, x = np.mgrid[0:height, 0:width].astype(np.float32)
+    y = (y - height / 2.0) / short
+    x = (x - width / 2.0) / short
+    radius = np.sqrt(x * x + y * y)
+    angle = np.arctan2(y, x)
+    color_a = np.asarray(params.color_a, np.float32)
+    color_b = np.asarray(params.color_b, np.float32)
+    out = np.empty((num_frames, height, width, 3), dtype=np.uint8)
+    two_pi = np.float32(2 * math.pi)
+    for t in range(num_frames):
+        shift = params.direction * params.speed * t / fps  # in pattern cycles
+        if params.family == 0:
+            arg = params.frequency * x - shift
+        elif params.family == 1:
+            arg = params.frequency * y - shift
+        elif params.family == 2:
+            arg = params.frequency * radius - shift
+        else:
+            arg = 3.0 * angle / two_pi - shift  # three blades
+        wave = 0.5 + 0.5 * np.sin(two_pi * arg + params.phase)
+        img = color_a * (1.0 - wave[..., None]) + color_b * wave[..., None]
+        if params.noise:
+            img = img + rng.normal(0.0, params.noise, size=img.shape).astype(np.float32)
+        out[t] = np.clip(img * 255.0 + 0.5, 0, 255).astype(np.uint8)
+    return out
+
+
+# ---------------------------------------------------------------------------- dataset
+@dataclass
+class DatasetSummary:
+    root: str
+    classes: List[str]
+    videos: Dict[str, int]
+    frames_per_video: int
+    size: Tuple[int, int]
+    fps: int
+    seed: int
+    faults: Dict[str, List[str]] = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return {
+            "root": self.root,
+            "classes": self.classes,
+            "videos": self.videos,
+            "frames_per_video": self.frames_per_video,
+            "size": list(self.size),
+            "fps": self.fps,
+            "seed": self.seed,
+            "faults": self.faults,
+        }
+
+
+def _youtube_id(rng: np.random.Generator) -> str:
+    return "".join(YOUTUBE_ALPHABET[i] for i in rng.integers(0, len(YOUTUBE_ALPHABET), size=11))
+
+
+def video_filename(youtube_id: str, start: int, end: int) -> str:
+    return f"{youtube_id}_{int(start):06d}_{int(end):06d}.mp4"
+
+
+def _write_csv(path: Path, rows: Sequence[Sequence[str]]) -> None:
+    with open(path, "w", newline="", encoding="utf-8") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(CSV_COLUMNS)
+        writer.writerows(rows)
+
+
+def make_dataset(
+    root,
+    *,
+    classes: int = 4,
+    videos_per_class: int = 8,
+    val_videos_per_class: Optional[int] = None,
+    seconds: float = 3.0,
+    size: Tuple[int, int] = (340, 256),
+    fps: int = 30,
+    seed: int = 0,
+    faults: bool = False,
+    progress: bool = False,
+) -> DatasetSummary:
+    """Write the dataset under ``root`` (see the module docstring); ``size`` is ``(W, H)``."""
+    if not 1 <= classes <= len(K400_CLASSES):
+        raise ValueError(f"--classes must be in [1, {len(K400_CLASSES)}], got {classes}")
+    if videos_per_class < 1:
+        raise ValueError(f"--videos-per-class must be >= 1, got {videos_per_class}")
+    if seconds <= 0 or fps < 1:
+        raise ValueError(f"--seconds and --fps must be positive, got {seconds}, {fps}")
+    width, height = size
+    if width < 16 or height < 16 or width % 2 or height % 2:
+        raise ValueError(f"--size must be even and at least 16x16, got {width}x{height}")
+    val_per_class = max(1, videos_per_class // 4) if val_videos_per_class is None else val_videos_per_class
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    names = list(K400_CLASSES[:classes])
+    num_frames = max(1, int(round(seconds * fps)))
+    duration = max(1, int(math.ceil(seconds)))
+
+    jobs = []
+    for split, per_class in (("train", videos_per_class), ("val", val_per_class)):
+        for class_id in range(classes):
+            for k in range(per_class):
+                jobs.append((split, class_id, k))
+
+    tqdm = _tqdm(progress)
+    rows: Dict[str, List[List[str]]] = {s: [] for s in SPLITS}
+    used_ids = set()
+    for split, class_id, k in tqdm(jobs, desc="videos", unit="video", disable=not progress):
+        # one independent stream per video: adding classes or videos never changes the others
+        rng = np.random.default_rng([seed, SPLITS.index(split), class_id, k])
+        youtube_id = _youtube_id(rng)
+        while youtube_id in used_ids:
+            youtube_id = _youtube_id(rng)
+        used_ids.add(youtube_id)
+        start = int(rng.integers(0, 290))
+        params = draw_params(class_id, rng)
+        frames = render(params, num_frames, height, width, fps, rng)
+        write_video(root / split / video_filename(youtube_id, start, start + duration), frames, fps)
+        rows[split].append([names[class_id], youtube_id, str(start), str(start + duration), split])
+    for split in SPLITS:
+        _write_csv(root / f"kinetics-400_{split}.csv", rows[split])
+
+    summary = DatasetSummary(
+        root=str(root),
+        classes=names,
+        videos={s: len(rows[s]) for s in SPLITS},
+        frames_per_video=num_frames,
+        size=(width, height),
+        fps=fps,
+        seed=seed,
+    )
+    if faults:
+        summary.faults = plant_faults(root, "val", seed=seed, size=(width, height), fps=fps)
+    return summary
+
+
+def plant_faults(
+    root,
+    split: str = "val",
+    *,
+    kinds: Sequence[str] = FAULT_KINDS,
+    seed: int = 0,
+    size: Tuple[int, int] = (64, 48),
+    fps: int = 30,
+) -> Dict[str, List[str]]:
+    """Add one instance of each fault in ``kinds`` to ``split`` of a dataset under ``root``.
+
+    Returns ``{kind: [video id or row text]}`` (one each). The faults, and what the loader
+    must do with each:
+
+    ``missing_file``   a CSV row whose video does not exist              -> skipped
+    ``empty_file``     a zero-byte ``.mp4``                              -> skipped
+    ``truncated``      a valid MP4 cut to its first half (no ``moov``)   -> skipped
+    ``not_a_video``    text bytes in a ``.mp4``                          -> skipped
+    ``short_video``    a valid video of 8 frames, shorter than any clip  -> counted, used (looped)
+    ``unknown_label``  a valid video under a label not in the label map  -> skipped
+    ``bad_row``        a CSV row with too few columns                    -> skipped
+    """
+    unknown = set(kinds) - set(FAULT_KINDS)
+    if unknown:
+        raise ValueError(f"unknown fault kinds {sorted(unknown)}; choose from {FAULT_KINDS}")
+    root = Path(root)
+    csv_path = root / f"kinetics-400_{split}.csv"
+    with open(csv_path, newline="", encoding="utf-8") as fh:
+        reader = csv.reader(fh)
+        header = next(reader)
+        rows = [row for row in reader]
+    if not rows:
+        raise ValueError(f"{csv_path} has no rows to borrow a label from")
+    label = rows[0][0]
+    width, height = size
+    rng = np.random.default_rng([seed, 7919])
+    planted: Dict[str, List[str]] = {}
+    extra_rows: List[List[str]] = []
+    for kind in kinds:
+        youtube_id = f"fault{kind.replace('_', '')}"[:11].ljust(11, "x")
+        start, end = 0, 10
+        vid = f"{youtube_id}_{start:06d}_{end:06d}"
+        path = root / split / video_filename(youtube_id, start, end)
+        row = [label, youtube_id, str(start), str(end), split]
+        if kind == "missing_file":
+            pass
+        elif kind == "empty_file":
+            path.write_bytes(b"")
+        elif kind in ("truncated", "unknown_label", "short_video"):
+            frames_n = SHORT_VIDEO_FRAMES if kind == "short_video" else 40
+            params = draw_params(0, rng)
+            write_video(path, render(params, frames_n, height, width, fps, rng), fps)
+            if kind == "truncated":
+                data = path.read_bytes()
+                path.write_bytes(data[: len(data) // 2])
+            if kind == "unknown_label":
+                row[0] = UNKNOWN_LABEL
+        elif kind == "not_a_video":
+            path.write_bytes(b"this is not a video, only some text pretending to be one\n" * 20)
+        elif kind == "bad_row":
+            row = [label, youtube_id]  # too few columns
+            vid = ",".join(row)
+        extra_rows.append(row)
+        planted[kind] = [vid]
+    with open(csv_path, "w", newline="", encoding="utf-8") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(header)
+        writer.writerows(rows + extra_rows)
+    return planted
+
+
+def _tqdm(enabled: bool):
+    if enabled:
+        try:
+            from tqdm import tqdm
+
+            return tqdm
+        except ImportError:  # pragma: no cover
+            pass
+    return lambda it, **_: it
+
+
+# ---------------------------------------------------------------------------- CLI
+MAX_SIDE = 4096       # pixels: larger frames are a typo here (the dataset is for tests and demos)
+MAX_SECONDS = 600.0
+
+
+def _parse_size(text: str) -> Tuple[int, int]:
+    try:
+        w, h = text.lower().split("x")
+        w, h = int(w), int(h)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected WxH such as 340x256, got {text!r}") from None
+    if not (16 <= w <= MAX_SIDE and 16 <= h <= MAX_SIDE) or w % 2 or h % 2:
+        raise argparse.ArgumentTypeError(f"frame size {w}x{h}: each side must be even and in 16..{MAX_SIDE}")
+    return w, h
+
+
+def _seconds(text: str) -> float:
+    value = positive_seconds(text)
+    if value > MAX_SECONDS:
+        raise argparse.ArgumentTypeError(f"at most {MAX_SECONDS:g} seconds per video, got {text}")
+    return value
+
+
+def _classes(text: str) -> int:
+    value = positive_int(text)
+    if value > len(K400_CLASSES):
+        raise argparse.ArgumentTypeError(f"at most {len(K400_CLASSES)} classes (Kinetics-400's), got {value}")
+    return value
+
+
+def _fps(text: str) -> int:
+    value = positive_int(text)
+    if value > 240:
+        raise argparse.ArgumentTypeError(f"at most 240 frames per second, got {value}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = OneLineParser(
+        prog="python -m harness.make_dataset",
+        description="Write a small labelled H.264 video dataset in the seed's Kinetics-400 layout "
+        "(train and val splits, each with kinetics-400_<split>.csv). Deterministic for a seed.",
+    )
+    p.add_argument("root", metavar="DIR", help="output directory (created if missing)")
+    p.add_argument("--classes", type=_classes, default=4, help="number of classes (default 4; names are "
+                   "the first K Kinetics-400 classes)")
+    p.add_argument("--videos-per-class", type=positive_int, default=8, help="train videos per class (default 8)")
+    p.add_argument("--val-videos-per-class", type=positive_int, default=None,
+                   help="val videos per class (default: videos-per-class // 4, at least 1)")
+    p.add_argument("--seconds", type=_seconds, default=3.0,
+                   help="length of each video in seconds (default 3: 90 frames, one 32x2 clip without looping)")
+    p.add_argument("--size", type=_parse_size, default=(340, 256), metavar="WxH",
+                   help="frame size, even numbers (default 340x256, Kinetics' usual)")
+    p.add_argument("--fps", type=_fps, default=30, help="frame rate (default 30)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--faults", action="store_true",
+                   help="also plant one of each fault (missing, empty, truncated, not a video, short, "
+                   "unknown label, bad row) in the val split, for loader tests")
+    p.add_argument("--json", metavar="FILE", help="write a summary (classes, counts, planted faults) here")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    return p
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.json:
+        try:
+            check_output_path(args.json, "--json")
+        except ValueError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        summary = make_dataset(
+            args.root,
+            classes=args.classes,
+            videos_per_class=args.videos_per_class,
+            val_videos_per_class=args.val_videos_per_class,
+            seconds=args.seconds,
+            size=args.size,
+            fps=args.fps,
+            seed=args.seed,
+            faults=args.faults,
+            progress=not args.no_progress and sys.stderr.isatty(),
+        )
+        if args.json:
+            Path(args.json).write_text(json.dumps(summary.to_dict(), indent=2) + "\n")
+    except (ValueError, OSError) as exc:
+        print(f"error: {str(exc).splitlines()[0]}", file=sys.stderr)
+        return 2
+    log.info(
+        "wrote %d train + %d val videos (%d classes, %d frames of %dx%d) under %s%s",
+        summary.videos["train"], summary.videos["val"], len(summary.classes), summary.frames_per_video,
+        summary.size[0], summary.size[1], summary.root,
+        f"; planted faults: {', '.join(summary.faults)}" if summary.faults else "",
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

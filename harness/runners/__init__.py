@@ -1,0 +1,128 @@
+"""One small runner class per framework, behind one interface (einops / Polygraphy style).
+
+A runner builds the network for a config, loads canonical weights, and returns numpy
+arrays keyed by canonical layer name. Each lives in its own module and is imported only
+when asked for by name (:data:`RUNNERS`), so a process imports one framework and the
+MindSpore runner can cap oneDNN's ISA before MindSpore loads. Commands run a runner in a
+process of its own through :mod:`harness.runners.child`, or in process (evaluate).
+
+    runner = make_runner("ms", device="cpu", threads=2, mode="graph")
+    runner.build(cfg); runner.load(arrays)
+    runner.forward_intermediates(clip)   # {canonical layer: array}, "logits" last
+"""
+from __future__ import annotations
+
+import importlib
+import os
+import platform
+import time
+from abc import ABC, abstractmethod
+from typing import Dict, List, Optional, Type
+
+import numpy as np
+
+from frameworks.spec.arch import I3DNLConfig
+from harness.cli import InputError, cpu_model
+
+FRAMEWORK_ALIASES = {"torch": "torch", "pt": "torch", "pytorch": "torch",
+                     "ms": "ms", "mindspore": "ms", "mmaction2": "mmaction2"}
+# framework -> "module:class", imported on first use (einops' lazy backends)
+RUNNERS: Dict[str, str] = {
+    "torch": "harness.runners.torch_runner:TorchRunner",
+    "ms": "harness.runners.mindspore_runner:MindSporeRunner",
+    "mmaction2": "harness.runners.mmaction2_runner:MMAction2Runner",
+}
+FRAMEWORK_NAMES = {"torch": "PyTorch", "ms": "MindSpore", "mmaction2": "mmaction2"}
+
+
+class RunnerError(InputError):
+    """The framework cannot run this request (not installed, no such device, preset not
+    expressible): bad input, one line, exit 2."""
+
+
+BackendError = RunnerError  # the name before the runner layer moved here
+
+
+def canonical_framework(name: str) -> str:
+    try:
+        return FRAMEWORK_ALIASES[name.lower()]
+    except KeyError:
+        raise ValueError(f"unknown framework {name!r}; use torch/pt, mindspore/ms or mmaction2") from None
+
+
+class Runner(ABC):
+    """build(cfg) -> load(arrays) -> forward / forward_intermediates / forward_isolated."""
+
+    name: str = ""
+
+    def __init__(self, device: str = "cpu", threads: Optional[int] = None):
+        if device not in ("cpu", "gpu"):
+            raise RunnerError(f"unknown device {device!r}; use cpu or gpu")
+        self.device = device
+        self.threads = threads or os.cpu_count() or 1
+        self.cfg: Optional[I3DNLConfig] = None
+
+    @abstractmethod
+    def build(self, cfg: I3DNLConfig) -> None:
+        """Make the network of ``cfg`` (eval mode) on the runner's device."""
+
+    @abstractmethod
+    def load(self, arrays: Dict[str, np.ndarray]) -> None:
+        """Load canonical arrays, strictly (every key, shape and dtype)."""
+
+    @abstractmethod
+    def forward_intermediates(self, clip: np.ndarray) -> Dict[str, np.ndarray]:
+        """Every canonical layer's output (``logits`` last) for an (N, C, T, H, W) clip."""
+
+    @abstractmethod
+    def forward_isolated(self, clip: np.ndarray, reference: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
+        """Each layer run on the *reference's* input to that layer, so that a layer's own
+        error shows apart from what it inherits."""
+
+    @abstractmethod
+    def forward(self, clip: np.ndarray) -> np.ndarray:
+        """The network's output for a clip (logits, or Caffe2's averaged probabilities)."""
+
+    @abstractmethod
+    def sync(self) -> None:
+        """Wait for the device: a timer stopped before this measures a queue, not work."""
+
+    def versions(self) -> Dict[str, str]:
+        return {"numpy": np.__version__, "python": platform.python_version()}
+
+    def hardware(self) -> Dict[str, str]:
+        return {"device": self.device, "cpu": cpu_model(), "threads": str(self.threads)}
+
+    def time_forward(self, clip: np.ndarray, warmup: int = 1, iters: int = 3) -> List[float]:
+        """Seconds per forward pass: ``warmup`` untimed passes, then ``iters`` timed ones,
+        each ended by a device sync."""
+        for _ in range(warmup):
+            self.forward(clip)
+        self.sync()
+        times = []
+        for _ in range(iters):
+            t0 = time.perf_counter()
+            self.forward(clip)
+            self.sync()
+            times.append(time.perf_counter() - t0)
+        return times
+
+
+def get_runner_class(framework: str) -> Type[Runner]:
+    module_name, cls_name = RUNNERS[canonical_framework(framework)].split(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise RunnerError(f"framework {framework!r} is not available here ({exc})") from None
+    return getattr(module, cls_name)
+
+
+def make_runner(framework: str, device: str = "cpu", threads: Optional[int] = None, **options) -> Runner:
+    """A runner by framework name; ``options`` are the framework's own (``mode`` for MindSpore)."""
+    cls = get_runner_class(framework)
+    try:
+        return cls(device=device, threads=threads, **options)
+    except ImportError as exc:
+        raise RunnerError(f"framework {framework!r} is not installed ({exc})") from None
+    except TypeError as exc:
+        raise RunnerError(f"{framework}: {exc}") from None
