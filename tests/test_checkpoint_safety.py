@@ -582,7 +582,7 @@ def test_every_mindspore_optimisers_state_is_ignored_by_our_mindspore_scheme():
     cfg = get_preset("i3d_nl_dot_product_r50")
     rng = np.random.default_rng(2)
     canonical = {k: rng.standard_normal(shape, dtype=np.float32) for k, shape in parameter_specs(cfg).items()}
-    weights = mindspore_ckpt.from_canonical(canonical)
+    weights = mindspore_ckpt.from_canonical(canonical, cfg)
     assert mindspore_ckpt.looks_like_mindspore(_with_training_state(weights, ["accum.", "stat."], ["global_step"]))
     _check_imports(weights, canonical, cfg, MINDSPORE_WROTE, mindspore_ckpt.to_canonical, "mindspore")
 
@@ -606,7 +606,7 @@ def test_seed_sgd_training_checkpoint_file_imports_and_says_what_it_ignored(mind
 
 def test_training_families_never_swallow_a_model_parameter():
     for preset, names in (("i3d_nl_mindvideo_r50", lambda c: mindvideo.from_canonical(parameter_specs(c), c)),
-                          ("i3d_nl_dot_product_r50", lambda c: mindspore_ckpt.from_canonical(parameter_specs(c)))):
+                          ("i3d_nl_dot_product_r50", lambda c: mindspore_ckpt.from_canonical(parameter_specs(c), c))):
         cfg = get_preset(preset)
         assert [k for k in names(cfg) if training_family(k)] == []
 

@@ -243,10 +243,10 @@ def test_foreign_checkpoint_runs_in_torch_and_mindspore_with_parity(fmt, clip, t
         path = tmp_path / "i3d_nonlocal_32x2_IN_pretrain_400k.pkl"
         _write_caffe2_pkl(path, canonical, cfg)
     else:
-        from harness.checkpoints.io import WRITERS
+        from harness.checkpoints.formats import CONTAINERS
 
         path = tmp_path / "nonlocal_kinetics400_mindspore.ckpt"
-        WRITERS["ckpt"](str(path), mindvideo.from_canonical(canonical, cfg))
+        CONTAINERS["ckpt"].write(str(path), mindvideo.from_canonical(canonical, cfg))
     np.save(tmp_path / "clip.npy", clip)
     proc = cli("harness.parity", "--arch", preset, "--frameworks", "torch,ms", "--checkpoint", path,
                "--input", tmp_path / "clip.npy", "--json", tmp_path / "parity.json", "-v")

@@ -8,12 +8,12 @@ import sys
 import numpy as np
 import pytest
 
-from harness.backends_ms import configure_onednn_isa
+from harness.runners.mindspore_runner import configure_onednn_isa
 from harness.checkpoints import SCHEMES, detect_scheme, mindspore_ckpt
 from harness.checkpoints.io import CheckpointError, read_raw, sniff_container
 from harness.checkpoints.mindspore_ckpt import parse_ckpt, read_ckpt, serialize_ckpt, write_ckpt
 
-configure_onednn_isa()  # before MindSpore is imported (see harness.backends_ms)
+configure_onednn_isa()  # before MindSpore is imported (see harness.runners.mindspore_runner)
 ms = pytest.importorskip("mindspore")
 pytestmark = pytest.mark.mindspore
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -125,8 +125,10 @@ def test_truncated_ckpt_is_a_one_line_error(tmp_path):
 
 def test_reading_and_writing_need_no_mindspore(tmp_path):
     write_ckpt(str(tmp_path / "a.ckpt"), {"x": np.ones(3, np.float32)})
-    code = ("import sys; from harness.checkpoints.io import read_raw, WRITERS; "
-            f"raw = read_raw({str(tmp_path / 'a.ckpt')!r}); WRITERS['ckpt']({str(tmp_path / 'b.ckpt')!r}, raw.arrays); "
+    code = ("import sys; from harness.checkpoints.io import read_raw; "
+            "from harness.checkpoints.formats import CONTAINERS; "
+            f"raw = read_raw({str(tmp_path / 'a.ckpt')!r}); "
+            f"CONTAINERS['ckpt'].write({str(tmp_path / 'b.ckpt')!r}, raw.arrays); "
             "assert 'mindspore' not in sys.modules, 'mindspore was imported'; print(raw.container)")
     proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, text=True, capture_output=True)
     assert proc.returncode == 0 and proc.stdout.strip() == "ckpt", proc.stderr
@@ -142,4 +144,4 @@ def test_mindspore_scheme_is_detected_before_canonical():
     assert detect_scheme(ms_names) == "mindspore"
     assert detect_scheme(list(parameter_specs(cfg))) == "canonical"
     assert detect_scheme(ms_names + ["global_step", "moments.stem.conv.weight"]) == "mindspore"
-    assert not SCHEMES["mindspore"][0](["backbone.conv1.features.0.weight", "head.dense.weight"])
+    assert not SCHEMES["mindspore"].detect(["backbone.conv1.features.0.weight", "head.dense.weight"])

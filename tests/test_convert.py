@@ -70,7 +70,7 @@ def test_round_trips_are_bit_exact_and_keep_the_dtype(tmp_path, capsys, fmt, dty
     assert_identical(arrays, back)
 
 
-def test_foreign_schemes_registered_elsewhere_are_formats_too(tmp_path, capsys):
+def test_every_foreign_scheme_is_a_format_both_ways(tmp_path, capsys):
     arrays = random_canonical(DEFAULT, seed=3)
     np.savez(tmp_path / "src.npz", **arrays)
     for src, dst, extra in (("src.npz", "c2.pkl", ()), ("c2.pkl", "mv.ckpt", ("--to", "mindvideo")),
@@ -84,7 +84,7 @@ def test_content_decides_and_the_preset_is_found(tmp_path, capsys):
     arrays = random_canonical("i3d_nl_caffe2_r50")
     from harness.checkpoints.mindspore_ckpt import from_canonical
 
-    write_ckpt(str(tmp_path / "weights.bin"), from_canonical(arrays))
+    write_ckpt(str(tmp_path / "weights.bin"), from_canonical(arrays, get_preset("i3d_nl_caffe2_r50")))
     code, out, err = run(capsys, tmp_path / "weights.bin", tmp_path / "w.safetensors")
     assert code == 0, err
     assert "mindspore names in a ckpt file, arch i3d_nl_caffe2_r50" in out
@@ -99,7 +99,7 @@ def test_content_decides_and_the_preset_is_found(tmp_path, capsys):
 def test_ckpt_of_another_architecture_is_refused(tmp_path, capsys):
     from harness.checkpoints.mindspore_ckpt import from_canonical
 
-    write_ckpt(str(tmp_path / "i3d.ckpt"), from_canonical(random_canonical("i3d_r50")))
+    write_ckpt(str(tmp_path / "i3d.ckpt"), from_canonical(random_canonical("i3d_r50"), get_preset("i3d_r50")))
     line = one_line_error(capsys, tmp_path / "i3d.ckpt", tmp_path / "x.npz", "--arch", DEFAULT)
     assert "does not fit arch 'i3d_nl_dot_product_r50'" in line and "missing" in line
     write_ckpt(str(tmp_path / "mlp.ckpt"), {"fc1.weight": np.ones((4, 3), np.float32)})
@@ -138,3 +138,56 @@ def test_the_cli_as_a_user_runs_it(cli, tmp_path):
     unknown = cli("harness.convert", tmp_path / "w.ckpt", tmp_path / "x.npz", "--arch", "nope")
     assert unknown.returncode == 2 and len(unknown.stderr.strip().splitlines()) == 1
     assert cli("harness.convert", "--help").returncode == 0
+
+
+def test_a_file_that_does_not_read_back_identical_is_exit_1(tmp_path, capsys, monkeypatch):
+    """The read-back check itself: a destination whose bytes came back different (simulated
+    where convert reads it back) fails with exit 1 after saying what was read."""
+    np.savez(tmp_path / "src.npz", **random_canonical("i3d_r50", np.float16))
+    dst = tmp_path / "w.safetensors"
+    real_read_raw = convert.read_raw
+
+    def read_back_damaged(path, trust=False):
+        raw = real_read_raw(path, trust=trust)
+        if path == str(dst):
+            raw.arrays["res4.2.conv2.weight"] = raw.arrays["res4.2.conv2.weight"] * 2
+        return raw
+
+    monkeypatch.setattr(convert, "read_raw", read_back_damaged)
+    code, out, err = run(capsys, tmp_path / "src.npz", dst)
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert code == 1 and out.startswith("read ") and "wrote" not in out
+    assert len(lines) == 1 and lines[0] == f"error: {dst} does not read back byte-identical: res4.2.conv2.weight"
+
+
+def test_names_the_destination_cannot_express_are_refused_before_writing(tmp_path, capsys):
+    """mindvideo's names have no bias for Caffe2's non-local output conv (once a KeyError traceback)."""
+    np.savez(tmp_path / "c2.npz", **random_canonical("i3d_nl_caffe2_r50", np.float16))
+    line = one_line_error(capsys, tmp_path / "c2.npz", tmp_path / "mv.ckpt", "--to", "mindvideo")
+    assert "mindvideo names cannot express i3d_nl_caffe2_r50" in line and "non_local.out.bias" in line
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c2.npz"]
+
+
+def test_a_write_that_fails_is_one_line_and_leaves_nothing(tmp_path, capsys, monkeypatch):
+    import os
+
+    np.savez(tmp_path / "src.npz", **random_canonical("i3d_r50", np.float16))
+
+    def disk_full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "replace", disk_full)
+    line = one_line_error(capsys, tmp_path / "src.npz", tmp_path / "w.pth")
+    assert line == f"error: cannot write {tmp_path / 'w.pth'}: No space left on device"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["src.npz"]
+
+
+def test_convert_is_a_function_of_typed_arguments(tmp_path):
+    arrays = random_canonical("i3d_r50", np.float16)
+    np.savez(tmp_path / "src.npz", **arrays)
+    result = convert.convert(str(tmp_path / "src.npz"), str(tmp_path / "w.bin"), dst_format="MindSpore",
+                             arch="i3d_r50")
+    assert result.mismatched == [] and result.format.name == "ms"
+    assert (result.source.scheme, result.source.container, result.source.cfg.name) == ("canonical", "npz", "i3d_r50")
+    assert "stem.bn.bn2d.gamma" in result.written and len(result.written) == len(arrays)
+    assert result.describe().startswith(f"wrote {tmp_path / 'w.bin'}: ms (mindspore names in a ckpt file)")

@@ -1,45 +1,29 @@
-"""Weight files in, canonical arrays out: containers (``io``), naming schemes, registry.
+"""Weight files in, canonical arrays out: containers and naming schemes (``formats``), registry.
 
 ``load_weights(path, cfg)`` reads any supported file, recognises its naming scheme from
 its keys, renames it to the canonical names of ``cfg`` and checks every key and shape.
-Importers are pure functions over dicts of arrays, so each is testable without a file.
+Which containers and schemes exist is :mod:`harness.checkpoints.formats`, the one table;
+importers are pure functions over dicts of arrays, so each is testable without a file.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable, Dict, Iterable, Tuple
+from typing import Dict, Iterable
 
 import numpy as np
 
 from frameworks.spec.arch import I3DNLConfig, WeightMismatchError, check_weights
-from harness.checkpoints import caffe2, mindspore_ckpt, mindvideo, mmaction2
-from harness.checkpoints.io import READERS, WRITERS, CheckpointError, RawCheckpoint, read_raw, sha256_file
+from harness.checkpoints import caffe2, mindspore_ckpt, mindvideo, mmaction2  # noqa: F401 - public submodules
+from harness.checkpoints.formats import SCHEMES, Scheme, find_scheme
+from harness.checkpoints.io import CheckpointError, RawCheckpoint, read_raw, sha256_file
 
-__all__ = ["CheckpointError", "LoadedWeights", "load_weights", "to_canonical", "SCHEMES"]
-
-
-def _looks_canonical(keys: Iterable[str]) -> bool:
-    keys = list(keys)
-    return bool(keys) and all(k.startswith(("stem.", "pool", "res", "head.")) for k in keys)
+__all__ = ["CheckpointError", "LoadedWeights", "SchemeCannotName", "WeightsDoNotFit", "detect_scheme",
+           "from_canonical", "load_weights", "to_canonical", "SCHEMES"]
 
 
-def _canonical(arrays: Dict[str, np.ndarray], cfg: I3DNLConfig) -> Dict[str, np.ndarray]:
-    return {k: v for k, v in arrays.items() if not k.endswith("num_batches_tracked")}
-
-
-# name -> (detect(keys) -> bool, to_canonical(arrays, cfg) -> arrays); tried in order.
-SCHEMES: Dict[str, Tuple[Callable[[Iterable[str]], bool],
-                         Callable[[Dict[str, np.ndarray], I3DNLConfig], Dict[str, np.ndarray]]]] = {
-    # before "canonical": our MindSpore names share its prefixes (BN parameters differ)
-    "mindspore": (mindspore_ckpt.looks_like_mindspore, mindspore_ckpt.to_canonical),
-    "canonical": (_looks_canonical, _canonical),
-    "mmaction2": (mmaction2.looks_like_mmaction2, mmaction2.to_canonical),
-    "caffe2": (caffe2.looks_like_caffe2, caffe2.to_canonical),
-    "mindvideo": (mindvideo.looks_like_mindvideo, mindvideo.to_canonical),
-}
-
-READERS["pickle"] = caffe2.read_pickle
-WRITERS["pickle"] = caffe2.write_pickle
+class SchemeCannotName(CheckpointError):
+    """A naming scheme that has no name for a parameter of the arch asked for (mindvideo's
+    names have no bias for the non-local output conv of ``i3d_nl_caffe2_r50``)."""
 
 
 @dataclass
@@ -63,26 +47,40 @@ class LoadedWeights:
 
 def ignored_entries(keys: Iterable[str], scheme: str) -> Dict[str, int]:
     """The training-state entries a scheme's importer drops, counted by family."""
-    if scheme in ("mindspore", "mindvideo"):
-        return mindspore_ckpt.ignored_training_entries(keys)
-    return {}
+    return find_scheme(scheme).ignored(keys)
 
 
 def detect_scheme(keys: Iterable[str]) -> str:
     keys = list(keys)
-    for name, (detect, _) in SCHEMES.items():
-        if detect(keys):
-            return name
+    for scheme in SCHEMES.values():
+        if scheme.detect(keys):
+            return scheme.name
     sample = ", ".join(keys[:3])
     raise CheckpointError(f"unrecognised parameter names (first keys: {sample})")
 
 
+def _cannot_name(scheme: Scheme, cfg: I3DNLConfig, exc: KeyError) -> SchemeCannotName:
+    return SchemeCannotName(f"{scheme.name} names cannot express {cfg.name} ({exc.args[0]})")
+
+
 def to_canonical(arrays: Dict[str, np.ndarray], cfg: I3DNLConfig, scheme: str = "auto") -> Dict[str, np.ndarray]:
     """Pure: foreign arrays -> canonical arrays for ``cfg``, strictly checked."""
-    scheme = detect_scheme(arrays) if scheme == "auto" else scheme
-    canonical = SCHEMES[scheme][1](arrays, cfg)
-    check_weights(cfg, {k: np.shape(v) for k, v in canonical.items()}, context=f"{scheme} weights")
+    found = find_scheme(detect_scheme(arrays) if scheme == "auto" else scheme)
+    try:
+        canonical = found.to_canonical(arrays, cfg)
+    except KeyError as exc:   # a rename table with no rule for one of cfg's parameters
+        raise _cannot_name(found, cfg, exc) from None
+    check_weights(cfg, {k: np.shape(v) for k, v in canonical.items()}, context=f"{found.name} weights")
     return canonical
+
+
+def from_canonical(arrays: Dict[str, np.ndarray], cfg: I3DNLConfig, scheme: str) -> Dict[str, np.ndarray]:
+    """Pure: canonical arrays -> ``scheme``'s names (the values are the same objects)."""
+    found = find_scheme(scheme)
+    try:
+        return found.from_canonical(arrays, cfg)
+    except KeyError as exc:
+        raise _cannot_name(found, cfg, exc) from None
 
 
 class WeightsDoNotFit(CheckpointError):
@@ -99,9 +97,9 @@ def load_weights(path: str, cfg: I3DNLConfig, scheme: str = "auto", *, trust: bo
     path = resolve(path)
     raw: RawCheckpoint = read_raw(path, trust=trust)
     try:
-        found = detect_scheme(raw.arrays) if scheme == "auto" else scheme
+        found = detect_scheme(raw.arrays) if scheme == "auto" else find_scheme(scheme).name
         arrays = to_canonical(raw.arrays, cfg, found)
-    except WeightMismatchError as exc:
+    except (WeightMismatchError, SchemeCannotName) as exc:
         raise WeightsDoNotFit(f"{path} does not fit arch {cfg.name!r} (depth {cfg.depth}): {exc}") from None
     except CheckpointError as exc:
         raise CheckpointError(f"{path}: {exc}") from None

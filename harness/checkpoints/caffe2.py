@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import io
 import pickle
-from typing import Dict
+from typing import Dict, Optional
 
 import numpy as np
 
@@ -26,6 +26,7 @@ from frameworks.spec.arch import I3DNLConfig
 from frameworks.spec.naming import RenameTable
 from harness.checkpoints.io import CheckpointError, RawCheckpoint, refusal
 from harness.checkpoints.safe_pickle import RefusedGlobal, fix_imports
+from harness.files import atomic_path
 
 BN_SUFFIX = {"weight": "s", "bias": "b", "running_mean": "rm", "running_var": "riv"}
 BRANCHES = {"1": "branch2a", "2": "branch2b", "3": "branch2c"}  # canonical conv{k}/bn{k}
@@ -72,6 +73,11 @@ def from_canonical(arrays: Dict[str, np.ndarray], cfg: I3DNLConfig) -> Dict[str,
 
 
 # --------------------------------------------------------------------------- reading
+def looks_like_pickle(path: str, head: bytes) -> bool:
+    """A pickle of protocol 2 or later starts with its PROTO opcode."""
+    return head[:1] == b"\x80"
+
+
 class _NumpyOnlyUnpickler(pickle.Unpickler):
     """A pickle of numpy arrays and plain containers, nothing else: a checkpoint from the
     internet must not run code when read."""
@@ -83,6 +89,7 @@ class _NumpyOnlyUnpickler(pickle.Unpickler):
         ("collections", "OrderedDict"), ("builtins", "bytearray"), ("copy_reg", "_reconstructor"),
         ("__builtin__", "object"), ("builtins", "object"),
         ("_codecs", "encode"),  # how Python 3 writes bytes at protocol 2
+        ("__builtin__", "bytes"), ("builtins", "bytes"),  # ... and an empty array's b"" (bytes())
     }
 
     def find_class(self, module, name):
@@ -113,13 +120,11 @@ def read_pickle(path: str, trust: bool = False) -> RawCheckpoint:
     return RawCheckpoint(path, "pickle", arrays, meta)
 
 
-def write_pickle(path: str, arrays: Dict[str, np.ndarray], meta=None) -> None:
-    """Write blobs as the authors' tool does (protocol 2, ``{"blobs": ...}``)."""
-    import os
-
+def write_pickle(path: str, arrays: Dict[str, np.ndarray], meta: Optional[dict] = None) -> None:
+    """Write blobs as the authors' tool does (protocol 2, ``{"blobs": ...}``); ``meta``
+    (``model_iter``, ``lr``) goes beside them, where :func:`read_pickle` finds it."""
     blobs = dict(arrays)
     blobs.update(meta or {})
-    tmp = path + ".tmp"
-    with open(tmp, "wb") as f:
-        pickle.dump({"blobs": blobs}, f, protocol=2)
-    os.replace(tmp, path)
+    with atomic_path(path, suffix=".pkl") as tmp:
+        with open(tmp, "wb") as f:
+            pickle.dump({"blobs": blobs}, f, protocol=2)

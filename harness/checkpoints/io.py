@@ -1,8 +1,10 @@
-"""Reading and writing weight files as ``{name: numpy array}``, format found from content.
+"""Reading and writing weight files as ``{name: numpy array}``, the container found from content.
 
-Formats: PyTorch zip (``.pth``/``.pt``, ``torch.save``), numpy ``.npz``, ``.safetensors``.
-(MindSpore ``.ckpt`` and Caffe2 ``.pkl`` readers register themselves in ``READERS``.)
-The content, not the extension, decides; the extension only breaks ties.
+This module holds the PyTorch zip (``.pth``/``.pt``, ``torch.save``), numpy ``.npz`` and
+``.safetensors`` containers (sniffer, reader, writer each); MindSpore ``.ckpt`` and Caffe2
+``.pkl`` have modules of their own. Which containers exist, and in which order their
+sniffers are tried, is :data:`harness.checkpoints.formats.CONTAINERS`: :func:`read_raw` and
+:func:`sniff_container` read that table. The content, not the extension, decides.
 """
 from __future__ import annotations
 
@@ -14,9 +16,11 @@ import os
 import struct
 import zipfile
 from dataclasses import dataclass, field
-from typing import Callable, Dict, List, Optional, Tuple
+from typing import Dict, List, Optional
 
 import numpy as np
+
+from harness.files import atomic_path
 
 log = logging.getLogger(__name__)
 
@@ -62,43 +66,60 @@ def arrays_sha256(arrays: Dict[str, np.ndarray]) -> str:
 
 
 # ----------------------------------------------------------------------- detection
+ZIP_MAGIC = b"PK\x03\x04"
+HEAD_BYTES = 16   # what every sniffer is shown of a file's start
+
+
+def _zip_members(path: str) -> List[str]:
+    try:
+        with zipfile.ZipFile(path) as z:
+            return z.namelist()
+    except zipfile.BadZipFile:
+        raise CheckpointError(f"{path} is a damaged zip archive (truncated download?)") from None
+
+
+def looks_like_torch(path: str, head: bytes) -> bool:
+    """A ``torch.save`` zip: a zip archive holding a ``data.pkl``."""
+    return head[:4] == ZIP_MAGIC and any(n.endswith("data.pkl") for n in _zip_members(path))
+
+
+def looks_like_npz(path: str, head: bytes) -> bool:
+    """An ``.npz``: a zip archive of ``.npy`` members only."""
+    if head[:4] != ZIP_MAGIC:
+        return False
+    names = _zip_members(path)
+    return bool(names) and all(n.endswith(".npy") for n in names)
+
+
+def looks_like_safetensors(path: str, head: bytes) -> bool:
+    """A little-endian u64 header length, then the JSON header's ``{``."""
+    if len(head) < 9:
+        return False
+    (header_len,) = struct.unpack("<Q", head[:8])
+    return 2 <= header_len < 100_000_000 and head[8:9] == b"{"
+
+
 def sniff_container(path: str) -> str:
-    """Which container a file is, from its first bytes (and a zip's member names)."""
+    """Which container a file is, from its first bytes (and a zip's member names): the
+    first of :data:`harness.checkpoints.formats.CONTAINERS` whose sniffer says yes."""
+    from harness.checkpoints.formats import CONTAINERS
+
     if not os.path.isfile(path):
         raise CheckpointError(f"no such checkpoint file: {path}")
     if os.path.getsize(path) == 0:
         raise CheckpointError(f"{path} is empty")
     try:
         with open(path, "rb") as f:
-            head = f.read(16)
+            head = f.read(HEAD_BYTES)
     except OSError as exc:  # unreadable (chmod 000, a FIFO, a vanished file)
         raise CheckpointError(f"cannot read {path}: {exc.strerror or exc}") from None
-    if head[:4] == b"PK\x03\x04":
-        try:
-            with zipfile.ZipFile(path) as z:
-                names = z.namelist()
-        except zipfile.BadZipFile:
-            raise CheckpointError(f"{path} is a damaged zip archive (truncated download?)") from None
-        if any(n.endswith("data.pkl") for n in names):
-            return "torch"
-        if names and all(n.endswith(".npy") for n in names):
-            return "npz"
+    for container in CONTAINERS.values():
+        if container.sniff(path, head):
+            return container.name
+    if head[:4] == ZIP_MAGIC:
         raise CheckpointError(f"{path} is a zip archive but neither a torch.save file nor an .npz")
-    if len(head) >= 9:
-        (header_len,) = struct.unpack("<Q", head[:8])
-        if 2 <= header_len < 100_000_000 and head[8:9] == b"{":
-            return "safetensors"
-    if head[:1] == b"\x80":
-        return "pickle"
-    for container, probe in _SNIFFERS:
-        if probe(path, head):
-            return container
-    raise CheckpointError(f"{path}: not a weight file this tool reads "
-                          "(torch .pth, .npz, .safetensors, MindSpore .ckpt, Caffe2 .pkl)")
-
-
-# Extra sniffers (e.g. MindSpore's protobuf .ckpt) register here: (name, probe(path, head)).
-_SNIFFERS: List[Tuple[str, Callable[[str, bytes], bool]]] = []
+    kinds = ", ".join(c.label for c in CONTAINERS.values())
+    raise CheckpointError(f"{path}: not a weight file this tool reads ({kinds})")
 
 
 # ------------------------------------------------------------------------- readers
@@ -140,7 +161,7 @@ def _torch_load(path: str, trust: bool):
         return torch.load(path, map_location="cpu", weights_only=True), set()
 
 
-def _read_torch(path: str, trust: bool = False) -> RawCheckpoint:
+def read_torch(path: str, trust: bool = False) -> RawCheckpoint:
     """A ``torch.save`` zip: its ``state_dict`` (or the dict itself) as arrays, and ``meta``.
     Without ``trust`` nothing from the file is imported or run (see
     :mod:`harness.checkpoints.safe_pickle`): mmengine's ``message_hub``, ``optimizer`` and
@@ -187,7 +208,7 @@ def _read_torch(path: str, trust: bool = False) -> RawCheckpoint:
     return RawCheckpoint(path, "torch", arrays, inert_copy(meta) if isinstance(meta, dict) else {})
 
 
-def _read_npz(path: str, trust: bool = False) -> RawCheckpoint:
+def read_npz(path: str, trust: bool = False) -> RawCheckpoint:
     """An ``.npz``; object arrays (pickles) only with ``trust``."""
     try:
         with np.load(path, allow_pickle=trust) as z:
@@ -206,7 +227,7 @@ def _read_npz(path: str, trust: bool = False) -> RawCheckpoint:
     return RawCheckpoint(path, "npz", arrays)
 
 
-def _read_safetensors(path: str, trust: bool = False) -> RawCheckpoint:
+def read_safetensors(path: str, trust: bool = False) -> RawCheckpoint:
     """``.safetensors`` is a JSON header and raw bytes: there is no code to run."""
     try:
         from safetensors.numpy import load_file
@@ -219,60 +240,45 @@ def _read_safetensors(path: str, trust: bool = False) -> RawCheckpoint:
     return RawCheckpoint(path, "safetensors", dict(arrays))
 
 
-# Every reader is ``reader(path, trust=False)``: without ``trust`` it must not run code
-# from the file (no unpickling beyond harness.checkpoints.safe_pickle's rules).
-READERS: Dict[str, Callable[..., RawCheckpoint]] = {
-    "torch": _read_torch,
-    "npz": _read_npz,
-    "safetensors": _read_safetensors,
-}
-
-
 def read_raw(path: str, trust: bool = False) -> RawCheckpoint:
     """``path``'s arrays under their own names. Reading runs no code from the file; ``trust``
-    allows full unpickling (a pickle can run arbitrary code: only for files you trust)."""
-    container = sniff_container(path)
-    reader = READERS.get(container)
-    if reader is None:
-        raise CheckpointError(f"{path}: {container} files are not supported yet")
-    return reader(path, trust=trust)
+    allows full unpickling (a pickle can run arbitrary code: only for files you trust).
+    Every container's reader keeps that rule: see :class:`harness.checkpoints.formats.Container`."""
+    from harness.checkpoints.formats import CONTAINERS
+
+    return CONTAINERS[sniff_container(path)].read(path, trust=trust)
 
 
 # ------------------------------------------------------------------------- writers
+# Each writes through harness.files.atomic_path: a failure leaves neither a partial file
+# nor a temporary one, and an existing file is replaced only by a complete one.
 def write_npz(path: str, arrays: Dict[str, np.ndarray]) -> None:
     """An ``.npz`` that ``np.load`` reads like ``np.savez``'s, but with fixed zip timestamps,
     so that the same arrays always give the same bytes; replaced atomically."""
-    tmp = path + ".tmp"
-    with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as archive:
-        for name, value in arrays.items():
-            buffer = io.BytesIO()
-            np.lib.format.write_array(buffer, np.asanyarray(value), allow_pickle=False)
-            info = zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0))
-            info.external_attr = 0o600 << 16
-            archive.writestr(info, buffer.getvalue())
-    os.replace(tmp, path)
+    with atomic_path(path, suffix=".npz") as tmp:
+        with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as archive:
+            for name, value in arrays.items():
+                buffer = io.BytesIO()
+                np.lib.format.write_array(buffer, np.asanyarray(value), allow_pickle=False)
+                info = zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0))
+                info.external_attr = 0o600 << 16
+                archive.writestr(info, buffer.getvalue())
 
 
 def write_torch(path: str, arrays: Dict[str, np.ndarray], meta: Optional[dict] = None) -> None:
+    """A ``torch.save`` state dict (under ``"state_dict"`` beside ``meta`` when there is one)."""
     import torch
 
     state = {k: torch.from_numpy(_c_order(v)) for k, v in arrays.items()}
-    tmp = path + ".tmp"
-    torch.save({"state_dict": state, "meta": meta or {}} if meta else state, tmp)
-    os.replace(tmp, path)
+    with atomic_path(path, suffix=".pth") as tmp:
+        torch.save({"state_dict": state, "meta": meta} if meta else state, tmp)
 
 
 def write_safetensors(path: str, arrays: Dict[str, np.ndarray], meta: Optional[dict] = None) -> None:
+    """``.safetensors``; ``meta`` goes into its string metadata, each value as JSON."""
     from safetensors.numpy import save_file
 
-    tmp = path + ".tmp"
-    save_file({k: _c_order(v) for k, v in arrays.items()}, tmp,
-              metadata={k: json.dumps(v) for k, v in (meta or {}).items()})
-    os.replace(tmp, path)
-
-
-WRITERS: Dict[str, Callable[..., None]] = {
-    "npz": lambda path, arrays, meta=None: write_npz(path, arrays),
-    "torch": write_torch,
-    "safetensors": write_safetensors,
-}
+    tensors = {k: _c_order(v) for k, v in arrays.items()}
+    metadata = {k: json.dumps(v) for k, v in (meta or {}).items()}
+    with atomic_path(path, suffix=".safetensors") as tmp:
+        save_file(tensors, tmp, metadata=metadata)

@@ -23,9 +23,10 @@ writer below produces the same bytes as ``save_checkpoint`` for the same arrays;
 reader accepts packed ``dims`` too. Encrypted checkpoints and map parameters are refused
 with a one-line reason.
 
-Importing this module registers the ``ckpt`` container with :mod:`harness.checkpoints.io`
-(reader, writer, content sniffer), and defines the ``mindspore`` naming scheme: the
-parameter names of *our* MindSpore model (:data:`frameworks.spec.naming.MINDSPORE_RENAME`).
+This module is the ``ckpt`` container (sniffer, reader, writer) and the ``mindspore``
+naming scheme, the parameter names of *our* MindSpore model
+(:data:`frameworks.spec.naming.MINDSPORE_RENAME`); :mod:`harness.checkpoints.formats`
+lists both in its tables.
 """
 from __future__ import annotations
 
@@ -38,7 +39,8 @@ import numpy as np
 
 from frameworks.spec.arch import I3DNLConfig
 from frameworks.spec.naming import MINDSPORE_RENAME
-from harness.checkpoints.io import READERS, WRITERS, _SNIFFERS, CheckpointError, RawCheckpoint
+from harness.checkpoints.io import CheckpointError, RawCheckpoint
+from harness.files import atomic_path
 
 # tensor_type strings, as MindSpore's serialization.py spells them.
 _NUMPY_OF = {
@@ -227,10 +229,9 @@ def serialize_ckpt(arrays: Dict[str, np.ndarray]) -> bytes:
 def write_ckpt(path: str, arrays: Dict[str, np.ndarray], meta: Optional[dict] = None) -> None:
     """Write ``arrays`` as a MindSpore ``.ckpt`` (``meta`` has no place in the format)."""
     data = serialize_ckpt(arrays)
-    tmp = path + ".tmp"
-    with open(tmp, "wb") as f:
-        f.write(data)
-    os.replace(tmp, path)
+    with atomic_path(path, suffix=".ckpt") as tmp:
+        with open(tmp, "wb") as f:
+            f.write(data)
 
 
 # --------------------------------------------------------------------------- sniffing
@@ -330,11 +331,8 @@ def to_canonical(arrays: Dict[str, np.ndarray], cfg: I3DNLConfig) -> Dict[str, n
     return MINDSPORE_RENAME.to_canonical(kept, cfg, context="MindSpore checkpoint")
 
 
-def from_canonical(arrays: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
+def from_canonical(arrays: Dict[str, np.ndarray], cfg: Optional[I3DNLConfig] = None) -> Dict[str, np.ndarray]:
+    """Canonical names -> our MindSpore model's names. The signature of every scheme's
+    ``from_canonical``; these names do not depend on ``cfg``, which callers written before
+    it had one may leave out."""
     return MINDSPORE_RENAME.from_canonical(arrays)
-
-
-READERS["ckpt"] = read_ckpt
-WRITERS["ckpt"] = write_ckpt
-if not any(name == "ckpt" for name, _ in _SNIFFERS):
-    _SNIFFERS.append(("ckpt", looks_like_ckpt))
