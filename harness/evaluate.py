@@ -211,19 +211,6 @@ class EvaluationRequest:
 
 
 # ----------------------------------------------------------------------------- weights
-def check_model_weights(arrays: Dict[str, np.ndarray], what: str) -> None:
-    """The models run float32 and finite: anything else is refused before any work."""
-    wrong = sorted({str(np.asarray(v).dtype) for v in arrays.values()} - {"float32"})
-    if wrong:
-        raise InputError(f"{what}: dtype mismatch: the weights hold {', '.join(wrong)}; the models run float32 "
-                         "(convert the weights to float32 first)")
-    bad = {k: int((~np.isfinite(v)).sum()) for k, v in arrays.items() if not np.isfinite(v).all()}
-    if bad:
-        name = next(iter(bad))
-        raise InputError(f"{what}: {sum(bad.values())} non-finite values in {len(bad)} tensors "
-                         f"(first: {name}, {bad[name]})")
-
-
 def seeded_weights_for(req: EvaluationRequest, index, cache_dir: str, calibration_videos: int = 16) -> str:
     """Seeded random weights made by the torch runner in a child process (MindSpore and
     torch never share one), cached beside the scores so that a resumed run reuses them.
@@ -254,17 +241,17 @@ def seeded_weights_for(req: EvaluationRequest, index, cache_dir: str, calibratio
 
 def _weights(req: EvaluationRequest, index, store: ScoreStore) -> Tuple[Dict[str, np.ndarray], str, str]:
     """(canonical arrays, what they are, the checkpoint's digest or the arrays' own)."""
-    from harness.checkpoints import load_weights
+    from harness.checkpoints import check_runnable, load_weights
     from harness.checkpoints.io import arrays_sha256
 
     if req.checkpoint:
         loaded = load_weights(req.checkpoint, req.cfg, trust=req.trust)
-        check_model_weights(loaded.arrays, req.checkpoint)
+        check_runnable(loaded.arrays, req.checkpoint)
         print(f"weights: {loaded.describe()}", file=sys.stderr, flush=True)
         return loaded.arrays, loaded.path, loaded.sha256
     with np.load(seeded_weights_for(req, index, store.dir), allow_pickle=False) as z:
         arrays = {k: z[k] for k in z.files}
-    check_model_weights(arrays, "random weights")
+    check_runnable(arrays, "random weights")
     print(f"weights: seeded random (seed {req.seed}) - a framework comparison, not an accuracy",
           file=sys.stderr, flush=True)
     label = f"random (seed {req.seed}; BN statistics calibrated on clips of this dataset)"

@@ -163,19 +163,16 @@ def run(req: ParityRequest) -> Tuple[List[ParityReport], Dict[str, dict]]:
 def _weights(req: ParityRequest, clip_path: str, tmp: str) -> str:
     """The weights every framework loads, as canonical .npz: the checkpoint's, or seeded
     random ones whose BN statistics are calibrated on the compared clip."""
-    from harness.checkpoints import load_weights
+    from harness.checkpoints import check_runnable, load_weights, non_finite
     from harness.checkpoints.io import write_npz
     from harness.runners.child import Job, run_job
 
     path = req.save_weights or os.path.join(tmp, "weights.npz")
     if req.checkpoint:
         loaded = load_weights(req.checkpoint, req.cfg, trust=req.trust)
-        wrong = sorted({str(v.dtype) for v in loaded.arrays.values()} - {"float32"})
-        if wrong:
-            raise InputError(f"{req.checkpoint}: dtype mismatch: the weights hold {', '.join(wrong)}; "
-                             "the models run float32 (convert the weights to float32 first)")
+        check_runnable(loaded.arrays, req.checkpoint, allow_non_finite=True)
         print(f"weights: {loaded.describe()}", flush=True)
-        bad = {k: int((~np.isfinite(v)).sum()) for k, v in loaded.arrays.items() if not np.isfinite(v).all()}
+        bad = non_finite(loaded.arrays)
         if bad:  # compared all the same: where the frameworks treat NaN differently is worth seeing
             print(f"warning: the weights hold {sum(bad.values())} non-finite values in {len(bad)} tensors "
                   f"(first: {next(iter(bad))})", file=sys.stderr, flush=True)

@@ -105,3 +105,25 @@ def load_weights(path: str, cfg: I3DNLConfig, scheme: str = "auto", *, trust: bo
         raise CheckpointError(f"{path}: {exc}") from None
     return LoadedWeights(arrays, path, raw.container, found, sha256_file(path), raw.meta,
                          ignored_entries(raw.arrays, found))
+
+
+def non_finite(arrays: Dict[str, np.ndarray]) -> Dict[str, int]:
+    """``{name: count}`` of the tensors holding NaN or inf, in order."""
+    return {k: int((~np.isfinite(v)).sum()) for k, v in arrays.items() if not np.isfinite(v).all()}
+
+
+def check_runnable(arrays: Dict[str, np.ndarray], what: str, allow_non_finite: bool = False) -> None:
+    """Weights the models can run: float32 (the formats' dtype policy) and, unless
+    ``allow_non_finite`` (parity compares them all the same), finite."""
+    from harness.checkpoints.formats import check_dtypes
+
+    try:
+        check_dtypes(arrays, require="float32")
+    except CheckpointError as exc:
+        raise CheckpointError(f"{what}: {exc}") from None
+    bad = {} if allow_non_finite else non_finite(arrays)
+    if bad:
+        name = next(iter(bad))
+        raise CheckpointError(f"{what}: {sum(bad.values())} non-finite values in {len(bad)} tensors "
+                              f"(first: {name}, {bad[name]})")
+
