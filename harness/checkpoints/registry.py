@@ -125,6 +125,10 @@ def _entry(name: str, body: dict, path: str) -> Entry:
     for key, allowed in (("denominator", DENOMINATORS), ("unreadable", UNREADABLE)):
         if key in published and published[key] not in allowed:
             raise CheckpointError(f"{path}: [{name}] published.{key} = {published[key]!r}, expected one of {allowed}")
+    from harness.checkpoints.formats import FORMATS
+
+    if fields.get("format") not in FORMATS:
+        raise CheckpointError(f"{path}: [{name}] format {fields.get('format')!r} is not one of {', '.join(FORMATS)}")
     filename = fields.get("filename")
     # the file lands in the cache under this name: a path would let an entry write anywhere
     if (not isinstance(filename, str) or not filename or filename in (".", "..") or "/" in filename
