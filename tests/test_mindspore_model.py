@@ -12,9 +12,9 @@ import pytest
 
 from frameworks.spec.arch import PRESETS, WeightMismatchError, get_preset, layer_names, layer_shapes, parameter_specs
 from frameworks.spec.naming import mindspore_names
-from harness.backends_ms import configure_onednn_isa, detect_cpu_isa
+from harness.runners.mindspore_runner import configure_onednn_isa, detect_cpu_isa
 
-configure_onednn_isa()  # before MindSpore is imported (see harness.backends_ms)
+configure_onednn_isa()  # before MindSpore is imported (see harness.runners.mindspore_runner)
 ms = pytest.importorskip("mindspore")
 from frameworks.mindspore import model as ms_model  # noqa: E402
 from frameworks.mindspore import weights as ms_weights  # noqa: E402
@@ -135,6 +135,33 @@ def test_entry_points_agree(nets):
     assert [f["module"] for f in net.feature_info] == ["res2", "res3", "res4", "res5"]
 
 
+@pytest.mark.parametrize("preset", list(PRESETS))
+def test_every_entry_point_runs_the_spec_stage_plan_without_renaming(nets, preset):
+    from frameworks.spec.arch import feature_info, stage_plan
+
+    cfg, net = nets(preset)
+    plan = stage_plan(cfg)
+    assert [name for name, _ in net.stages()] == [s.name for s in plan] == layer_names(cfg)
+    # the chain holds the network's own cells (at their canonical paths), not copies
+    paths = dict(net.cells_and_names())
+    for (name, cell), stage in zip(net.stages(), plan):
+        if stage.kind == "logits":  # the head's classifier, on its own
+            assert cell.head is paths["head"]
+        else:
+            assert cell is paths["head.pool" if stage.kind == "pool" else name], name
+    assert net.feature_cells == tuple(c for (_, c), s in zip(net.stages(), plan) if not s.is_head)
+    assert net.feature_info == feature_info(cfg)
+    # neither the chain nor the wrappers that graph mode compiles add a cell path or rename
+    # a parameter, and MindSpore's own strict loader finds every one
+    names = [p.name for p in net.get_parameters()]
+    assert all(path.split(".")[0] in ("stem", "pool1", "res2", "res3", "res4", "res5", "pool2", "head")
+               for path, _ in net.cells_and_names() if path)
+    for wrapper in (ms_model.IntermediatesNet(net), ms_model.IsolatedStagesNet(net)):
+        assert [p.name for p in wrapper.get_parameters()] == names
+    params = {p.name: ms.Parameter(ms.Tensor(p.asnumpy()), name=p.name) for p in net.get_parameters()}
+    assert ms.load_param_into_net(net, params, strict_load=True) == ([], [])
+
+
 def test_weights_round_trip_bit_exact_and_match_mindspores_own_checkpoint(nets, tmp_path):
     from harness.checkpoints import load_weights
 
@@ -190,7 +217,7 @@ def test_cpu_isa_detection():
 
 
 def test_runner_caps_onednn_before_importing_mindspore_and_says_so():
-    code = ("import os, json; from harness.backends_ms import MindSporeRunner; r = MindSporeRunner(threads=1); "
+    code = ("import os, json; from harness.runners.mindspore_runner import MindSporeRunner; r = MindSporeRunner(threads=1); "
             "print(json.dumps({'env': os.environ.get('ONEDNN_MAX_CPU_ISA'), **r.hardware(), **r.versions()}))")
     env = {k: v for k, v in os.environ.items() if k not in ("ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA")}
     proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, text=True, capture_output=True)
@@ -209,12 +236,12 @@ def test_runner_caps_onednn_before_importing_mindspore_and_says_so():
 
 @pytest.mark.gpu
 def test_same_code_on_gpu_matches_cpu():
-    from harness.backends import BackendError
-    from harness.backends_ms import MindSporeRunner
+    from harness.runners import RunnerError
+    from harness.runners.mindspore_runner import MindSporeRunner
 
     try:
         gpu = MindSporeRunner(device="gpu", mode="graph")
-    except BackendError as exc:
+    except RunnerError as exc:
         pytest.skip(str(exc))
     cfg = get_preset(DEFAULT)
     arrays = random_canonical(cfg, seed=4)

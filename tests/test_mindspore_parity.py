@@ -16,16 +16,16 @@ import numpy as np
 import pytest
 
 from frameworks.spec.arch import DEFAULT_PRESET, PRESETS, I3DNLConfig, NonLocalConfig, get_preset, layer_names
-from harness.backends_ms import configure_onednn_isa
+from harness.runners.mindspore_runner import configure_onednn_isa
 from harness.compare import compare_outputs, format_report
 
-configure_onednn_isa()  # before MindSpore is imported (see harness.backends_ms)
+configure_onednn_isa()  # before MindSpore is imported (see harness.runners.mindspore_runner)
 ms = pytest.importorskip("mindspore")
 torch = pytest.importorskip("torch")
 
 from frameworks.torch.model import I3DNL  # noqa: E402
 from frameworks.torch.weights import randomize, to_canonical  # noqa: E402
-from harness.backends_ms import MindSporeRunner  # noqa: E402
+from harness.runners.mindspore_runner import MindSporeRunner  # noqa: E402
 
 pytestmark = pytest.mark.mindspore
 SMALL = (1, 3, 8, 64, 64)

@@ -135,3 +135,90 @@ def test_foreign_graphs_reach_res5_with_the_documented_shape(preset, res5):
     with torch.no_grad():
         out = I3DNL(get_preset(preset)).eval().forward_intermediates(torch.zeros(REAL), names=["res5.2"])
     assert tuple(out["res5.2"].shape) == (1, 2048, *res5)
+
+
+# ------------------------------------------------------------------ the stage plan
+def _layer_names_before_the_stage_plan(cfg):
+    """``layer_names`` as it was written before :func:`stage_plan` (kept to pin the plan)."""
+    names = ["stem", "pool1"]
+    for blk in cfg.blocks():
+        names.append(blk.name)
+        if blk.non_local:
+            names.append(f"{blk.name}.non_local")
+        if blk.name == f"res2.{cfg.stage_blocks[0] - 1}" and cfg.pool2_kernel is not None:
+            names.append("pool2")
+    names += ["pool", "logits"]
+    return names
+
+
+def _layer_shapes_before_the_stage_plan(cfg, input_shape):
+    """``layer_shapes`` as it was written before :func:`stage_plan`."""
+    def conv_out(size, kernel, stride, pad, ceil=False):
+        span = size + 2 * pad - kernel
+        return (-(-span // stride) if ceil else span // stride) + 1
+
+    n, _, t, h, w = input_shape
+    thw = [t, h, w]
+    thw = [conv_out(x, k, s, p) for x, k, s, p in zip(thw, cfg.conv1_kernel, cfg.conv1_stride, cfg.conv1_padding)]
+    shapes = {"stem": (n, cfg.base_channels, *thw)}
+    thw = [conv_out(x, k, s, p, cfg.pool1_ceil_mode)
+           for x, k, s, p in zip(thw, cfg.pool1_kernel, cfg.pool1_stride, cfg.pool1_padding)]
+    shapes["pool1"] = (n, cfg.base_channels, *thw)
+    for blk in cfg.blocks():
+        stride = max(blk.conv1_stride[1], blk.conv2_stride[1])
+        thw = [thw[0], conv_out(thw[1], 3, stride, 1), conv_out(thw[2], 3, stride, 1)]
+        shapes[blk.name] = (n, blk.out_channels, *thw)
+        if blk.non_local:
+            shapes[f"{blk.name}.non_local"] = shapes[blk.name]
+        if blk.name == f"res2.{cfg.stage_blocks[0] - 1}" and cfg.pool2_kernel is not None:
+            thw = [conv_out(x, k, k, 0) for x, k in zip(thw, cfg.pool2_kernel)]
+            shapes["pool2"] = (n, blk.out_channels, *thw)
+    if cfg.head == "fc":
+        shapes["pool"] = (n, cfg.feature_channels)
+    else:
+        shapes["pool"] = (n, cfg.feature_channels, 1, thw[1] - min(7, thw[1]) + 1, thw[2] - min(7, thw[2]) + 1)
+    shapes["logits"] = (n, cfg.num_classes)
+    return {name: shapes[name] for name in _layer_names_before_the_stage_plan(cfg)}
+
+
+PLAN_SHAPES = [REAL, (1, 3, 8, 64, 64), (1, 3, 32, 256, 256), (2, 3, 16, 112, 112), (1, 3, 5, 97, 61)]
+
+
+@pytest.mark.parametrize("depth", [50, 101])
+@pytest.mark.parametrize("preset", list(PRESETS))
+def test_names_and_shapes_read_from_the_stage_plan_are_what_they_were(preset, depth):
+    cfg = get_preset(preset, depth=depth)
+    assert layer_names(cfg) == _layer_names_before_the_stage_plan(cfg)
+    for shape in PLAN_SHAPES:
+        got, before = layer_shapes(cfg, shape), _layer_shapes_before_the_stage_plan(cfg, shape)
+        assert list(got) == list(before) and got == before, shape
+    # variants no preset covers: no pool2, a ceil-mode pool1, strides on conv1
+    for variant in (dict(pool2_kernel=None), dict(pool1_ceil_mode=True), dict(stride_on="conv1")):
+        other = cfg.replace(**variant)
+        assert layer_names(other) == _layer_names_before_the_stage_plan(other), variant
+        assert layer_shapes(other, (1, 3, 8, 63, 65)) == _layer_shapes_before_the_stage_plan(other, (1, 3, 8, 63, 65))
+
+
+@pytest.mark.parametrize("preset", list(PRESETS))
+def test_stage_plan_kinds_blocks_and_feature_info(preset):
+    from frameworks.spec.arch import STAGE_KINDS, feature_info, stage_plan
+
+    cfg = get_preset(preset)
+    plan = stage_plan(cfg)
+    assert all(s.kind in STAGE_KINDS for s in plan)
+    assert [s.kind for s in plan[:2]] == ["stem", "pool1"] and [s.kind for s in plan[-2:]] == ["pool", "logits"]
+    assert [s.block for s in plan if s.kind == "block"] == cfg.blocks()
+    for stage in plan:
+        if stage.kind == "non_local":
+            assert stage.block.non_local and stage.name == f"{stage.block.name}.non_local"
+        assert (stage.block is not None) == (stage.kind in ("block", "non_local"))
+        assert stage.is_head == (stage.kind in ("pool", "logits"))
+    # timm's feature_info, as both models held it before the spec owned it
+    last_layer = {s: [n for n in layer_names(cfg) if n.startswith(s + ".")][-1] for s in ("res2", "res3", "res4", "res5")}
+    assert feature_info(cfg) == [dict(num_chs=cfg.base_channels * 2 ** i * 4, reduction=4 * 2 ** i, module=s,
+                                      layer=last_layer[s])
+                                 for i, s in enumerate(("res2", "res3", "res4", "res5"))]
+    assert feature_info(cfg)[-1]["num_chs"] == cfg.feature_channels
+    # frozen: a plan cannot be edited in place by one model behind the other's back
+    with pytest.raises(Exception):
+        plan[0].name = "x"

@@ -10,11 +10,11 @@ import torch
 from frameworks.spec.arch import get_preset, layer_names, parameter_count
 from frameworks.torch.model import I3DNL
 from frameworks.torch.weights import calibrate_batchnorm, load_canonical
-from harness.backends import MMAction2Runner
+from harness.runners.mmaction2_runner import CONFIGS, MMAction2Runner
 from harness.checkpoints import load_weights
 from harness.compare import compare_outputs
 
-MMACTION2_PRESETS = list(MMAction2Runner.CONFIGS)
+MMACTION2_PRESETS = list(CONFIGS)
 
 
 def _mmaction2_checkpoint(preset: str, clip: torch.Tensor, path, seed: int = 0):

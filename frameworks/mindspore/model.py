@@ -13,16 +13,17 @@ every strided layer by one pixel against PyTorch. BN momentum is PyTorch's conve
 The same code runs in ``GRAPH_MODE`` and ``PYNATIVE_MODE``, on CPU and GPU. Graph mode
 compiles a Cell's ``construct`` only, so the entry points that return several tensors are
 small wrapper Cells (:class:`IntermediatesNet`, :class:`IsolatedStagesNet`) compiled once
-each; they hold the network without renaming its parameters.
+each; they hold the network without renaming its parameters. Every entry point runs the
+same chain of cells, built once from :func:`frameworks.spec.arch.stage_plan`.
 """
 from __future__ import annotations
 
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import mindspore as ms
 from mindspore import nn, ops
 
-from frameworks.spec.arch import BlockSpec, I3DNLConfig, STAGE_NAMES, layer_names
+from frameworks.spec.arch import BlockSpec, I3DNLConfig, Stage, feature_info, stage_plan
 
 
 def _bn(channels: int, cfg: I3DNLConfig) -> nn.BatchNorm3d:
@@ -135,8 +136,8 @@ class NonLocalBlock(nn.Cell):
         if self.dot_product:
             affinity = affinity / affinity.shape[-1]
         else:
-            if self.use_scale:
-                affinity = affinity / theta.shape[-1] ** 0.5
+            if self.use_scale:  # Caffe2's embedded Gaussian: 1/sqrt(C') (the spec refuses a scaled Gaussian)
+                affinity = affinity / self.inter ** 0.5
             affinity = ops.softmax(affinity, axis=-1)
         y = ops.matmul(affinity, g)                                                  # (N, L, C')
         y = y.transpose(0, 2, 1).reshape(n, self.inter, t, h, w)
@@ -163,8 +164,7 @@ class Bottleneck(nn.Cell):
         self.has_downsample = blk.downsample_stride is not None
         if self.has_downsample:
             self.downsample = Downsample(blk, cfg)
-        self.has_non_local = blk.non_local
-        if self.has_non_local:
+        if blk.non_local:
             self.non_local = NonLocalBlock(blk.out_channels, cfg)
 
     def construct(self, x):
@@ -245,76 +245,33 @@ class I3DNL(nn.Cell):
         self.res3 = nn.CellList([Bottleneck(b, cfg) for b in blocks if b.name.startswith("res3.")])
         self.res4 = nn.CellList([Bottleneck(b, cfg) for b in blocks if b.name.startswith("res4.")])
         self.res5 = nn.CellList([Bottleneck(b, cfg) for b in blocks if b.name.startswith("res5.")])
-        self.has_pool2 = cfg.pool2_kernel is not None
-        if self.has_pool2:
+        if cfg.pool2_kernel is not None:
             self.pool2 = MaxPool3d(cfg.pool2_kernel, cfg.pool2_kernel)
         self.head = Head(cfg)
-        self.feature_info = [
-            dict(num_chs=cfg.base_channels * 2 ** i * 4, reduction=4 * 2 ** i, module=s)
-            for i, s in enumerate(STAGE_NAMES)]
-        names = [name for name, _ in self.stages()]
-        assert names == layer_names(cfg), "MindSpore stage order disagrees with the spec"
+        self.feature_info = feature_info(cfg)
+        # The chain every entry point runs, in the spec's order. Tuples, not an attribute
+        # Cell: assigning a CellList would prefix every parameter's name with its own
+        # ("layers.0.conv.weight"); graph mode unrolls a loop over a tuple of cells.
+        plan = stage_plan(cfg)
+        layers = tuple(_CELL_OF_KIND[stage.kind](self, stage) for stage in plan)
+        self.layer_names: Tuple[str, ...] = tuple(stage.name for stage in plan)
+        self.layer_cells: Tuple[nn.Cell, ...] = layers
+        self.feature_cells: Tuple[nn.Cell, ...] = tuple(c for c, st in zip(layers, plan) if not st.is_head)
 
     # ------------------------------------------------------------------ stages
     def stages(self) -> List[Tuple[str, nn.Cell]]:
         """Every canonical layer as ``(name, cell)`` in execution order, each cell taking
         the previous layer's output; the last two are the head's ``pool`` and ``logits``."""
-        table: List[Tuple[str, nn.Cell]] = [("stem", self.stem), ("pool1", self.pool1)]
-        for stage in STAGE_NAMES:
-            cells = getattr(self, stage)
-            for i, block in enumerate(cells):
-                table.append((f"{stage}.{i}", block))
-                if block.has_non_local:
-                    table.append((f"{stage}.{i}.non_local", block.non_local))
-                if stage == "res2" and i == len(cells) - 1 and self.has_pool2:
-                    table.append(("pool2", self.pool2))
-        table += [("pool", self.head.pool), ("logits", _HeadClassify(self.head))]
-        return table
+        return list(zip(self.layer_names, self.layer_cells))
 
     def forward_stage(self, name: str, x):
         """Run one canonical layer on its input (the previous layer's output)."""
         return dict(self.stages())[name](x)
 
     # ------------------------------------------------------------------ timm-style API
-    def _stage_outputs(self, x) -> list:
-        """Every backbone stage's output in canonical order (the last is the features)."""
-        outs = []
-        x = self.stem(x)
-        outs.append(x)
-        x = self.pool1(x)
-        outs.append(x)
-        for block in self.res2:
-            x = block(x)
-            outs.append(x)
-            if block.has_non_local:
-                x = block.non_local(x)
-                outs.append(x)
-        if self.has_pool2:
-            x = self.pool2(x)
-            outs.append(x)
-        for stage in (self.res3, self.res4, self.res5):
-            for block in stage:
-                x = block(x)
-                outs.append(x)
-                if block.has_non_local:
-                    x = block.non_local(x)
-                    outs.append(x)
-        return outs
-
     def forward_features(self, x):
-        x = self.stem(x)
-        x = self.pool1(x)
-        for block in self.res2:
-            x = block(x)
-            if block.has_non_local:
-                x = block.non_local(x)
-        if self.has_pool2:
-            x = self.pool2(x)
-        for stage in (self.res3, self.res4, self.res5):
-            for block in stage:
-                x = block(x)
-                if block.has_non_local:
-                    x = block.non_local(x)
+        for cell in self.feature_cells:
+            x = cell(x)
         return x
 
     def forward_head(self, x, pre_logits: bool = False):
@@ -330,7 +287,7 @@ class I3DNL(nn.Cell):
         Runs :class:`IntermediatesNet` (one compiled graph in GRAPH_MODE); keep and reuse
         one ``IntermediatesNet`` yourself to avoid recompiling on every call.
         """
-        outputs = dict(zip(layer_names(self.cfg), IntermediatesNet(self)(x)))
+        outputs = dict(zip(self.layer_names, IntermediatesNet(self)(x)))
         return outputs if names is None else {k: outputs[k] for k in names}
 
 
@@ -343,10 +300,10 @@ class IntermediatesNet(nn.Cell):
         self.net = net
 
     def construct(self, x):
-        outs = self.net._stage_outputs(x)
-        pooled = self.net.head.pool(outs[-1])
-        outs.append(pooled)
-        outs.append(self.net.head.classify(pooled))
+        outs = []
+        for cell in self.net.layer_cells:
+            x = cell(x)
+            outs.append(x)
         return tuple(outs)
 
 
@@ -368,6 +325,18 @@ class IsolatedStagesNet(nn.Cell):
         for i, cell in enumerate(self.stage_cells):
             outs.append(cell(inputs[i]))
         return tuple(outs)
+
+
+# Where each kind of stage in the spec's plan lives in the network.
+_CELL_OF_KIND: Dict[str, Callable[[I3DNL, Stage], nn.Cell]] = {
+    "stem": lambda net, stage: net.stem,
+    "pool1": lambda net, stage: net.pool1,
+    "block": lambda net, stage: getattr(net, stage.block.stage)[stage.block.index],
+    "non_local": lambda net, stage: getattr(net, stage.block.stage)[stage.block.index].non_local,
+    "pool2": lambda net, stage: net.pool2,
+    "pool": lambda net, stage: net.head.pool,
+    "logits": lambda net, stage: _HeadClassify(net.head),
+}
 
 
 def build_model(cfg: I3DNLConfig) -> I3DNL:

@@ -30,7 +30,9 @@ Canonical layers (intermediates, in execution order)::
     res5.2, pool, logits
 
 Each layer's input is the previous layer's output, so a single stage can be run on
-its own (the "isolated" parity mode relies on this).
+its own (the "isolated" parity mode relies on this). That order is written once, in
+:func:`stage_plan`; :func:`layer_names`, :func:`layer_shapes`, :func:`feature_info` and
+both models' stage tables are read from it.
 """
 from __future__ import annotations
 
@@ -49,6 +51,8 @@ BN_FIELDS = ("weight", "bias", "running_mean", "running_var")
 
 NONLOCAL_MODES = ("dot_product", "embedded_gaussian", "gaussian")
 HEAD_KINDS = ("fc", "conv_softmax_avg")
+STAGE_KINDS = ("stem", "pool1", "block", "non_local", "pool2", "pool", "logits")
+HEAD_STAGE_KINDS = ("pool", "logits")
 
 
 @dataclass(frozen=True)
@@ -211,6 +215,16 @@ class BlockSpec:
     def conv2_padding(self) -> Triple:
         return (0, 1, 1)
 
+    @property
+    def stage(self) -> str:
+        """The stage this block belongs to (``res3`` for ``res3.1``)."""
+        return self.name.split(".")[0]
+
+    @property
+    def index(self) -> int:
+        """The block's position in its stage (``1`` for ``res3.1``)."""
+        return int(self.name.split(".")[1])
+
 
 def _pattern_for_depth(pattern, blocks) -> Tuple[Tuple[int, ...], ...]:
     """Stretch a per-block pattern to another depth by repeating each stage's cycle.
@@ -305,15 +319,7 @@ def parameter_specs(cfg: I3DNLConfig) -> Dict[str, Tuple[int, ...]]:
 
 def layer_names(cfg: I3DNLConfig) -> List[str]:
     """The canonical intermediates, in execution order; each is the next one's input."""
-    names = ["stem", "pool1"]
-    for blk in cfg.blocks():
-        names.append(blk.name)
-        if blk.non_local:
-            names.append(f"{blk.name}.non_local")
-        if blk.name == f"res2.{cfg.stage_blocks[0] - 1}" and cfg.pool2_kernel is not None:
-            names.append("pool2")
-    names += ["pool", "logits"]
-    return names
+    return [stage.name for stage in stage_plan(cfg)]
 
 
 def parameter_count(cfg: I3DNLConfig) -> int:
@@ -334,30 +340,107 @@ def _conv_out(size: int, kernel: int, stride: int, pad: int, ceil: bool = False)
     return (-(-span // stride) if ceil else span // stride) + 1
 
 
+@dataclass(frozen=True)
+class Window:
+    """A sliding window over (T, H, W) (a convolution's or a pool's): how a layer resizes its input."""
+
+    kernel: Triple
+    stride: Triple
+    padding: Triple = (0, 0, 0)
+    ceil_mode: bool = False
+
+    def output_size(self, thw) -> List[int]:
+        return [_conv_out(x, k, s, p, self.ceil_mode)
+                for x, k, s, p in zip(thw, self.kernel, self.stride, self.padding)]
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One canonical layer: what runs, on what, and what it makes of its input's shape.
+
+    ``kind`` is one of :data:`STAGE_KINDS`: ``stem`` (conv1, BN, ReLU), ``pool1``, ``block``
+    (a bottleneck without its non-local block), ``non_local`` (the block after bottleneck
+    ``block``), ``pool2``, and the head's ``pool`` and ``logits``. ``window`` is the layer's
+    strided window (``None``: the layer keeps (T, H, W), or is in the head, whose size
+    follows ``head``).
+    """
+
+    name: str
+    kind: str
+    out_channels: int
+    block: Optional[BlockSpec] = None  # "block" and "non_local": the bottleneck
+    window: Optional[Window] = None
+    head: Optional[str] = None  # "pool" and "logits": cfg.head
+
+    @property
+    def is_head(self) -> bool:
+        return self.kind in HEAD_STAGE_KINDS
+
+    def output_shape(self, shape: Tuple[int, ...]) -> Tuple[int, ...]:
+        """This layer's output shape, given its input's (N, C, T, H, W)."""
+        n, thw = shape[0], shape[2:]
+        if self.kind == "logits" or (self.kind == "pool" and self.head == "fc"):
+            return (n, self.out_channels)
+        window = self.window
+        if self.kind == "pool":
+            # Caffe2: average over all frames and a 7x7 window (smaller maps: all of it), stride 1
+            t, h, w = thw
+            window = Window((t, min(7, h), min(7, w)), (1, 1, 1))
+        return (n, self.out_channels, *(window.output_size(thw) if window is not None else thw))
+
+
+def stage_plan(cfg: I3DNLConfig) -> List[Stage]:
+    """Every canonical layer, in execution order: the one place that order is written.
+
+    The models look each stage's module up by its ``kind``; :func:`layer_names`,
+    :func:`layer_shapes` and :func:`feature_info` are read from this list.
+    """
+    plan = [
+        Stage("stem", "stem", cfg.base_channels,
+              window=Window(cfg.conv1_kernel, cfg.conv1_stride, cfg.conv1_padding)),
+        Stage("pool1", "pool1", cfg.base_channels,
+              window=Window(cfg.pool1_kernel, cfg.pool1_stride, cfg.pool1_padding, cfg.pool1_ceil_mode)),
+    ]
+    for blk in cfg.blocks():
+        # Whether the stride sits on conv1 (1x1) or conv2 (3x3, padded), H and W go to
+        # floor((H - 1) / stride) + 1; T is never strided inside a block.
+        stride = max(blk.conv1_stride[1], blk.conv2_stride[1])
+        plan.append(Stage(blk.name, "block", blk.out_channels, block=blk,
+                          window=Window((1, 3, 3), (1, stride, stride), (0, 1, 1))))
+        if blk.non_local:
+            plan.append(Stage(f"{blk.name}.non_local", "non_local", blk.out_channels, block=blk))
+        if (blk.stage == STAGE_NAMES[0] and blk.index == cfg.stage_blocks[0] - 1
+                and cfg.pool2_kernel is not None):
+            plan.append(Stage("pool2", "pool2", blk.out_channels,
+                              window=Window(cfg.pool2_kernel, cfg.pool2_kernel)))
+    plan.append(Stage("pool", "pool", cfg.feature_channels, head=cfg.head))
+    plan.append(Stage("logits", "logits", cfg.num_classes, head=cfg.head))
+    return plan
+
+
 def layer_shapes(cfg: I3DNLConfig, input_shape: Tuple[int, int, int, int, int]) -> Dict[str, Tuple[int, ...]]:
     """The shape of every canonical intermediate for an ``(N, C, T, H, W)`` input."""
-    n, _, t, h, w = input_shape
-    thw = [t, h, w]
-    thw = [_conv_out(x, k, s, p) for x, k, s, p in zip(thw, cfg.conv1_kernel, cfg.conv1_stride, cfg.conv1_padding)]
-    shapes = {"stem": (n, cfg.base_channels, *thw)}
-    thw = [_conv_out(x, k, s, p, cfg.pool1_ceil_mode)
-           for x, k, s, p in zip(thw, cfg.pool1_kernel, cfg.pool1_stride, cfg.pool1_padding)]
-    shapes["pool1"] = (n, cfg.base_channels, *thw)
-    for blk in cfg.blocks():
-        stride = max(blk.conv1_stride[1], blk.conv2_stride[1])
-        thw = [thw[0], _conv_out(thw[1], 3, stride, 1), _conv_out(thw[2], 3, stride, 1)]
-        shapes[blk.name] = (n, blk.out_channels, *thw)
-        if blk.non_local:
-            shapes[f"{blk.name}.non_local"] = shapes[blk.name]
-        if blk.name == f"res2.{cfg.stage_blocks[0] - 1}" and cfg.pool2_kernel is not None:
-            thw = [_conv_out(x, k, k, 0) for x, k in zip(thw, cfg.pool2_kernel)]
-            shapes["pool2"] = (n, blk.out_channels, *thw)
-    if cfg.head == "fc":
-        shapes["pool"] = (n, cfg.feature_channels)
-    else:  # Caffe2: average over all frames and a 7x7 window (smaller maps: all of it), stride 1
-        shapes["pool"] = (n, cfg.feature_channels, 1, thw[1] - min(7, thw[1]) + 1, thw[2] - min(7, thw[2]) + 1)
-    shapes["logits"] = (n, cfg.num_classes)
-    return {name: shapes[name] for name in layer_names(cfg)}
+    shape, shapes = tuple(input_shape), {}
+    for stage in stage_plan(cfg):
+        shape = shapes[stage.name] = stage.output_shape(shape)
+    return shapes
+
+
+def feature_info(cfg: I3DNLConfig) -> List[dict]:
+    """timm's ``feature_info``: per stage res2..res5, the channels of its output
+    (``num_chs``), its spatial stride against the input (``reduction``), the module that
+    holds its blocks (``module``) and the canonical layer whose output is the stage's
+    output (``layer``: what ``forward_intermediates`` returns it under, a non-local block
+    where one ends the stage)."""
+    info: Dict[str, dict] = {}
+    reduction = 1
+    for stage in stage_plan(cfg):
+        if stage.window is not None:
+            reduction *= stage.window.stride[1]
+        if stage.kind in ("block", "non_local"):
+            name = stage.block.stage
+            info[name] = dict(num_chs=stage.out_channels, reduction=reduction, module=name, layer=stage.name)
+    return list(info.values())
 
 
 def arch_hash(cfg: I3DNLConfig) -> str:

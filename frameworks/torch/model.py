@@ -1,19 +1,20 @@
 """I3D Non-local ResNet in PyTorch, built from :class:`frameworks.spec.arch.I3DNLConfig`.
 
 Module paths are the canonical names of the spec, so ``state_dict()`` keys are canonical
-(``num_batches_tracked`` aside). The network is a chain of named stages
-(:meth:`I3DNL.stages`); ``forward_intermediates`` returns each stage's output under its
-canonical layer name, and ``forward_stage`` runs one stage on a given input.
+(``num_batches_tracked`` aside). The network is a chain of named stages, in
+the order of :func:`frameworks.spec.arch.stage_plan` (:meth:`I3DNL.stages`);
+``forward_intermediates`` returns each stage's output under its canonical layer name, and
+``forward_stage`` runs one stage on a given input.
 """
 from __future__ import annotations
 
-from typing import Dict, Iterable, List, Optional, Tuple
+from typing import Callable, Dict, Iterable, List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from frameworks.spec.arch import BlockSpec, I3DNLConfig, STAGE_NAMES, layer_names
+from frameworks.spec.arch import BlockSpec, I3DNLConfig, STAGE_NAMES, Stage, feature_info, stage_plan
 
 
 def _bn(channels: int, cfg: I3DNLConfig) -> nn.BatchNorm3d:
@@ -93,8 +94,8 @@ class NonLocalBlock(nn.Module):
         if self.mode == "dot_product":
             affinity = affinity / affinity.shape[-1]
         else:
-            if self.use_scale:
-                affinity = affinity / theta.shape[-1] ** 0.5
+            if self.use_scale:  # Caffe2's embedded Gaussian: 1/sqrt(C') (the spec refuses a scaled Gaussian)
+                affinity = affinity / self.inter ** 0.5
             affinity = affinity.softmax(dim=-1)
         y = torch.matmul(affinity, g)                                         # (N, L, C')
         y = y.transpose(1, 2).reshape(n, self.inter, *x.shape[2:])
@@ -174,36 +175,23 @@ class I3DNL(nn.Module):
         self.pool2 = (nn.MaxPool3d(cfg.pool2_kernel, cfg.pool2_kernel)
                       if cfg.pool2_kernel is not None else None)
         self.head = Head(cfg)
-        self._stage_table = self._build_stage_table()
-        self.feature_info = [
-            dict(num_chs=cfg.base_channels * 2 ** i * 4, reduction=4 * 2 ** i, module=s)
-            for i, s in enumerate(STAGE_NAMES)]
+        # Plain lists, not registered modules: each module already has its canonical path.
+        plan = stage_plan(cfg)
+        self._layers: List[Tuple[str, Callable]] = [(s.name, _LAYER_OF_KIND[s.kind](self, s)) for s in plan]
+        self._stage_table: List[Tuple[str, nn.Module]] = [
+            layer for layer, s in zip(self._layers, plan) if not s.is_head]
+        self.feature_info = feature_info(cfg)
 
     # ------------------------------------------------------------------ stages
-    def _build_stage_table(self) -> List[Tuple[str, nn.Module]]:
-        table: List[Tuple[str, nn.Module]] = [("stem", self.stem), ("pool1", self.pool1)]
-        for stage in STAGE_NAMES:
-            for i, block in enumerate(getattr(self, stage)):
-                table.append((f"{stage}.{i}", block))
-                if block.non_local is not None:
-                    table.append((f"{stage}.{i}.non_local", block.non_local))
-                if stage == "res2" and i == len(self.res2) - 1 and self.pool2 is not None:
-                    table.append(("pool2", self.pool2))
-        names = [name for name, _ in table] + ["pool", "logits"]
-        assert names == layer_names(self.cfg), "torch stage order disagrees with the spec"
-        return table
-
-    def stages(self) -> List[Tuple[str, nn.Module]]:
-        """The backbone as ``(canonical layer name, module)`` in execution order."""
-        return list(self._stage_table)
+    def stages(self) -> List[Tuple[str, Callable]]:
+        """Every canonical layer as ``(name, callable)`` in execution order, each taking the
+        previous layer's output; the last two are the head's ``pool`` and ``logits`` (as in
+        the MindSpore model)."""
+        return list(self._layers)
 
     def forward_stage(self, name: str, x: torch.Tensor) -> torch.Tensor:
         """Run one canonical layer on its input (the previous layer's output)."""
-        if name == "pool":
-            return self.head.pool(x)
-        if name == "logits":
-            return self.head.classify(x)
-        return dict(self._stage_table)[name](x)
+        return dict(self._layers)[name](x)
 
     # ------------------------------------------------------------------ timm-style API
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
@@ -222,16 +210,23 @@ class I3DNL(nn.Module):
         """Every canonical layer's output (or only ``names``), keyed by canonical name."""
         wanted = set(names) if names is not None else None
         out: Dict[str, torch.Tensor] = {}
-        for name, module in self._stage_table:
-            x = module(x)
+        for name, layer in self._layers:
+            x = layer(x)
             if wanted is None or name in wanted:
                 out[name] = x
-        pooled = self.head.pool(x)
-        logits = self.head.classify(pooled)
-        for name, value in (("pool", pooled), ("logits", logits)):
-            if wanted is None or name in wanted:
-                out[name] = value
         return out
+
+
+# Where each kind of stage in the spec's plan lives in the model (the head's two are methods).
+_LAYER_OF_KIND: Dict[str, Callable[[I3DNL, Stage], Callable]] = {
+    "stem": lambda net, stage: net.stem,
+    "pool1": lambda net, stage: net.pool1,
+    "block": lambda net, stage: getattr(net, stage.block.stage)[stage.block.index],
+    "non_local": lambda net, stage: getattr(net, stage.block.stage)[stage.block.index].non_local,
+    "pool2": lambda net, stage: net.pool2,
+    "pool": lambda net, stage: net.head.pool,
+    "logits": lambda net, stage: net.head.classify,
+}
 
 
 def build_model(cfg: I3DNLConfig) -> I3DNL:

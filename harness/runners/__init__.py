@@ -40,8 +40,6 @@ class RunnerError(InputError):
     expressible): bad input, one line, exit 2."""
 
 
-BackendError = RunnerError  # the name before the runner layer moved here
-
 
 def canonical_framework(name: str) -> str:
     try:
