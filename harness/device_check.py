@@ -21,7 +21,7 @@ import numpy as np
 from frameworks.spec.arch import DEFAULT_PRESET, PRESETS, arch_hash, get_preset, layer_names, parameter_count
 from harness.cli import (InputError, OneLineParser, check_clip_size, int_list, nonnegative_int, positive_int,
                          result_doc, run_main, tolerance, utc_now)
-from harness.compare import compare_outputs, format_report
+from harness.comparator import compare_outputs, format_report
 from harness.files import atomic_write_json, check_output_path
 
 

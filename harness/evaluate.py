@@ -396,7 +396,7 @@ def print_summary(s: dict) -> None:
 def _compare(args) -> None:
     if args.json:
         check_output_path(args.json, "--json")
-    result = score_store.compare(*args.compare, tie_margin=args.tie_margin)
+    result = score_store.compare_runs(*args.compare, tie_margin=args.tie_margin)
     print(f"{result['a']['framework']} vs {result['b']['framework']} over {result['n_common']} videos: "
           f"top-1 agreement {100 * result['top1_agreement']:.2f}%, top-5 set agreement "
           f"{100 * result['top5_set_agreement']:.2f}%, max |delta score| {result['max_abs_delta']:.3g}, "

@@ -32,7 +32,7 @@ from frameworks.spec.arch import DEFAULT_PRESET, PRESETS, I3DNLConfig, arch_hash
 from harness.cli import (InputError, OneLineParser, clip_shape, result_doc, run_main, setup_logging, tolerance,
                          utc_now)
 from harness.files import atomic_write_json, check_output_dir, check_output_path
-from harness.compare import DEFAULT_RTOL, DEFAULT_STAGE_ATOL, ParityReport, compare_outputs, format_report
+from harness.comparator import DEFAULT_RTOL, DEFAULT_STAGE_ATOL, ParityReport, compare_outputs, format_report
 
 log = logging.getLogger("harness.parity")
 
@@ -60,7 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--atol", type=tolerance, default=None,
                    help="absolute tolerance as a fraction of each layer's max |reference|, for every layer "
                         "(default: per stage, " + ", ".join(f"{k} {v:g}" for k, v in DEFAULT_STAGE_ATOL.items())
-                        + "; measured float32 noise, see harness/compare.py)")
+                        + "; measured float32 noise, see harness/comparator.py)")
     p.add_argument("--rtol", type=tolerance, default=DEFAULT_RTOL,
                    help=f"relative tolerance per element (default {DEFAULT_RTOL:g}); an element fails only "
                         "if it exceeds both")

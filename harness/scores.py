@@ -393,7 +393,7 @@ def merge(items: List[str], out: str) -> dict:
     return summary
 
 
-def compare(path_a: str, path_b: str, tie_margin: float) -> dict:
+def compare_runs(path_a: str, path_b: str, tie_margin: float) -> dict:
     a, b = load_summary(path_a), load_summary(path_b)
     sa, sb = read_scores(a["_scores_dir"]), read_scores(b["_scores_dir"])
     if sa.scores.shape[1:] != sb.scores.shape[1:] and len(sa.scores) and len(sb.scores):

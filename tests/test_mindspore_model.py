@@ -252,7 +252,7 @@ def test_same_code_on_gpu_matches_cpu():
     cpu = MindSporeRunner(device="cpu", mode="graph")
     cpu.build(cfg)
     cpu.load(arrays)
-    from harness.compare import compare_outputs
+    from harness.comparator import compare_outputs
 
     report = compare_outputs(cpu.forward_intermediates(clip), on_gpu, layer_names(cfg))
     assert report.passed, report.first_failure

@@ -17,7 +17,7 @@ import pytest
 
 from frameworks.spec.arch import DEFAULT_PRESET, PRESETS, I3DNLConfig, NonLocalConfig, get_preset, layer_names
 from harness.runners.mindspore_runner import configure_onednn_isa
-from harness.compare import compare_outputs, format_report
+from harness.comparator import compare_outputs, format_report
 
 configure_onednn_isa()  # before MindSpore is imported (see harness.runners.mindspore_runner)
 ms = pytest.importorskip("mindspore")

@@ -12,7 +12,7 @@ from frameworks.torch.model import I3DNL
 from frameworks.torch.weights import calibrate_batchnorm, load_canonical
 from harness.runners.mmaction2_runner import CONFIGS, MMAction2Runner
 from harness.checkpoints import load_weights
-from harness.compare import compare_outputs
+from harness.comparator import compare_outputs
 
 MMACTION2_PRESETS = list(CONFIGS)
 
