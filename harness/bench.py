@@ -103,10 +103,7 @@ def forward(args) -> int:
     from harness.runners import RunnerError, canonical_framework
     from harness.runners.child import Job, Task, run_job
 
-    try:
-        frameworks = [canonical_framework(f) for f in args.frameworks.split(",") if f]
-    except ValueError as exc:
-        raise InputError(str(exc)) from None
+    frameworks = [canonical_framework(f) for f in args.frameworks.split(",") if f]
     batches = args.batch_sizes or [args.input_shape[0]]
     for batch in batches:
         check_clip_size([batch] + list(args.input_shape[1:]))

@@ -76,11 +76,11 @@ def main(argv: Optional[List[str]] = None) -> int:
 
 
 def _frameworks(text: str) -> str:
-    from harness.runners import canonical_framework
+    from harness.runners import RunnerError, canonical_framework
 
     try:
         names = [canonical_framework(f) for f in text.split(",") if f.strip()]
-    except ValueError as exc:
+    except RunnerError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
     if not names or len(set(names)) != len(names) or "mmaction2" in names:
         raise argparse.ArgumentTypeError("give one or two of torch, ms (mmaction2 is always the reference)")

@@ -183,10 +183,7 @@ class EvaluationRequest:
 
         if not args.framework or not args.data_root:
             raise InputError("--framework and --data-root are required to evaluate")
-        try:
-            framework = canonical_framework(args.framework)
-        except ValueError as exc:
-            raise InputError(str(exc)) from None
+        framework = canonical_framework(args.framework)
         if framework == "mmaction2":
             raise InputError("evaluate runs our implementations: --framework torch or ms")
         rank, world = shard_from(args.shard)

@@ -104,11 +104,8 @@ class ParityRequest:
     def from_args(cls, args) -> "ParityRequest":
         from harness.runners import canonical_framework
 
-        try:
-            frameworks = [canonical_framework(f) for f in args.frameworks.split(",") if f]
-            reference = canonical_framework(args.reference) if args.reference else None
-        except ValueError as exc:
-            raise InputError(str(exc)) from None
+        frameworks = [canonical_framework(f) for f in args.frameworks.split(",") if f]
+        reference = canonical_framework(args.reference) if args.reference else None
         if reference is None:
             if len(frameworks) < 2:
                 raise InputError("give two frameworks, or one framework and --reference")

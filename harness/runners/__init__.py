@@ -45,7 +45,7 @@ def canonical_framework(name: str) -> str:
     try:
         return FRAMEWORK_ALIASES[name.lower()]
     except KeyError:
-        raise ValueError(f"unknown framework {name!r}; use torch/pt, mindspore/ms or mmaction2") from None
+        raise RunnerError(f"unknown framework {name!r}; use torch/pt, mindspore/ms or mmaction2") from None
 
 
 class Runner(ABC):
