@@ -55,6 +55,8 @@ class LayerComparison:
     note: str = ""
     non_finite_ref: int = 0  # NaN / inf elements on each side
     non_finite_got: int = 0
+    floor: Optional[float] = None  # --noise-floor: the reference's own float32 error (scaled) against float64
+    flag: str = ""                 # e.g. an isolated error far above its stage's (still within tolerance)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -130,6 +132,45 @@ def compare_arrays(name: str, ref: np.ndarray, got: np.ndarray, atol: float, rto
         atol=atol, rtol=rtol, passed=not fails.any())
 
 
+def compare_stats(name: str, ref: np.ndarray, got: np.ndarray, atol: float, rtol: float) -> LayerComparison:
+    """Two statistics vectors (:data:`harness.outputs.STATS`) of one layer: each of min, max,
+    mean, std, mean |x| must agree within ``atol x max(|min|, |max|)`` of the reference or
+    ``rtol`` of the statistic itself, and the non-finite counts exactly. Coarser than an
+    element-wise comparison: it finds the diverging layer, not the element."""
+    ref, got = np.asarray(ref, np.float64), np.asarray(got, np.float64)
+    if ref.shape != got.shape:
+        return LayerComparison.failed(name, [], atol, rtol, "statistics of different shapes")
+    scale = max(abs(ref[0]), abs(ref[1])) or 1.0
+    d = np.abs(got[:5] - ref[:5])
+    fails = (d > atol * scale) & (d > rtol * np.abs(ref[:5]))
+    same_nan = bool(ref[5] == got[5])
+    passed = not fails.any() and same_nan and bool(np.isfinite(d).all())
+    note = "statistics only" + ("" if same_nan else f"; non-finite counts {int(ref[5])} vs {int(got[5])}")
+    return LayerComparison(name, [], float(scale), float(d.max()), 0.0, float(d.max() / scale), float(d.mean()),
+                           float("nan"), float(1 - fails.mean()), float(d.max() / scale), atol, rtol, passed,
+                           note=note, non_finite_ref=int(ref[5]), non_finite_got=int(got[5]))
+
+
+def flag_outliers(report: "ParityReport", factor: float = 10.0, least: float = 1e-7) -> List[str]:
+    """Flag (and return) the layers whose error is ``factor`` times their stage's median
+    even when within tolerance: in isolated mode a layer's error is its own, so one far above
+    its neighbours' is where a real difference starts."""
+    by_stage: Dict[str, List[LayerComparison]] = {}
+    for layer in report.layers:
+        by_stage.setdefault(layer.name.split(".", 1)[0], []).append(layer)
+    flagged = []
+    for layers in by_stage.values():
+        errors = [lay.scaled_max_abs for lay in layers if math.isfinite(lay.scaled_max_abs)]
+        if len(errors) < 3:
+            continue
+        median = float(np.median(errors))
+        for lay in layers:
+            if math.isfinite(lay.scaled_max_abs) and lay.scaled_max_abs > max(factor * median, least):
+                lay.flag = f"{lay.scaled_max_abs / max(median, 1e-30):.0f}x its stage's median error"
+                flagged.append(lay.name)
+    return flagged
+
+
 def topk_agreement(ref_logits: np.ndarray, got_logits: np.ndarray, k: int = 5) -> Dict[str, float]:
     ref2, got2 = ref_logits.reshape(ref_logits.shape[0], -1), got_logits.reshape(got_logits.shape[0], -1)
     top1 = float(np.mean(ref2.argmax(1) == got2.argmax(1)))
@@ -144,9 +185,10 @@ def compare_outputs(reference: Dict[str, np.ndarray], candidate: Dict[str, np.nd
                     atol: Optional[float] = None, rtol: float = DEFAULT_RTOL,
                     per_layer_atol: Optional[Dict[str, float]] = None,
                     reference_name: str = "reference", candidate_name: str = "candidate",
-                    mode: str = "propagated") -> ParityReport:
+                    mode: str = "propagated", stats: bool = False) -> ParityReport:
     """Compare two dicts of canonical outputs over ``names`` (in that order). ``atol``
-    None: each layer's :func:`default_atol`; ``per_layer_atol`` overrides single layers."""
+    None: each layer's :func:`default_atol`; ``per_layer_atol`` overrides single layers.
+    ``stats``: both hold statistics vectors (``--stats-only`` outputs), not arrays."""
     layers = []
     for name in names:
         layer_atol = (per_layer_atol or {}).get(name, default_atol(name) if atol is None else atol)
@@ -154,9 +196,10 @@ def compare_outputs(reference: Dict[str, np.ndarray], candidate: Dict[str, np.nd
             side = reference_name if name not in reference else candidate_name
             layers.append(LayerComparison.failed(name, [], layer_atol, rtol, f"missing from {side}"))
             continue
-        layers.append(compare_arrays(name, reference[name], candidate[name], layer_atol, rtol))
+        compare = compare_stats if stats else compare_arrays
+        layers.append(compare(name, reference[name], candidate[name], layer_atol, rtol))
     logits = {}
-    if "logits" in reference and "logits" in candidate and reference["logits"].shape == candidate["logits"].shape:
+    if not stats and "logits" in reference and "logits" in candidate and reference["logits"].shape == candidate["logits"].shape:
         with np.errstate(invalid="ignore"):  # NaN logits are reported per layer above
             logits = topk_agreement(reference["logits"], candidate["logits"])
             logits.update(max_abs=float(np.abs(reference["logits"].astype(np.float64) - candidate["logits"]).max()))
@@ -171,21 +214,35 @@ def _fmt(x: float, width: int = 9) -> str:
     return f"{x:.2e}".rjust(width)
 
 
-def format_report(report: ParityReport) -> str:
+COLUMNS = """Columns: layer (canonical name); shape; max|ref| (largest magnitude of the reference's output);
+max abs (largest |candidate - reference|); abs/max (max abs / max|ref|: the error scaled by the layer's
+magnitude, what atol is compared with); max rel (largest |d| / |ref| over elements above 1e-6 max|ref|);
+mean abs (mean |d|); cosine (cosine similarity of the two outputs); within (share of elements inside
+the tolerance); min atol (the smallest scaled atol that would pass at this rtol); atol (the scaled
+tolerance applied: a fraction of max|ref|, per stage by default); f32 floor (--noise-floor: the
+reference's own float32 error against float64, scaled); result."""
+
+
+def format_report(report: ParityReport, only_failures: bool = False) -> str:
     """The per-layer table, then the first failing layer and the verdict."""
+    floors = any(layer.floor is not None for layer in report.layers)
     head = (f"{'layer':<18} {'shape':<22} {'max|ref|':>9} {'max abs':>9} {'abs/max':>9} {'max rel':>9} "
-            f"{'mean abs':>9} {'cosine':>10} {'within':>8} {'min atol':>9} {'atol':>8}  result")
+            f"{'mean abs':>9} {'cosine':>10} {'within':>8} {'min atol':>9} {'atol':>8}"
+            + (f" {'f32 floor':>9}" if floors else "") + "  result")
     atol = (f"{report.atol:g}" if report.atol is not None else "atol") + "*max|ref|"
     lines = [f"{report.candidate} vs {report.reference} ({report.mode}); an element fails if "
              f"|d| > {atol} and |d| > {report.rtol:g}*|ref|", head, "-" * len(head)]
     for layer in report.layers:
+        if only_failures and layer.passed and not layer.flag:
+            continue
         cos = "nan" if math.isnan(layer.cosine) else f"{layer.cosine:.7f}"
+        notes = [n for n in (layer.note, layer.flag) if n]
         lines.append(
             f"{layer.name:<18} {'x'.join(map(str, layer.shape)):<22} {_fmt(layer.ref_max)} {_fmt(layer.max_abs)} "
             f"{_fmt(layer.scaled_max_abs)} {_fmt(layer.max_rel)} {_fmt(layer.mean_abs)} {cos:>10} "
-            f"{100 * layer.within:7.3f}% {_fmt(layer.min_atol)} {_fmt(layer.atol, 8)}  "
-            f"{'PASS' if layer.passed else 'FAIL'}"
-            + (f"  ({layer.note})" if layer.note else ""))
+            f"{100 * layer.within:7.3f}% {_fmt(layer.min_atol)} {_fmt(layer.atol, 8)}"
+            + (f" {_fmt(layer.floor)}" if floors else "") + f"  {'PASS' if layer.passed else 'FAIL'}"
+            + (f"  ({'; '.join(notes)})" if notes else ""))
     if report.logits:
         agreement = ", ".join(f"{k} {v:.3g}" for k, v in report.logits.items())
         lines.append(f"logits: {agreement}")

@@ -20,15 +20,17 @@ import argparse
 import logging
 import os
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
 from frameworks.spec.arch import PRESETS, I3DNLConfig, WeightMismatchError, get_preset, parameter_specs
-from harness.checkpoints import SchemeCannotName, detect_scheme, from_canonical, to_canonical
+from harness.checkpoints import SchemeCannotName, detect_scheme, from_canonical, ignored_entries, to_canonical
 from harness.checkpoints.formats import Format, check_dtypes, describe_formats, find_format, format_for_path
 from harness.checkpoints.io import CheckpointError, read_raw, sha256_file
+from harness.checkpoints.registry import registry_entry, resolve
+from harness.checkpoints.sidecar import read_sidecar, sidecar_path, write_sidecar
 from harness.cli import CheckFailed, InputError, OneLineParser, run_main, setup_logging
 from harness.files import check_output_path
 
@@ -45,13 +47,19 @@ class Source:
     arrays: Dict[str, np.ndarray]       # canonical, in parameter_specs order
     also_fits: List[str]                # other presets the same arrays fit
     sha256: str
+    ignored: Dict[str, int] = field(default_factory=dict)   # entries dropped on import, by family
+    arch_from: str = ""                 # where the arch came from when it was not found from the weights
 
     def describe(self) -> str:
         dtype = next(iter(self.arrays.values())).dtype
         text = (f"read {self.path}: {self.scheme} names in a {self.container} file, arch {self.cfg.name} "
                 f"(depth {self.cfg.depth}, {self.cfg.num_classes} classes), {len(self.arrays)} arrays of "
                 f"{dtype}, sha256 {self.sha256[:12]}")
-        if self.also_fits:
+        if self.ignored:
+            text += "; dropped " + ", ".join(f"{n} {family}" for family, n in self.ignored.items())
+        if self.arch_from:
+            text += f"; arch from {self.arch_from}"
+        elif self.also_fits:
             text += f"; the same weights fit {', '.join(self.also_fits)} (pass --arch to say which)"
         return text
 
@@ -110,7 +118,8 @@ def read_source(path: str, fmt: Optional[Format] = None, arch: Optional[str] = N
         check_dtypes(arrays)
     except CheckpointError as exc:
         raise InputError(f"{path}: {exc}") from None
-    return Source(path, raw.container, scheme, cfg, arrays, [c.name for c, _ in others], sha256_file(path))
+    return Source(path, raw.container, scheme, cfg, arrays, [c.name for c, _ in others], sha256_file(path),
+                  ignored_entries(raw.arrays, scheme))
 
 
 # ---------------------------------------------------------------------- writing
@@ -144,11 +153,13 @@ class ConversionResult:
     format: Format
     written: Dict[str, np.ndarray]      # by written name
     mismatched: List[str]               # written arrays that did not read back byte-identical
+    sidecar: str = ""                   # DST.nlparity.json: the arch the weights belong to
 
     def describe(self) -> str:
         """What was written (the read-back check passed)."""
         return (f"wrote {self.dst}: {self.format.name} ({self.format.scheme.name} names in a "
-                f"{self.format.container.name} file), {len(self.written)} arrays, read back byte-identical")
+                f"{self.format.container.name} file), {len(self.written)} arrays, read back byte-identical; "
+                f"arch {self.source.cfg.name} recorded in {os.path.basename(self.sidecar)}")
 
 
 def convert(src: str, dst: str, src_format: Optional[str] = None, dst_format: Optional[str] = None,
@@ -160,13 +171,26 @@ def convert(src: str, dst: str, src_format: Optional[str] = None, dst_format: Op
     if arch is not None and arch not in PRESETS:
         raise InputError(f"unknown arch preset {arch!r}; choose from {', '.join(PRESETS)}")
     check_output_path(dst, "DST")
+    original_src = src
     source_format = find_format(src_format) if src_format else None
     target = find_format(dst_format) if dst_format else format_for_path(dst)
     if os.path.exists(dst) and os.path.exists(src) and os.path.samefile(src, dst):
         raise InputError("SRC and DST are the same file")
+    src = resolve(src)
+    arch_from = ""
+    if arch is None:  # a registry entry or an earlier conversion may say which preset the weights are
+        entry, side = registry_entry(original_src), read_sidecar(src)
+        if entry is not None:
+            arch, arch_from = entry.arch, f"the registry entry {entry.name}"
+        elif side is not None:
+            arch, arch_from = side["arch"], os.path.basename(sidecar_path(src))
     source = read_source(src, source_format, arch, depth, num_classes, trust=trust)
+    source.arch_from = arch_from
     written = write_destination(dst, target, source.arrays, source.cfg)
-    return ConversionResult(source, dst, target, written, verify(dst, written))
+    result = ConversionResult(source, dst, target, written, verify(dst, written))
+    if not result.mismatched:  # the arch travels with the weights
+        result.sidecar = write_sidecar(dst, source.cfg, src, source.sha256)
+    return result
 
 
 # ---------------------------------------------------------------------- CLI

@@ -426,6 +426,27 @@ def layer_shapes(cfg: I3DNLConfig, input_shape: Tuple[int, int, int, int, int]) 
     return shapes
 
 
+def subop_names(cfg: I3DNLConfig, name: str) -> List[str]:
+    """The sub-operations of canonical layer ``name``, in execution order, as both models'
+    tracers name them (parity's drill-down compares them one by one)."""
+    stage = next((s for s in stage_plan(cfg) if s.name == name), None)
+    if stage is None:
+        raise KeyError(f"no canonical layer {name!r} in {cfg.name}")
+    if stage.kind == "stem":
+        return ["conv", "bn", "relu"]
+    if stage.kind in ("pool1", "pool2", "pool"):
+        return ["pool"]
+    if stage.kind == "logits":
+        return ["logits"]
+    if stage.kind == "non_local":
+        embedded = cfg.nonlocal_cfg.mode != "gaussian"
+        return (["theta"] if embedded else []) + ["phi", "g", "affinity", "y", "out", "bn", "add"]
+    steps = ["conv1", "bn1", "relu1", "conv2", "bn2", "relu2", "conv3", "bn3"]
+    if stage.block.downsample_stride is not None:
+        steps += ["downsample.conv", "downsample.bn"]
+    return steps + ["add", "relu"]
+
+
 def feature_info(cfg: I3DNLConfig) -> List[dict]:
     """timm's ``feature_info``: per stage res2..res5, the channels of its output
     (``num_chs``), its spatial stride against the input (``reduction``), the module that

@@ -41,7 +41,9 @@ class LoadedWeights:
         text = f"{self.path} ({self.scheme} weights in a {self.container} file, sha256 {self.sha256[:12]}"
         if self.ignored:
             families = ", ".join(f"{family} {n}" for family, n in self.ignored.items())
-            text += f", ignored {sum(self.ignored.values())} optimiser-state entries: {families}"
+            what = ("optimiser-state entries" if any("num_batches" not in f and "preprocessor" not in f
+                                                      for f in self.ignored) else "entries that hold no weights")
+            text += f", ignored {sum(self.ignored.values())} {what}: {families}"
         return text + ")"
 
 

@@ -111,12 +111,24 @@ def nothing_ignored(keys: Iterable[str]) -> Dict[str, int]:
     return {}
 
 
+def dropped_buffers(keys: Iterable[str]) -> Dict[str, int]:
+    """torch's BatchNorm ``num_batches_tracked`` counters (and mmaction2's preprocessor
+    buffers), which carry no weights: dropped on import, and said so."""
+    counts: Dict[str, int] = {}
+    for key in keys:
+        family = ("num_batches_tracked" if key.endswith("num_batches_tracked") else
+                  "data_preprocessor.*" if key.startswith("data_preprocessor.") else None)
+        if family:
+            counts[family] = counts.get(family, 0) + 1
+    return counts
+
+
 SCHEMES: Mapping[str, Scheme] = _table(
     Scheme("mindspore", mindspore_ckpt.looks_like_mindspore, mindspore_ckpt.to_canonical,
            mindspore_ckpt.from_canonical, mindspore_ckpt.ignored_training_entries),
-    Scheme("canonical", looks_canonical, canonical_to_canonical, canonical_from_canonical, nothing_ignored),
+    Scheme("canonical", looks_canonical, canonical_to_canonical, canonical_from_canonical, dropped_buffers),
     Scheme("mmaction2", mmaction2.looks_like_mmaction2, mmaction2.to_canonical, mmaction2.from_canonical,
-           nothing_ignored),
+           dropped_buffers),
     Scheme("caffe2", caffe2.looks_like_caffe2, caffe2.to_canonical, caffe2.from_canonical, nothing_ignored),
     Scheme("mindvideo", mindvideo.looks_like_mindvideo, mindvideo.to_canonical, mindvideo.from_canonical,
            mindspore_ckpt.ignored_training_entries),

@@ -154,18 +154,32 @@ def cached_path(entry: Entry) -> str:
     return os.path.join(cache_dir(), entry.filename)
 
 
-def resolve(name_or_path: str) -> str:
-    """A path as given, or a registry name's cached file; a clear error if neither."""
-    if os.path.exists(name_or_path):
-        return name_or_path
+def registry_entry(name_or_path: str) -> Optional[Entry]:
+    """The registry entry a ``--checkpoint`` argument names (a registry name or alias, not a
+    path that exists), or None."""
+    if not name_or_path or os.path.exists(name_or_path):
+        return None
     registry = load_registry()
-    if name_or_path in registry:
-        path = cached_path(registry[name_or_path])
-        if os.path.isfile(path):
-            return path
-        raise CheckpointError(f"{name_or_path} is not in the cache ({path}); "
-                              f"run: python -m harness.checkpoints fetch {name_or_path}")
-    raise CheckpointError(f"no such checkpoint file or registry name: {name_or_path}")
+    return registry[name_or_path] if name_or_path in registry else None
+
+
+def resolve(name_or_path: str, verify_digest: bool = True) -> str:
+    """A path as given, or a registry name's cached file, whose digest is checked against
+    the entry (a file put in the cache by hand may be another one); a clear error if neither."""
+    entry = registry_entry(name_or_path)
+    if entry is None:
+        if os.path.exists(name_or_path):
+            return name_or_path
+        raise CheckpointError(f"no such checkpoint file or registry name: {name_or_path}")
+    path = cached_path(entry)
+    if not os.path.isfile(path):
+        how = (f"run: python -m harness.checkpoints fetch {entry.name}" if entry.direct_download else
+               f"download it by hand from {entry.url}")
+        raise CheckpointError(f"{entry.name} is not in the cache; {how}, and put it at {path}")
+    if verify_digest and entry.check_digest(sha256_file(path)) is False:
+        raise CheckpointError(f"{path} is not {entry.name}: its sha256 is not "
+                              f"{entry.sha256 or entry.sha256_prefix + '...'}; remove it and fetch it again")
+    return path
 
 
 def fetch(entry: Union[Entry, str], progress: bool = True, timeout: float = 30.0) -> str:
@@ -200,7 +214,8 @@ def fetch(entry: Union[Entry, str], progress: bool = True, timeout: float = 30.0
         reason = getattr(exc, "reason", exc)
         if os.path.exists(partial):
             os.remove(partial)
-        raise CheckpointError(f"cannot download {entry.name} from {entry.url}: {reason}") from None
+        raise CheckpointError(f"cannot download {entry.name} from {entry.url}: {reason}; download it by hand "
+                              f"and put it at {target}") from None
     digest = sha256_file(partial)
     if entry.check_digest(digest) is False:
         os.remove(partial)

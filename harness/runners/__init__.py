@@ -78,6 +78,15 @@ class Runner(ABC):
         error shows apart from what it inherits."""
 
     @abstractmethod
+    def forward_subops(self, name: str, x: np.ndarray) -> Dict[str, np.ndarray]:
+        """Canonical layer ``name`` run on its input ``x``, every sub-operation kept, under
+        :func:`frameworks.spec.arch.subop_names` (parity's drill-down)."""
+
+    def forward_intermediates_float64(self, clip: np.ndarray) -> Dict[str, np.ndarray]:
+        """:meth:`forward_intermediates` in float64: only the torch runner can (the noise floor)."""
+        raise RunnerError(f"{self.name} cannot run in float64; the noise floor comes from torch")
+
+    @abstractmethod
     def forward(self, clip: np.ndarray) -> np.ndarray:
         """The network's output for a clip (logits, or Caffe2's averaged probabilities)."""
 

@@ -20,6 +20,10 @@ Tasks:
 ``isolated``       each layer on the input the ``reference`` outputs give it, to ``out``
 ``time``           ``iters`` timed forward passes per batch size after ``warmup`` untimed
                    ones, on seeded normal clips of ``input_shape`` (batch replaced)
+``subops``         canonical ``layer``'s sub-operations on ``layer_input``, to ``out``
+``candidate``      the user's own network (``plugin``, see :mod:`harness.runners.plugin`) on the
+                   input, its hooked layers and ``logits`` to ``out``
+                   (``intermediates`` with ``float64``: torch in float64, the noise floor)
 """
 from __future__ import annotations
 
@@ -37,7 +41,7 @@ import numpy as np
 from frameworks.spec.arch import I3DNLConfig
 from harness.runners import RunnerError
 
-TASKS = ("intermediates", "isolated", "time")
+TASKS = ("intermediates", "isolated", "time", "subops", "candidate")
 
 
 @dataclass
@@ -49,6 +53,10 @@ class Task:
     input_shape: Optional[List[int]] = None                       # time: (N, C, T, H, W), N replaced
     warmup: int = 1
     iters: int = 3
+    layer: Optional[str] = None          # subops: the canonical layer to trace
+    layer_input: Optional[str] = None    # subops: that layer's input (.npy)
+    float64: bool = False                # intermediates in float64 (torch): the float32 noise floor
+    plugin: Optional[str] = None         # candidate: "module:function" building the user's network
 
     def __post_init__(self) -> None:
         if self.op not in TASKS:
@@ -138,6 +146,17 @@ def _execute(job: Job) -> dict:
         return record
     if weights is None:
         raise RunnerError("a job with tasks needs weights or a seed")
+    if all(task.op == "candidate" for task in job.tasks):   # the user's network, not ours
+        from harness.runners import plugin
+
+        run = plugin.run_mindspore if job.framework == "ms" else plugin.run_torch
+        for task in job.tasks:
+            t0 = time.perf_counter()
+            outputs = run(task.plugin, job.config, weights, clip)
+            outputs["input"] = clip
+            write_npz(task.out, outputs)
+            record["tasks"].append({"op": "candidate", "out": task.out, "forward_s": time.perf_counter() - t0})
+        return record
     t0 = time.perf_counter()
     runner.build(job.config)
     record["build_s"] = time.perf_counter() - t0
@@ -156,6 +175,15 @@ def _run_task(runner, task: Task, clip: Optional[np.ndarray]) -> dict:
     from harness.checkpoints.io import write_npz
 
     t0 = time.perf_counter()
+    if task.op == "subops":
+        steps = runner.forward_subops(task.layer, np.load(task.layer_input, allow_pickle=False))
+        write_npz(task.out, steps)
+        return {"op": task.op, "out": task.out, "layer": task.layer, "forward_s": time.perf_counter() - t0}
+    if task.op == "intermediates" and task.float64:
+        outputs = runner.forward_intermediates_float64(clip)
+        outputs["input"] = clip
+        write_npz(task.out, outputs)
+        return {"op": task.op, "out": task.out, "float64": True, "forward_s": time.perf_counter() - t0}
     if task.op in ("intermediates", "isolated"):
         if clip is None:
             raise RunnerError(f"task {task.op} needs the job's input clip")

@@ -190,3 +190,14 @@ class MindSporeRunner(Runner):
         hw = super().hardware()
         hw.update(self.isa)
         return hw
+    def forward_subops(self, name: str, x: np.ndarray) -> Dict[str, np.ndarray]:
+        """In PyNative, one step at a time (each step is a kernel of its own either way)."""
+        from frameworks.mindspore.subops import trace
+
+        ms = self.ms
+        ms.set_context(mode=ms.PYNATIVE_MODE)
+        try:
+            return {k: v.asnumpy() for k, v in trace(self.net, name, self._tensor(x)).items()}
+        finally:
+            self._activate()
+

@@ -113,6 +113,9 @@ class MMAction2Runner(Runner):
     def forward(self, clip: np.ndarray) -> np.ndarray:
         with self.backend.torch.no_grad():
             return self.backend.numpy(self.model.cls_head(self.model.backbone(self.backend.tensor(clip))))
+    def forward_subops(self, name: str, x: np.ndarray) -> Dict[str, np.ndarray]:
+        raise RunnerError("mmaction2 has no sub-operation trace; drill down between our two frameworks")
+
 
     def sync(self) -> None:
         self.backend.sync()
