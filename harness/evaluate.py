@@ -60,10 +60,12 @@ def build_parser() -> argparse.ArgumentParser:
     run = p.add_argument_group("evaluation")
     run.add_argument("--framework", help="torch/pt or mindspore/ms")
     run.add_argument("--data-root", help="dataset root (the seed's Kinetics layout, or the prefix of a list file)")
-    run.add_argument("--arch", default=DEFAULT_PRESET, choices=list(PRESETS), metavar="PRESET",
-                     help=f"architecture preset (default {DEFAULT_PRESET})")
-    run.add_argument("--data-preset", default=DEFAULT_DATA_PRESET, choices=list(DATA_PRESETS), metavar="NAME",
-                     help=f"clip protocol (default {DEFAULT_DATA_PRESET}; one of {', '.join(DATA_PRESETS)})")
+    run.add_argument("--arch", choices=list(PRESETS), metavar="PRESET",
+                     help=f"architecture preset (default: the checkpoint's registry entry, or the arch convert "
+                          f"recorded beside it, else {DEFAULT_PRESET})")
+    run.add_argument("--data-preset", choices=list(DATA_PRESETS), metavar="NAME",
+                     help=f"clip protocol (default: the checkpoint's registry entry's, else {DEFAULT_DATA_PRESET}; "
+                          f"one of {', '.join(DATA_PRESETS)})")
     run.add_argument("--data-override", action="append", default=[], metavar="FIELD=VALUE",
                      help="change one field of the data preset (e.g. crop_size=64 for a test-sized run); recorded")
     run.add_argument("--split", default="val", help="split name: <root>/kinetics-400_<split>.csv (default val)")
@@ -83,7 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--threads", type=positive_int, help="framework threads (default: cores / shards)")
     run.add_argument("--shard", metavar="I/N", help="evaluate shard I of N (default: from the launcher's env)")
     run.add_argument("--chunk-videos", type=positive_int, default=32, help="videos per saved score chunk (default 32)")
-    run.add_argument("--out", help="summary JSON (default results/<framework>_<arch>_<preset>.json); "
+    run.add_argument("--out", help="summary JSON (default runs/<framework>_<arch>_<preset>.json); "
                                    "scores go to <out without .json>.scores/")
     run.add_argument("--resume", action="store_true", help="continue from the chunks already saved")
     p.add_argument("--json", metavar="OUT", help="(--compare) also write the agreement as JSON")
@@ -179,6 +181,8 @@ class EvaluationRequest:
 
     @classmethod
     def from_args(cls, args) -> "EvaluationRequest":
+        from harness.checkpoints.registry import registry_entry
+        from harness.checkpoints.sidecar import choose_arch
         from harness.runners import canonical_framework
 
         if not args.framework or not args.data_root:
@@ -187,8 +191,18 @@ class EvaluationRequest:
         if framework == "mmaction2":
             raise InputError("evaluate runs our implementations: --framework torch or ms")
         rank, world = shard_from(args.shard)
-        cfg = get_preset(args.arch, **({"num_classes": args.num_classes} if args.num_classes else {}))
-        preset = get_data_preset(args.data_preset)
+        choice = choose_arch(args.arch, args.checkpoint, DEFAULT_PRESET, num_classes=args.num_classes)
+        cfg = choice.cfg
+        entry = registry_entry(args.checkpoint) if args.checkpoint else None
+        preset_name = args.data_preset or (entry.data_preset if entry else DEFAULT_DATA_PRESET)
+        print(f"arch: {cfg.name} (from {choice.source}); data preset: {preset_name} (from "
+              f"{'--data-preset' if args.data_preset else f'the registry entry {entry.name}' if entry else 'the default'})",
+              flush=True)
+        for note in (choice.note(), f"note: --data-preset {preset_name} differs from the published protocol of this "
+                     f"checkpoint ({entry.data_preset})" if entry and preset_name != entry.data_preset else None):
+            if note:
+                print(note, file=sys.stderr, flush=True)
+        preset = get_data_preset(preset_name)
         overrides = parse_overrides(args.data_override, preset)
         if args.decoder:
             overrides["decoder"] = args.decoder
@@ -197,7 +211,7 @@ class EvaluationRequest:
                 preset = preset.replace(**overrides)
             except (ValueError, TypeError) as exc:
                 raise InputError(f"--data-override: {exc}") from None
-        out = args.out or os.path.join("results", f"{framework}_{cfg.name}_{preset.name}.json")
+        out = args.out or os.path.join("runs", f"{framework}_{cfg.name}_{preset.name}.json")
         if world > 1:
             stem = out[:-5] if out.endswith(".json") else out
             out = f"{stem}.shard{rank}of{world}.json"
@@ -208,9 +222,11 @@ class EvaluationRequest:
 
 
 # ----------------------------------------------------------------------------- weights
-def seeded_weights_for(req: EvaluationRequest, index, cache_dir: str, calibration_videos: int = 16) -> str:
+def seeded_weights_for(req: EvaluationRequest, index, calibration_videos: int = 16) -> str:
     """Seeded random weights made by the torch runner in a child process (MindSpore and
-    torch never share one), cached beside the scores so that a resumed run reuses them.
+    torch never share one), kept once in the cache (``$NLPARITY_CACHE/seeded/``) under a
+    digest of everything they depend on, so that a resumed run, the other framework's run
+    and a rerun reuse one file instead of writing 140 MB beside every run's scores.
 
     BN statistics are calibrated on one clip from each of up to ``calibration_videos``
     videos spread over the index (decoded by a loader worker process, since decord must
@@ -218,20 +234,30 @@ def seeded_weights_for(req: EvaluationRequest, index, cache_dir: str, calibratio
     clips, nor does one video's to another's, and five dot-product non-local blocks
     (cubic in their input's scale) amplify any mismatch into NaN.
     """
+    import hashlib
+
+    from harness.checkpoints.registry import cache_dir
     from harness.data import ClipLoader, DatasetIndex
     from harness.runners.child import Job, run_job, save_clip
 
-    path = os.path.join(cache_dir, f"random_weights_seed{req.seed}.npz")
-    if os.path.isfile(path):
-        return path
     step = max(1, len(index.records) // calibration_videos)
     picked = DatasetIndex(index.records[::step][: 2 * calibration_videos], index.label_map, type(index.faults)())
     loader = ClipLoader(picked, req.preset, workers=1)
     clips = [item.clips[:1] for _, item in zip(range(calibration_videos), loader)]
     if not clips:
         raise InputError("random weights are calibrated on videos, and no video of the index decodes")
+    clip = np.ascontiguousarray(np.concatenate(clips), dtype=np.float32)
+    key = hashlib.sha256(f"{arch_hash(req.cfg)}:{req.seed}:{clip.shape}".encode() + clip.tobytes()).hexdigest()[:24]
+    folder = os.path.join(cache_dir(), "seeded")
+    path = os.path.join(folder, f"{req.cfg.name}-seed{req.seed}-{key}.npz")
+    if os.path.isfile(path):
+        return path
+    try:
+        os.makedirs(folder, exist_ok=True)
+    except OSError as exc:
+        raise InputError(f"cannot keep seeded weights in {folder}: {exc.strerror} (set NLPARITY_CACHE)") from None
     with tempfile.TemporaryDirectory() as tmp, atomic_path(path, suffix=".npz") as partial:
-        clip_path = save_clip(os.path.join(tmp, "clip.npy"), np.concatenate(clips))
+        clip_path = save_clip(os.path.join(tmp, "clip.npy"), clip)
         run_job(Job("torch", req.cfg, seed=req.seed, save_weights=partial, input=clip_path), tmp, "weights")
     return path
 
@@ -246,7 +272,8 @@ def _weights(req: EvaluationRequest, index, store: ScoreStore) -> Tuple[Dict[str
         check_runnable(loaded.arrays, req.checkpoint)
         print(f"weights: {loaded.describe()}", file=sys.stderr, flush=True)
         return loaded.arrays, loaded.path, loaded.sha256
-    with np.load(seeded_weights_for(req, index, store.dir), allow_pickle=False) as z:
+    store.weights_file = seeded_weights_for(req, index)
+    with np.load(store.weights_file, allow_pickle=False) as z:
         arrays = {k: z[k] for k in z.files}
     check_runnable(arrays, "random weights")
     print(f"weights: seeded random (seed {req.seed}) - a framework comparison, not an accuracy",
@@ -276,7 +303,8 @@ def evaluate(req: EvaluationRequest) -> dict:
         timing = _score_loop(req, runner, store, index, remaining)
         summary = score_store.summarize(
             store.dir, identity, index_faults=[f.to_dict() for f in index.faults.faults],
-            extra={"kind": "evaluation", "checkpoint": checkpoint_label, "protocol": req.preset.protocol,
+            extra={"kind": "evaluation", "checkpoint": checkpoint_label, "weights_file": store.weights_file,
+                   "protocol": req.preset.protocol,
                    "spec_hash": spec_hash(req.cfg, req.preset), "data_override": req.overrides,
                    "workers": req.workers, "threads": runner.threads, "hardware": runner.hardware(),
                    "versions": runner.versions(), "date": utc_now(), "resumed": bool(done.n_chunks),
@@ -385,8 +413,15 @@ def print_summary(s: dict) -> None:
     counts = {k: v for k, v in s["faults"]["counts"].items() if v}
     if counts:
         print("faults: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
+    if s.get("data_override"):
+        print("data preset overridden: " + ", ".join(f"{k}={v}" for k, v in s["data_override"].items())
+              + " (not the published protocol)")
+    if s.get("limit"):
+        print(f"limited to the first {s['limit']} of {s.get('n_index')} listed videos (--limit)")
     if str(s.get("checkpoint", "")).startswith("random"):
-        print("weights: seeded random - these numbers compare frameworks; they are not an accuracy")
+        print("WEIGHTS: SEEDED RANDOM - these numbers compare frameworks; they are not an accuracy")
+    else:
+        print(f"weights: {s.get('checkpoint')} (sha256 {str(s.get('checkpoint_sha256'))[:12]})")
     print(f"summary: {s['_path']}")
 
 

@@ -148,6 +148,7 @@ class ScoreStore:
         self.next_chunk = 0
         self.created = False      # this process made the folder (so may remove it, see abandon)
         self.saved: Optional[Scores] = None
+        self.weights_file: Optional[str] = None   # the seeded weights a run used (kept in the cache)
 
     # -------------------------------------------------------------- locking
     def lock(self) -> None:

@@ -60,7 +60,13 @@ def test_caffe2_entry_is_named_embedded_gaussian_and_keeps_its_old_name(cli):
     assert "dot_product" not in registry[old].name
     listed = cli("harness.checkpoints", "list")
     assert listed.returncode == 0
-    assert "i3d_nl_embedded_gaussian_r50_caffe2" in listed.stdout and old not in listed.stdout
+    entries = [ln.split()[0] for ln in listed.stdout.splitlines() if ln and not ln.startswith(" ")]
+    assert "i3d_nl_embedded_gaussian_r50_caffe2" in entries and old not in entries   # listed once, by its name
+    assert f"aliases:   {old}" in listed.stdout
+    # what a user needs to find and check the file: name, URL, protocol and val count
+    for needle in ("i3d_nonlocal_32x2_IN_pretrain_400k.pkl", "https://dl.fbaipublicfiles.com/video-nonlocal/",
+                   "10 clips x 3 crops", "19,761 val videos", "19,796 val videos", "19,877 val videos"):
+        assert needle in listed.stdout, needle
 
 
 @pytest.fixture()

@@ -191,8 +191,7 @@ def test_torch_and_mindspore_agree_video_by_video(dataset, torch_run, tmp_path):
     assert agreement["top1_agreement"] >= (33 - agreement["n_near_ties"]) / 33
 
     torch_saved = read_scores(str(ref_out)[:-5] + ".scores")
-    exact = _float64_scores(dataset, str(ref_out)[:-5] + ".scores/random_weights_seed0.npz",
-                            torch_saved["video_ids"])
+    exact = _float64_scores(dataset, reference["weights_file"], torch_saved["video_ids"])
     float32_floor = np.abs(torch_saved["scores"] - exact).max()
     assert 0 < float32_floor < 1e-3
     assert agreement["max_abs_delta"] <= 3 * float32_floor, (agreement["max_abs_delta"], float32_floor)
@@ -202,8 +201,7 @@ def test_finite_weights_that_overflow_fail_with_exit_1_and_no_accuracy(dataset, 
     """Scores that are NaN or inf are a failed run (exit 1, one clear line), never an accuracy."""
     from harness.checkpoints.io import write_npz
 
-    _, ref_out = torch_run
-    with np.load(str(ref_out)[:-5] + ".scores/random_weights_seed0.npz") as z:
+    with np.load(torch_run[0]["weights_file"]) as z:
         weights = {k: z[k] for k in z.files}
     weights["stem.bn.weight"] = weights["stem.bn.weight"] * np.float32(1e30)  # finite, but overflows
     write_npz(str(tmp_path / "huge.npz"), weights)

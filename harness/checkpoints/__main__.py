@@ -37,17 +37,29 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+UNREADABLE_WORDS = {"counted_wrong": "an unreadable video counted wrong",
+                    "stops_run": "an unreadable video stops the run", "skipped": "unreadable videos skipped"}
+
+
 def _pct(value) -> str:
-    return f"{value:6.2f}" if isinstance(value, (int, float)) else f"{'-':>6}"
+    return f"{value:.2f}" if isinstance(value, (int, float)) else "-"
 
 
 def _list() -> int:
+    """Every entry: what it is, what it was published at and how, where it comes from."""
     registry = load_registry()
-    print(f"{'name':<40} {'format':<10} {'arch':<30} {'top1':>6} {'top5':>6}  cached")
     for e in registry.values():
-        cached = "yes" if os.path.isfile(cached_path(e)) else "-"
-        print(f"{e.name:<40} {e.format:<10} {e.arch:<30} {_pct(e.published.get('top1'))} "
-              f"{_pct(e.published.get('top5'))}  {cached}")
+        path = cached_path(e)
+        count = f"{e.val_videos:,} val videos" if e.val_videos else "val videos not stated"
+        how = f"; {e.denominator} denominator" if e.denominator else ""
+        how += f", {UNREADABLE_WORDS.get(e.unreadable, e.unreadable)}" if e.unreadable else ""
+        print(f"{e.name}  [{e.framework_row} row, {e.format}]")
+        print(f"  published: top1 {_pct(e.published.get('top1'))}, top5 {_pct(e.published.get('top5'))} on {count}{how}")
+        print(f"  protocol:  {e.published.get('protocol', '-')} (arch {e.arch}, data preset {e.data_preset})")
+        print(f"  file:      {e.filename} ({'cached at ' + path if os.path.isfile(path) else 'not fetched'})")
+        print(f"  url:       {e.url}" + ("" if e.direct_download else "  (a web page: download by hand)"))
+        if e.aliases:
+            print(f"  aliases:   {', '.join(e.aliases)}")
     return 0
 
 

@@ -173,9 +173,11 @@ def resolve(name_or_path: str, verify_digest: bool = True) -> str:
         raise CheckpointError(f"no such checkpoint file or registry name: {name_or_path}")
     path = cached_path(entry)
     if not os.path.isfile(path):
-        how = (f"run: python -m harness.checkpoints fetch {entry.name}" if entry.direct_download else
-               f"download it by hand from {entry.url}")
-        raise CheckpointError(f"{entry.name} is not in the cache; {how}, and put it at {path}")
+        if entry.direct_download:
+            raise CheckpointError(f"{name_or_path} is not in the cache ({path}); "
+                                  f"run: python -m harness.checkpoints fetch {name_or_path}")
+        raise CheckpointError(f"{name_or_path} is not in the cache: download it by hand from {entry.url} "
+                              f"and put it at {path}")
     if verify_digest and entry.check_digest(sha256_file(path)) is False:
         raise CheckpointError(f"{path} is not {entry.name}: its sha256 is not "
                               f"{entry.sha256 or entry.sha256_prefix + '...'}; remove it and fetch it again")
