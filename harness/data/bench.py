@@ -193,7 +193,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--video", help="video to decode (default: a synthetic H.264 clip of --seconds and --size)")
     p.add_argument("--seconds", type=positive_seconds, default=10.0, help="length of the synthetic clip (default 10)")
     p.add_argument("--size", type=_size, default=(340, 256), metavar="WxH", help="size of the synthetic clip (default 340x256)")
-    p.add_argument("--preset", default="mmaction2_val", help="data preset (default mmaction2_val: one 32x2 clip)")
+    p.add_argument("--data-preset", "--preset", dest="preset", default="mmaction2_val",
+                   help="data preset (default mmaction2_val: one 32x2 clip); --preset is its older name")
     p.add_argument("--decoders", default="decord,pyav", help="comma-separated decoders (default decord,pyav)")
     p.add_argument("--workers", type=_int_list, default=[1, 2], help="comma-separated worker counts (default 1,2)")
     p.add_argument("--videos", type=positive_int, default=40, help="timed videos per configuration (default 40)")
