@@ -1,213 +1,351 @@
-"""The caffe / pytorch / mindspore table: published beside measured, with throughput.
+"""The caffe / pytorch / mindspore table, from measured runs only: published beside measured,
+with throughput, parity and training, every number traced to the file it came from.
 
-    python -m harness.report                       # GitHub markdown from results/
-    python -m harness.report --format latex --out table.tex
+    python -m harness.report                                  # GitHub markdown from results/
+    python -m harness.report --format html --out report.html  # one self-contained page
+    python -m harness.report --results runs/ --format json --out report.json --plots plots/
 
-Reads only ``results/``: evaluation summaries (``harness.evaluate``), whose accuracy is
-recomputed from their saved per-video scores, and forward benchmarks (``harness.bench``,
-``harness.device_check``). Published numbers and protocols come from the checkpoint
-registry. A checkpoint with no evaluation in ``results/`` shows "not measured"; runs on
-seeded random weights are listed apart (they compare frameworks, not accuracy).
-Exit 0, or 2 on bad input (one line).
+Reads a results folder and the checkpoint registry, nothing else (see
+:mod:`harness.report_inputs` for the kinds of file it reads). Every accuracy, count and
+evaluation throughput is recomputed from the runs' saved per-video scores; a summary that
+its scores contradict is flagged and its numbers are not used. Tables:
+
+accuracy   one row per registered checkpoint x framework it ran in: published numbers exactly as
+           the registry holds them (with protocol, val count, denominator), measured ones on
+           the same denominator, the difference, top-1 agreement with the same weights in the
+           other framework, clips/s; a checkpoint never run shows as published only
+random     runs on seeded random weights: a framework comparison, kept out of the accuracy table
+speed      benchmarks: latency, clips/s, GFLOPs, utilisation, peak memory, training ms/step, ratios
+parity     per comparison, the worst error of each stage (a fraction of the layer's max |reference|)
+           and the verdict, forward and training step
+training   training runs: final loss, accuracy, ms/step
+
+Rows measured on different protocols, val sets, denominators or spec hashes are never
+compared without a flag: a numbered note on the row and on the compared cell. Files that are
+not read are listed with the reason. ``--plots DIR`` writes the PNG plots (``--format html``
+embeds them). Exit 0; 2 on bad input: no, an empty, or a foreign results folder, an unwritable
+output (one line).
 """
 from __future__ import annotations
 
 import argparse
 import csv
-import glob
+import importlib.util
 import io
 import json
 import os
 import sys
-from typing import Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
-import numpy as np
-
-from harness import metrics
 from harness.cli import InputError, OneLineParser, run_main
-from harness.files import atomic_path, check_output_path
+from harness.files import atomic_path, check_output_dir, check_output_path, json_safe
+from harness.report_tables import Flag, build_report, stage_rank
 
-ROWS = ("caffe", "pytorch", "mindspore")
-FRAMEWORK_NAMES = {"torch": "PyTorch", "ms": "MindSpore"}
-
-
-def _load_json(path: str) -> Optional[dict]:
-    try:
-        with open(path) as f:
-            return json.load(f)
-    except (OSError, json.JSONDecodeError):
-        return None
+FORMATS = ("github", "markdown", "latex", "csv", "json", "html")
+_TABULATE_FORMAT = {"github": "github", "markdown": "pipe", "latex": "latex_booktabs"}
 
 
-# result files written before every command stamped its ``kind``: told apart by their fields
-_LEGACY_KINDS = (("evaluation", lambda d: "summary_version" in d and "scores" in d),
-                 ("bench_forward", lambda d: d.get("benchmark") == "forward"),
-                 ("device_check", lambda d: d.get("benchmark") == "device_check"),
-                 ("bench_data", lambda d: d.get("benchmark") == "data_decode"),
-                 ("parity", lambda d: "layers" in d or "comparisons" in d))
+# ============================================================================ rendering
+def _f(x: Any, fmt: str = "{:.2f}") -> str:
+    if x is None or (isinstance(x, float) and x != x):
+        return "-"
+    if isinstance(x, (int, float)) and not isinstance(x, bool):
+        return fmt.format(x)
+    return str(x)
 
 
-def kind_of(doc: dict) -> Optional[str]:
-    """What a result file is: its ``kind``, or (older files) what its fields say."""
-    if isinstance(doc.get("kind"), str):
-        return doc["kind"]
-    return next((kind for kind, test in _LEGACY_KINDS if test(doc)), None)
+def published_number(x: Any) -> str:
+    """A registry number as the registry writes it: two decimals, more only if it has more."""
+    if not isinstance(x, (int, float)) or isinstance(x, bool):
+        return "-"
+    text = f"{x:.2f}"
+    return text if float(text) == x else repr(x)
 
 
-def collect(results_dir: str) -> Dict[str, list]:
-    """Evaluation summaries (accuracy recomputed from scores) and benchmark files."""
-    from harness.cli import InputError
-    from harness.scores import read_scores
+def _signed(x: Any) -> str:
+    return _f(x, "{:+.2f}")
 
-    evals, benches, skipped = [], [], []
-    for path in sorted(glob.glob(os.path.join(results_dir, "**", "*.json"), recursive=True)):
-        doc = _load_json(path)
-        if not isinstance(doc, dict):
-            skipped.append(f"{path}: not a JSON object")
+
+def _sci(x: Any) -> str:
+    if x is None:
+        return "-"
+    if x == float("inf"):
+        return "inf"
+    return f"{x:.1e}"
+
+
+class Notes:
+    """Numbers the flags of one rendering, in order of first appearance."""
+
+    def __init__(self) -> None:
+        self.texts: List[str] = []
+
+    def number(self, text: str) -> int:
+        if text not in self.texts:
+            self.texts.append(text)
+        return self.texts.index(text) + 1
+
+    def mark(self, row: dict, on: str) -> str:
+        nums = sorted({self.number(fl.text) for fl in row.get("flags", []) if fl.on == on})
+        return f" [{','.join(map(str, nums))}]" if nums else ""
+
+    def all(self, row: dict) -> str:
+        return ",".join(map(str, sorted({self.number(fl.text) for fl in row.get("flags", [])}))) or ""
+
+
+Column = Tuple[str, Callable[[dict, Notes], str]]
+
+
+def _pair(a: Any, b: Any, fmt: Callable[[Any], str] = _f) -> str:
+    return "-" if a is None and b is None else f"{fmt(a)} / {fmt(b)}"
+
+
+def _counts(r: dict) -> str:
+    if r.get("videos_scored") is None:
+        return "-"
+    return f"{r['videos_scored']} / {r['videos_listed']} / {r['videos_missing']}"
+
+
+def _agreement(r: dict, notes: Notes) -> str:
+    if r.get("agreement_top1") is None:
+        return "-" if not r.get("agreement_with") else f"- (vs {r['agreement_with']})"
+    return (f"{r['agreement_top1']:.2f} ({r['agreement_videos']} videos, vs {r['agreement_with']})"
+            + notes.mark(r, "agreement"))
+
+
+def _preset(r: dict) -> str:
+    return f"{r.get('data_preset')}*" if r.get("data_override") else str(r.get("data_preset") or "-")
+
+
+ACCURACY_COLUMNS: List[Column] = [
+    ("type", lambda r, n: r["type"]),
+    ("checkpoint", lambda r, n: r["checkpoint"]),
+    ("run in", lambda r, n: r["run_in"]),
+    ("arch", lambda r, n: str(r["arch"])),
+    ("data preset", lambda r, n: _preset(r)),
+    ("spec", lambda r, n: str(r.get("spec_hash") or "-")[:8]),
+    ("published top-1 / top-5", lambda r, n: _pair(r["published_top1"], r["published_top5"], published_number)),
+    ("published protocol", lambda r, n: str(r.get("published_protocol") or "-")),
+    ("published on", lambda r, n: "-" if r["published_top1"] is None and r["published_top5"] is None else
+     f"{_f(r['published_val_videos'], '{:d}') if r['published_val_videos'] is not None else '?'} videos, "
+     f"{r['published_denominator'] or '?'}"),
+    ("scored / listed / missing", lambda r, n: _counts(r)),
+    ("measured top-1 / top-5", lambda r, n: _pair(r.get("measured_top1"), r.get("measured_top5"))),
+    ("measured on", lambda r, n: "-" if not r.get("measured_on") else f"{r['measured_videos']} videos, "
+                                                                        f"{r['measured_on']}"),
+    ("delta top-1 / top-5", lambda r, n: ("-" if r.get("delta_top1") is None and r.get("delta_top5") is None else
+                                          _pair(r.get("delta_top1"), r.get("delta_top5"), _signed)
+                                          + n.mark(r, "delta"))),
+    ("top-1 agreement (%)", _agreement),
+    ("clips/s end to end / model", lambda r, n: _pair(r.get("clips_per_s"), r.get("model_clips_per_s"))),
+    ("device", lambda r, n: str(r.get("device") or "-")),
+    ("notes", lambda r, n: n.all(r)),
+]
+RANDOM_COLUMNS: List[Column] = [
+    ("run in", lambda r, n: r["run_in"]),
+    ("arch", lambda r, n: str(r["arch"])),
+    ("data preset", lambda r, n: _preset(r)),
+    ("spec", lambda r, n: str(r.get("spec_hash") or "-")[:8]),
+    ("scored / listed / missing", lambda r, n: _counts(r)),
+    ("top-1 agreement (%)", _agreement),
+    ("max abs score delta", lambda r, n: _sci(r.get("agreement_max_abs_delta"))),
+    ("clips/s end to end / model", lambda r, n: _pair(r.get("clips_per_s"), r.get("model_clips_per_s"))),
+    ("device", lambda r, n: str(r.get("device") or "-")),
+    ("notes", lambda r, n: n.all(r)),
+]
+SPEED_COLUMNS: List[Column] = [
+    ("bench", lambda r, n: r["bench"]),
+    ("framework", lambda r, n: r["framework"]),
+    ("variant", lambda r, n: r["variant"]),
+    ("device", lambda r, n: r["device"]),
+    ("dtype", lambda r, n: str(r["dtype"] or "-")),
+    ("arch", lambda r, n: str(r["arch"] or "-")),
+    ("clip", lambda r, n: str(r["clip"] or "-")),
+    ("batch", lambda r, n: _f(r["batch"], "{:d}")),
+    ("latency ms (median / p90)", lambda r, n: _pair(r["latency_ms"], r["latency_p90_ms"], lambda x: _f(x, "{:.1f}"))),
+    ("ms/clip", lambda r, n: _f(r["ms_per_clip"], "{:.1f}")),
+    ("clips/s", lambda r, n: _f(r["clips_per_s"])),
+    ("GFLOPs/clip", lambda r, n: _f(r["gflops_per_clip"], "{:.2f}")),
+    ("GFLOP/s", lambda r, n: _f(r["gflop_per_s"], "{:.1f}")),
+    ("utilisation %", lambda r, n: _f(r["utilisation_pct"], "{:.1f}")),
+    ("peak memory GiB (host / device)", lambda r, n: _pair(r["peak_host_gib"], r["peak_device_gib"])),
+    ("train ms/step", lambda r, n: _f(r["train_ms_per_step"], "{:.1f}")),
+    ("ratio", lambda r, n: "-" if r["ratio"] is None else f"{r['ratio']:.2f}x vs {r['ratio_to']}" + n.mark(r, "ratio")),
+    ("notes", lambda r, n: n.all(r)),
+]
+TRAINING_COLUMNS: List[Column] = [
+    ("framework", lambda r, n: r["framework"]),
+    ("arch", lambda r, n: str(r["arch"] or "-")),
+    ("data preset", lambda r, n: str(r["data_preset"] or "-")),
+    ("steps", lambda r, n: _f(r["steps"], "{:.0f}")),
+    ("batch", lambda r, n: _f(r["batch_size"], "{:.0f}")),
+    ("final loss", lambda r, n: _f(r["final_loss"], "{:.4f}")),
+    ("accuracy % (field)", lambda r, n: _f(r["accuracy_pct"]) + (f" ({r['accuracy_field']})"
+                                                                  if r.get("accuracy_field") else "")),
+    ("ms/step", lambda r, n: _f(r["ms_per_step"], "{:.1f}")),
+    ("device", lambda r, n: r["device"]),
+    ("dtype", lambda r, n: str(r["dtype"] or "-")),
+    ("notes", lambda r, n: n.all(r)),
+]
+
+
+def parity_columns(rows: List[dict]) -> List[Column]:
+    stages = sorted({s for r in rows for s in r["stages"]}, key=stage_rank)
+
+    def stage_cell(stage: str) -> Callable[[dict, Notes], str]:
+        def cell(r: dict, n: Notes) -> str:
+            st = r["stages"].get(stage)
+            if st is None:
+                return "-"
+            share = st.get("of_tolerance")
+            near = "" if share is None else (" (inf)" if share == float("inf") else f" ({100 * share:.0f}%)")
+            return f"{_sci(st['worst'])}{near} {'ok' if st['passed'] else 'FAIL'}"
+        return cell
+
+    return ([("kind", lambda r, n: r["kind"]), ("comparison", lambda r, n: r["comparison"]),
+             ("mode", lambda r, n: r["mode"]), ("arch", lambda r, n: str(r["arch"] or "-")),
+             ("input", lambda r, n: r["input"]), ("weights", lambda r, n: r["weights"])]
+            + [(s, stage_cell(s)) for s in stages]
+            + [("logits top-1 agreement %", lambda r, n: _f(r["logits_top1_agreement"])),
+               ("verdict", lambda r, n: "PASS" if r["passed"] else f"FAIL (first: {r['first_failure']})"),
+               ("notes", lambda r, n: n.all(r))])
+
+
+def columns_of(name: str, rows: List[dict]) -> List[Column]:
+    return {"accuracy": ACCURACY_COLUMNS, "random": RANDOM_COLUMNS, "speed": SPEED_COLUMNS,
+            "training": TRAINING_COLUMNS}.get(name) or parity_columns(rows)
+
+
+def _source_ids(report: dict) -> Dict[str, str]:
+    return {s["path"]: f"S{i + 1}" for i, s in enumerate(report["sources"])}
+
+
+def other_notes(table: dict, notes: Notes) -> List[str]:
+    """A table's notes that no row's flag numbers: table-wide ones, and what ``*`` means."""
+    rest = [t for t in table["notes"] if t not in notes.texts]
+    overrides = sorted({r["data_override"] for r in table["rows"] if r.get("data_override")})
+    if overrides:
+        rest.append(f"data preset*: overridden ({'; '.join(overrides)})")
+    return rest
+
+
+def text_tables(report: dict) -> List[Tuple[str, str, List[str], List[List[str]], List[str]]]:
+    """(key, title, header, body, notes) of every non-empty table, with note numbers and a
+    ``source`` column (``S3``: the third file of the sources list)."""
+    ids = _source_ids(report)
+    out = []
+    for key, table in report["tables"].items():
+        rows = table["rows"]
+        if not rows:
             continue
-        kind = kind_of(doc)
-        if kind == "evaluation":
-            shard = doc.get("shard", [0, 1])
-            if not (isinstance(shard, list) and len(shard) == 2 and shard[1] == 1):
-                continue  # a shard: its merged summary speaks for it
-            missing = [k for k in ("framework", "arch", "data_preset") if not isinstance(doc.get(k), str)]
-            if missing:
-                skipped.append(f"{path}: lacks {', '.join(missing)}")
-                continue
-            scores_dir = os.path.join(os.path.dirname(path), str(doc["scores"]))
-            if os.path.isdir(scores_dir):
-                try:
-                    saved = read_scores(scores_dir)
-                except InputError as exc:
-                    skipped.append(str(exc))
-                    continue
-                if len(saved.labels) and (saved.labels >= 0).all() and np.isfinite(saved.scores).all():
-                    doc.update(metrics.accuracy_summary(saved.scores, saved.labels))
-            doc["_path"] = path
-            evals.append(doc)
-        elif kind in ("bench_forward", "device_check"):
-            doc["_path"] = path
-            benches.append(doc)
-    for line in skipped:
-        print(f"warning: skipped {line}", file=sys.stderr)
-    return {"evaluations": evals, "benchmarks": benches}
+        notes = Notes()
+        cols = columns_of(key, rows)
+        header = [c[0] for c in cols] + ["source"]
+        body = [[fn(r, notes) for _, fn in cols] + [" ".join(ids.get(s["path"], "") for s in r.get("sources", [])
+                                                             if s["path"] in ids) or "registry"]
+                for r in rows]
+        out.append((key, table["title"], header, body, (notes.texts, other_notes(table, notes))))
+    return out
 
 
-def _pct(x) -> str:
-    return "-" if x is None or x != x else f"{100 * x:.2f}"
+def render_text(report: dict, fmt: str) -> str:
+    try:
+        from tabulate import tabulate
+    except ImportError:
+        raise InputError("the report's text tables need tabulate: pip install 'nlparity[report]'") from None
+    tf = _TABULATE_FORMAT[fmt]
+    latex = fmt == "latex"
+    parts = []
+
+    def heading(title: str) -> str:
+        return f"\\paragraph{{{_tex(title)}}}\n" if latex else f"## {title}\n"
+
+    def lines(items: List[str], numbered: bool = False) -> str:
+        if not items:
+            return ""
+        if latex:
+            env = "enumerate" if numbered else "itemize"
+            return f"\\begin{{{env}}}\n" + "".join(f"\\item {_tex(t)}\n" for t in items) + f"\\end{{{env}}}\n"
+        return "".join(f"{f'{i + 1}.' if numbered else '-'} {t}\n" for i, t in enumerate(items))
+
+    for _, title, header, body, (numbered, rest) in text_tables(report):
+        notes = lines(numbered, numbered=True) + lines(rest)
+        parts.append(heading(title) + "\n" + tabulate(body, header, tablefmt=tf, disable_numparse=True) + "\n"
+                     + ("\n" + notes if notes else ""))
+    if report["not_read"]:
+        parts.append(heading("Not read") + "\n" + lines([f"{n['path']}: {n['reason']}" for n in report["not_read"]]))
+    ids = _source_ids(report)
+    parts.append(heading("Sources") + "\n" + lines(
+        [f"{ids[s['path']]} {s['path']} (sha256 {s['sha256'][:16]})" for s in report["sources"]]
+        + [f"registry {report['registry']['path']} (sha256 {report['registry']['sha256'][:16]})"]))
+    return "\n".join(parts)
 
 
-def build_table(results_dir: str) -> dict:
-    from harness.checkpoints.registry import load_registry
-
-    found = collect(results_dir)
-    registry = load_registry()
-    rows = []
-    for row in ROWS:
-        for entry in (e for e in registry.values() if e.framework_row == row):
-            runs = [d for d in found["evaluations"] if isinstance(d.get("checkpoint_sha256"), str)
-                    and d.get("arch") == entry.arch and entry.check_digest(d["checkpoint_sha256"])]
-            base = {"type": f"i3d_nlnet_{row}", "checkpoint": entry.name, "arch": entry.arch,
-                    "published_top1": entry.published.get("top1"), "published_top5": entry.published.get("top5"),
-                    "published_protocol": entry.published.get("protocol", ""),
-                    "published_val_videos": entry.published.get("val_videos", "")}
-            if not runs:
-                rows.append({**base, "measured_in": "not measured", "top1": None, "top5": None,
-                             "data_preset": entry.data_preset, "n_videos": None, "clips_per_s": None})
-            for d in runs:
-                rows.append({**base, "measured_in": FRAMEWORK_NAMES.get(d["framework"], d["framework"]),
-                             "top1": d.get("top1"), "top5": d.get("top5"), "data_preset": d["data_preset"],
-                             "n_videos": d.get("n_videos"), "clips_per_s": d.get("clips_per_s"),
-                             "source": d["_path"]})
-    random_runs = [{"framework": d["framework"], "data_preset": d["data_preset"], "n_videos": d.get("n_videos"),
-                    "clips_per_s": d.get("clips_per_s"), "model_clips_per_s": d.get("model_clips_per_s"),
-                    "source": d["_path"]}
-                   for d in found["evaluations"] if str(d.get("checkpoint", "")).startswith("random")]
-    throughput = []
-    for b in found["benchmarks"]:
-        try:
-            throughput += _throughput_rows(b)
-        except (KeyError, TypeError, AttributeError) as exc:
-            print(f"warning: skipped {b['_path']}: not a benchmark this report reads ({type(exc).__name__}: {exc})",
-                  file=sys.stderr)
-    return {"accuracy": rows, "random_weight_runs": random_runs, "throughput": throughput}
+def _tex(text: str) -> str:
+    for a, b in (("\\", "\\textbackslash{}"), ("&", "\\&"), ("%", "\\%"), ("$", "\\$"), ("#", "\\#"),
+                 ("_", "\\_"), ("{", "\\{"), ("}", "\\}"), ("~", "\\textasciitilde{}"), ("^", "\\^{}")):
+        text = text.replace(a, b) if a != "\\" else text.replace(a, "\x00")
+    return text.replace("\x00", "\\textbackslash{}")
 
 
-def _throughput_rows(b: dict) -> List[dict]:
-    rows = []
-    if kind_of(b) == "bench_forward":
-        for r in b["results"]:
-            if "error" in r:
-                continue
-            for run in r["runs"]:
-                rows.append({"framework": FRAMEWORK_NAMES.get(r["framework"], r["framework"]),
-                             "mode": r["mode"], "device": r["hardware"].get("gpu") or r["hardware"]["cpu"],
-                             "batch": run["batch_size"], "ms_per_clip": float(run["ms_per_clip"]),
-                             "clips_per_s": float(run["clips_per_s"]), "source": b["_path"]})
-    else:
-        for run in b.get("gpu", []):
-            if "error" in run:
-                continue
-            rows.append({"framework": "PyTorch", "mode": "eager", "device": b["hardware"].get("gpu"),
-                         "batch": run["batch_size"], "ms_per_clip": float(run["ms_per_clip"]),
-                         "clips_per_s": float(run["clips_per_s"]), "source": b["_path"]})
-    return rows
-
-
-def _num(x, fmt: str = "{:.2f}") -> str:
-    return "-" if not isinstance(x, (int, float)) or x != x else fmt.format(x)
-
-
-def render(table: dict, fmt: str) -> str:
-    if fmt == "json":
-        return json.dumps(table, indent=2)
-    head = ["type", "checkpoint", "arch", "published top1", "published top5", "measured in", "top1", "top5",
-            "data preset", "videos", "clips/s"]
-    body = [[r["type"], r["checkpoint"], r["arch"], _num(r["published_top1"]), _num(r["published_top5"]),
-             r["measured_in"], _pct(r["top1"]), _pct(r["top5"]), r["data_preset"],
-             "-" if r["n_videos"] is None else str(r["n_videos"]),
-             _num(r["clips_per_s"])] for r in table["accuracy"]]
-    thead = ["framework", "mode", "device", "batch", "ms/clip", "clips/s"]
-    tbody = [[t["framework"], t["mode"], t["device"], str(t["batch"]), f"{t['ms_per_clip']:.1f}",
-              f"{t['clips_per_s']:.2f}"] for t in table["throughput"]]
-    if fmt == "csv":
-        out = io.StringIO()
-        writer = csv.writer(out)
-        writer.writerow(head)
-        writer.writerows(body)
+def render_csv(report: dict) -> str:
+    """Each table's flat fields, one block per table (``# table: name`` first)."""
+    out = io.StringIO()
+    writer = csv.writer(out)
+    for key, table in report["tables"].items():
+        rows = table["rows"]
+        if not rows:
+            continue
+        fields: List[str] = []
+        for r in rows:
+            fields += [k for k, v in r.items() if k not in fields and k not in ("flags", "sources", "stages")]
+        writer.writerow([f"# table: {key}"])
+        writer.writerow(fields + (["stages"] if key == "parity" else []) + ["flags", "sources"])
+        for r in rows:
+            extra = ([json.dumps(json_safe(r["stages"]))] if key == "parity" else [])
+            writer.writerow([_csv_value(r.get(k)) for k in fields] + extra
+                            + ["; ".join(fl.text for fl in r.get("flags", [])),
+                               "; ".join(f"{s['path']}@{s['sha256']}" for s in r.get("sources", []))])
         writer.writerow([])
-        writer.writerow(thead)
-        writer.writerows(tbody)
-        return out.getvalue()
-    if fmt == "latex":
-        def tex(rows, header):
-            lines = ["\\begin{tabular}{" + "l" * len(header) + "}", "\\hline",
-                     " & ".join(header) + " \\\\", "\\hline"]
-            lines += [" & ".join(c.replace("_", "\\_") for c in row) + " \\\\" for row in rows]
-            return "\n".join(lines + ["\\hline", "\\end{tabular}"])
-        return tex(body, head) + "\n\n" + tex(tbody, thead) + "\n"
-
-    def md(rows, header):
-        return "\n".join(["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-                         + ["| " + " | ".join(row) + " |" for row in rows])
-    text = "## Accuracy on Kinetics-400 (published beside measured)\n\n" + md(body, head) + "\n"
-    if table["throughput"]:
-        text += "\n## Forward throughput (1x3x32x224x224 float32)\n\n" + md(tbody, thead) + "\n"
-    if table["random_weight_runs"]:
-        text += ("\n## Runs on seeded random weights (framework comparison only)\n\n"
-                 + md([[r["framework"], r["data_preset"], str(r["n_videos"]),
-                        "-" if r["clips_per_s"] is None else f"{r['clips_per_s']:.2f}", r["source"]]
-                       for r in table["random_weight_runs"]],
-                      ["framework", "data preset", "videos", "clips/s", "summary"]) + "\n")
-    return text
+    return out.getvalue()
 
 
+def _csv_value(v: Any) -> Any:
+    if isinstance(v, float) and v != v:
+        return ""
+    return "" if v is None else v
+
+
+def to_json(report: dict) -> str:
+    def default(o: Any) -> Any:
+        if isinstance(o, Flag):
+            return o.to_dict()
+        return str(o)
+
+    return json.dumps(json_safe(json.loads(json.dumps(report, default=default))), indent=2)
+
+
+def render(report: dict, fmt: str, plots: Optional[list] = None, out_path: Optional[str] = None) -> str:
+    if fmt == "json":
+        return to_json(report)
+    if fmt == "csv":
+        return render_csv(report)
+    if fmt == "html":
+        from harness.report_html import render_html
+
+        return render_html(report, plots or [], out_path)
+    return render_text(report, fmt)
+
+
+# ============================================================================ command
 def main(argv: Optional[List[str]] = None) -> int:
     p = OneLineParser(prog="python -m harness.report", description=__doc__,
                       formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--results", default="results", help="folder of result JSON files (default results/)")
-    p.add_argument("--format", choices=["github", "markdown", "latex", "csv", "json"], default="github")
+    p.add_argument("--format", choices=FORMATS, default="github",
+                   help="github (default), markdown, latex, csv, json, or html (one self-contained page)")
     p.add_argument("--out", help="write here instead of standard output")
+    p.add_argument("--plots", metavar="DIR", help="also write the plots as PNG files into DIR")
     args = p.parse_args(argv)
 
     def body() -> int:
@@ -215,11 +353,27 @@ def main(argv: Optional[List[str]] = None) -> int:
             raise InputError(f"no results folder {args.results}")
         if args.out:
             check_output_path(args.out, "--out")
-        text = render(build_table(args.results), args.format)
+        if args.plots:
+            check_output_dir(args.plots, "--plots folder")
+        if args.format in _TABULATE_FORMAT:
+            if importlib.util.find_spec("tabulate") is None:  # checked before any work
+                raise InputError("the report's text tables need tabulate: pip install 'nlparity[report]'")
+        report = build_report(args.results)
+        for n in report["not_read"]:
+            print(f"warning: skipped {n['path']} (not read): {n['reason']}", file=sys.stderr)
+        plots: list = []
+        if args.plots or args.format == "html":
+            from harness import plots as plotting
+
+            plots = plotting.make_plots(report)
+        if args.plots:
+            plotting.write_plots(plots, args.plots)
+        text = render(report, args.format, plots, args.out)
         if args.out:
             with atomic_path(args.out) as tmp:
-                with open(tmp, "w") as f:
-                    f.write(text)
+                with open(tmp, "w", encoding="utf-8") as f:
+                    f.write(text if text.endswith("\n") else text + "\n")
+            print(f"report: {args.out}")
         else:
             print(text)
         return 0

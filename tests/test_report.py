@@ -1,76 +1,616 @@
-"""`python -m harness.report`: published numbers from the registry, measured ones recomputed
-from saved scores, throughput from benchmark files."""
+"""`python -m harness.report`: a results folder built from real small runs (a made dataset with
+planted faults; seeded weights kept by parity and registered in a test registry; random
+weights; a tiny forward benchmark), every number in the tables checked against metrics this
+file recomputes on its own from the saved chunks, and the honesty rules: flags where rows are
+not comparable, a contradicted summary not trusted, bad folders refused in one line."""
 from __future__ import annotations
 
+import glob
+import hashlib
+import importlib.util
 import json
+import os
+import re
+import shutil
+import subprocess
+from html.parser import HTMLParser
 
 import numpy as np
+import pytest
 
+from harness.report import build_report, render
 from harness.scores import Chunk, write_chunk
-from harness.report import build_table, render
+from tests.conftest import ROOT, run_cli
+
+SMALL = ["--data-override", "clip_len=8", "--data-override", "short_edge=72", "--data-override", "crop_size=64"]
+HAS_MS = importlib.util.find_spec("mindspore") is not None
+REAL_REGISTRY = os.path.join(ROOT, "checkpoints", "registry.toml")
 
 
-def test_measured_accuracy_is_recomputed_from_the_saved_scores(tmp_path, monkeypatch):
-    digest = "8e1f2148" + "0" * 56  # matches the mmaction2 1.x entry's 8-hex prefix
-    scores_dir = tmp_path / "torch_run.scores"
-    scores_dir.mkdir()
-    # 4 videos: top-1 right for 3 (labels 0,1,2), wrong for the last (label 3 ranked 2nd)
-    scores = np.full((4, 400), 0.0, np.float32)
-    for i, top in enumerate([0, 1, 2, 5]):
-        scores[i, top] = 0.9
-    scores[3, 3] = 0.5
-    write_chunk(str(scores_dir), 0, Chunk([0, 1, 2, 3], list("abcd"), [0, 1, 2, 3], list(scores)), 400)
-    summary = {"summary_version": 2, "scores": "torch_run.scores", "shard": [0, 1], "framework": "torch",
-               "arch": "i3d_nl_dot_product_r50",
-               "checkpoint_sha256": digest, "checkpoint": "x.pth", "data_preset": "mmaction2_test_10x3",
-               "n_videos": 4, "top1": 0.0, "top5": 0.0, "clips_per_s": 12.5}
-    (tmp_path / "torch_run.json").write_text(json.dumps(summary))
-    table = build_table(str(tmp_path))
-    row = next(r for r in table["accuracy"] if r["checkpoint"] == "i3d_nl_dot_product_r50_mmaction2")
-    assert row["measured_in"] == "PyTorch" and row["top1"] == 0.75 and row["top5"] == 1.0
-    assert row["published_top1"] == 74.80
-    unmeasured = next(r for r in table["accuracy"] if r["checkpoint"] == "i3d_nl_embedded_gaussian_r50_caffe2")
-    assert unmeasured["measured_in"] == "not measured"
-    text = render(table, "github")
-    assert "| i3d_nlnet_pytorch | i3d_nl_dot_product_r50_mmaction2 |" in text and "| 75.00 | 100.00 |" in text
-    for fmt in ("csv", "json"):
-        assert "i3d_nl_dot_product_r50_mindvideo" in render(table, fmt)
-    assert r"i3d\_nl\_dot\_product\_r50\_mindvideo & i3d\_nl\_mindvideo\_r50" in render(table, "latex")
+def _ok(proc):
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc
 
 
-def test_missing_results_folder_is_exit_2(cli, tmp_path):
-    proc = cli("harness.report", "--results", tmp_path / "none")
-    assert proc.returncode == 2 and "no results folder" in proc.stderr
+def _sha(path) -> str:
+    return hashlib.sha256(open(path, "rb").read()).hexdigest()
 
 
-def _summary(tmp_path, name, **fields):
-    from harness.scores import Chunk, write_chunk
+# ----------------------------------------------------------------------------- the folder
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """Real runs: parity (keeping its seeded weights), evaluations of those weights in torch
+    and MindSpore and of seeded random weights in torch, and a tiny forward benchmark."""
+    top = tmp_path_factory.mktemp("report")
+    data, res = top / "k400", top / "results"
+    res.mkdir()
+    _ok(run_cli("harness.make_dataset", data, "--classes", "4", "--videos-per-class", "1",
+                "--val-videos-per-class", "3", "--seconds", "2", "--size", "128x96", "--faults", "--no-progress"))
+    weights = top / "W.npz"
+    _ok(run_cli("harness.parity", "--frameworks", "torch", "--reference", "mmaction2", "--input-shape", "1,3,8,64,64",
+                "--save-weights", weights, "--json", res / "parity_torch_mmaction2.json"))
+    frameworks = ["torch", "ms"] if HAS_MS else ["torch"]
+    cache = {"NLPARITY_CACHE": str(top / "cache")}  # where evaluate keeps its seeded random weights
+    for fw in frameworks:
+        _ok(run_cli("harness.evaluate", "--framework", fw, "--data-root", data, *SMALL, "--checkpoint", weights,
+                    "--out", res / f"{fw}_seeded.json", "-q", env=cache))
+    _ok(run_cli("harness.evaluate", "--framework", "torch", "--data-root", data, *SMALL,
+                "--out", res / "torch_random.json", "-q", env=cache))
+    _ok(run_cli("harness.bench", "forward", "--frameworks", ",".join(frameworks), "--ms-mode", "graph",
+                "--input-shape", "1,3,8,64,64", "--iters", "3", "--warmup", "1", "--json", res / "bench_tiny.json"))
+    # today's committed parity and GPU-check files: real outputs of the other commands
+    for name in ("parity_ms_vs_torch_cpu.json", "gpu_h200_torch_device_check.json"):
+        shutil.copy(os.path.join(ROOT, "results", name), res / name)
+    n_listed = json.loads((res / "torch_seeded.json").read_text())["n_listed"]
+    registry = top / "registry.toml"
+    registry.write_text(open(REAL_REGISTRY).read() + f"""
+[seeded_test_weights]
+origin = "tests/test_report.py: parity's seeded weights"
+url = "http://127.0.0.1:9/W.npz"
+filename = "W.npz"
+sha256 = "{_sha(weights)}"
+format = "npz"
+framework_row = "pytorch"
+arch = "i3d_nl_dot_product_r50"
+data_preset = "mmaction2_val"
+published = {{ top1 = 25.00, top5 = 75.00, protocol = "1 clip, centre crop (test size)", val_videos = {n_listed}, denominator = "listed", unreadable = "counted_wrong" }}
 
-    scores_dir = tmp_path / f"{name}.scores"
-    scores_dir.mkdir()
-    write_chunk(str(scores_dir), 0, Chunk([0], ["a"], [0], [np.eye(400, dtype=np.float32)[0]]), 400)
-    doc = {"summary_version": 2, "scores": f"{name}.scores", "shard": [0, 1], "framework": "torch",
-           "arch": "i3d_nl_dot_product_r50", "data_preset": "mmaction2_test_10x3", "checkpoint": "x.pth",
-           "checkpoint_sha256": "8e1f2148" + "0" * 56, **fields}
-    (tmp_path / f"{name}.json").write_text(json.dumps(doc))
+[seeded_test_weights_scored]
+origin = "a second entry, matched by editing a summary in one test"
+url = "http://127.0.0.1:9/X.npz"
+filename = "X.npz"
+sha256 = "{'f' * 64}"
+format = "npz"
+framework_row = "mindspore"
+arch = "i3d_nl_dot_product_r50"
+data_preset = "mmaction2_val"
+published = {{ top1 = 30.00, top5 = 80.00, protocol = "another", val_videos = 3, denominator = "scored", unreadable = "skipped" }}
+""")
+    return {"results": res, "registry": registry, "weights": weights, "frameworks": frameworks}
+
+
+@pytest.fixture
+def report_of(runs, monkeypatch):
+    monkeypatch.setenv("NLPARITY_REGISTRY", str(runs["registry"]))
+    return lambda folder=None: build_report(str(folder or runs["results"]))
+
+
+def _copy(runs, tmp_path):
+    dst = tmp_path / "results"
+    shutil.copytree(runs["results"], dst)
+    return dst
+
+
+# ----------------------------------------------------------------------------- independent metrics
+def independent(summary_path) -> dict:
+    """Everything the accuracy table shows for a run, computed here from the chunk files with
+    numpy alone (not harness.scores, not harness.metrics)."""
+    doc = json.loads(open(summary_path).read())
+    folder = os.path.join(os.path.dirname(summary_path), doc["scores"])
+    pos, ids, labels, scores, faults, seconds = [], [], [], [], [], []
+    for chunk in sorted(glob.glob(os.path.join(folder, "chunk-*.npz"))):
+        with np.load(chunk) as z:
+            pos += z["positions"].tolist()
+            ids += [str(x) for x in z["video_ids"].tolist()]
+            labels += z["labels"].tolist()
+            scores += list(z["scores"])
+            faults += json.loads(str(z["faults"]))
+            seconds += json.loads(str(z["seconds"]))
+    order = np.argsort(pos)
+    ids = [ids[i] for i in order]
+    labels = np.array(labels)[order]
+    scores = np.array(scores)[order]
+    index_faults = [f for f in doc["faults"]["list"] if "position" not in f]
+    missing = sum(1 for f in index_faults + faults if f.get("skipped", True) and f["kind"] != "duplicate_row")
+    n = len(labels)
+    hit1 = [int(np.argmax(s) == y) for s, y in zip(scores, labels)]
+    # equal scores rank lowest class first (harness.metrics' rule; a saturated softmax has many)
+    hit5 = [int(y in np.argsort(-s, kind="stable")[:5]) for s, y in zip(scores, labels)]
+    return {"n": n, "missing": missing, "listed": n + missing, "hit1": sum(hit1), "hit5": sum(hit5),
+            "ids": ids, "scores": scores, "labels": labels,
+            "clips_per_s": sum(r[1] for r in seconds) / sum(r[4] for r in seconds),
+            "model_clips_per_s": sum(r[1] for r in seconds) / sum(r[2] for r in seconds)}
+
+
+def _line(text, checkpoint, run_in=None):
+    """The text table line of a checkpoint (and framework): matched by its cells."""
+    for ln in text.splitlines():
+        cells = [c.strip() for c in ln.split("|")]
+        if len(cells) > 3 and cells[2] == checkpoint and (run_in is None or cells[3] == run_in):
+            return ln
+    raise AssertionError(f"no line for {checkpoint} {run_in}")
+
+
+def _row(report, table, **match):
+    rows = [r for r in report["tables"][table]["rows"] if all(r.get(k) == v for k, v in match.items())]
+    assert len(rows) == 1, (match, [(r.get("checkpoint"), r.get("run_in")) for r in report["tables"][table]["rows"]])
+    return rows[0]
+
+
+# ----------------------------------------------------------------------------- accuracy
+def test_every_number_of_a_measured_row_is_recomputed_from_the_chunks(runs, report_of):
+    report = report_of()
+    res = runs["results"]
+    mine = {fw: independent(res / f"{fw}_seeded.json") for fw in runs["frameworks"]}
+    text = render(report, "github")
+    for fw, name in (("torch", "PyTorch"), ("ms", "MindSpore")):
+        if fw not in mine:
+            continue
+        m = mine[fw]
+        row = _row(report, "accuracy", checkpoint="seeded_test_weights", run_in=name)
+        assert m["missing"] > 0  # the planted faults: "listed" differs from "scored"
+        counts = (row["videos_scored"], row["videos_missing"], row["videos_listed"])
+        assert counts == (m["n"], m["missing"], m["listed"])
+        assert row["measured_on"] == "listed" and row["measured_videos"] == m["listed"]
+        assert row["measured_top1"] == pytest.approx(100 * m["hit1"] / m["listed"], abs=1e-9)
+        assert row["measured_top5"] == pytest.approx(100 * m["hit5"] / m["listed"], abs=1e-9)
+        assert row["delta_top1"] == pytest.approx(100 * m["hit1"] / m["listed"] - 25.0, abs=1e-9)
+        assert row["delta_top5"] == pytest.approx(100 * m["hit5"] / m["listed"] - 75.0, abs=1e-9)
+        assert row["clips_per_s"] == pytest.approx(m["clips_per_s"], rel=1e-9)
+        assert row["model_clips_per_s"] == pytest.approx(m["model_clips_per_s"], rel=1e-9)
+        assert row["device"] and row["arch"] == "i3d_nl_dot_product_r50" and row["data_preset"] == "mmaction2_val"
+        # the sources are the summary (its sha256 as on disk) and the scores folder
+        assert row["sources"][0] == {"path": str(res / f"{fw}_seeded.json"), "sha256": _sha(res / f"{fw}_seeded.json")}
+        assert row["sources"][1]["path"].endswith(f"{fw}_seeded.scores")
+        # the text table shows those numbers as computed here
+        cells = f"{100 * m['hit1'] / m['listed']:.2f} / {100 * m['hit5'] / m['listed']:.2f}"
+        line = _line(text, "seeded_test_weights", name)
+        assert cells in line and f"{m['n']} / {m['listed']} / {m['missing']}" in line, line
+        assert f"{m['clips_per_s']:.2f} / {m['model_clips_per_s']:.2f}" in line
+    if len(mine) == 2:
+        t, s = mine["torch"], mine["ms"]
+        common = sorted(set(t["ids"]) & set(s["ids"]))
+        it, is_ = [t["ids"].index(v) for v in common], [s["ids"].index(v) for v in common]
+        agree = np.mean(t["scores"][it].argmax(1) == s["scores"][is_].argmax(1))
+        row = _row(report, "accuracy", checkpoint="seeded_test_weights", run_in="PyTorch")
+        assert row["agreement_with"] == "MindSpore" and row["agreement_videos"] == len(common)
+        assert row["agreement_top1"] == pytest.approx(100 * agree, abs=1e-9)
+        assert row["agreement_max_abs_delta"] == pytest.approx(
+            float(np.abs(t["scores"][it].astype(np.float64) - s["scores"][is_]).max()), rel=1e-9)
+
+
+def test_published_numbers_appear_as_the_registry_holds_them(runs, report_of):
+    from harness.checkpoints.registry import load_registry
+
+    report = report_of()
+    text = render(report, "github")
+    registry = load_registry(str(runs["registry"]))
+    for entry in registry.values():
+        rows = [r for r in report["tables"]["accuracy"]["rows"] if r["checkpoint"] == entry.name]
+        assert rows, entry.name
+        pub = entry.published
+        for r in rows:
+            assert (r["published_top1"], r["published_top5"], r["published_protocol"], r["published_val_videos"],
+                    r["published_denominator"]) == (pub["top1"], pub["top5"], pub["protocol"], pub["val_videos"],
+                                                    pub["denominator"])
+        line = _line(text, entry.name)
+        assert f"{pub['top1']:.2f} / {pub['top5']:.2f}" in line and pub["protocol"] in line
+        assert f"{pub['val_videos']} videos, {pub['denominator']}" in line
+    # the seed's three numbers, unmeasured here: published only, nothing filled in
+    for name, numbers in (("i3d_nl_embedded_gaussian_r50_caffe2", "74.90 / 91.60"),
+                          ("i3d_nl_dot_product_r50_mmaction2_v0", "73.92 / 91.59"),
+                          ("i3d_nl_dot_product_r50_mindvideo", "72.48 / 90.72")):
+        row = _row(report, "accuracy", checkpoint=name)
+        assert row["run_in"] == "published only" and "measured_top1" not in row and not row["sources"]
+        assert numbers in _line(text, name)
+
+
+def test_random_weight_runs_are_labelled_and_kept_out_of_the_accuracy_table(runs, report_of):
+    report = report_of()
+    res = runs["results"]
+    acc_sources = {s["path"] for r in report["tables"]["accuracy"]["rows"] for s in r["sources"]}
+    assert str(res / "torch_random.json") not in acc_sources
+    row = _row(report, "random", run_in="PyTorch")
+    assert row["weights"].startswith("random") and row["sources"][0]["path"] == str(res / "torch_random.json")
+    m = independent(res / "torch_random.json")
+    assert (row["videos_scored"], row["videos_listed"]) == (m["n"], m["listed"])
+    assert "not an accuracy" in report["tables"]["random"]["title"]
+    assert "measured_top1" not in row and "top1" not in row
+
+
+def test_a_seeded_run_is_flagged_against_the_published_protocol(runs, report_of):
+    row = _row(report_of(), "accuracy", checkpoint="seeded_test_weights", run_in="PyTorch")
+    delta_flags = [f.text for f in row["flags"] if f.on == "delta"]
+    assert any("overridden (clip_len=8, short_edge=72, crop_size=64)" in t for t in delta_flags), delta_flags
+    assert not any("val set" in t for t in delta_flags)  # the test entry's val count is this run's
+    text = render(report_of(), "github")
+    line = _line(text, "seeded_test_weights", "PyTorch")
+    assert re.search(r"[+-]\d+\.\d\d / [+-]\d+\.\d\d \[\d", line), line  # the delta carries its note number
+    assert "mmaction2_val*" in line
+
+
+def test_mixed_spec_hashes_presets_denominators_and_val_sets_are_flagged(runs, report_of, tmp_path):
+    if not HAS_MS:
+        pytest.skip("needs the MindSpore run")
+    res = _copy(runs, tmp_path)
+    ms = json.loads((res / "ms_seeded.json").read_text())
+    ms.update(spec_hash="0123456789abcdef", data_preset="seed_eval", checkpoint_sha256="f" * 64,
+              annotations="/elsewhere/kinetics-400_val.csv")
+    (res / "ms_seeded.json").write_text(json.dumps(ms))
+    report = report_of(res)
+    notes = report["tables"]["accuracy"]["notes"]
+    for what in ("spec hashes", "data presets", "denominators"):
+        assert any(f"mix 2 {what}" in n for n in notes), (what, notes)
+    torch_row = _row(report, "accuracy", checkpoint="seeded_test_weights", run_in="PyTorch")
+    agreement_flags = [f.text for f in torch_row["flags"] if f.on == "agreement"]
+    assert any("across spec hashes" in t for t in agreement_flags)
+    assert any("different val sets" in t for t in agreement_flags)
+    ms_row = _row(report, "accuracy", checkpoint="seeded_test_weights_scored", run_in="MindSpore")
+    assert ms_row["measured_on"] == "scored"
+    assert any("measured with data preset seed_eval" in f.text for f in ms_row["flags"] if f.on == "delta")
+    assert any("not the same val set" in f.text for f in ms_row["flags"] if f.on == "delta")
+    text = render(report, "github")
+    assert "mix 2 spec hashes" in text and "across spec hashes" in text
+
+
+def test_a_summary_its_scores_contradict_is_flagged_and_not_trusted(runs, report_of, tmp_path):
+    res = _copy(runs, tmp_path)
+    doc = json.loads((res / "torch_seeded.json").read_text())
+    doc.update(top1_listed=0.99, n_videos=1000, clips_per_s=1e6)
+    (res / "torch_seeded.json").write_text(json.dumps(doc))
+    row = _row(report_of(res), "accuracy", checkpoint="seeded_test_weights", run_in="PyTorch")
+    m = independent(res / "torch_seeded.json")
+    assert row["measured_top1"] == pytest.approx(100 * m["hit1"] / m["listed"]) and row["videos_scored"] == m["n"]
+    flag = next(f.text for f in row["flags"] if "disagrees" in f.text)
+    assert "top1_listed 0.99" in flag and "n_videos 1000" in flag and "clips_per_s" in flag
+    # without its scores a summary shows no number at all
+    shutil.rmtree(res / "torch_seeded.scores")
+    row = _row(report_of(res), "accuracy", checkpoint="seeded_test_weights", run_in="PyTorch")
+    assert row["measured_top1"] is None and row["videos_scored"] is None and row["clips_per_s"] is None
+    assert any("scores folder" in f.text and "missing" in f.text for f in row["flags"])
 
 
 def test_a_run_of_another_arch_is_not_listed_under_a_checkpoint(tmp_path):
     """The same file evaluated on another graph is not a measurement of the published model."""
     _summary(tmp_path, "right")
     _summary(tmp_path, "wrong_arch", arch="i3d_nl_mindvideo_r50")
-    rows = [r for r in build_table(str(tmp_path))["accuracy"] if r["checkpoint"] == "i3d_nl_dot_product_r50_mmaction2"]
-    assert [r["source"].rsplit("/", 1)[-1] for r in rows] == ["right.json"]
+    report = build_report(str(tmp_path))
+    rows = [r for r in report["tables"]["accuracy"]["rows"] if r["checkpoint"] == "i3d_nl_dot_product_r50_mmaction2"]
+    assert [os.path.basename(r["sources"][0]["path"]) for r in rows] == ["right.json"]
+    other = next(r for r in report["tables"]["accuracy"]["rows"] if r["sources"]
+                 and r["sources"][0]["path"].endswith("wrong_arch.json"))
+    assert "not in the registry" in other["checkpoint"]
+    assert any("not a measurement of the published model" in f.text for f in other["flags"])
 
 
-def test_odd_result_files_are_skipped_with_a_warning_not_a_traceback(tmp_path, cli):
-    _summary(tmp_path, "null_sha", checkpoint_sha256=None)
-    (tmp_path / "bench.json").write_text(json.dumps({"benchmark": "forward", "results": [{"framework": "torch"}]}))
-    (tmp_path / "list.json").write_text("[1, 2]")
-    registry = tmp_path / "registry.toml"
-    registry.write_text('[bare]\norigin = "x"\nurl = "http://x/y.pth"\nfilename = "y.pth"\nformat = "mmaction2"\n'
-                        'arch = "i3d_r50"\ndata_preset = "mmaction2_val"\nframework_row = "pytorch"\npublished = {}\n')
-    proc = cli("harness.report", "--results", tmp_path, env={"NLPARITY_REGISTRY": str(registry)})
+def _summary(tmp_path, name, **fields):
+    scores_dir = tmp_path / f"{name}.scores"
+    scores_dir.mkdir()
+    # 4 videos: top-1 right for 3 (labels 0,1,2), wrong for the last (label 3 ranked 2nd)
+    scores = np.zeros((4, 400), np.float32)
+    for i, top in enumerate([0, 1, 2, 5]):
+        scores[i, top] = 0.9
+    scores[3, 3] = 0.5
+    write_chunk(str(scores_dir), 0, Chunk([0, 1, 2, 3], list("abcd"), [0, 1, 2, 3], list(scores)), 400)
+    doc = {"summary_version": 2, "scores": f"{name}.scores", "shard": [0, 1], "framework": "torch",
+           "arch": "i3d_nl_dot_product_r50", "data_preset": "mmaction2_test_10x3", "checkpoint": "x.pth",
+           "checkpoint_sha256": "8e1f2148" + "0" * 56, "faults": {"counts": {}, "list": []}, **fields}
+    (tmp_path / f"{name}.json").write_text(json.dumps(doc))
+
+
+def test_accuracy_over_hand_made_scores_and_every_format(tmp_path):
+    """A registered digest (mmaction2 1.x, by its 8-hex prefix): 3 of 4 right at top-1, all 4
+    in the top 5; the summary's own 0.0 is contradicted and flagged."""
+    _summary(tmp_path, "torch_run", top1=0.0)
+    report = build_report(str(tmp_path))
+    row = _row(report, "accuracy", checkpoint="i3d_nl_dot_product_r50_mmaction2", run_in="PyTorch")
+    assert (row["measured_top1"], row["measured_top5"], row["published_top1"]) == (75.0, 100.0, 74.80)
+    assert row["delta_top1"] == pytest.approx(0.2) and any("disagrees" in f.text for f in row["flags"])
+    for fmt in ("github", "markdown"):
+        text = render(report, fmt)
+        assert "| i3d_nlnet_pytorch " in text and "75.00 / 100.00" in text and "+0.20 / +7.93" in text
+    latex = render(report, "latex")
+    assert r"i3d\_nl\_dot\_product\_r50\_mindvideo" in latex and r"\begin{tabular}" in latex
+    csv_text = render(report, "csv")
+    import csv as _csv
+
+    blocks = [list(_csv.reader(b.splitlines())) for b in csv_text.strip().split("\r\n\r\n")]
+    acc = next(b for b in blocks if b[0] == ["# table: accuracy"])
+    header, rows = acc[1], acc[2:]
+    measured = next(r for r in rows if r[header.index("run_in")] == "PyTorch")
+    assert float(measured[header.index("measured_top1")]) == 75.0
+    assert measured[header.index("published_top1")] == "74.8"
+    doc = json.loads(render(report, "json"))
+    assert doc["tables"]["accuracy"]["rows"][0]["flags"] == [] and doc["units"]["accuracy"] == "percent"
+
+
+# ----------------------------------------------------------------------------- speed, parity, training
+def test_speed_rows_are_recomputed_from_the_timings_with_ratios(runs, report_of):
+    report = report_of()
+    doc = json.loads((runs["results"] / "bench_tiny.json").read_text())
+    rows = [r for r in report["tables"]["speed"]["rows"] if r["sources"][0]["path"].endswith("bench_tiny.json")]
+    assert len(rows) == len(runs["frameworks"])
+    by_name = {r["framework"]: r for r in rows}
+    for result in doc["results"]:
+        run = result["runs"][0]
+        median = float(np.median(run["step_s"]))
+        row = by_name[{"torch": "PyTorch", "ms": "MindSpore"}[result["framework"]]]
+        assert row["latency_ms"] == pytest.approx(1000 * median) and row["clips_per_s"] == pytest.approx(1 / median)
+        assert row["latency_p90_ms"] == pytest.approx(1000 * np.percentile(run["step_s"], 90))
+        assert (row["batch"], row["clip"], row["dtype"]) == (1, "3x8x64x64", "float32")
+        assert any("dtype not recorded" in f.text for f in row["flags"]) == ("dtype" not in result)
+        # the benchmark's own flat fields, where it writes them, exactly as written
+        for mine, theirs, scale in (("gflops_per_clip", "gflops_per_clip", 1), ("gflop_per_s", "achieved_gflops", 1),
+                                    ("utilisation_pct", "utilisation", 100),
+                                    ("peak_host_gib", "host_rss_peak_mib", 1 / 1024)):
+            if theirs in run:
+                assert row[mine] == pytest.approx(run[theirs] * scale), mine
+    if "MindSpore" in by_name:
+        assert by_name["MindSpore"]["ratio"] == pytest.approx(by_name["MindSpore"]["clips_per_s"]
+                                                               / by_name["PyTorch"]["clips_per_s"])
+        assert by_name["PyTorch"]["ratio"] == 1.0 and by_name["MindSpore"]["ratio_to"].startswith("PyTorch eager")
+    gpu = [r for r in report["tables"]["speed"]["rows"] if r["device"] == "NVIDIA H200"]
+    assert {r["batch"] for r in gpu} == {1, 4, 8, 16}
+
+
+def test_parity_rows_give_each_stage_its_worst_error(runs, report_of):
+    report = report_of()
+    doc = json.loads((runs["results"] / "parity_ms_vs_torch_cpu.json").read_text())
+    row = next(r for r in report["tables"]["parity"]["rows"] if r["mode"] == "propagated+pynative")
+    stages = {}
+    for layer in doc["pynative"]["layers"]:
+        stage = {"pool1": "stem", "pool2": "res2"}.get(layer["name"].split(".")[0], layer["name"].split(".")[0])
+        stages[stage] = max(stages.get(stage, 0.0), layer["scaled_max_abs"])
+    assert {k: v["worst"] for k, v in row["stages"].items()} == stages
+    assert row["passed"] and row["comparison"] == "ms vs torch" and row["kind"] == "forward"
+    mm = next(r for r in report["tables"]["parity"]["rows"] if r["comparison"] == "torch vs mmaction2")
+    assert mm["passed"] and all(v["worst"] == 0.0 for v in mm["stages"].values())  # bit-identical
+    assert any(r["comparison"] == "torch-gpu vs torch-cpu" for r in report["tables"]["parity"]["rows"])
+
+
+def _train_files(res):
+    """Training outputs as the training issue describes them (its commands do not exist yet):
+    loss per step, final accuracy, ms/step, a training benchmark and a training-step parity."""
+    from harness.comparator import compare_outputs
+
+    run = res / "train_torch_run"   # as harness.train writes it: train.json beside state.json
+    run.mkdir()
+    (run / "train.json").write_text(json.dumps({
+        "kind": "train", "framework": "torch", "arch": "i3d_nl_dot_product_r50", "data_preset": "seed_train",
+        "recipe": {"batch_size": 2}, "steps_done": 4, "total_steps": 10, "final_loss": 1.0, "mean_step_ms": 612.5,
+        "curve": [{"step": i, "loss": v, "step_ms": 600.0} for i, v in enumerate([2.0, 1.5, 1.2, 1.0])],
+        "final_top1": 0.75, "dtype": "float32", "hardware": {"device": "cpu", "cpu": "AMD EPYC", "threads": "2"}}))
+    (run / "state.json").write_text(json.dumps({"checkpoint": "ckpt-000004.pth", "curve": []}))
+    (res / "train_ms.json").write_text(json.dumps({
+        "kind": "train", "framework": "ms", "arch": "i3d_nl_dot_product_r50",
+        "history": [{"step": 1, "loss": 2.1}, {"step": 2, "loss": 1.4}, {"step": 3, "loss": 1.1}],
+        "val_top1": 70.0, "step_s": [1.0, 1.2, 1.1], "hardware": {"device": "cpu", "cpu": "AMD EPYC"}}))
+    (res / "bench_train.json").write_text(json.dumps({"kind": "bench_train", "results": [
+        {"framework": "torch", "mode": "eager", "device": "cpu", "dtype": "float32", "batch_size": 2,
+         "input_shape": [2, 3, 8, 112, 112], "step_s": [0.6, 0.62, 0.61], "peak_rss_bytes": 3 * 2 ** 30},
+        {"framework": "ms", "mode": "graph", "device": "cpu", "dtype": "float32", "batch_size": 2,
+         "input_shape": [2, 3, 8, 112, 112], "step_s": [1.2, 1.3, 1.25]}]}))
+    (res / "bench_gpu_bf16.json").write_text(json.dumps({"kind": "bench_forward", "results": [
+        {"framework": "torch", "mode": "eager", "device": "gpu", "hardware": {"gpu": "NVIDIA H200"}, "runs": [
+            {"batch_size": 16, "dtype": "bfloat16", "latency_ms_median": 20.0, "gflops_per_clip": 221.5,
+             "utilisation": 0.1, "peak_device_memory_mib": 2048.0}]}]}))
+    rng = np.random.default_rng(0)   # harness.parity --train-steps: entries name@what, a float64 floor inside
+    names = ["stem.conv.weight@grad1", "res2.0.conv1.weight@grad1", "head.fc.weight@final", "loss@1"]
+    ref = {n: rng.standard_normal(8).astype(np.float32) for n in names}
+    got = {n: v + np.float32(1e-7) for n, v in ref.items()}
+    got["res2.0.conv1.weight@grad1"] = ref["res2.0.conv1.weight@grad1"] * np.float32(1.01)
+    report = compare_outputs(ref, got, names, reference_name="torch", candidate_name="ms")
+    floor = compare_outputs(ref, ref, names, reference_name="torch float64", candidate_name="torch float32")
+    (res / "train_parity.json").write_text(json.dumps({
+        **report.to_dict(), "kind": "train_parity", "arch": "i3d_nl_dot_product_r50", "floor": floor.to_dict(),
+        "input_shape": [2, 3, 8, 64, 64], "losses": {"torch": [2.0, 1.8, 1.7], "ms": [2.0, 1.8, 1.7]}}))
+
+
+def test_training_runs_benchmarks_and_step_parity_are_read(runs, report_of, tmp_path):
+    res = _copy(runs, tmp_path)
+    _train_files(res)
+    report = report_of(res)
+    t = _row(report, "training", framework="PyTorch")
+    assert (t["final_loss"], t["accuracy_pct"], t["ms_per_step"], t["steps"], t["batch_size"]) == (
+        1.0, 75.0, 612.5, 4, 2)
+    assert not any(n["path"].endswith("state.json") for n in report["not_read"])
+    m = _row(report, "training", framework="MindSpore")
+    assert (m["final_loss"], m["accuracy_pct"], m["ms_per_step"]) == (1.1, 70.0, pytest.approx(1100.0))
+    speed = report["tables"]["speed"]["rows"]
+    tt = next(r for r in speed if r["bench"] == "training" and r["framework"] == "PyTorch")
+    mt = next(r for r in speed if r["bench"] == "training" and r["framework"] == "MindSpore")
+    assert tt["train_ms_per_step"] == pytest.approx(610.0) and mt["train_ms_per_step"] == pytest.approx(1250.0)
+    assert mt["ratio"] == pytest.approx(610.0 / 1250.0) and tt["peak_host_gib"] == pytest.approx(3.0)
+    bf16 = next(r for r in speed if r["dtype"] == "bfloat16")
+    assert (bf16["clips_per_s"], bf16["gflops_per_clip"], bf16["utilisation_pct"], bf16["peak_device_gib"]) == (
+        pytest.approx(800.0), 221.5, pytest.approx(10.0), pytest.approx(2.0))
+    step, floor = [r for r in report["tables"]["parity"]["rows"] if r["kind"] == "training step"]
+    assert not step["passed"] and step["first_failure"] == "res2.0.conv1.weight@grad1"
+    assert set(step["stages"]) == {"stem", "res2", "head", "loss"} and not step["stages"]["res2"]["passed"]
+    assert step["stages"]["res2"]["of_tolerance"] > 1 >= step["stages"]["stem"]["of_tolerance"]
+    assert floor["passed"] and floor["comparison"] == "torch float32 vs torch float64" and "floor" in floor["mode"]
+    labels = {c["label"].split(" [")[0] for c in report["plots_data"]["loss_curves"]}
+    assert labels == {"PyTorch", "MindSpore"}
+    text = render(report, "github")
+    assert "## Training runs" in text and "FAIL (first: res2.0.conv1.weight@grad1)" in text
+
+
+# ----------------------------------------------------------------------------- what is not read
+def test_unknown_kinds_and_odd_files_are_listed_as_not_read(runs, tmp_path, cli):
+    res = _copy(runs, tmp_path)
+    (res / "future.json").write_text(json.dumps({"kind": "frobnicate", "x": 1}))
+    (res / "list.json").write_text("[1, 2]")
+    (res / "broken.json").write_text("{not json")
+    (res / "bench_empty.json").write_text(json.dumps({"benchmark": "forward", "results": [{"framework": "torch"}]}))
+    shard = json.loads((res / "torch_random.json").read_text())
+    shard["shard"] = [0, 2]
+    (res / "lonely.shard0of2.json").write_text(json.dumps(shard))
+    proc = cli("harness.report", "--results", res, env={"NLPARITY_REGISTRY": str(runs["registry"])})
     assert proc.returncode == 0, proc.stderr
-    assert "Traceback" not in proc.stderr and "skipped" in proc.stderr and "bench.json" in proc.stderr
-    assert "| i3d_nlnet_pytorch | bare | i3d_r50 | - | - | not measured |" in proc.stdout
+    assert "Traceback" not in proc.stderr
+    section = proc.stdout.split("## Not read", 1)[1].split("##", 1)[0]
+    for name, reason in (("future.json", "kind frobnicate"), ("list.json", "not a JSON object"),
+                         ("broken.json", "not valid JSON"), ("bench_empty.json", "no timed run"),
+                         ("lonely.shard0of2.json", "no merged summary")):
+        assert name in section and reason in section, (name, section)
+        assert f"skipped {res / name}" in proc.stderr
+    assert "registry.toml" in proc.stdout.split("## Sources", 1)[1]
+
+
+def test_files_of_a_known_kind_with_wrong_fields_never_stop_the_report(runs, tmp_path, cli):
+    res = _copy(runs, tmp_path)
+    doc = json.loads((res / "torch_seeded.json").read_text())
+    doc.update(faults=[1, 2], merged_from=5, hardware="cpu", data_override=[1], checkpoint_sha256=123,
+               spec_hash=5, n_videos="lots", top1="high")
+    (res / "torch_seeded.json").write_text(json.dumps(doc))
+    for name, body in (("bench_bad.json", {"kind": "bench_forward", "results": [
+                            {"framework": "torch", "runs": [{"batch_size": "one", "step_s": ["a", None]}]}, 5]}),
+                       ("parity_bad.json", {"kind": "parity", "reference": 1, "candidate": [2],
+                                            "layers": [{"name": 5}, {"name": "stem", "scaled_max_abs": "x",
+                                                                     "passed": "yes"}]}),
+                       ("train_bad.json", {"kind": "train", "losses": {"a": 1}, "step_s": "fast", "hardware": [1]}),
+                       ("dc_bad.json", {"kind": "device_check", "gpu": "nope", "cpu": [1, 2]})):
+        (res / name).write_text(json.dumps(body))
+    for fmt in ("github", "json", "html"):
+        proc = cli("harness.report", "--results", res, "--format", fmt, "--out", tmp_path / f"r.{fmt}",
+                   env={"NLPARITY_REGISTRY": str(runs["registry"])})
+        assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    report = json.loads((tmp_path / "r.json").read_text())
+    row = next(r for r in report["tables"]["accuracy"]["rows"] if r["sources"]
+               and r["sources"][0]["path"].endswith("torch_seeded.json"))
+    assert "not in the registry" in row["checkpoint"]  # a digest that is not text identifies nothing
+    assert any("checkpoint_sha256 is not text" in f["text"] and "hardware is not an object" in f["text"]
+               for f in row["flags"])
+    not_read = {os.path.basename(n["path"]) for n in report["not_read"]}
+    assert {"bench_bad.json", "train_bad.json", "dc_bad.json"} <= not_read
+    bad = next(r for r in report["tables"]["parity"]["rows"] if r["sources"][0]["path"].endswith("parity_bad.json"))
+    assert not bad["passed"]  # "yes" is not a verdict
+
+
+@pytest.mark.parametrize("case", ["empty", "corrupt", "foreign", "missing"])
+def test_an_empty_corrupt_or_foreign_folder_is_one_line_and_exit_2(case, tmp_path, cli):
+    folder = tmp_path / "res"
+    if case != "missing":
+        folder.mkdir()
+    if case == "corrupt":
+        (folder / "a.json").write_text("{\"kind\": \"evaluation\", ")
+        (folder / "b.json").write_bytes(b"\x00\xff")
+    if case == "foreign":
+        (folder / "package.json").write_text(json.dumps({"name": "left-pad", "version": "1.0.0"}))
+        (folder / "notes").mkdir()
+    proc = cli("harness.report", "--results", folder, "--out", tmp_path / "r.md")
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    assert proc.returncode == 2 and len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert {"empty": "no result files", "corrupt": "nothing in", "foreign": "nothing in",
+            "missing": "no results folder"}[case] in lines[0]
+    assert not (tmp_path / "r.md").exists()
+
+
+# ----------------------------------------------------------------------------- plots and the page
+def test_plots_open_and_name_their_units(runs, report_of, tmp_path):
+    from PIL import Image
+
+    from harness import plots
+
+    res = _copy(runs, tmp_path)
+    _train_files(res)
+    out = tmp_path / "plots"
+    proc = run_cli("harness.report", "--results", res, "--format", "json", "--out", tmp_path / "r.json",
+                   "--plots", out, env={"NLPARITY_REGISTRY": str(runs["registry"])})
+    assert proc.returncode == 0, proc.stderr
+    names = sorted(os.listdir(out))
+    expected = {"parity_layers.png", "parity_training.png", "throughput.png", "loss_curves.png"}
+    assert expected <= set(names), names
+    if HAS_MS:
+        assert "per_class_1.png" in names
+    for name in names:
+        with Image.open(out / name) as im:
+            im.load()
+            assert im.format == "PNG" and im.size[0] > 300 and im.size[1] > 200
+    for plot in plots.make_plots(report_of(res)):
+        for label in plot.axes:
+            assert re.search(r"\(.+\)", label), (plot.name, label)  # every axis names its unit
+    by_name = {p.name: p for p in plots.make_plots(report_of(res))}
+    assert "log scale" in by_name["parity_layers.png"].axes[1] and "clips/s" in by_name["throughput.png"].axes[0]
+    assert "percentage points" in by_name.get("per_class_1.png", by_name["throughput.png"]).axes[1] or not HAS_MS
+
+
+class _Page(HTMLParser):
+    def __init__(self):
+        super().__init__()
+        self.external, self.images, self.links, self.cells = [], 0, [], []
+
+    def handle_starttag(self, tag, attrs):
+        attrs = dict(attrs)
+        for key in ("src", "href"):
+            value = attrs.get(key) or ""
+            if value.startswith(("http:", "https:", "//")) or (tag in ("script", "link") and value):
+                self.external.append(value)
+        if tag == "img":
+            assert attrs["src"].startswith("data:image/png;base64,")
+            self.images += 1
+        if tag == "a":
+            self.links.append(attrs["href"])
+        if tag in ("script", "iframe"):
+            self.external.append(tag)
+
+
+def _browser():
+    return next((shutil.which(b) for b in ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable",
+                                           "chrome") if shutil.which(b)), None)
+
+
+def test_the_html_page_is_self_contained_and_renders_in_a_headless_browser(runs, tmp_path):
+    page = tmp_path / "out" / "report.html"
+    page.parent.mkdir()
+    proc = run_cli("harness.report", "--results", runs["results"], "--format", "html", "--out", page,
+                   env={"NLPARITY_REGISTRY": str(runs["registry"])})
+    assert proc.returncode == 0, proc.stderr
+    html = page.read_text()
+    parsed = _Page()
+    parsed.feed(html)
+    assert not parsed.external and parsed.images >= 2
+    for href in parsed.links:  # every source link resolves from where the page lies
+        assert os.path.exists(os.path.normpath(os.path.join(page.parent, href))), href
+    for name in ("torch_seeded.json", "bench_tiny.json", "parity_torch_mmaction2.json"):
+        assert _sha(runs["results"] / name) in html
+    assert "74.90 / 91.60" in html and "published only" in html
+    browser = _browser()
+    if browser is None:
+        pytest.skip("no headless browser (chromium / chrome) on this machine")
+    shot = tmp_path / "shot.png"
+    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--no-first-run",
+             "--hide-scrollbars", f"--user-data-dir={tmp_path / 'profile'}"]
+    dom = subprocess.run([browser, *flags, "--dump-dom", page.as_uri()], capture_output=True, text=True, timeout=120)
+    assert "published beside measured" in dom.stdout and dom.stdout.count("<img") == parsed.images
+    subprocess.run([browser, *flags, "--window-size=1400,2000", f"--screenshot={shot}", page.as_uri()],
+                   capture_output=True, timeout=120)
+    from PIL import Image
+
+    with Image.open(shot) as im:
+        assert im.size == (1400, 2000)
+        colours = im.convert("RGB").getcolors(maxcolors=1 << 20)
+        assert len(colours) > 50  # tables and plots drew something, not a blank page
+
+
+# ----------------------------------------------------------------------------- the command
+def test_outputs_are_checked_before_work_and_written_atomically(runs, tmp_path, cli):
+    env = {"NLPARITY_REGISTRY": str(runs["registry"])}
+    (tmp_path / "file").write_text("x")
+    proc = cli("harness.report", "--results", runs["results"], "--plots", tmp_path / "file", env=env)
+    assert proc.returncode == 2 and "it is a file" in proc.stderr and len(proc.stderr.splitlines()) == 1
+    out = tmp_path / "r.tex"
+    proc = cli("harness.report", "--results", runs["results"], "--format", "latex", "--out", out, env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert out.read_text().startswith("\\paragraph") and proc.stdout.strip() == f"report: {out}"
+    assert sorted(os.listdir(tmp_path)) == ["file", "r.tex"]  # no temporary file left beside it
