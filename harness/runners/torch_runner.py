@@ -88,6 +88,22 @@ class TorchRunner(Runner):
                 previous = reference[name]
         return out
 
+    def forward_subops(self, name: str, x: np.ndarray) -> Dict[str, np.ndarray]:
+        from frameworks.torch.subops import trace
+
+        with self.backend.torch.no_grad():
+            return {k: self.backend.numpy(v) for k, v in trace(self.model, name, self.backend.tensor(x)).items()}
+
+    def forward_intermediates_float64(self, clip: np.ndarray) -> Dict[str, np.ndarray]:
+        torch = self.backend.torch
+        model = self.model.double()
+        try:
+            with torch.no_grad():
+                x = torch.from_numpy(np.ascontiguousarray(clip, dtype=np.float64)).to(self.backend.dev)
+                return {k: self.backend.numpy(v) for k, v in model.forward_intermediates(x).items()}
+        finally:
+            self.model.float()
+
     def sync(self) -> None:
         self.backend.sync()
 
@@ -111,19 +127,3 @@ def seeded_weights(cfg: I3DNLConfig, clip: np.ndarray, seed: int) -> Dict[str, n
     model = I3DNL(cfg)
     randomize(model, torch.from_numpy(np.ascontiguousarray(clip, dtype=np.float32)), seed)
     return to_canonical(model)
-    def forward_subops(self, name: str, x: np.ndarray) -> Dict[str, np.ndarray]:
-        from frameworks.torch.subops import trace
-
-        with self.backend.torch.no_grad():
-            return {k: self.backend.numpy(v) for k, v in trace(self.model, name, self.backend.tensor(x)).items()}
-
-    def forward_intermediates_float64(self, clip: np.ndarray) -> Dict[str, np.ndarray]:
-        torch = self.backend.torch
-        model = self.model.double()
-        try:
-            with torch.no_grad():
-                x = torch.from_numpy(np.ascontiguousarray(clip, dtype=np.float64)).to(self.backend.dev)
-                return {k: self.backend.numpy(v) for k, v in model.forward_intermediates(x).items()}
-        finally:
-            self.model.float()
-
