@@ -77,6 +77,25 @@ def setup_logging(verbose: bool = False) -> None:
                         format="%(name)s: %(message)s", stream=sys.stderr)
 
 
+# ------------------------------------------------------------------ shared options
+# One wording for the options every command shares (tests/test_cli_vocabulary.py holds
+# every command to it: each option has help, each default is stated).
+def add_verbose(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-v", "--verbose", action="store_true",
+                   help="log each step to stderr (and a traceback with a bad-input error)")
+
+
+def add_device(p: argparse.ArgumentParser, default: str = "cpu") -> None:
+    p.add_argument("--device", choices=["cpu", "gpu"], default=default,
+                   help=f"where the network runs: cpu, or gpu (CUDA; MindSpore's GPU target) (default {default})")
+
+
+def add_ms_mode(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--ms-mode", choices=["graph", "pynative"], default="graph",
+                   help="MindSpore's execution mode: graph (compiled) or pynative (eager); "
+                        "ignored by torch (default graph)")
+
+
 # ------------------------------------------------------------------ argument types
 def _int(text: str) -> int:
     try:

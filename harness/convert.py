@@ -31,7 +31,7 @@ from harness.checkpoints.formats import Format, check_dtypes, describe_formats, 
 from harness.checkpoints.io import CheckpointError, read_raw, sha256_file
 from harness.checkpoints.registry import registry_entry, resolve
 from harness.checkpoints.sidecar import read_sidecar, sidecar_path, write_sidecar
-from harness.cli import CheckFailed, InputError, OneLineParser, run_main, setup_logging
+from harness.cli import CheckFailed, InputError, OneLineParser, add_verbose, run_main, setup_logging
 from harness.files import check_output_path
 
 log = logging.getLogger("harness.convert")
@@ -209,7 +209,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-classes", type=int, help="classes (default: found from the classifier's shape)")
     from harness.checkpoints.safe_pickle import TRUST_HELP
     p.add_argument("--trust-checkpoint", action="store_true", help=TRUST_HELP.replace("the weights file", "SRC"))
-    p.add_argument("-v", "--verbose", action="store_true")
+    add_verbose(p)
     return p
 
 

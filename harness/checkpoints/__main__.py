@@ -27,9 +27,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
     sub.add_parser("list", help="list registry entries")
     f = sub.add_parser("fetch", help="download NAME into the cache and verify it")
-    f.add_argument("name")
+    f.add_argument("name", help="a registry entry (see list)")
     v = sub.add_parser("verify", help="check the hash and structure of a file you have")
-    v.add_argument("path")
+    v.add_argument("path", help="the weights file to check")
     v.add_argument("--name", help="registry entry to check against (default: match by file name or digest)")
     v.add_argument("--hash-only", action="store_true", help="skip loading the weights onto the arch")
     from harness.checkpoints.safe_pickle import TRUST_HELP
