@@ -1,34 +1,82 @@
-"""Benchmarks, results as data: ``forward`` (network throughput per framework) and ``data``
-(decoding throughput per decoder and loader workers).
+"""Benchmarks, results as data: ``forward`` (inference and training speed per framework)
+and ``data`` (decoding throughput per decoder and loader workers).
 
-    python -m harness.bench forward --frameworks torch,ms --input-shape 1,3,32,224,224 --json results/b.json
-    python -m harness.bench forward --frameworks torch --device gpu --batch-sizes 1,4,8
+    python -m harness.bench forward --frameworks torch,ms,mmaction2 --variants exact,fast --json results/b.json
+    python -m harness.bench forward --frameworks torch --device gpu --dtype bfloat16 --variants fast \\
+        --batch-sizes 1,16,64 --mode both --train-batch-sizes 8
     python -m harness.bench data --json results/bench_data_cpu.json     # see harness.data.bench
 
 (``python -m harness.bench [--data] OPTIONS`` without a subcommand is the older form:
 ``forward``, or ``data`` with ``--data``.)
 
-``forward``: each framework runs in a process of its own (:mod:`harness.runners.child`;
-MindSpore sets its oneDNN ISA before import) on benchmark weights (below): warm-up
-iterations (graph compilation, allocator, cuDNN autotune) are reported apart from the
-timed ones, and the device is synchronised after every timed step. Exit status: 0 ok,
-2 bad input or no framework could run (one line).
+``forward`` measures as timm's ``benchmark.py`` does. Each configuration (framework x
+MindSpore mode x dtype x variant) is a warm process of its own (:class:`harness.runners.child.WarmChild`)
+holding the network on benchmark weights (below) and a seeded batch already on the device.
+Per batch size, each process first runs one step alone (the compile / autotune time,
+``first_call_s``) and ``--warmup`` untimed-for-the-result steps (``warmup_s``); then the
+processes take turns, ``--iters-per-turn`` steps each (A B C A B C ...), until each has
+``--iters``: machine noise then falls on all of them alike and their ratios hold. Every
+step ends with a device synchronisation before its clock stops. Thread counts are set
+equal (``--threads``, default every core) and printed for every process.
+
+Reported per run (flat fields): median / p90 / min / max latency, clips/s, ms per clip,
+training ms per step, GFLOPs per clip from the spec (:mod:`frameworks.spec.flops`, checked
+against torch's ``FlopCounterMode``), achieved GFLOP/s, utilisation against a GEMM probe
+run by the same process in the same dtype before and after the timing, peak host RSS and
+device memory, CPU seconds per step, and the load average over the turns. A run is
+flagged noisy when its max / min latency exceeds 1.5 or the load average exceeded the
+core count. ``ratios`` compares every configuration with the baseline of its task, batch
+and dtype (mmaction2 where it ran, else the first).
+
+Variants (``--variants``, each a ``+``-joined set of tokens, optionally scoped to one
+framework or MindSpore mode, as in ``exact,torch:fast,ms/graph:fast``; every token is
+exact in real arithmetic and parity-tested against ``exact``):
+
+  exact           the reference path (what mmaction2 matches bit for bit)
+  fast            every free rewrite the framework has: torch reassociate+fold_bn+inplace+
+                  fast_pools+direct_mkldnn+channels_last; MindSpore reassociate+fold_bn
+  reassociate     dot-product non-local as (g phi^T / L') theta: O(L C'^2), not O(L L' C')
+  fold_bn         batch norm folded into the convolution before it (inference; training
+                  steps run the canonical network)
+  inplace, fast_pools, direct_mkldnn    torch: in-place ReLU / add; the temporal max pool
+                  as a maximum of frames; oneDNN for every CPU convolution
+  channels_last, compile, cuda_graphs   torch: channels_last_3d; torch.compile; CUDA graphs
+  jit_O0, jit_O1, jit_O2, graph_kernel  MindSpore graph mode: jit_level; graph kernel fusion
+
+dtypes: float32 (TF32 off), tf32 (CUDA only), bfloat16 and float16 (torch autocast;
+MindSpore auto_mixed_precision O2). A configuration a framework or device cannot run is
+recorded with its one-line reason and the others go on.
+
+Exit status: 0 ok, 2 bad input or no configuration could run (one line).
 """
 from __future__ import annotations
 
 import argparse
+import itertools
 import os
 import statistics
 import sys
 import tempfile
-from typing import List, Optional
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional
 
 import numpy as np
 
 from frameworks.spec.arch import DEFAULT_PRESET, PRESETS, arch_hash, get_preset, parameter_count, parameter_specs
-from harness.cli import (InputError, OneLineParser, check_clip_size, int_list, nonnegative_int, positive_int,
+from frameworks.spec.flops import gflops_per_clip
+from harness.cli import (InputError, OneLineParser, add_device, check_clip_size, int_list, nonnegative_int, positive_int,
                          result_doc, run_main, utc_now)
 from harness.files import atomic_write_json, check_output_path
+
+TASKS = {"infer": ("infer",), "train": ("train",), "both": ("infer", "train")}
+DTYPES = ("float32", "tf32", "bfloat16", "float16")
+TORCH_REWRITES = ("reassociate", "fold_bn", "inplace", "fast_pools", "direct_mkldnn")
+TORCH_RUN = ("channels_last", "compile", "cuda_graphs")
+MS_TOKENS = ("reassociate", "fold_bn", "jit_O0", "jit_O1", "jit_O2", "graph_kernel")
+FAST = {"torch": ("reassociate", "fold_bn", "inplace", "fast_pools", "direct_mkldnn", "channels_last"),
+        "ms": ("reassociate", "fold_bn"), "mmaction2": ()}
+TOKENS = ("exact", "fast") + tuple(dict.fromkeys(TORCH_REWRITES + TORCH_RUN + MS_TOKENS))
+NOISY_SPREAD = 1.5
 
 
 def _shape(text: str) -> List[int]:
@@ -38,18 +86,68 @@ def _shape(text: str) -> List[int]:
     return shape
 
 
+def _choices(allowed, what: str):
+    def parse(text: str) -> List[str]:
+        items = [x.strip() for x in text.split(",") if x.strip()]
+        bad = [x for x in items if x not in allowed]
+        if bad or not items:
+            raise argparse.ArgumentTypeError(f"unknown {what} {', '.join(bad) or repr(text)}; one of {', '.join(allowed)}")
+        return list(dict.fromkeys(items))
+    return parse
+
+
+def _variants(text: str) -> List[str]:
+    out = []
+    for variant in (v.strip() for v in text.split(",") if v.strip()):
+        scope, _, body = variant.rpartition(":")
+        if scope and scope.split("/")[0] not in ("torch", "ms", "mmaction2"):
+            raise argparse.ArgumentTypeError(f"variant {variant!r}: {scope!r} is not torch, ms or ms/MODE")
+        tokens = body.split("+")
+        bad = [t for t in tokens if t not in TOKENS]
+        if bad:
+            raise argparse.ArgumentTypeError(f"unknown variant token {', '.join(bad)}; one of {', '.join(TOKENS)}")
+        out.append(variant)
+    if not out:
+        raise argparse.ArgumentTypeError("no variant given")
+    return list(dict.fromkeys(out))
+
+
 def build_forward_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p = parser
-    p.add_argument("--frameworks", default="torch,ms", help="comma-separated: torch/pt, mindspore/ms, mmaction2")
-    p.add_argument("--arch", default=DEFAULT_PRESET, choices=list(PRESETS), metavar="PRESET")
+    p.add_argument("--frameworks", default="torch,ms",
+                   help="comma-separated: torch/pt, mindspore/ms, mmaction2 (default torch,ms)")
+    p.add_argument("--mode", choices=list(TASKS), default="infer",
+                   help="infer (forward passes), train (forward, loss, backward, SGD step: the training "
+                        "engineer's step), or both (default infer)")
+    p.add_argument("--variants", type=_variants, default=["exact"], metavar="V[,V...]",
+                   help="comma-separated, each a '+'-joined set of: " + ", ".join(TOKENS) + " (default exact; "
+                        "mmaction2 always runs its own model, with only the torch run options)")
+    p.add_argument("--dtype", type=_choices(DTYPES, "dtype"), default=["float32"], metavar="D[,D...]",
+                   help="float32 (TF32 off), tf32 (CUDA), bfloat16, float16; several run side by side (default float32)")
+    p.add_argument("--arch", default=DEFAULT_PRESET, choices=list(PRESETS), metavar="PRESET",
+                   help="the architecture preset (default %s)" % DEFAULT_PRESET)
     p.add_argument("--input-shape", type=_shape, default=[1, 3, 32, 224, 224], metavar="N,C,T,H,W",
                    help="clip shape; N is replaced by each of --batch-sizes (default 1,3,32,224,224)")
-    p.add_argument("--batch-sizes", type=int_list, help="clips per forward (default: N of --input-shape)")
-    p.add_argument("--device", choices=["cpu", "gpu"], default="cpu")
-    p.add_argument("--ms-mode", default="graph", help="graph, pynative, or both as 'graph,pynative'")
-    p.add_argument("--warmup", type=nonnegative_int, default=2)
-    p.add_argument("--iters", type=positive_int, default=5)
-    p.add_argument("--threads", type=positive_int, help="framework threads (default: all cores)")
+    p.add_argument("--batch-sizes", type=int_list, help="clips per inference step (default: N of --input-shape)")
+    p.add_argument("--train-input-shape", type=_shape, metavar="N,C,T,H,W",
+                   help="clip shape of training steps (default: --input-shape)")
+    p.add_argument("--train-batch-sizes", type=int_list, help="clips per training step (default: N of the "
+                                                              "training shape)")
+    add_device(p)
+    p.add_argument("--ms-mode", type=_choices(("graph", "pynative"), "MindSpore mode"), default=["graph"],
+                   metavar="graph[,pynative]", help="MindSpore execution modes (default graph)")
+    p.add_argument("--channels-last", action="store_true", help="torch and mmaction2: channels_last_3d in every run")
+    p.add_argument("--compile", nargs="?", const="default", metavar="MODE",
+                   help="torch and mmaction2: torch.compile every run (MODE: default, reduce-overhead, max-autotune)")
+    p.add_argument("--cuda-graphs", action="store_true", help="torch and mmaction2: replay inference as a CUDA graph")
+    p.add_argument("--warmup", type=nonnegative_int, default=2, help="untimed steps after the first (default 2)")
+    p.add_argument("--iters", type=positive_int, default=5, help="timed steps per configuration and batch size (default 5)")
+    p.add_argument("--iters-per-turn", type=positive_int, default=1,
+                   help="steps a process times before the next one takes its turn (default 1)")
+    p.add_argument("--sequential", action="store_true",
+                   help="one process at a time, each closed before the next starts (for a GPU's memory); "
+                        "ratios are then not interleaved")
+    p.add_argument("--threads", type=positive_int, help="threads of every framework (default: all cores)")
     p.add_argument("--json", metavar="OUT", help="write the results here")
     return p
 
@@ -58,8 +156,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = OneLineParser(prog="python -m harness.bench", description=__doc__,
                       formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command", required=True, metavar="{forward,data}")
-    build_forward_parser(sub.add_parser("forward", help="forward throughput of each framework",
-                                        description="Forward throughput of each framework, each in its own process."))
+    build_forward_parser(sub.add_parser("forward", help="inference and training speed of each framework",
+                                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter))
     sub.add_parser("data", help="decode throughput (harness.data.bench; its own options)", add_help=False)
     return p
 
@@ -83,70 +181,373 @@ def benchmark_weights(cfg, rng) -> dict:
     return weights
 
 
-def _summarise(record: dict, framework: str, mode: Optional[str], device: str, shape: List[int]) -> dict:
-    rows = []
-    for run in record["tasks"][0]["runs"]:
-        if "error" in run:
-            rows.append(run)
+# ----------------------------------------------------------------------------- configurations
+@dataclass
+class Config:
+    """One timed process: a framework in one mode, dtype and variant."""
+
+    framework: str
+    mode: str                 # eager (torch, mmaction2), graph or pynative (MindSpore)
+    dtype: str
+    variant: str
+    options: dict
+    label: str = ""
+    child: object = None
+    ready: dict = field(default_factory=dict)
+    error: Optional[str] = None
+    probes: List[dict] = field(default_factory=list)
+    flops_counter: Optional[int] = None
+    runs: Dict[str, List[dict]] = field(default_factory=dict)   # task -> rows
+
+
+def runner_options(framework: str, variant: str, dtype: str, args) -> dict:
+    """The runner options (harness.runners.*Runner keyword arguments) of one variant."""
+    tokens = set(variant.split("+")) - {"exact"}
+    if "fast" in tokens:
+        tokens = (tokens - {"fast"}) | set(FAST.get(framework, ()))
+    if framework in ("torch", "mmaction2"):
+        tokens |= {t for t, on in (("channels_last", args.channels_last), ("compile", bool(args.compile)),
+                                   ("cuda_graphs", args.cuda_graphs)) if on}
+        allowed = TORCH_RUN + (TORCH_REWRITES if framework == "torch" else ())
+    else:
+        allowed = MS_TOKENS
+    unusable = sorted(tokens - set(allowed))
+    if unusable:
+        raise InputError(f"variant {variant!r}: {', '.join(unusable)} does not apply to {framework}")
+    options: dict = {"dtype": dtype}
+    if framework in ("torch", "mmaction2"):
+        options.update(benchmark=True, channels_last="channels_last" in tokens,
+                       compile=(args.compile or "default") if "compile" in tokens else None,
+                       cuda_graphs="cuda_graphs" in tokens)
+    if framework == "torch":
+        options["execution"] = {"reassociate_nonlocal": "reassociate" in tokens, "inplace": "inplace" in tokens,
+                                "fast_pools": "fast_pools" in tokens, "direct_mkldnn": "direct_mkldnn" in tokens}
+        options["fold_bn"] = "fold_bn" in tokens
+    if framework == "ms":
+        options["execution"] = {"reassociate_nonlocal": "reassociate" in tokens}
+        options["fold_bn"] = "fold_bn" in tokens
+        options["graph_kernel"] = "graph_kernel" in tokens
+        levels = [t[4:] for t in tokens if t.startswith("jit_")]
+        if len(levels) > 1:
+            raise InputError(f"variant {variant!r}: one jit level at a time")
+        options["jit_level"] = levels[0] if levels else None
+    return options
+
+
+def configurations(frameworks: List[str], args) -> List[Config]:
+    configs = []
+    for fw in frameworks:
+        modes = args.ms_mode if fw == "ms" else ["eager"]
+        variants = ["exact"] if fw == "mmaction2" else list(dict.fromkeys(args.variants))
+        for mode, dtype, scoped in itertools.product(modes, args.dtype, variants):
+            scope, _, variant = scoped.rpartition(":")
+            if scope and scope not in (fw, f"{fw}/{mode}"):
+                continue
+            options = runner_options(fw, variant, dtype, args)
+            if fw == "ms":
+                options["mode"] = mode
+            label = "/".join([fw, mode] + ([variant] if variant != "exact" else [])
+                             + ([dtype] if dtype != "float32" else []))
+            configs.append(Config(fw, mode, dtype, variant, options, label))
+    return configs
+
+
+# ----------------------------------------------------------------------------- measuring
+def _ask(config: Config, **message) -> Optional[dict]:
+    """A request to a configuration's process; a failure is recorded, never raised."""
+    from harness.runners import RunnerError
+
+    try:
+        return config.child.request(**message)
+    except RunnerError as exc:
+        return {"error": str(exc).split(": ", 1)[-1]}
+
+
+def _start(config: Config, job_args: dict, tmp: str) -> None:
+    from harness.runners import RunnerError
+    from harness.runners.child import Job, WarmChild
+
+    job = Job(config.framework, options=config.options, **job_args)
+    try:
+        config.child = WarmChild(job, tmp, config.label.replace("/", "-"))
+    except RunnerError as exc:
+        config.error = str(exc).split(": ", 1)[-1]
+        print(f"{config.label}: did not start ({config.error})", file=sys.stderr, flush=True)
+        return
+    config.ready = config.child.ready
+    settings = config.ready.get("settings", {})
+    print(f"{config.label}: threads {settings.get('threads')}"
+          + (f" (interop {settings['interop_threads']})" if "interop_threads" in settings else "")
+          + f", build {config.ready.get('build_s', 0):.1f} s, load {config.ready.get('load_s', 0):.1f} s",
+          flush=True)
+
+
+def _stop(config: Config) -> None:
+    if config.child is not None:
+        config.child.close()
+        config.child = None
+
+
+def _probe(config: Config) -> None:
+    reply = _ask(config, op="probe")
+    if reply and "error" not in reply:
+        config.probes.append(reply)
+
+
+def _measure(configs: List[Config], task: str, shape: List[int], args) -> None:
+    """Prepare, warm up and time every live configuration at one shape, interleaved."""
+    live = []
+    for c in configs:
+        if c.child is None:
             continue
-        median = statistics.median(run["step_s"])
-        batch = run["batch_size"]
-        rows.append({"batch_size": batch, "input_shape": [batch] + list(shape[1:]), "warmup_s": run["warmup_s"],
-                     "step_s": run["step_s"], "step_s_median": median, "step_s_min": min(run["step_s"]),
-                     "clips_per_s": batch / median, "ms_per_clip": 1000 * median / batch})
-    return {"framework": framework, "mode": mode or "eager", "device": device, "build_s": record.get("build_s"),
-            "runs": rows, "versions": record["versions"], "hardware": record["hardware"]}
+        row = {"batch_size": shape[0], "input_shape": list(shape)}
+        c.runs.setdefault(task, []).append(row)
+        _ask(c, op="reset_memory")
+        reply = _ask(c, op="prepare", task=task, shape=shape)
+        if "error" in reply:
+            row["error"] = reply["error"]
+            print(f"{c.label} {task} batch {shape[0]}: {reply['error']}", file=sys.stderr, flush=True)
+            continue
+        row["first_call_s"] = reply["first_s"]
+        if args.warmup:
+            warm = _ask(c, op="time", task=task, shape=shape, iters=args.warmup)
+            if "error" in warm:
+                row["error"] = warm["error"]
+                continue
+            row["warmup_s"] = warm["step_s"]
+        row.update(step_s=[], cpu_s=[], load_average=[])
+        live.append((c, row))
+    done = 0
+    turn = 0
+    while done < args.iters and live:
+        k = min(args.iters_per_turn, args.iters - done)
+        order = live[turn % len(live):] + live[:turn % len(live)]   # rotate who goes first
+        for c, row in order:
+            if "error" in row:
+                continue
+            reply = _ask(c, op="time", task=task, shape=shape, iters=k)
+            if "error" in reply:
+                row["error"] = reply["error"]
+                continue
+            row["step_s"] += reply["step_s"]
+            row["cpu_s"] += reply["cpu_s"]
+            row["load_average"].append(reply["load_average"][0])
+        done += k
+        turn += 1
+    for c, row in live:
+        memory = _ask(c, op="memory") or {}
+        row.update({k: v for k, v in memory.items() if k != "error"})
+
+
+def _summarise_row(row: dict, task: str, gflops: float, probe: Optional[float], cores: int) -> dict:
+    steps = row.get("step_s") or []
+    if "error" in row or not steps:
+        return row
+    batch = row["batch_size"]
+    median = statistics.median(steps)
+    p90 = float(np.percentile(steps, 90))
+    clips = batch / median
+    flops_clip = 3 * gflops if task == "train" else gflops
+    out = dict(row)
+    out.update(step_s_median=median, step_s_p90=p90, step_s_min=min(steps), step_s_max=max(steps),
+               latency_ms_median=1000 * median, latency_ms_p90=1000 * p90,
+               ms_per_clip=1000 * median / batch, clips_per_s=clips,
+               cpu_s_median=statistics.median(row["cpu_s"]) if row.get("cpu_s") else None,
+               gflops_per_clip=flops_clip, achieved_gflops=flops_clip * clips)
+    if task == "train":
+        out["train_ms_per_step"] = 1000 * median
+    if probe:
+        out["gemm_probe_gflops"] = probe
+        out["utilisation"] = flops_clip * clips / probe
+    loads = row.get("load_average") or []
+    if loads:
+        out["load_average"] = {"min": min(loads), "median": statistics.median(loads), "max": max(loads)}
+    reasons = []
+    if min(steps) > 0 and max(steps) / min(steps) > NOISY_SPREAD:
+        reasons.append(f"max/min latency {max(steps) / min(steps):.2f} > {NOISY_SPREAD}")
+    if loads and max(loads) > cores:
+        reasons.append(f"load average {max(loads):.2f} > {cores} cores")
+    out["noisy"] = bool(reasons)
+    if reasons:
+        out["noise"] = "; ".join(reasons)
+    return out
 
 
 def forward(args) -> int:
     from harness.checkpoints.io import write_npz
-    from harness.runners import RunnerError, canonical_framework
-    from harness.runners.child import Job, Task, run_job
+    from harness.runners import canonical_framework
 
-    frameworks = [canonical_framework(f) for f in args.frameworks.split(",") if f]
-    batches = args.batch_sizes or [args.input_shape[0]]
-    for batch in batches:
-        check_clip_size([batch] + list(args.input_shape[1:]))
+    frameworks = list(dict.fromkeys(canonical_framework(f) for f in args.frameworks.split(",") if f))
+    if not frameworks:
+        raise InputError("no framework given")
+    tasks = TASKS[args.mode]
+    shapes = {"infer": [[b] + list(args.input_shape[1:]) for b in (args.batch_sizes or [args.input_shape[0]])]}
+    train_shape = args.train_input_shape or args.input_shape
+    shapes["train"] = [[b] + list(train_shape[1:]) for b in (args.train_batch_sizes or [train_shape[0]])]
+    for task in tasks:
+        for shape in shapes[task]:
+            try:
+                check_clip_size(shape)
+            except argparse.ArgumentTypeError as exc:
+                raise InputError(str(exc)) from None
+    if args.compile and args.compile not in ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"):
+        raise InputError(f"unknown torch.compile mode {args.compile!r}")
     if args.json:
         check_output_path(args.json, "--json")
+    configs = configurations(frameworks, args)
     cfg = get_preset(args.arch)
-    results = []
+    cores = os.cpu_count() or 1
+    threads = args.threads or cores
+    print(f"{len(configs)} configurations, {threads} threads each, "
+          f"{'one at a time' if args.sequential else 'interleaved'}; load average now "
+          f"{', '.join(f'{x:.2f}' for x in os.getloadavg())} on {cores} cores", flush=True)
     with tempfile.TemporaryDirectory(prefix="nlparity-bench-") as tmp:
         weights = os.path.join(tmp, "weights.npz")
         write_npz(weights, benchmark_weights(cfg, np.random.default_rng(0)))
-        task = Task("time", batch_sizes=batches, input_shape=list(args.input_shape), warmup=args.warmup,
-                    iters=args.iters)
-        for fw in frameworks:
-            for mode in (args.ms_mode.split(",") if fw == "ms" else [None]):
-                job = Job(fw, cfg, device=args.device, threads=args.threads,
-                          options={"mode": mode} if mode else {}, weights=weights, tasks=[task])
-                try:
-                    r = _summarise(run_job(job, tmp, f"{fw}-{mode}"), fw, mode, args.device, args.input_shape)
-                except RunnerError as exc:
-                    print(f"{fw}{'/' + mode if mode else ''}: {exc}", file=sys.stderr)
-                    results.append({"framework": fw, "mode": mode, "error": str(exc)})
-                    continue
-                results.append(r)
-                for row in r["runs"]:
-                    if "error" in row:
-                        print(f"{fw:<6} batch {row['batch_size']:>3}: {row['error']}", file=sys.stderr)
-                        continue
-                    first = row["warmup_s"][0] if row["warmup_s"] else float("nan")
-                    print(f"{fw:<6} {r['mode']:<9} {r['device']} batch {row['batch_size']:>3}: "
-                          f"{row['ms_per_clip']:9.1f} ms/clip  {row['clips_per_s']:8.2f} clips/s  "
-                          f"(first warm-up {first:.2f} s)")
-    doc = {"benchmark": "forward", "arch": cfg.name, "arch_hash": arch_hash(cfg),
-           "parameters": parameter_count(cfg), "input_shape": args.input_shape, "warmup": args.warmup,
-           "iters": args.iters, "date": utc_now(), "results": results}
-    ok = [r for r in results if "error" not in r]
-    if len(ok) >= 2:
-        base = ok[0]["runs"][0]["ms_per_clip"]
-        doc["relative_to_first"] = {f"{r['framework']}/{r['mode']}": r["runs"][0]["ms_per_clip"] / base for r in ok}
+        job_args = dict(config=cfg, device=args.device, threads=threads, weights=weights)
+        groups = [[c] for c in configs] if args.sequential else [configs]
+        try:
+            for group in groups:
+                for c in group:
+                    _start(c, job_args, tmp)
+                for c in group:
+                    if c.child is not None:
+                        _probe(c)
+                        if c.framework in ("torch", "mmaction2"):
+                            reply = _ask(c, op="flops", shape=[1] + list(args.input_shape[1:]))
+                            c.flops_counter = (reply or {}).get("flops")
+                for task in tasks:
+                    for shape in shapes[task]:
+                        _measure(group, task, shape, args)
+                for c in group:
+                    if c.child is not None:
+                        _probe(c)
+                    _stop(c)
+        finally:
+            for c in configs:
+                _stop(c)
+    doc = _document(cfg, configs, tasks, shapes, args, cores, threads)
+    _print_table(doc)
     if args.json:
-        atomic_write_json(args.json, result_doc("bench_forward", doc))
-    if not ok:
-        raise InputError("no framework could run the benchmark")
+        atomic_write_json(args.json, result_doc("bench_forward", doc, runs={
+            c.label: {"versions": c.ready.get("versions"), "hardware": c.ready.get("hardware")}
+            for c in configs if c.ready}))
+    if not any("error" not in r and any("error" not in run for run in r["runs"]) for r in doc["results"]):
+        raise InputError("no configuration could run the benchmark: "
+                         + "; ".join(f"{r['label']}: {r.get('error') or r['runs'][0].get('error')}"
+                                     for r in doc["results"][:3]))
     return 0
+
+
+def _document(cfg, configs: List[Config], tasks, shapes, args, cores: int, threads: int) -> dict:
+    clip = list(args.input_shape[1:])
+    gflops = {"infer": gflops_per_clip(cfg, clip),
+              "train": gflops_per_clip(cfg, (args.train_input_shape or args.input_shape)[1:])}
+    counter = next((c.flops_counter for c in configs if c.flops_counter), None)
+    results = []
+    for c in configs:
+        probe = max((p["gflops"] for p in c.probes), default=None)
+        base = {"framework": c.framework, "mode": c.mode, "variant": c.variant, "dtype": c.dtype,
+                "device": args.device, "label": c.label, "options": c.options}
+        if c.error:
+            results.append({**base, "task": tasks[0], "label": f"{c.label}/{tasks[0]}", "error": c.error,
+                            "runs": []})
+            continue
+        for task in tasks:
+            rows = [_summarise_row(r, task, gflops[task], probe, cores) for r in c.runs.get(task, [])]
+            results.append({**base, "task": task, "label": f"{c.label}/{task}", "runs": rows,
+                            "build_s": c.ready.get("build_s"), "load_s": c.ready.get("load_s"),
+                            "settings": c.ready.get("settings"), "threads": threads,
+                            "gemm_probe": c.probes, "gemm_probe_gflops": probe,
+                            "flops_torch_counter_per_clip": c.flops_counter,
+                            "versions": c.ready.get("versions"), "hardware": c.ready.get("hardware")})
+    best_probe = {}
+    for r in results:
+        if r.get("gemm_probe_gflops"):
+            best_probe[r["dtype"]] = max(best_probe.get(r["dtype"], 0), r["gemm_probe_gflops"])
+    for r in results:
+        for run in r["runs"]:
+            if "achieved_gflops" in run and best_probe.get(r["dtype"]):
+                run["utilisation_vs_best_probe"] = run["achieved_gflops"] / best_probe[r["dtype"]]
+    doc = {"benchmark": "forward", "arch": cfg.name, "arch_hash": arch_hash(cfg), "parameters": parameter_count(cfg),
+           "input_shape": list(args.input_shape), "train_input_shape": list(args.train_input_shape or args.input_shape),
+           "tasks": list(tasks), "device": args.device, "warmup": args.warmup, "iters": args.iters,
+           "iters_per_turn": args.iters_per_turn, "interleaved": not args.sequential, "threads": threads,
+           "cores": cores, "date": utc_now(),
+           "gflops_per_clip": gflops["infer"], "train_gflops_per_clip": 3 * gflops["train"],
+           "flops_convention": "2 x multiply-accumulates of convolutions and matrix products (torch FlopCounterMode's)",
+           "flops_torch_counter_per_clip": counter,
+           "flops_spec_vs_counter": (gflops["infer"] * 1e9 / counter - 1) if counter else None,
+           "gemm_probe_gflops_best": best_probe,
+           # what changes kernels or threading in every child (a capped oneDNN ISA, OpenMP waiting)
+           "environment": {k: v for k, v in sorted(os.environ.items())
+                           if k.startswith(("ONEDNN_", "DNNL_", "OMP_", "KMP_", "MKL_", "GOMP_"))},
+           "results": results}
+    doc["ratios"] = _ratios(results)
+    ok = [r for r in results if r["runs"] and "ms_per_clip" in r["runs"][0]]
+    if len(ok) >= 2:
+        first = ok[0]["runs"][0]["ms_per_clip"]
+        doc["relative_to_first"] = {_short(r): r["runs"][0]["ms_per_clip"] / first for r in ok}
+    return doc
+
+
+def _short(r: dict) -> str:
+    """``torch/eager`` for the default configuration, longer where it differs."""
+    parts = [r["framework"], r["mode"]] + ([r["variant"]] if r["variant"] != "exact" else []) \
+        + ([r["dtype"]] if r["dtype"] != "float32" else []) + ([r["task"]] if r["task"] != "infer" else [])
+    return "/".join(parts)
+
+
+def _ratios(results: List[dict]) -> Dict[str, dict]:
+    """Per task, batch and dtype: each configuration's latency and throughput against the
+    baseline (mmaction2 where it ran, else the first configuration)."""
+    groups: Dict[str, List[tuple]] = {}
+    for r in results:
+        for run in r["runs"]:
+            if "step_s_median" in run:
+                key = f"{r['task']} batch {run['batch_size']} {r['dtype']}"
+                groups.setdefault(key, []).append((r, run))
+    out = {}
+    for key, members in groups.items():
+        base = next((m for m in members if m[0]["framework"] == "mmaction2"), members[0])
+        base_label = _short(base[0])
+        out[key] = {"baseline": base_label, "latency_vs_baseline": {}, "throughput_vs_baseline": {}}
+        for r, run in members:
+            out[key]["latency_vs_baseline"][_short(r)] = run["step_s_median"] / base[1]["step_s_median"]
+            out[key]["throughput_vs_baseline"][_short(r)] = run["clips_per_s"] / base[1]["clips_per_s"]
+    return out
+
+
+def _print_table(doc: dict) -> None:
+    head = (f"{'configuration':<44} {'batch':>5} {'median ms':>10} {'p90 ms':>9} {'min':>8} {'max':>8} "
+            f"{'clips/s':>8} {'GFLOP/s':>8} {'util':>6} {'load':>11}")
+    print(head)
+    print("-" * len(head))
+    for r in doc["results"]:
+        if "error" in r:
+            print(f"{r['label']:<44} did not run: {r['error']}")
+            continue
+        for run in r["runs"]:
+            if "error" in run or "step_s_median" not in run:
+                print(f"{r['label']:<44} {run['batch_size']:>5} error: {run.get('error', 'no timed step')}")
+                continue
+            load = run.get("load_average") or {}
+            util = run.get("utilisation")
+            print(f"{r['label']:<44} {run['batch_size']:>5} {run['latency_ms_median']:>10.1f} "
+                  f"{run['latency_ms_p90']:>9.1f} {1000 * run['step_s_min']:>8.1f} {1000 * run['step_s_max']:>8.1f} "
+                  f"{run['clips_per_s']:>8.2f} {run['achieved_gflops']:>8.1f} "
+                  f"{'-' if util is None else f'{100 * util:.0f}%':>6} "
+                  f"{load.get('min', float('nan')):>5.2f}-{load.get('max', float('nan')):<5.2f}"
+                  + (f"  NOISY ({run['noise']})" if run.get("noisy") else ""))
+    for key, ratio in doc["ratios"].items():
+        print(f"{key}, throughput vs {ratio['baseline']}: "
+              + ", ".join(f"{k} {v:.2f}x" for k, v in ratio["throughput_vs_baseline"].items()))
+    counter = doc.get("flops_torch_counter_per_clip")
+    print(f"GFLOPs per clip (spec): {doc['gflops_per_clip']:.3f}"
+          + (f"; torch FlopCounterMode: {counter / 1e9:.3f}" if counter else ""))
+    if any(run.get("noisy") for r in doc["results"] for run in r["runs"]):
+        print("warning: some runs were noisy (see NOISY above); rerun on a quiet machine for final numbers",
+              file=sys.stderr)
 
 
 def main(argv: Optional[List[str]] = None) -> int:

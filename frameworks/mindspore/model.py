@@ -15,6 +15,12 @@ compiles a Cell's ``construct`` only, so the entry points that return several te
 small wrapper Cells (:class:`IntermediatesNet`, :class:`IsolatedStagesNet`) compiled once
 each; they hold the network without renaming its parameters. Every entry point runs the
 same chain of cells, built once from :func:`frameworks.spec.arch.stage_plan`.
+
+Exact reformulations, off by default and never renaming a parameter (as in the torch
+model): :meth:`I3DNL.set_execution` (``reassociate_nonlocal``: the dot-product block as
+``(g phi^T / L') theta`` in the (N, C', L) layout, no transposes; set it before the first
+call in graph mode, which compiles attributes as constants), and :func:`build_folded`, a
+separate inference network with each batch norm folded into its convolution.
 """
 from __future__ import annotations
 
@@ -26,7 +32,12 @@ from mindspore import nn, ops
 from frameworks.spec.arch import BlockSpec, I3DNLConfig, Stage, feature_info, stage_plan
 
 
-def _bn(channels: int, cfg: I3DNLConfig) -> nn.BatchNorm3d:
+EXECUTION_OPTIONS = ("reassociate_nonlocal",)
+
+
+def _bn(channels: int, cfg: I3DNLConfig, folded: bool = False) -> nn.Cell:
+    if folded:
+        return nn.Identity()
     # PyTorch: running = (1 - m) * running + m * batch; MindSpore: running = m * running + (1 - m) * batch.
     return nn.BatchNorm3d(channels, eps=cfg.bn_eps, momentum=1.0 - cfg.bn_momentum)
 
@@ -58,10 +69,11 @@ class MaxPool3d(nn.Cell):
 class Stem(nn.Cell):
     """conv1 (5x7x7 for I3D) -> BN -> ReLU."""
 
-    def __init__(self, cfg: I3DNLConfig):
+    def __init__(self, cfg: I3DNLConfig, folded: bool = False):
         super().__init__()
-        self.conv = _conv(cfg.in_channels, cfg.base_channels, cfg.conv1_kernel, cfg.conv1_stride, cfg.conv1_padding)
-        self.bn = _bn(cfg.base_channels, cfg)
+        self.conv = _conv(cfg.in_channels, cfg.base_channels, cfg.conv1_kernel, cfg.conv1_stride, cfg.conv1_padding,
+                          bias=folded)
+        self.bn = _bn(cfg.base_channels, cfg, folded)
         self.relu = nn.ReLU()
 
     def construct(self, x):
@@ -69,10 +81,10 @@ class Stem(nn.Cell):
 
 
 class Downsample(nn.Cell):
-    def __init__(self, blk: BlockSpec, cfg: I3DNLConfig):
+    def __init__(self, blk: BlockSpec, cfg: I3DNLConfig, folded: bool = False):
         super().__init__()
-        self.conv = _conv(blk.in_channels, blk.out_channels, (1, 1, 1), blk.downsample_stride)
-        self.bn = _bn(blk.out_channels, cfg)
+        self.conv = _conv(blk.in_channels, blk.out_channels, (1, 1, 1), blk.downsample_stride, bias=folded)
+        self.bn = _bn(blk.out_channels, cfg, folded)
 
     def construct(self, x):
         return self.bn(self.conv(x))
@@ -88,11 +100,15 @@ class NonLocalBlock(nn.Cell):
         f = theta @ phi: (N, L, L')  ->  /L' (dot product) or softmax (Gaussian forms)
         y = f @ g: (N, L, C')  ->  (N, C', T, H, W)
 
-    The Gaussian form has no theta / phi convolutions: x itself is embedded.
+    The Gaussian form has no theta / phi convolutions: x itself is embedded. With
+    ``reassociate`` (dot product only), the same y in the layout the convolutions give::
+
+        context = g @ phi^T / L': (N, C', C')     y^T = context @ theta^T: (N, C', L)
     """
 
-    def __init__(self, channels: int, cfg: I3DNLConfig):
+    def __init__(self, channels: int, cfg: I3DNLConfig, folded: bool = False):
         super().__init__()
+        self.reassociate = False
         nl = cfg.nonlocal_cfg
         self.embedded = nl.mode != "gaussian"
         self.dot_product = nl.mode == "dot_product"
@@ -106,8 +122,9 @@ class NonLocalBlock(nn.Cell):
             self.theta = _conv(channels, self.inter, (1, 1, 1), bias=True)
             self.phi = _conv(channels, self.inter, (1, 1, 1), bias=True)
         self.g = _conv(channels, self.inter, (1, 1, 1), bias=True)
-        self.out = _conv(self.inter, channels, (1, 1, 1), bias=nl.out_bias)
-        self.bn = _bn(channels, cfg)
+        self.out = _conv(self.inter, channels, (1, 1, 1), bias=nl.out_bias or folded)
+        self.bn = _bn(channels, cfg, folded)
+        self.matmul_nt = ops.BatchMatMul(transpose_b=True)
 
     def _phi_path(self, x):
         if not self.sub_sample:
@@ -125,6 +142,13 @@ class NonLocalBlock(nn.Cell):
 
     def construct(self, x):
         n, c, t, h, w = x.shape
+        if self.reassociate and self.dot_product:
+            theta = self.theta(x).reshape(n, self.inter, -1)                            # (N, C', L)
+            phi = self._phi_path(x).reshape(n, self.inter, -1)                          # (N, C', L')
+            g = self._g_path(x).reshape(n, self.inter, -1)                              # (N, C', L')
+            context = self.matmul_nt(g, phi) / phi.shape[-1]                            # (N, C', C')
+            y = ops.matmul(context, theta).reshape(n, self.inter, t, h, w)              # (N, C', T, H, W)
+            return x + self.bn(self.out(y))
         if self.embedded:
             theta = self.theta(x).reshape(n, self.inter, -1).transpose(0, 2, 1)     # (N, L, C')
             phi = self._phi_path(x).reshape(n, self.inter, -1)                       # (N, C', L')
@@ -152,20 +176,22 @@ class Bottleneck(nn.Cell):
     bottleneck alone.
     """
 
-    def __init__(self, blk: BlockSpec, cfg: I3DNLConfig):
+    def __init__(self, blk: BlockSpec, cfg: I3DNLConfig, folded: bool = False):
         super().__init__()
-        self.conv1 = _conv(blk.in_channels, blk.planes, blk.conv1_kernel, blk.conv1_stride, blk.conv1_padding)
-        self.bn1 = _bn(blk.planes, cfg)
-        self.conv2 = _conv(blk.planes, blk.planes, blk.conv2_kernel, blk.conv2_stride, blk.conv2_padding)
-        self.bn2 = _bn(blk.planes, cfg)
-        self.conv3 = _conv(blk.planes, blk.out_channels, (1, 1, 1))
-        self.bn3 = _bn(blk.out_channels, cfg)
+        self.conv1 = _conv(blk.in_channels, blk.planes, blk.conv1_kernel, blk.conv1_stride, blk.conv1_padding,
+                           bias=folded)
+        self.bn1 = _bn(blk.planes, cfg, folded)
+        self.conv2 = _conv(blk.planes, blk.planes, blk.conv2_kernel, blk.conv2_stride, blk.conv2_padding,
+                           bias=folded)
+        self.bn2 = _bn(blk.planes, cfg, folded)
+        self.conv3 = _conv(blk.planes, blk.out_channels, (1, 1, 1), bias=folded)
+        self.bn3 = _bn(blk.out_channels, cfg, folded)
         self.relu = nn.ReLU()
         self.has_downsample = blk.downsample_stride is not None
         if self.has_downsample:
-            self.downsample = Downsample(blk, cfg)
+            self.downsample = Downsample(blk, cfg, folded)
         if blk.non_local:
-            self.non_local = NonLocalBlock(blk.out_channels, cfg)
+            self.non_local = NonLocalBlock(blk.out_channels, cfg, folded)
 
     def construct(self, x):
         out = self.relu(self.bn1(self.conv1(x)))
@@ -233,18 +259,23 @@ class _HeadClassify(nn.Cell):
 
 
 class I3DNL(nn.Cell):
-    """ResNet3D-50/101 with non-local blocks, as configured by ``cfg``."""
+    """ResNet3D-50/101 with non-local blocks, as configured by ``cfg``.
 
-    def __init__(self, cfg: I3DNLConfig):
+    ``fold_bn=True`` builds the inference network of :func:`build_folded` (no batch norm,
+    a bias on every convolution that had one after it; not the canonical names).
+    """
+
+    def __init__(self, cfg: I3DNLConfig, fold_bn: bool = False):
         super().__init__()
         self.cfg = cfg
-        self.stem = Stem(cfg)
+        self.folded = fold_bn
+        self.stem = Stem(cfg, fold_bn)
         self.pool1 = MaxPool3d(cfg.pool1_kernel, cfg.pool1_stride, cfg.pool1_padding, cfg.pool1_ceil_mode)
         blocks = cfg.blocks()
-        self.res2 = nn.CellList([Bottleneck(b, cfg) for b in blocks if b.name.startswith("res2.")])
-        self.res3 = nn.CellList([Bottleneck(b, cfg) for b in blocks if b.name.startswith("res3.")])
-        self.res4 = nn.CellList([Bottleneck(b, cfg) for b in blocks if b.name.startswith("res4.")])
-        self.res5 = nn.CellList([Bottleneck(b, cfg) for b in blocks if b.name.startswith("res5.")])
+        self.res2 = nn.CellList([Bottleneck(b, cfg, fold_bn) for b in blocks if b.name.startswith("res2.")])
+        self.res3 = nn.CellList([Bottleneck(b, cfg, fold_bn) for b in blocks if b.name.startswith("res3.")])
+        self.res4 = nn.CellList([Bottleneck(b, cfg, fold_bn) for b in blocks if b.name.startswith("res4.")])
+        self.res5 = nn.CellList([Bottleneck(b, cfg, fold_bn) for b in blocks if b.name.startswith("res5.")])
         if cfg.pool2_kernel is not None:
             self.pool2 = MaxPool3d(cfg.pool2_kernel, cfg.pool2_kernel)
         self.head = Head(cfg)
@@ -257,6 +288,28 @@ class I3DNL(nn.Cell):
         self.layer_names: Tuple[str, ...] = tuple(stage.name for stage in plan)
         self.layer_cells: Tuple[nn.Cell, ...] = layers
         self.feature_cells: Tuple[nn.Cell, ...] = tuple(c for c, st in zip(layers, plan) if not st.is_head)
+
+    def set_train(self, mode: bool = True):
+        if mode and getattr(self, "folded", False):
+            raise RuntimeError("a BN-folded network is for inference only; train the canonical one")
+        return super().set_train(mode)
+
+    # ------------------------------------------------------------------ execution
+    def set_execution(self, **options: bool) -> "I3DNL":
+        """Switch exact reformulations on or off (:data:`EXECUTION_OPTIONS`); parameters and
+        their names never change. In graph mode, before the first call."""
+        unknown = sorted(set(options) - set(EXECUTION_OPTIONS))
+        if unknown:
+            raise ValueError(f"unknown execution option(s) {', '.join(unknown)}; one of {', '.join(EXECUTION_OPTIONS)}")
+        for option, value in options.items():
+            for _, cell in self.cells_and_names():
+                if isinstance(cell, NonLocalBlock):
+                    cell.reassociate = bool(value)
+        self._execution = {**self.execution(), **{k: bool(v) for k, v in options.items()}}
+        return self
+
+    def execution(self) -> Dict[str, bool]:
+        return dict(getattr(self, "_execution", dict.fromkeys(EXECUTION_OPTIONS, False)))
 
     # ------------------------------------------------------------------ stages
     def stages(self) -> List[Tuple[str, nn.Cell]]:
@@ -342,4 +395,25 @@ _CELL_OF_KIND: Dict[str, Callable[[I3DNL, Stage], nn.Cell]] = {
 def build_model(cfg: I3DNLConfig) -> I3DNL:
     net = I3DNL(cfg)
     net.set_train(False)
+    return net
+
+
+def build_folded(cfg: I3DNLConfig, arrays: Dict[str, object]) -> I3DNL:
+    """An inference network with every batch norm folded into the convolution before it,
+    from canonical arrays (:func:`frameworks.spec.fold.fold_batchnorm`). Loading is strict."""
+    import numpy as np
+
+    from frameworks.spec.fold import fold_batchnorm
+
+    folded = fold_batchnorm(cfg, arrays)
+    net = I3DNL(cfg, fold_bn=True)
+    net.set_train(False)
+    params = {p.name for p in net.get_parameters()}
+    if params != set(folded):  # the cell tree disagrees with the spec: a bug here, not in the weights
+        raise ValueError(f"folded network vs spec: missing {sorted(set(folded) - params)[:4]}, "
+                         f"unexpected {sorted(params - set(folded))[:4]}")
+    param_dict = {k: ms.Parameter(ms.Tensor(np.ascontiguousarray(v)), name=k) for k, v in folded.items()}
+    not_loaded, unused = ms.load_param_into_net(net, param_dict, strict_load=True)
+    if not_loaded or unused:
+        raise ValueError(f"folded network: {len(not_loaded)} parameters not loaded, {len(unused)} unused")
     return net

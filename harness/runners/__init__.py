@@ -114,6 +114,32 @@ class Runner(ABC):
             times.append(time.perf_counter() - t0)
         return times
 
+    # ------------------------------------------------------------------ timing (harness.bench)
+    def timing_step(self, shape, task: str = "infer"):
+        """A zero-argument callable running one step on a seeded batch of ``shape`` already
+        on the device: ``infer`` a forward pass, ``train`` forward, loss, backward and the
+        optimiser. The caller calls :meth:`sync` before it stops a clock."""
+        raise RunnerError(f"{self.name} has no timing step for {task!r}")
+
+    def gemm_probe(self) -> Dict[str, float]:
+        """GFLOP/s of a square matrix product in the timing dtype, now (``{"gflops": ...}``)."""
+        raise RunnerError(f"{self.name} has no GEMM probe")
+
+    def memory(self) -> Dict[str, float]:
+        """Peak device memory since :meth:`reset_memory` (MiB; empty on CPU)."""
+        return {}
+
+    def reset_memory(self) -> None:
+        """Start a new device-memory peak."""
+
+    def flop_count(self, shape) -> Optional[int]:
+        """FLOPs of one forward pass by the framework's own counter, where it has one."""
+        return None
+
+    def settings(self) -> Dict[str, object]:
+        """How the timing runs (dtype, layout, compilation, threads): printed and recorded."""
+        return {"threads": self.threads}
+
 
 def get_runner_class(framework: str) -> Type[Runner]:
     module_name, cls_name = RUNNERS[canonical_framework(framework)].split(":")

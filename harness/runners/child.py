@@ -24,6 +24,23 @@ Tasks:
 ``candidate``      the user's own network (``plugin``, see :mod:`harness.runners.plugin`) on the
                    input, its hooked layers and ``logits`` to ``out``
                    (``intermediates`` with ``float64``: torch in float64, the noise floor)
+``train_steps``    ``steps`` SGD steps on ``batches`` with ``recipe`` and ``lrs`` (torch: also
+                   ``float64``), every parameter's gradient, update and momentum to ``out``
+                   (:mod:`harness.train_parity`)
+``train_time``     training steps timed per batch size on seeded clips of ``input_shape``
+                   (:mod:`harness.train_bench`)
+
+Warm mode (:class:`WarmChild`, ``python -m harness.runners.child --serve JOB.json``): the
+child builds and loads once, then answers one JSON request per line on its stdin with one
+JSON line on its stdout (the framework's own prints go to stderr), until ``quit``. The
+benchmark keeps one warm child per framework and asks each in turn to time ``k`` steps,
+so that frameworks interleave (A B A B ...) and a machine's noise falls on all of them.
+Requests (``op``): ``prepare`` (make the ``task``'s step for ``shape``, run it once: the
+compile / autotune time), ``time`` (``iters`` steps, each ended by a device sync),
+``probe`` (the GEMM probe), ``flops`` (the framework's FLOP counter), ``memory``,
+``reset_memory``, ``forward`` / ``intermediates`` (of the clip in file ``input``, to the
+``.npz`` file ``out``), ``quit``. A failed request answers ``{"error": one line}`` and the
+child stays up.
 """
 from __future__ import annotations
 
@@ -41,7 +58,8 @@ import numpy as np
 from frameworks.spec.arch import I3DNLConfig
 from harness.runners import RunnerError
 
-TASKS = ("intermediates", "isolated", "time", "subops", "candidate")
+TASKS = ("intermediates", "isolated", "time", "subops", "candidate", "train_steps", "train_time")
+TRAIN_TASKS = ("train_steps", "train_time")   # run by harness.train_parity.run_train_task
 
 
 @dataclass
@@ -57,6 +75,10 @@ class Task:
     layer_input: Optional[str] = None    # subops: that layer's input (.npy)
     float64: bool = False                # intermediates in float64 (torch): the float32 noise floor
     plugin: Optional[str] = None         # candidate: "module:function" building the user's network
+    steps: int = 0                       # train_steps: SGD steps; train_time: timed steps per batch size
+    batches: Optional[str] = None        # train_steps: .npz of x0, y0, x1, y1, ...
+    recipe: Optional[dict] = None        # train_*: frameworks.spec.train.TrainRecipe.to_dict()
+    lrs: Optional[List[float]] = None    # train_*: the learning rate of every step
 
     def __post_init__(self) -> None:
         if self.op not in TASKS:
@@ -146,6 +168,11 @@ def _execute(job: Job) -> dict:
         return record
     if weights is None:
         raise RunnerError("a job with tasks needs weights or a seed")
+    if all(task.op in TRAIN_TASKS for task in job.tasks):   # a trainer builds its own network
+        from harness.train_parity import run_train_task
+
+        record["tasks"] = [run_train_task(job, task, weights) for task in job.tasks]
+        return record
     if all(task.op == "candidate" for task in job.tasks):   # the user's network, not ours
         from harness.runners import plugin
 
@@ -214,8 +241,181 @@ def _run_task(runner, task: Task, clip: Optional[np.ndarray]) -> dict:
     return {"op": "time", "runs": rows}
 
 
+# ----------------------------------------------------------------------------- warm mode
+class WarmChild:
+    """Parent side of warm mode: one child process holding a built, loaded runner.
+
+        with WarmChild(job, workdir, "torch") as child:
+            child.request(op="prepare", task="infer", shape=[1, 3, 8, 64, 64])
+            child.request(op="time", task="infer", shape=[1, 3, 8, 64, 64], iters=3)["step_s"]
+    """
+
+    def __init__(self, job: Job, workdir: str, name: str):
+        os.makedirs(workdir, exist_ok=True)
+        stem = os.path.join(workdir, name)
+        self.framework, self.name = job.framework, name
+        with open(stem + ".json", "w") as f:
+            json.dump({"job": job.to_dict()}, f)
+        self.log_path = stem + ".log"
+        self._log = open(self.log_path, "w")
+        # run in the work folder (MindSpore leaves rank_0/, kernel_meta/ ... in its working
+        # directory), with the repository importable from there
+        from harness.cli import REPO_ROOT
+
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (REPO_ROOT, os.environ.get("PYTHONPATH")) if p)}
+        self.proc = subprocess.Popen([sys.executable, "-m", "harness.runners.child", "--serve", os.path.abspath(stem + ".json")],
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._log, text=True,
+                                     cwd=workdir, env=env)
+        try:
+            self.ready = self._reply()   # versions, hardware, build_s, load_s, settings
+        except RunnerError:
+            self.close()
+            raise
+
+    def request(self, **message) -> dict:
+        if self.proc.poll() is not None:
+            raise RunnerError(f"{self.name}: {self._last_log_line()}")
+        self.proc.stdin.write(json.dumps(message) + "\n")
+        self.proc.stdin.flush()
+        return self._reply()
+
+    def _reply(self) -> dict:
+        line = self.proc.stdout.readline()
+        if not line:
+            self.proc.wait()
+            raise RunnerError(f"{self.name}: {self._last_log_line()}")
+        reply = json.loads(line)
+        if "error" in reply:
+            raise RunnerError(f"{self.name}: {reply['error']}")
+        return reply
+
+    def _last_log_line(self) -> str:
+        self._log.flush()
+        with open(self.log_path, errors="replace") as f:
+            lines = [ln.strip() for ln in f if ln.strip()]
+        errors = [ln for ln in lines if ln.startswith("error: ")]
+        return (errors or lines or [f"exit code {self.proc.returncode}"])[-1].removeprefix("error: ")
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            try:
+                self.proc.stdin.write(json.dumps({"op": "quit"}) + "\n")
+                self.proc.stdin.flush()
+                self.proc.wait(timeout=60)
+            except (OSError, subprocess.TimeoutExpired):
+                self.proc.kill()
+                self.proc.wait()
+        self._log.close()
+
+    def __enter__(self) -> "WarmChild":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def _serve(job: Job, channel) -> None:
+    """Child side of warm mode: build and load, say ready, answer requests until ``quit``."""
+    import resource
+
+    def send(message: dict) -> None:
+        channel.write(json.dumps(message, default=str) + "\n")
+        channel.flush()
+
+    from harness.runners import make_runner
+
+    if not job.weights:
+        raise RunnerError("warm mode loads its weights from a file (Job.weights)")
+    weights = load_arrays(job.weights)
+    runner = make_runner(job.framework, device=job.device, threads=job.threads, **job.options)
+    record: Dict[str, Any] = {"framework": job.framework, "versions": runner.versions(),
+                              "hardware": runner.hardware()}
+    t0 = time.perf_counter()
+    runner.build(job.config)
+    record["build_s"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    try:
+        runner.load(weights)
+    except (ValueError, TypeError) as exc:
+        raise RunnerError(str(exc)) from None
+    record["load_s"] = time.perf_counter() - t0
+    record["settings"] = runner.settings()
+    send({"ready": True, **record})
+    steps: Dict[str, Any] = {}
+    for line in sys.stdin:
+        request = json.loads(line)
+        op = request.get("op")
+        if op == "quit":
+            send({"ok": True})
+            return
+        try:
+            key = f"{request.get('task')}:{request.get('shape')}"
+            if op == "prepare":
+                steps.pop(key, None)
+                t0 = time.perf_counter()
+                step = runner.timing_step(request["shape"], request["task"])
+                step()
+                runner.sync()
+                steps[key] = step
+                reply = {"first_s": time.perf_counter() - t0}
+            elif op == "time":
+                step, wall, cpu = steps[key], [], []
+                for _ in range(int(request["iters"])):
+                    c0, t0 = time.process_time(), time.perf_counter()
+                    step()
+                    runner.sync()
+                    wall.append(time.perf_counter() - t0)
+                    cpu.append(time.process_time() - c0)
+                reply = {"step_s": wall, "cpu_s": cpu, "load_average": list(os.getloadavg())}
+            elif op in ("forward", "intermediates"):   # on a clip file, to a file (the GPU check's dtypes)
+                from harness.checkpoints.io import write_npz
+
+                clip = np.load(request["input"], allow_pickle=False).astype(np.float32, copy=False)
+                outputs = runner.forward_intermediates(clip) if op == "intermediates" else \
+                    {"logits": runner.forward(clip)}
+                write_npz(request["out"], {k: np.asarray(v, np.float32) for k, v in outputs.items()})
+                reply = {"out": request["out"]}
+            elif op == "probe":
+                reply = runner.gemm_probe()
+            elif op == "flops":
+                reply = {"flops": runner.flop_count(request["shape"])}
+            elif op == "memory":
+                usage = resource.getrusage(resource.RUSAGE_SELF)
+                reply = {"host_rss_peak_mib": usage.ru_maxrss / 1024, **runner.memory()}
+            elif op == "reset_memory":
+                runner.reset_memory()
+                reply = {"ok": True}
+            else:
+                raise RunnerError(f"unknown request {op!r}")
+        except Exception as exc:  # noqa: BLE001 - out of memory at one batch size must not end the others
+            text = str(exc).strip().splitlines()
+            reply = {"error": f"{type(exc).__name__}: {text[0] if text else ''}".strip(": ")}
+        send(reply)
+
+
+def _serve_main(path: str) -> int:
+    # the protocol owns the real stdout; whatever a framework prints goes to stderr (the log)
+    channel = os.fdopen(os.dup(sys.stdout.fileno()), "w")
+    os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
+    try:
+        with open(path) as f:
+            job = Job.from_dict(json.load(f)["job"])
+        if job.framework == "ms":
+            from harness.runners.mindspore_runner import configure_onednn_isa
+
+            configure_onednn_isa()  # before anything imports MindSpore
+        _serve(job, channel)
+    except (RunnerError, ValueError, KeyError, TypeError, OSError, RuntimeError) as exc:
+        text = str(exc).strip().splitlines()
+        print(f"error: {text[0] if text else type(exc).__name__}", file=sys.stderr)
+        return 2
+    return 0
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    if len(argv) == 2 and argv[0] == "--serve":
+        return _serve_main(argv[1])
     if len(argv) != 1 or argv[0].startswith("-"):
         print("error: usage: python -m harness.runners.child JOB.json (an internal protocol; see its docstring)",
               file=sys.stderr)

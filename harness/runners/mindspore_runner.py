@@ -82,11 +82,26 @@ class MindSporeRunner(Runner):
     name = "ms"
     MODES = ("graph", "pynative")
 
-    def __init__(self, device: str = "cpu", threads: Optional[int] = None, mode: str = "graph"):
+    DTYPES = ("float32", "float16", "bfloat16")
+    JIT_LEVELS = ("O0", "O1", "O2")
+
+    def __init__(self, device: str = "cpu", threads: Optional[int] = None, mode: str = "graph",
+                 dtype: str = "float32", jit_level: Optional[str] = None, graph_kernel: bool = False,
+                 execution: Optional[Dict[str, bool]] = None, fold_bn: bool = False):
         super().__init__(device, threads)
         if mode not in self.MODES:
             raise RunnerError(f"unknown MindSpore mode {mode!r}; use graph or pynative")
+        if dtype not in self.DTYPES:
+            raise RunnerError(f"MindSpore has no {dtype!r} mode here; one of {', '.join(self.DTYPES)}"
+                              + (" (TF32 is a torch/CUDA switch)" if dtype == "tf32" else ""))
+        if jit_level is not None and jit_level not in self.JIT_LEVELS:
+            raise RunnerError(f"unknown jit_level {jit_level!r}; one of {', '.join(self.JIT_LEVELS)}")
         self.mode = mode
+        # timing options (graph compilation, precision) and exact reformulations; default: the exact path
+        self.dtype, self.jit_level, self.graph_kernel = dtype, jit_level, graph_kernel
+        self.execution, self.fold_bn = dict(execution or {}), fold_bn
+        self._weights: Optional[Dict[str, np.ndarray]] = None
+        self._trainer = None
         self.isa = configure_onednn_isa()
         try:
             import mindspore as ms
@@ -97,6 +112,8 @@ class MindSporeRunner(Runner):
         self._activate()
         if device == "cpu":
             self._set_threads(self.threads)
+        if graph_kernel:
+            ms.set_context(enable_graph_kernel=True)
         self.net = self._intermediates = self._isolated = None
 
     # ------------------------------------------------------------------ context
@@ -136,13 +153,30 @@ class MindSporeRunner(Runner):
 
     # ------------------------------------------------------------------ Runner API
     def build(self, cfg: I3DNLConfig) -> None:
-        from frameworks.mindspore.model import IntermediatesNet, IsolatedStagesNet, build_model
+        from frameworks.mindspore.model import build_model
 
         self._activate()
         self.cfg = cfg
         self.net = build_model(cfg)
-        self._intermediates = IntermediatesNet(self.net)
-        self._isolated = IsolatedStagesNet(self.net)
+        self._wrap(self.net)
+
+    def _wrap(self, net) -> None:
+        """The entry points over ``net``, with the execution options and compilation settings."""
+        from frameworks.mindspore.model import IntermediatesNet, IsolatedStagesNet
+
+        try:
+            net.set_execution(**self.execution)
+        except ValueError as exc:
+            raise RunnerError(str(exc)) from None
+        if self.dtype != "float32":
+            from mindspore import amp
+
+            amp.auto_mixed_precision(net, amp_level="O2", dtype=getattr(self.ms, self.dtype))
+        self._intermediates = IntermediatesNet(net)
+        self._isolated = IsolatedStagesNet(net)
+        if self.jit_level:
+            for cell in (net, self._intermediates, self._isolated):
+                cell.set_jit_config(self.ms.JitConfig(jit_level=self.jit_level))
 
     def load(self, arrays: Dict[str, np.ndarray]) -> None:
         from frameworks.mindspore.weights import load_canonical
@@ -150,6 +184,78 @@ class MindSporeRunner(Runner):
         if self.net is None:
             raise RunnerError("build() the network before loading weights")
         load_canonical(self.net, arrays, self.cfg)
+        self._weights = arrays
+        if self.fold_bn:  # a separate inference network; the canonical one is what training builds on
+            from frameworks.mindspore.model import build_folded
+
+            self.net = build_folded(self.cfg, arrays)
+            self._wrap(self.net)
+
+    # ------------------------------------------------------------------ timing (harness.bench)
+    def timing_step(self, shape, task: str = "infer"):
+        """One inference or training step on a seeded batch made before the clock starts;
+        ``asnumpy`` of the (small) output ends each step, so it has finished."""
+        self._activate()
+        rng = np.random.default_rng(0)
+        x = self._tensor(rng.standard_normal(tuple(shape)).astype(np.float32))
+        if self.device == "gpu" and hasattr(x, "move_to"):   # on the device before any clock starts
+            x = x.move_to("GPU")
+        if task == "infer":
+            net = self.net
+            return lambda: net(x).asnumpy()
+        trainer = self._training()
+        y = self.ms.Tensor(rng.integers(0, self.cfg.num_classes, shape[0]).astype(np.int32))
+        step = trainer.train_step
+        return lambda: step(x, y).asnumpy()
+
+    def _training(self):
+        """The training engineer's step (:class:`frameworks.mindspore.train.MindSporeTrainer`):
+        its network, recipe and SGD groups as one compiled Cell, at a constant learning rate."""
+        if self._trainer is None:
+            try:
+                from frameworks.mindspore.train import MindSporeTrainer
+                from frameworks.spec.train import get_recipe, lr_schedule
+            except ImportError as exc:
+                raise RunnerError(f"no training step here ({exc})") from None
+            recipe = get_recipe().replace(lr_schedule="constant")
+            trainer = MindSporeTrainer(self.cfg, recipe, lr_schedule(recipe, 1, total_steps=10_000), self._weights)
+            trainer.net.set_execution(**self.execution)
+            if self.jit_level:
+                trainer.train_step.set_jit_config(self.ms.JitConfig(jit_level=self.jit_level))
+            self._trainer = trainer
+        return self._trainer
+
+    def gemm_probe(self) -> Dict[str, float]:
+        """GFLOP/s of MindSpore's own square matrix product in the timing dtype (best of 3)."""
+        import time
+
+        ms = self.ms
+        size = 8192 if self.device == "gpu" else 2048
+        rng = np.random.default_rng(0)
+        dtype = getattr(ms, self.dtype)
+        a = ms.Tensor(rng.standard_normal((size, size)).astype(np.float32)).astype(dtype)
+        b = ms.Tensor(rng.standard_normal((size, size)).astype(np.float32)).astype(dtype)
+        matmul = ms.ops.matmul
+        matmul(a, b).asnumpy()
+        best = float("inf")
+        for _ in range(3):
+            t0 = time.perf_counter()
+            out = matmul(a, b)
+            self.sync()
+            out.asnumpy()
+            best = min(best, time.perf_counter() - t0)
+        return {"gflops": 2 * size ** 3 / best / 1e9, "size": size, "dtype": self.dtype}
+
+    def memory(self) -> Dict[str, float]:
+        if self.device != "gpu":
+            return {}
+        peak = getattr(getattr(self.ms, "runtime", None), "max_memory_allocated", None)
+        return {"device_mem_peak_mib": peak() / 2 ** 20} if peak is not None else {}
+
+    def settings(self) -> Dict[str, object]:
+        return {"dtype": self.dtype, "ms_mode": self.mode, "jit_level": self.jit_level,
+                "graph_kernel": self.graph_kernel, "execution": self.net.execution() if self.net else self.execution,
+                "fold_bn": self.fold_bn, "threads": _THREADS_SET[0] if _THREADS_SET else self.threads}
 
     def weights(self) -> Dict[str, np.ndarray]:
         """The network's weights as canonical arrays."""
@@ -160,6 +266,17 @@ class MindSporeRunner(Runner):
     def forward(self, clip: np.ndarray) -> np.ndarray:
         self._activate()
         return self.net(self._tensor(clip)).asnumpy()
+
+    def forward_subops(self, name: str, x: np.ndarray) -> Dict[str, np.ndarray]:
+        """In PyNative, one step at a time (each step is a kernel of its own either way)."""
+        from frameworks.mindspore.subops import trace
+
+        ms = self.ms
+        ms.set_context(mode=ms.PYNATIVE_MODE)
+        try:
+            return {k: v.asnumpy() for k, v in trace(self.net, name, self._tensor(x)).items()}
+        finally:
+            self._activate()
 
     def sync(self) -> None:
         # asnumpy() already waits for its result; this covers a caller that keeps Tensors
@@ -190,14 +307,3 @@ class MindSporeRunner(Runner):
         hw = super().hardware()
         hw.update(self.isa)
         return hw
-    def forward_subops(self, name: str, x: np.ndarray) -> Dict[str, np.ndarray]:
-        """In PyNative, one step at a time (each step is a kernel of its own either way)."""
-        from frameworks.mindspore.subops import trace
-
-        ms = self.ms
-        ms.set_context(mode=ms.PYNATIVE_MODE)
-        try:
-            return {k: v.asnumpy() for k, v in trace(self.net, name, self._tensor(x)).items()}
-        finally:
-            self._activate()
-

@@ -28,10 +28,13 @@ CONFIGS = {
 class MMAction2Runner(Runner):
     name = "mmaction2"
 
-    def __init__(self, device: str = "cpu", threads: Optional[int] = None, benchmark: bool = False):
+    def __init__(self, device: str = "cpu", threads: Optional[int] = None, benchmark: bool = False,
+                 dtype: str = "float32", channels_last: bool = False, compile: Optional[str] = None,
+                 cuda_graphs: bool = False):
         super().__init__(device, threads)
-        self.backend = TorchDevice(device, self.threads, benchmark)
+        self.backend = TorchDevice(device, self.threads, benchmark, dtype, channels_last, compile, cuda_graphs)
         self.model = None
+        self._optimizer = None
 
     def build(self, cfg: I3DNLConfig) -> None:
         import warnings
@@ -110,15 +113,45 @@ class MMAction2Runner(Runner):
         raise RunnerError("mmaction2 runs its blocks with their non-local blocks inside, so it has no isolated "
                           "mode; use it as the reference of a propagated comparison")
 
-    def forward(self, clip: np.ndarray) -> np.ndarray:
-        with self.backend.torch.no_grad():
-            return self.backend.numpy(self.model.cls_head(self.model.backbone(self.backend.tensor(clip))))
     def forward_subops(self, name: str, x: np.ndarray) -> Dict[str, np.ndarray]:
         raise RunnerError("mmaction2 has no sub-operation trace; drill down between our two frameworks")
 
+    def forward(self, clip: np.ndarray) -> np.ndarray:
+        with self.backend.torch.no_grad(), self.backend.autocast():
+            return self.backend.numpy(self.model.cls_head(self.model.backbone(self.backend.tensor(clip))))
 
     def sync(self) -> None:
         self.backend.sync()
+
+    # ------------------------------------------------------------------ timing (harness.bench)
+    def timing_step(self, shape, task: str = "infer"):
+        """mmaction2's backbone and head as its test and train steps run them: the baseline.
+        Training: the same loss and SGD (momentum 0.9, weight decay 1e-4) as ours."""
+        torch = self.backend.torch
+        net = _backbone_head(self.model.backbone, self.model.cls_head)
+        if task == "infer":
+            return self.backend.inference_step(net.eval(), shape, self.cfg.num_classes)
+        net.train()
+        if self._optimizer is None:
+            self._optimizer = torch.optim.SGD(net.parameters(), lr=3e-4, momentum=0.9, weight_decay=1e-4)
+        return self.backend.training_step(net, self._optimizer, shape, self.cfg.num_classes)
+
+    def gemm_probe(self) -> Dict[str, float]:
+        return self.backend.gemm_probe()
+
+    def memory(self) -> Dict[str, float]:
+        return self.backend.memory()
+
+    def reset_memory(self) -> None:
+        self.backend.reset_memory()
+
+    def flop_count(self, shape) -> Optional[int]:
+        from frameworks.torch import fast
+
+        return fast.count_flops(_backbone_head(self.model.backbone, self.model.cls_head).eval(), shape)
+
+    def settings(self) -> Dict[str, object]:
+        return self.backend.settings()
 
     def versions(self) -> Dict[str, str]:
         import mmaction
@@ -130,3 +163,18 @@ class MMAction2Runner(Runner):
 
     def hardware(self) -> Dict[str, str]:
         return {**super().hardware(), **self.backend.hardware()}
+
+
+def _backbone_head(backbone, head):
+    """mmaction2's inference path (``head(backbone(x))``) as one module, made on first use
+    so that importing this runner imports no torch."""
+    from torch import nn
+
+    class BackboneHead(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.backbone, self.head = backbone, head
+
+        def forward(self, x):
+            return self.head(self.backbone(x))
+    return BackboneHead()

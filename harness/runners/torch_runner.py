@@ -18,7 +18,8 @@ class TorchDevice:
     autotuner on for timing runs.
     """
 
-    def __init__(self, device: str, threads: int, benchmark: bool = False):
+    def __init__(self, device: str, threads: int, benchmark: bool = False, dtype: str = "float32",
+                 channels_last: bool = False, compile: Optional[str] = None, cuda_graphs: bool = False):
         import torch
 
         self.torch = torch
@@ -29,13 +30,32 @@ class TorchDevice:
         if device == "gpu" and not torch.cuda.is_available():
             raise RunnerError("--device gpu asked for, but torch sees no CUDA device")
         self.dev = torch.device("cuda" if device == "gpu" else "cpu")
+        # how timing runs it (frameworks.torch.fast); parity runs float32, TF32 off, whatever these say
+        from frameworks.torch import fast
+
+        try:
+            fast.set_numerics(dtype, self.dev, benchmark)
+        except ValueError as exc:
+            raise RunnerError(str(exc)) from None
+        if cuda_graphs and self.dev.type != "cuda":
+            raise RunnerError("CUDA graphs need --device gpu")
+        self.dtype, self.channels_last, self.compile, self.cuda_graphs = dtype, channels_last, compile, cuda_graphs
 
     def tensor(self, x: np.ndarray):
         return self.torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).to(self.dev)
 
     @staticmethod
     def numpy(t) -> np.ndarray:
-        return t.detach().cpu().numpy()
+        t = t.detach()
+        if t.is_floating_point() and t.element_size() == 2:  # autocast's bfloat16 / float16: numpy has no bfloat16
+            t = t.float()
+        return t.cpu().numpy()
+
+    def autocast(self):
+        """The timing dtype's autocast (a no-op for float32 and TF32), for forward passes too."""
+        from frameworks.torch import fast
+
+        return fast.autocast(self.dtype, self.dev)
 
     def sync(self) -> None:
         if self.dev.type == "cuda":
@@ -50,33 +70,136 @@ class TorchDevice:
     def hardware(self) -> Dict[str, str]:
         return {"gpu": self.torch.cuda.get_device_name(0)} if self.dev.type == "cuda" else {}
 
+    # ------------------------------------------------------------------ timing (harness.bench)
+    def batch(self, shape, num_classes: int):
+        """A seeded normal batch of ``shape`` and labels, on the device before any clock starts."""
+        gen = self.torch.Generator().manual_seed(0)
+        x = self.torch.randn(tuple(shape), generator=gen).to(self.dev)
+        y = self.torch.randint(0, num_classes, (shape[0],), generator=gen).to(self.dev)
+        return x, y
+
+    def inference_step(self, module, shape, num_classes: int):
+        from frameworks.torch import fast
+
+        x, _ = self.batch(shape, num_classes)
+        return fast.inference_step(module, x, dtype=self.dtype, channels_last=self.channels_last,
+                                   compile_mode=self.compile, cuda_graphs=self.cuda_graphs)
+
+    def training_step(self, module, optimizer, shape, num_classes: int):
+        from frameworks.torch import fast
+
+        if self.cuda_graphs:
+            raise RunnerError("CUDA graphs are for the inference step here (use torch.compile's "
+                              "'reduce-overhead' mode for training)")
+        x, y = self.batch(shape, num_classes)
+        return fast.training_step(module, optimizer, x, y, dtype=self.dtype, channels_last=self.channels_last,
+                                  compile_mode=self.compile)
+
+    def gemm_probe(self) -> Dict[str, float]:
+        from frameworks.torch import fast
+
+        return fast.gemm_probe(self.dtype, self.dev)
+
+    def memory(self) -> Dict[str, float]:
+        from frameworks.torch import fast
+
+        return fast.memory(self.dev)
+
+    def reset_memory(self) -> None:
+        from frameworks.torch import fast
+
+        fast.reset_memory(self.dev)
+
+    def settings(self) -> Dict[str, object]:
+        return {"dtype": self.dtype, "channels_last_3d": self.channels_last, "compile": self.compile,
+                "cuda_graphs": self.cuda_graphs, "cudnn_benchmark": bool(self.torch.backends.cudnn.benchmark),
+                "tf32": bool(self.torch.backends.cudnn.allow_tf32), "threads": self.torch.get_num_threads(),
+                "interop_threads": self.torch.get_num_interop_threads()}
+
 
 class TorchRunner(Runner):
     name = "torch"
 
-    def __init__(self, device: str = "cpu", threads: Optional[int] = None, benchmark: bool = False):
+    def __init__(self, device: str = "cpu", threads: Optional[int] = None, benchmark: bool = False,
+                 dtype: str = "float32", channels_last: bool = False, compile: Optional[str] = None,
+                 cuda_graphs: bool = False, execution: Optional[Dict[str, bool]] = None, fold_bn: bool = False):
         super().__init__(device, threads)
-        self.backend = TorchDevice(device, self.threads, benchmark)
+        self.backend = TorchDevice(device, self.threads, benchmark, dtype, channels_last, compile, cuda_graphs)
         self.model = None
+        # exact reformulations (frameworks.torch.model.set_execution / build_folded); default: the exact path
+        self.execution, self.fold_bn = dict(execution or {}), fold_bn
+        self._weights: Optional[Dict[str, np.ndarray]] = None
+        self._trainer = None
 
     def build(self, cfg: I3DNLConfig) -> None:
         from frameworks.torch.model import I3DNL
 
         self.cfg = cfg
         self.model = I3DNL(cfg).eval().to(self.backend.dev)
+        try:
+            self.model.set_execution(**self.execution)
+        except ValueError as exc:
+            raise RunnerError(str(exc)) from None
 
     def load(self, arrays: Dict[str, np.ndarray]) -> None:
         from frameworks.torch.weights import load_canonical
 
         load_canonical(self.model, arrays, self.cfg)
+        self._weights = arrays
+        if self.fold_bn:  # a separate inference network; the canonical one is what training builds on
+            from frameworks.torch.model import build_folded
+
+            self.model = build_folded(self.cfg, arrays).set_execution(**self.execution)
         self.model.to(self.backend.dev)
 
+    # ------------------------------------------------------------------ timing (harness.bench)
+    def timing_step(self, shape, task: str = "infer"):
+        """One inference or training step on a device-resident seeded batch, as a callable."""
+        if task == "infer":
+            return self.backend.inference_step(self.model, shape, self.cfg.num_classes)
+        trainer = self._training()
+        return self.backend.training_step(trainer.net, trainer.optimizer, shape, self.cfg.num_classes)
+
+    def _training(self):
+        """The training engineer's step (:class:`frameworks.torch.train.TorchTrainer`): its
+        model, recipe and SGD groups, at a constant learning rate."""
+        if self._trainer is None:
+            try:
+                from frameworks.spec.train import get_recipe, lr_schedule
+                from frameworks.torch.train import TorchTrainer
+            except ImportError as exc:
+                raise RunnerError(f"no training step here ({exc})") from None
+            recipe = get_recipe().replace(lr_schedule="constant")
+            self._trainer = TorchTrainer(self.cfg, recipe, lr_schedule(recipe, 1, total_steps=16), self._weights,
+                                         device=self.device)
+            self._trainer.model.set_execution(**{k: v for k, v in self.execution.items() if k != "direct_mkldnn"})
+        return self._trainer
+
+    def gemm_probe(self) -> Dict[str, float]:
+        return self.backend.gemm_probe()
+
+    def memory(self) -> Dict[str, float]:
+        return self.backend.memory()
+
+    def reset_memory(self) -> None:
+        self.backend.reset_memory()
+
+    def flop_count(self, shape) -> Optional[int]:
+        """FLOPs of the *exact* network by torch's own counter (meta device: no arithmetic)."""
+        from frameworks.torch import fast
+        from frameworks.torch.model import I3DNL
+
+        return fast.count_flops(I3DNL(self.cfg).eval(), shape)
+
+    def settings(self) -> Dict[str, object]:
+        return {**self.backend.settings(), "execution": self.model.execution(), "fold_bn": self.fold_bn}
+
     def forward(self, clip: np.ndarray) -> np.ndarray:
-        with self.backend.torch.no_grad():
+        with self.backend.torch.no_grad(), self.backend.autocast():
             return self.backend.numpy(self.model(self.backend.tensor(clip)))
 
     def forward_intermediates(self, clip: np.ndarray) -> Dict[str, np.ndarray]:
-        with self.backend.torch.no_grad():
+        with self.backend.torch.no_grad(), self.backend.autocast():
             out = self.model.forward_intermediates(self.backend.tensor(clip))
         return {k: self.backend.numpy(v) for k, v in out.items()}
 
