@@ -41,7 +41,7 @@ from frameworks.spec.arch import DEFAULT_PRESET, PRESETS, I3DNLConfig, arch_hash
 from frameworks.spec.data_presets import DEFAULT_DATA_PRESET, PRESETS as DATA_PRESETS
 from frameworks.spec.data_presets import DECODERS, DataPreset, data_preset_hash, get_data_preset, spec_hash
 from harness import scores as score_store
-from harness.cli import (CheckFailed, InputError, OneLineParser, nonnegative_int, positive_int, provenance,
+from harness.cli import (CheckFailed, InputError, OneLineParser, add_device, add_ms_mode, add_verbose, nonnegative_int, positive_int, provenance,
                          result_doc, run_main, setup_logging, tolerance, utc_now)
 from harness.files import atomic_path, atomic_write_json, check_output_dir, check_output_path
 from harness.scores import Chunk, ScoreStore, read_scores  # noqa: F401 - read_scores: public here too
@@ -80,8 +80,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--workers", type=nonnegative_int, default=2,
                      help="decoding processes (default 2; 0 = in process)")
     run.add_argument("--decoder", choices=DECODERS, help="default: the data preset's")
-    run.add_argument("--device", choices=["cpu", "gpu"], default="cpu")
-    run.add_argument("--ms-mode", choices=["graph", "pynative"], default="graph")
+    add_device(run)
+    add_ms_mode(run)
     run.add_argument("--threads", type=positive_int, help="framework threads (default: cores / shards)")
     run.add_argument("--shard", metavar="I/N", help="evaluate shard I of N (default: from the launcher's env)")
     run.add_argument("--chunk-videos", type=positive_int, default=32, help="videos per saved score chunk (default 32)")
@@ -90,9 +90,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--resume", action="store_true", help="continue from the chunks already saved")
     p.add_argument("--json", metavar="OUT", help="(--compare) also write the agreement as JSON")
     p.add_argument("--tie-margin", type=tolerance, default=1e-4,
-                   help="(--compare) a top-1 flip whose top-two scores lie within this margin is a near-tie")
+                   help="(--compare) a top-1 flip whose top-two scores lie within this margin is a near-tie (default 1e-4)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
-    p.add_argument("-v", "--verbose", action="store_true")
+    add_verbose(p)
     return p
 
 
@@ -137,7 +137,9 @@ def parse_overrides(items: List[str], preset) -> dict:
                              f"{', '.join(k for k in fields if k != 'name')}")
         current = getattr(preset, key)
         try:
-            if isinstance(current, bool):
+            if value.lower() in ("null", "none") and "Optional" in str(fields[key].type):
+                out[key] = None  # offset_seed=null, pre_resize_height=null: an optional field unset
+            elif isinstance(current, bool):
                 if value.lower() not in ("true", "false", "1", "0"):
                     raise ValueError(value)
                 out[key] = value.lower() in ("true", "1")

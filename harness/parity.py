@@ -47,8 +47,8 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from frameworks.spec.arch import DEFAULT_PRESET, PRESETS, I3DNLConfig, arch_hash, layer_names, subop_names
-from harness.cli import (InputError, OneLineParser, clip_shape, result_doc, run_main, setup_logging, tolerance,
-                         utc_now)
+from harness.cli import (InputError, OneLineParser, clip_shape, positive_int, result_doc, run_main, setup_logging,
+                         tolerance, utc_now)
 from harness.comparator import (COLUMNS, DEFAULT_RTOL, DEFAULT_STAGE_ATOL, ParityReport, compare_arrays,
                                 compare_outputs, default_atol, flag_outliers, format_report)
 from harness.files import atomic_write_json, check_output_dir, check_output_path
@@ -125,6 +125,13 @@ def build_parser() -> argparse.ArgumentParser:
     out.add_argument("--save-weights", metavar="FILE.npz",
                      help="keep the weights every framework ran (canonical names): the seeded random ones, "
                           "or the checkpoint's; any command that takes --checkpoint reads them")
+    train = p.add_argument_group("training-step parity (harness.train_parity)")
+    train.add_argument("--train-steps", type=positive_int, metavar="K",
+                       help="compare K SGD steps instead of a forward pass: the loss at every step, every "
+                            "gradient at step 1, every parameter, momentum buffer and BN statistic after K steps, "
+                            "the lr and weight decay each framework applied, against torch float64's floor; "
+                            "--input-shape is each step's batch (default 2,3,8,64,64)")
+    train.add_argument("--train-plant", help=argparse.SUPPRESS)   # tests: wd_on_bn, bn_momentum, lr_off_by_one
     p.add_argument("-q", "--quiet", action="store_true", help="only the verdicts (default: the tables)")
     p.add_argument("-v", "--verbose", action="store_true", help="log each step (default: off)")
     return p
@@ -475,6 +482,10 @@ def _main(args) -> int:
     # outputs are checked before the work, so a long run never ends in "cannot write"
     if args.json:
         check_output_path(args.json, "--json")
+    if args.train_steps:
+        from harness.train_parity import run_from_parity_args
+
+        return run_from_parity_args(args)
     if args.save_weights:
         check_output_path(args.save_weights, "--save-weights")
     if args.save_outputs:

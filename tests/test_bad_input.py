@@ -127,7 +127,8 @@ CASES = [
 ]
 # every command answers an unknown flag the same way
 COMMANDS = ["harness.evaluate", "harness.parity", "harness.convert", "harness.checkpoints", "harness.report",
-            "harness.device_check", "harness.make_dataset", "harness.bench", "harness.demo"]
+            "harness.device_check", "harness.make_dataset", "harness.bench", "harness.demo",
+            "harness.train", "harness.infer", "harness.train_bench"]
 CASES += [(cmd, ["--no-such-flag"], {}, 2, "error:") for cmd in COMMANDS]
 
 

@@ -29,8 +29,10 @@ def test_torch_vs_mmaction2_random_weights_pass_with_json_and_saved_outputs(cli,
     assert doc["passed"] is True and [layer["name"] for layer in doc["layers"]] == names
     assert {"atol", "rtol"} <= set(doc["tolerance"]) and doc["logits"]["top1_agreement"] == 1.0
     for fw in ("torch", "mmaction2"):
-        with np.load(out_dir / f"{fw}.npz") as z:
-            assert set(names) | {"input"} == set(z.files)
+        with np.load(out_dir / f"{fw}.npz") as z:   # harness.outputs' schema: layers, input, and its metadata
+            assert set(names) | {"input"} == {k for k in z.files if not k.startswith("__")}
+            assert str(z["__schema__"]) == "nlparity.outputs/1" and str(z["__layout__"]) == "NCTHW"
+            assert str(z["__framework__"]) == fw and str(z["__mode__"]) == "full"
             assert z["input"].shape == (1, 3, 8, 64, 64)
     # Saved outputs compare again without running anything.
     again = cli("harness.parity", "--frameworks", "torch", "--reference", "mmaction2",

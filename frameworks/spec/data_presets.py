@@ -53,7 +53,7 @@ import json
 import logging
 import random
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Dict, Optional, Tuple
 
 import numpy as np
@@ -63,51 +63,66 @@ from . import transforms as _tf
 
 log = logging.getLogger(__name__)
 
-CROPS = ("center", "three")
+CROPS = ("center", "three", "random")
 CLIP_COMBINES = ("prob", "score")
 DECODERS = ("decord", "pyav")
 MAX_SIZE = 16384  # frames per clip, pixels per side: anything larger is a typo, refused before decoding
+
+# Field metadata read by the drift audit (harness.drift), which lists the fields in which
+# two presets differ: fields that only make sense together share a ``drift_group`` and are
+# applied as one difference; a field without metadata is a difference of its own; fields
+# that only name or document a preset (``drift: describes``) never are one.
+DRIFT_GROUP = "drift_group"
+_DESCRIBES = {"drift": "describes"}
+_SAMPLING = {DRIFT_GROUP: "sampling"}   # the sampler, its clip count and its seed
+_CROP = {DRIFT_GROUP: "crop"}           # the crop kind, its size and the three-crop order
+_VALUES = {DRIFT_GROUP: "values"}       # scale, mean, std and the operation: one normalisation
+_PREPARE = {DRIFT_GROUP: "pre_resize"}  # the dataset-preparation resize and its filter
 
 
 @dataclass(frozen=True)
 class DataPreset:
     """Everything that turns decoded RGB frames into a model input, and scores into a verdict."""
 
-    name: str
-    source: str
+    name: str = field(metadata=_DESCRIBES)
+    source: str = field(metadata=_DESCRIBES)
     # temporal
-    sampler: str  # one of clips.SAMPLERS
+    sampler: str = field(metadata=_SAMPLING)  # one of clips.SAMPLERS
     clip_len: int
     frame_interval: int
-    num_clips: int
+    num_clips: int = field(metadata=_SAMPLING)
     # spatial
     short_edge: int
     interpolation: str
     size_rounding: str
-    crop: str  # "center" | "three"
-    crop_size: int
+    crop: str = field(metadata=_CROP)  # "center" | "three"
+    crop_size: int = field(metadata=_CROP)
     crop_rounding: str = "floor"  # center crop only
-    three_crop_order: str = "mmaction2"  # three crop only
+    three_crop_order: str = field(default="mmaction2", metadata=_CROP)  # three crop only
     # values
-    value_scale: float = 1.0  # applied before mean / std (the seed rescales to [0, 1])
-    mean: Tuple[float, float, float] = (123.675, 116.28, 103.53)
-    std: Tuple[float, float, float] = (58.395, 57.12, 57.375)
-    normalize_op: str = "divide"
+    value_scale: float = field(default=1.0, metadata=_VALUES)  # applied before mean / std (the seed rescales to [0, 1])
+    mean: Tuple[float, float, float] = field(default=(123.675, 116.28, 103.53), metadata=_VALUES)
+    std: Tuple[float, float, float] = field(default=(58.395, 57.12, 57.375), metadata=_VALUES)
+    normalize_op: str = field(default="divide", metadata=_VALUES)
     channel_order: str = "RGB"
     layout: str = "NCTHW"
     # scores and labels
     clip_combine: str = "prob"  # "prob": softmax then mean over views; "score": mean of logits
     label_order: str = "alphabetical"  # or "train_csv" (first appearance, the seed)
-    offset_seed: Optional[int] = None  # seed_interval sampler only
+    offset_seed: Optional[int] = field(default=None, metadata=_SAMPLING)  # seed_interval sampler only
     decoder: str = "decord"
-    known_quirks: Tuple[str, ...] = ()
+    known_quirks: Tuple[str, ...] = field(default=(), metadata=_DESCRIBES)
     # dataset preparation, applied to decoded frames before the preset's own resize: each
     # frame is first resized to this height and width trunc(h * W / H / 2) * 2 (ffmpeg's
     # scale="trunc(oh*a/2)*2:h"), as the Caffe2 authors re-encoded their copy of Kinetics.
     # None: no preparation (and the two fields stay out of to_dict, so the hashes of the
     # presets without it are unchanged).
-    pre_resize_height: Optional[int] = None
-    pre_resize_interpolation: str = "bicubic"
+    pre_resize_height: Optional[int] = field(default=None, metadata=_PREPARE)
+    pre_resize_interpolation: str = field(default="bicubic", metadata=_PREPARE)
+    # training only: a horizontal flip with this probability, drawn per video key (0: never;
+    # like pre_resize_height, left out of to_dict at its default so that the hashes of the
+    # presets without it are unchanged)
+    flip_prob: float = 0.0
 
     def __post_init__(self) -> None:
         checks = {
@@ -128,6 +143,10 @@ class DataPreset:
             raise ValueError(f"{self.name}: only RGB NCTHW is produced")
         if self.sampler == "seed_interval" and self.offset_seed is None:
             raise ValueError(f"{self.name}: the seed_interval sampler needs an offset_seed")
+        if not (isinstance(self.flip_prob, (int, float)) and 0.0 <= self.flip_prob <= 1.0):
+            raise ValueError(f"{self.name}: flip_prob must be in [0, 1], got {self.flip_prob!r}")
+        if self.crop == "random" and self.offset_seed is None:
+            raise ValueError(f"{self.name}: a random crop needs an offset_seed (the seed of every random draw)")
         if self.pre_resize_height is not None and int(self.pre_resize_height) < 1:
             raise ValueError(f"{self.name}: pre_resize_height must be >= 1 or None, got {self.pre_resize_height}")
         for field_name in ("clip_len", "frame_interval", "num_clips", "short_edge", "crop_size"):
@@ -157,6 +176,8 @@ class DataPreset:
         d["protocol"] = self.protocol
         if self.pre_resize_height is None:  # no preparation: the dict (and hash) from before these fields
             del d["pre_resize_height"], d["pre_resize_interpolation"]
+        if self.flip_prob == 0.0:
+            del d["flip_prob"]
         return d
 
     @property
@@ -212,14 +233,26 @@ class DataPreset:
     def resize(self, frames: np.ndarray) -> np.ndarray:
         return _tf.resize_short_edge(frames, self.short_edge, self.interpolation, self.size_rounding)
 
-    def crop_views(self, frames: np.ndarray) -> np.ndarray:
-        """Resized ``(num_clips, T, H, W, 3)`` -> ``(V, T, crop, crop, 3)``, crop-major."""
+    def crop_views(self, frames: np.ndarray, video_key: str = "") -> np.ndarray:
+        """Resized ``(num_clips, T, H, W, 3)`` -> ``(V, T, crop, crop, 3)``, crop-major.
+        ``video_key`` seeds the random crop and flip of a training preset."""
+        if self.crop == "random":
+            return self._random_views(frames, video_key)
         if self.crop == "center":
             return _tf.center_crop(frames, self.crop_size, self.crop_rounding)
         crops = _tf.three_crop(frames, self.crop_size, self.three_crop_order)  # (3, clips, T, h, w, 3)
         return crops.reshape((-1,) + crops.shape[2:])
 
-    def views_uint8(self, frames: np.ndarray) -> np.ndarray:
+    def _random_views(self, frames: np.ndarray, video_key: str) -> np.ndarray:
+        # one generator per video key: the crop and the flip do not depend on which process
+        # decoded the video, nor on what was decoded before it
+        rng = np.random.default_rng(_clips.video_seed(self.offset_seed, f"{video_key}/crop"))
+        views = _tf.random_crop(frames, self.crop_size, rng)
+        if self.flip_prob > 0 and rng.random() < self.flip_prob:
+            views = _tf.hflip(views)
+        return np.ascontiguousarray(views)
+
+    def views_uint8(self, frames: np.ndarray, video_key: str = "") -> np.ndarray:
         """Decoded frames of the sampled indices, ``(num_clips, T, H, W, 3)`` or flat
         ``(num_clips * T, H, W, 3)`` uint8 RGB -> ``(V, T, crop, crop, 3)`` uint8."""
         frames = np.asarray(frames)
@@ -229,7 +262,7 @@ class DataPreset:
             raise ValueError(
                 f"{self.name}: expected ({self.num_clips}, {self.clip_len}, H, W, 3) frames, got {frames.shape}"
             )
-        return self.crop_views(self.resize(self.prepare(frames)))
+        return self.crop_views(self.resize(self.prepare(frames)), video_key)
 
     # ------------------------------------------------------------------ values
     def normalize(self, views: np.ndarray) -> np.ndarray:
@@ -389,6 +422,57 @@ PRESETS: Dict[str, DataPreset] = {
     )
 }
 DEFAULT_DATA_PRESET = "mmaction2_val"
+
+# Training pipelines: kept apart from the evaluation presets above (evaluate offers those).
+# Every random draw (clip offset, crop, flip) is seeded by offset_seed and a key the
+# trainer gives each video of each epoch (``<video id>@<epoch>``), so both frameworks, any
+# number of loader workers and a resumed run see the very same batches.
+TRAIN_PRESETS: Dict[str, DataPreset] = {
+    p.name: p
+    for p in (
+        DataPreset(
+            name="seed_train",
+            source="ZJUT-ERCISS/zjut_mindvideo mindvideo/config/nonlocal/nonlocal.yaml data_loader.train "
+            "(Kinetic400 seq=32, seq_mode=interval, frame_interval=6; VideoShortEdgeResize(256, bicubic), "
+            "VideoRandomCrop([224, 224]), VideoRandomHorizontalFlip(0.5), VideoRescale, VideoNormalize)",
+            sampler="seed_interval",
+            clip_len=32,
+            frame_interval=6,
+            num_clips=1,
+            short_edge=256,
+            interpolation="bicubic",
+            size_rounding="round",
+            crop="random",
+            crop_size=224,
+            flip_prob=0.5,
+            value_scale=1 / 255.0,
+            mean=(0.485, 0.456, 0.406),
+            std=(0.229, 0.224, 0.255),
+            clip_combine="score",
+            label_order="train_csv",
+            offset_seed=0,
+            known_quirks=(
+                SEED_STD_TYPO,
+                "clip offset, crop and flip are random in the seed (global generators); here seeded by "
+                "offset_seed, the video id and the epoch",
+                "the seed's crop is a 224 crop at a random position of the short-edge-256 frame "
+                "(VideoRandomCrop), not a random *resized* crop: no scale or aspect jitter",
+            ),
+        ),
+    )
+}
+DEFAULT_TRAIN_PRESET = "seed_train"
+
+
+def get_train_preset(name: str = DEFAULT_TRAIN_PRESET, **overrides) -> DataPreset:
+    """A training pipeline by name (see :data:`TRAIN_PRESETS`), optionally with fields changed."""
+    try:
+        preset = TRAIN_PRESETS[name]
+    except KeyError:
+        raise KeyError(f"unknown train preset {name!r}; choose from {', '.join(TRAIN_PRESETS)}") from None
+    if overrides:
+        preset = preset.replace(**overrides)
+    return preset   # harness.train prints the preset's known_quirks once a run starts
 
 
 def get_data_preset(name: str, **overrides) -> DataPreset:

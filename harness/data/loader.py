@@ -106,7 +106,7 @@ def process_video(path: str, video_id: str, preset: DataPreset, decoder: str, th
                 n = video.num_frames
                 indices = preset.frame_indices(n, video_id)
                 frames = video.get_frames(indices.reshape(-1))
-        return timed("ok", preset.views_uint8(frames), n)
+        return timed("ok", preset.views_uint8(frames, video_id), n)  # the id seeds a training preset's crop
     except VideoDecodeError as exc:
         return fault(exc.kind, exc.reason)
     except FileNotFoundError as exc:

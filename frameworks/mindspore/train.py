@@ -1,0 +1,196 @@
+"""One training step of the I3D-NL network in MindSpore, as :mod:`frameworks.spec.train` says.
+
+MindSpore's defaults differ from the recipe's rules in three places, and each is made
+explicit here:
+
+* weight decay: ``nn.SGD(params, weight_decay=wd)`` would skip every parameter whose name
+  contains ``beta`` or ``gamma`` and decay all others (the seed's behaviour, by accident
+  of naming); here the optimiser gets one parameter group per decay value of
+  :func:`frameworks.spec.train.decay_groups`, and MindSpore then applies exactly those;
+* learning rate: the spec's float32 array is the optimiser's dynamic learning rate
+  (``learning_rate=Tensor(lrs)``); step ``i`` reads ``lrs[global_step]`` and the
+  optimiser's ``global_step`` travels in the checkpoint, so a resumed run continues it;
+* BN momentum: MindSpore's is ``1 - PyTorch's``; the model converts the recipe's
+  (PyTorch-convention) value. ``bn_mode="frozen"`` sets every BN cell to inference after
+  the network is set to training.
+
+The step (:class:`TrainStep`) is one Cell: ``value_and_grad`` of the loss with respect to
+the optimiser's parameters, the data-parallel gradient mean when the parallel context asks
+for it (``msrun``; ``DistributedGradReducer``), then the optimiser. It compiles to one graph
+in GRAPH_MODE and runs op by op in PYNATIVE_MODE.
+
+Checkpoints are ``save_checkpoint`` of that Cell: the weights, the optimiser's ``accum.*``
+(momentum buffers) and ``stat.*``, ``global_step``, ``learning_rate``, ``momentum``, and
+``epoch_num`` / ``step_num``, the layout of the seed's ``ModelCheckpoint`` files, which the
+weight readers import (ignoring the optimiser's entries).
+"""
+from __future__ import annotations
+
+import os
+from typing import Dict, Optional, Tuple
+
+import numpy as np
+
+import mindspore as ms
+from mindspore import nn, ops
+
+from frameworks.spec.arch import I3DNLConfig
+from frameworks.spec.naming import mindspore_names
+from frameworks.spec.train import TrainRecipe, decay_groups
+
+from .model import build_model
+from .weights import load_canonical, to_canonical
+
+
+def data_parallel() -> bool:
+    """Whether the parallel context asks for data-parallel gradient averaging."""
+    mode = ms.get_auto_parallel_context("parallel_mode")
+    return mode in (ms.ParallelMode.DATA_PARALLEL, ms.ParallelMode.HYBRID_PARALLEL)
+
+
+class TrainStep(nn.Cell):
+    """``construct(x, y)`` -> ``loss`` (and the gradients with ``return_grads``), after one
+    optimiser step; the loss is the mean softmax cross entropy over the batch."""
+
+    def __init__(self, net: nn.Cell, optimizer: nn.Optimizer, return_grads: bool = False):
+        super().__init__(auto_prefix=False)
+        self.network = nn.WithLossCell(net, nn.SoftmaxCrossEntropyWithLogits(sparse=True, reduction="mean"))
+        self.optimizer = optimizer
+        self.weights = optimizer.parameters
+        self.value_and_grad = ops.value_and_grad(self.network, None, self.weights)
+        self.return_grads = return_grads
+        self.reduce = data_parallel()
+        if self.reduce:
+            from mindspore.communication import get_group_size
+
+            self.grad_reducer = nn.DistributedGradReducer(self.weights, True, get_group_size())
+            self.loss_sum = ops.AllReduce()
+            self.group_size = float(get_group_size())
+
+    def construct(self, x, y):
+        loss, grads = self.value_and_grad(x, y)
+        if self.reduce:
+            grads = self.grad_reducer(grads)
+            loss = self.loss_sum(loss) / self.group_size   # the global batch's loss
+        loss = ops.depend(loss, self.optimizer(grads))
+        if self.return_grads:
+            return loss, grads
+        return loss
+
+
+class MindSporeTrainer:
+    """The network, its SGD optimiser and the compiled step; ``step(x, y)`` trains once.
+
+    Set the execution mode, device and (for data parallel) the parallel context before
+    building one (the MindSpore runner does the first two).
+    """
+
+    framework = "ms"
+
+    def __init__(self, cfg: I3DNLConfig, recipe: TrainRecipe, lrs: np.ndarray, weights: Dict[str, np.ndarray], *,
+                 return_grads: bool = False, seed: int = 0):
+        self.cfg = recipe.arch(cfg)
+        self.recipe = recipe
+        self.lrs = np.asarray(lrs, dtype=np.float32)
+        ms.set_seed(int(seed))   # dropout masks (MindSpore's generator: not re-drawn identically on resume)
+        self.net = build_model(self.cfg)
+        load_canonical(self.net, weights, self.cfg)
+        self.ms_names = mindspore_names(self.cfg)              # MindSpore name -> canonical
+        by_canonical = {c: m for m, c in self.ms_names.items()}
+        params = {p.name: p for p in self.net.trainable_params()}
+        groups, self.group_names = [], []
+        for decay, names in decay_groups(recipe, self.cfg).items():
+            self.group_names.append(names)
+            groups.append({"params": [params[by_canonical[n]] for n in names], "weight_decay": float(decay)})
+        self.optimizer = nn.SGD(groups, learning_rate=ms.Tensor(self.lrs), momentum=float(recipe.momentum),
+                                dampening=0.0, nesterov=False)
+        self.train_step = TrainStep(self.net, self.optimizer, return_grads=return_grads)
+        self.step_index = 0
+        self._grads: Optional[tuple] = None
+        self.train_mode()
+
+    # ------------------------------------------------------------------ modes
+    def train_mode(self) -> None:
+        self.train_step.set_train(True)
+        if self.recipe.bn_mode == "frozen":
+            for _, cell in self.net.cells_and_names():
+                if isinstance(cell, (nn.BatchNorm3d, nn.BatchNorm2d)):
+                    cell.set_train(False)
+
+    # ------------------------------------------------------------------ one step
+    def lr(self, step: Optional[int] = None) -> float:
+        """The learning rate the optimiser reads for ``step`` (default: the next step)."""
+        step = int(self.optimizer.global_step.asnumpy().reshape(-1)[0]) if step is None else step
+        table = self.optimizer.learning_rate.learning_rate.asnumpy()   # _IteratorLearningRate's Parameter
+        if step >= len(table):
+            raise IndexError(f"step {step} is past the schedule's {len(table)} steps")
+        return float(table[step])
+
+    def step(self, x: np.ndarray, y: np.ndarray) -> Tuple[float, float]:
+        """One SGD step on a batch; returns (loss, the learning rate the step used)."""
+        lr = self.lr()
+        out = self.train_step(ms.Tensor(np.ascontiguousarray(x, dtype=np.float32)),
+                              ms.Tensor(np.asarray(y, dtype=np.int32)))
+        if self.train_step.return_grads:
+            loss, self._grads = out
+        else:
+            loss = out
+        self.step_index += 1
+        return float(loss.asnumpy()), lr
+
+    def sync(self) -> None:
+        synchronize = getattr(getattr(ms, "runtime", None), "synchronize", None)
+        if synchronize is not None:
+            synchronize()
+
+    # ------------------------------------------------------------------ state, canonical names
+    def weights(self) -> Dict[str, np.ndarray]:
+        return to_canonical(self.net, self.cfg)
+
+    def gradients(self) -> Dict[str, np.ndarray]:
+        """The last step's gradient of every trainable parameter (before weight decay);
+        build with ``return_grads=True``."""
+        if self._grads is None:
+            raise RuntimeError("no gradients kept: build the trainer with return_grads=True and step once")
+        return {self.ms_names[p.name]: g.asnumpy().copy() for p, g in zip(self.optimizer.parameters, self._grads)}
+
+    def momentum_buffers(self) -> Dict[str, np.ndarray]:
+        return {self.ms_names[p.name]: a.asnumpy().copy() for p, a in zip(self.optimizer.parameters,
+                                                                           self.optimizer.accum)}
+
+    def weight_decay_by_name(self) -> Dict[str, float]:
+        """What the optimiser will apply, read back from it (0 where its decay flag is off)."""
+        out = {}
+        for p, flag, wd in zip(self.optimizer.parameters, self.optimizer.decay_flags, self.optimizer.weight_decay):
+            out[self.ms_names[p.name]] = float(wd.asnumpy()) if flag else 0.0
+        return out
+
+    # ------------------------------------------------------------------ checkpoints
+    def save(self, path: str, meta: dict) -> None:
+        """The step Cell's every parameter (weights, optimiser state, counters), atomically;
+        ``meta``'s ``epoch`` and ``step`` go in as ``epoch_num`` / ``step_num``."""
+        folder = os.path.dirname(os.path.abspath(path))
+        tmp = os.path.join(folder, f".{os.path.basename(path)}.{os.getpid()}.partial.ckpt")
+        try:
+            ms.save_checkpoint(self.train_step, tmp, append_dict={"epoch_num": int(meta.get("epoch", 0)),
+                                                                  "step_num": int(self.step_index)})
+            os.replace(tmp, path)
+        except BaseException:
+            if os.path.exists(tmp):
+                os.remove(tmp)
+            raise
+
+    def load(self, path: str) -> dict:
+        """Restore a checkpoint written by :meth:`save`; returns ``{"step", "epoch"}``."""
+        params = ms.load_checkpoint(path)
+        meta = {"step": int(params.pop("step_num").asnumpy()), "epoch": int(params.pop("epoch_num").asnumpy())}
+        not_loaded, unused = ms.load_param_into_net(self.train_step, params, strict_load=True)
+        if not_loaded or unused:
+            raise ValueError(f"{path}: checkpoint does not fit the training cell "
+                             f"(not loaded: {list(not_loaded)[:4]}, unused: {list(unused)[:4]})")
+        step = int(self.optimizer.global_step.asnumpy().reshape(-1)[0])
+        if step != meta["step"]:
+            raise ValueError(f"{path}: the optimiser's global_step {step} != the saved step {meta['step']}")
+        self.step_index = step
+        self.train_mode()
+        return meta

@@ -1,0 +1,926 @@
+"""The drift audit: which protocol or graph difference costs how much accuracy.
+
+    python -m harness.drift --checkpoint C --data-root D --from seed_eval --to mmaction2_test_10x3 \\
+        [--arch-from X --arch-to Y] [--framework torch|ms] [--out runs/drift.json] [--plot drift.png]
+    python -m harness.drift --from seed_eval --to mmaction2_test_10x3 --list   # the differences only
+    python -m harness.drift ... --resume                      # after a crash or kill -9
+    torchrun --nproc_per_node 2 -m harness.drift ...          # one shard per process, then:
+    python -m harness.drift --merge OUT.shard0of2.json OUT.shard1of2.json --out OUT.json
+
+The differences are generated from the spec, not written here: every field of the data
+presets (``DataPreset``) and of the architecture (``I3DNLConfig`` and its non-local config)
+in which FROM and TO differ. Fields that only make sense together carry the same
+``drift_group`` in their dataclass metadata (``frameworks/spec/data_presets.py``: the
+sampler with its clip count and seed, the crop with its size and three-crop order, the
+scale, mean, std and operation of one normalisation, the dataset-preparation resize) and
+are one difference; any other field is a difference of its own; fields that only name or
+document a preset never are one. A new preset is audited without new code.
+
+The checkpoint is then evaluated (a) on FROM, (b) on FROM with each difference applied
+alone, (c) along a cumulative path from FROM to TO (the differences in spec order, or
+``--order``), and (d) on TO. Each step reports top-1, top-5 and mean-class accuracy, its
+per-video top-1 agreement with FROM and the deltas, as a table, a JSON result (kind
+``drift``) and a waterfall plot. Steps that run the same pipeline share one run; a
+difference the preset refuses alone, or under which every video fails, is reported as
+invalid alone. A graph difference changes which weights fit: only arch presets with
+identical parameter names and shapes can be walked with one checkpoint (dot product ->
+embedded Gaussian, mmaction2's stem -> the seed's); others are refused.
+
+Each video is decoded once per distinct sampling (the frame indices a preset picks), not
+once per step; resizing, cropping, normalisation and the forward pass run per step
+(:mod:`harness.drift_data`). Every step's run is an ordinary ``harness.evaluate`` run, with
+the same identity, score chunks and summary under ``<out>.steps/``: ``--resume`` continues
+each from its saved chunks, shards follow the launcher (``RANK``/``WORLD_SIZE``,
+``RANK_ID``/``RANK_SIZE``, SLURM arrays, ``--shard I/N``), and the evaluate command that
+reproduces a step's scores is printed with it. Exit status: 0 ok, 1 a step's scores are
+not finite, 2 bad input (one line).
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import sys
+import time
+import warnings
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from frameworks.spec.arch import DEFAULT_PRESET, PRESETS as ARCH_PRESETS, I3DNLConfig, get_preset, parameter_specs
+from frameworks.spec.data_presets import DRIFT_GROUP, PRESETS as DATA_PRESETS, DataPreset, canonical_json
+from harness import metrics
+from harness import scores as score_store
+from harness.cli import (CheckFailed, InputError, OneLineParser, add_device, add_ms_mode, add_verbose, nonnegative_int, positive_int, provenance, result_doc,
+                         run_main, setup_logging, utc_now)
+from harness.drift_data import SharedSampling, decode_views, sampling_key
+from harness.files import atomic_write_json, check_output_dir, check_output_path
+
+# a field named so is never a difference, metadata or not (the arch config carries no metadata)
+ALWAYS_DESCRIBES = ("name",)
+STEP_KINDS = ("from", "alone", "path", "to")
+
+
+# ----------------------------------------------------------------------------- the differences
+def leaves(obj, prefix: str = "") -> List[Tuple[str, Any, Optional[str]]]:
+    """``(field path, value, drift group)`` of every field of a (nested) spec dataclass that
+    can change a result; a nested dataclass (the non-local config) contributes its own fields."""
+    out = []
+    for f in dataclasses.fields(obj):
+        if f.metadata.get("drift") == "describes" or f.name in ALWAYS_DESCRIBES:
+            continue
+        value = getattr(obj, f.name)
+        if dataclasses.is_dataclass(value) and not isinstance(value, type):
+            out += leaves(value, f"{prefix}{f.name}.")
+        else:
+            group = f.metadata.get(DRIFT_GROUP)
+            out.append((prefix + f.name, value, prefix + group if group else None))
+    return out
+
+
+@dataclass(frozen=True)
+class Difference:
+    """One named difference: the fields (one, or a declared group) in which FROM and TO differ."""
+
+    name: str
+    kind: str                                   # "data" | "arch"
+    fields: Tuple[Tuple[str, Any, Any], ...]    # (field path, FROM's value, TO's value)
+
+    @property
+    def label(self) -> str:
+        return self.name if self.kind == "data" else f"arch.{self.name}"
+
+    def changes(self) -> Dict[str, Any]:
+        return {path: to for path, _, to in self.fields}
+
+    def describe(self) -> str:
+        return "; ".join(f"{path} {_short(a)} -> {_short(b)}" for path, a, b in self.fields)
+
+    def to_dict(self) -> dict:
+        return {"name": self.label, "kind": self.kind,
+                "fields": {path: {"from": _jsonable(a), "to": _jsonable(b)} for path, a, b in self.fields}}
+
+
+def differences(a, b, kind: str) -> List[Difference]:
+    """Every difference between two instances of one spec dataclass, in field order."""
+    if type(a) is not type(b):
+        raise TypeError(f"cannot compare a {type(a).__name__} with a {type(b).__name__}")
+    groups: Dict[str, List[Tuple[str, Any, Any]]] = {}
+    for (path, va, group), (path_b, vb, _) in zip(leaves(a), leaves(b)):
+        assert path == path_b
+        if va == vb and type(va) is type(vb):
+            continue
+        groups.setdefault(group or path, []).append((path, va, vb))
+    return [Difference(name, kind, tuple(fields)) for name, fields in groups.items()]
+
+
+def apply_changes(obj, changes: Dict[str, Any]):
+    """``obj`` with the fields at these (dotted) paths replaced; the dataclass validates it."""
+    top: Dict[str, Any] = {}
+    nested: Dict[str, Dict[str, Any]] = {}
+    for path, value in changes.items():
+        head, _, rest = path.partition(".")
+        if rest:
+            nested.setdefault(head, {})[rest] = value
+        else:
+            top[head] = value
+    for head, sub in nested.items():
+        top[head] = apply_changes(getattr(obj, head), sub)
+    return dataclasses.replace(obj, **top)
+
+
+def behaviour(obj) -> str:
+    """Everything of a preset or config that can change a score (its name and notes left out)."""
+    return canonical_json({path: _jsonable(value) for path, value, _ in leaves(obj)})
+
+
+def _jsonable(v):
+    if dataclasses.is_dataclass(v) and not isinstance(v, type):
+        return {k: _jsonable(x) for k, x in dataclasses.asdict(v).items()}
+    if isinstance(v, (tuple, list)):
+        return [_jsonable(x) for x in v]
+    return v
+
+
+def _short(v) -> str:
+    if isinstance(v, float):
+        return f"{v:.6g}"
+    if isinstance(v, (tuple, list)):
+        return "(" + ", ".join(_short(x) for x in v) + ")"
+    return str(v)
+
+
+def override_text(value) -> str:
+    """A value as ``harness.evaluate --data-override FIELD=VALUE`` reads it back."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (tuple, list)):
+        return json.dumps(_jsonable(value))
+    if isinstance(value, float):
+        return repr(value)
+    return str(value)
+
+
+# ----------------------------------------------------------------------------- the plan
+@dataclass
+class Side:
+    """FROM or TO: a named data preset with its overrides, and an arch config."""
+
+    preset_name: str
+    overrides: Dict[str, Any]
+    preset: DataPreset
+    cfg: I3DNLConfig
+
+
+@dataclass
+class Step:
+    kind: str                      # from | alone | path | to
+    label: str
+    applied: Tuple[str, ...]       # difference labels applied on top of FROM
+    preset: Optional[DataPreset] = None
+    cfg: Optional[I3DNLConfig] = None
+    base: str = ""                 # the named data preset the step's preset is built from
+    overrides: Dict[str, Any] = field(default_factory=dict)   # relative to ``base``
+    invalid: Optional[str] = None
+    run: Optional[int] = None
+
+
+@dataclass
+class RunSpec:
+    """One pipeline (data preset x arch) that one or more steps share: an evaluate run."""
+
+    slug: str
+    preset: DataPreset
+    cfg: I3DNLConfig
+    base: str
+    overrides: Dict[str, Any]
+    steps: List[int] = field(default_factory=list)
+
+
+@dataclass
+class Plan:
+    a: Side
+    b: Side
+    diffs: List[Difference]
+    steps: List[Step]
+    runs: List[RunSpec]
+
+
+def _slug(text: str) -> str:
+    keep = "".join(c if c.isalnum() or c in "._-" else "-" for c in text)
+    return "-".join(x for x in keep.split("-") if x)[:60]
+
+
+def build_plan(a: Side, b: Side, order: Optional[Sequence[str]] = None) -> Plan:
+    """The differences between FROM and TO, and every step of the audit, deduplicated into runs."""
+    diffs = differences(a.preset, b.preset, "data") + differences(a.cfg, b.cfg, "arch")
+    if order:
+        labels = [d.label for d in diffs]
+        unknown = [o for o in order if o not in labels]
+        if unknown:
+            raise InputError(f"--order: {', '.join(unknown)} is not a difference between the two sides "
+                             f"(they are: {', '.join(labels) or 'none'})")
+        first = [next(d for d in diffs if d.label == o) for o in dict.fromkeys(order)]
+        diffs = first + [d for d in diffs if d not in first]
+    specs_a = parameter_specs(a.cfg)
+
+    def make(kind: str, label: str, applied: Sequence[Difference]) -> Step:
+        data = {k: v for d in applied if d.kind == "data" for k, v in d.changes().items()}
+        arch = {k: v for d in applied if d.kind == "arch" for k, v in d.changes().items()}
+        step = Step(kind, label, tuple(d.label for d in applied), base=a.preset_name,
+                    overrides={**a.overrides, **data})
+        try:
+            step.preset = apply_changes(a.preset, data)
+        except (ValueError, TypeError) as exc:
+            step.invalid = f"the data preset refuses it: {exc}"
+            return step
+        try:
+            step.cfg = apply_changes(a.cfg, arch)
+        except (ValueError, TypeError) as exc:
+            step.invalid = f"the arch config refuses it: {exc}"
+            return step
+        specs = parameter_specs(step.cfg)
+        if specs != specs_a:
+            changed = sorted(set(specs) ^ set(specs_a)) or [k for k in specs if specs[k] != specs_a.get(k)]
+            step.invalid = (f"it changes the network's parameters ({len(changed)} names or shapes, e.g. "
+                            f"{changed[0]}): the checkpoint does not fit it")
+        return step
+
+    steps = [make("from", f"FROM {a.preset_name}" + (f" / {a.cfg.name}" if a.cfg.name != b.cfg.name else ""), [])]
+    steps[0].cfg, steps[0].preset = a.cfg, a.preset
+    to = Step("to", f"TO {b.preset_name}" + (f" / {b.cfg.name}" if a.cfg.name != b.cfg.name else ""),
+              tuple(d.label for d in diffs), b.preset, b.cfg, b.preset_name, dict(b.overrides))
+    steps.append(to)
+    for d in diffs:
+        steps.append(make("alone", f"alone: {d.label}", [d]))
+    for i in range(1, len(diffs) + 1):
+        steps.append(make("path", f"path {i}: +{diffs[i - 1].label}", diffs[:i]))
+    if steps[-1].kind == "path" and (behaviour(steps[-1].preset), behaviour(steps[-1].cfg)) != (
+            behaviour(b.preset), behaviour(b.cfg)):  # pragma: no cover - a bug in leaves()/apply_changes()
+        raise RuntimeError("the cumulative path does not end at TO")
+    runs: List[RunSpec] = []
+    by_key: Dict[Tuple[str, str], int] = {}
+    for n, step in enumerate(steps):
+        if step.invalid:
+            continue
+        key = (behaviour(step.preset), behaviour(step.cfg))
+        if key not in by_key:
+            by_key[key] = len(runs)
+            runs.append(RunSpec(f"{len(runs):02d}-{_slug(step.label.replace(': ', '-'))}", step.preset, step.cfg,
+                                step.base, dict(step.overrides)))
+        step.run = by_key[key]
+        runs[step.run].steps.append(n)
+    # the order steps are shown in: FROM, each alone, the path, TO
+    order_shown = [0] + [i for i, s in enumerate(steps) if s.kind == "alone"] + \
+                  [i for i, s in enumerate(steps) if s.kind == "path"] + [1]
+    remap = {old: new for new, old in enumerate(order_shown)}
+    steps = [steps[i] for i in order_shown]
+    for run in runs:
+        run.steps = sorted(remap[i] for i in run.steps)
+    return Plan(a, b, diffs, steps, runs)
+
+
+def arch_command(step_cfg: I3DNLConfig, plan: Plan) -> Optional[str]:
+    for side in (plan.a, plan.b):
+        if behaviour(step_cfg) == behaviour(side.cfg):
+            return side.cfg.name
+    return None
+
+
+def evaluate_command(run: RunSpec, plan: Plan, ctx: "Context") -> Optional[List[str]]:
+    """The ``harness.evaluate`` arguments that reproduce a run's scores (None: the arch is
+    between presets, which evaluate cannot express)."""
+    arch = arch_command(run.cfg, plan)
+    if arch is None:
+        return None
+    argv = ["--framework", ctx.framework, "--data-root", ctx.data_root, "--checkpoint", ctx.checkpoint or "C",
+            "--arch", arch, "--data-preset", run.base]
+    for k, v in run.overrides.items():
+        argv += ["--data-override", f"{k}={override_text(v)}"]
+    for flag, value in (("--split", ctx.split if ctx.split != "val" else None), ("--annotations", ctx.annotations),
+                        ("--limit", ctx.limit), ("--batch-size", ctx.batch_size if ctx.batch_size != 1 else None),
+                        ("--threads", ctx.threads), ("--device", ctx.device if ctx.device != "cpu" else None),
+                        ("--num-classes", ctx.num_classes)):
+        if value is not None:
+            argv += [flag, str(value)]
+    return argv
+
+
+# ----------------------------------------------------------------------------- CLI
+def build_parser() -> argparse.ArgumentParser:
+    from harness.checkpoints.safe_pickle import TRUST_HELP
+
+    p = OneLineParser(prog="python -m harness.drift", description=__doc__,
+                      formatter_class=argparse.RawDescriptionHelpFormatter)
+    what = p.add_argument_group("the two sides")
+    what.add_argument("--from", dest="from_preset", choices=list(DATA_PRESETS), metavar="PRESET",
+                      help=f"data preset A (one of {', '.join(DATA_PRESETS)})")
+    what.add_argument("--to", dest="to_preset", choices=list(DATA_PRESETS), metavar="PRESET", help="data preset B")
+    what.add_argument("--arch-from", choices=list(ARCH_PRESETS), metavar="ARCH",
+                      help=f"arch of A (default: the checkpoint's registry entry or sidecar, else {DEFAULT_PRESET})")
+    what.add_argument("--arch-to", choices=list(ARCH_PRESETS), metavar="ARCH",
+                      help="arch of B (default: A's; must have A's parameter names and shapes)")
+    what.add_argument("--data-override", action="append", default=[], metavar="FIELD=VALUE",
+                      help="change a field of both presets (e.g. crop_size=64 for a test-sized run); not a difference")
+    what.add_argument("--from-override", action="append", default=[], metavar="FIELD=VALUE",
+                      help="change a field of A only (e.g. plant a wrong std)")
+    what.add_argument("--to-override", action="append", default=[], metavar="FIELD=VALUE",
+                      help="change a field of B only")
+    what.add_argument("--order", metavar="D1,D2,...",
+                      help="the cumulative path's order: these differences first (names as --list prints them), "
+                           "the rest in spec order")
+    what.add_argument("--list", action="store_true", help="print the differences and the steps, run nothing")
+    run = p.add_argument_group("evaluation (as harness.evaluate)")
+    run.add_argument("--checkpoint", help="weights (any format harness.convert reads, or a registry name)")
+    run.add_argument("--trust-checkpoint", action="store_true", help=TRUST_HELP.replace("the weights file", "--checkpoint"))
+    run.add_argument("--framework", default="torch", help="torch/pt or mindspore/ms (default torch)")
+    run.add_argument("--data-root", help="dataset root (the seed's Kinetics layout)")
+    run.add_argument("--split", default="val", help="split name (default val)")
+    run.add_argument("--annotations", help="annotation file: the split's CSV, or an mmaction2 list file (.txt)")
+    run.add_argument("--num-classes", type=positive_int, help="override the arch's number of classes")
+    run.add_argument("--limit", type=positive_int, help="only the first N videos of the index")
+    run.add_argument("--batch-size", type=positive_int, default=1, help="videos per forward pass (default 1)")
+    run.add_argument("--workers", type=nonnegative_int, default=2, help="decoding processes (default 2; 0 = in process)")
+    add_device(run)
+    add_ms_mode(run)
+    run.add_argument("--threads", type=positive_int, help="framework threads (default: cores / shards)")
+    run.add_argument("--shard", metavar="I/N", help="run shard I of N (default: from the launcher's env)")
+    run.add_argument("--chunk-videos", type=positive_int, default=32, help="videos per saved score chunk (default 32)")
+    run.add_argument("--resume", action="store_true", help="continue every step from the chunks already saved")
+    out = p.add_argument_group("outputs")
+    out.add_argument("--out", help="result JSON (default runs/drift_<from>_to_<to>.json); each step's run goes "
+                                   "to <out without .json>.steps/")
+    out.add_argument("--plot", help="waterfall plot PNG (default <out without .json>.png)")
+    out.add_argument("--no-plot", action="store_true", help="no plot")
+    out.add_argument("--merge", nargs="+", metavar="SHARD", help="merge drift shard results (needs --out)")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    add_verbose(p)
+    return p
+
+
+@dataclass
+class Context:
+    """Everything but the plan: where the data and weights are, how to run, where results go."""
+
+    framework: str
+    data_root: str
+    checkpoint: Optional[str]
+    out: str
+    steps_dir: str
+    plot: Optional[str]
+    trust: bool = False
+    split: str = "val"
+    annotations: Optional[str] = None
+    num_classes: Optional[int] = None
+    limit: Optional[int] = None
+    batch_size: int = 1
+    workers: int = 2
+    device: str = "cpu"
+    ms_mode: str = "graph"
+    threads: Optional[int] = None
+    rank: int = 0
+    world: int = 1
+    chunk_videos: int = 32
+    resume: bool = False
+    quiet: bool = False
+
+
+def _side(name: str, common: List[str], own: List[str], cfg: I3DNLConfig, flag: str) -> Side:
+    from frameworks.spec.data_presets import get_data_preset
+    from harness.evaluate import parse_overrides
+
+    with warnings.catch_warnings():  # the seed's std typo is logged once by get_data_preset
+        warnings.simplefilter("ignore", UserWarning)
+        base = get_data_preset(name)
+    shared = parse_overrides(common, base)
+    try:
+        preset = base.replace(**shared) if shared else base
+    except (ValueError, TypeError) as exc:
+        raise InputError(f"--data-override: {exc}") from None
+    overrides = {**shared, **parse_overrides(own, base)}
+    try:
+        preset = base.replace(**overrides) if overrides else base
+    except (ValueError, TypeError) as exc:
+        raise InputError(f"{flag}: {exc}") from None
+    return Side(name, overrides, preset, cfg)
+
+
+def sides_from_args(args) -> Tuple[Side, Side]:
+    from harness.checkpoints.sidecar import choose_arch
+
+    if not args.from_preset or not args.to_preset:
+        raise InputError("--from and --to (data presets) are required")
+    choice = choose_arch(args.arch_from, args.checkpoint, DEFAULT_PRESET, num_classes=args.num_classes)
+    cfg_a = choice.cfg
+    cfg_b = cfg_a
+    if args.arch_to:
+        cfg_b = get_preset(args.arch_to).replace(num_classes=cfg_a.num_classes, depth=cfg_a.depth)
+    if parameter_specs(cfg_a) != parameter_specs(cfg_b):
+        sa, sb = parameter_specs(cfg_a), parameter_specs(cfg_b)
+        changed = sorted(set(sa) ^ set(sb)) or [k for k in sa if sa[k] != sb[k]]
+        raise InputError(f"arch {cfg_a.name} and {cfg_b.name} differ in their parameters ({len(changed)} names or "
+                         f"shapes, e.g. {changed[0]}): one checkpoint cannot run both, so only arch presets with "
+                         f"identical parameter names and shapes can be walked (e.g. i3d_nl_dot_product_r50 with "
+                         f"i3d_nl_embedded_gaussian_r50 or i3d_nl_mindvideo_r50)")
+    a = _side(args.from_preset, args.data_override, args.from_override, cfg_a, "--from-override")
+    b = _side(args.to_preset, args.data_override, args.to_override, cfg_b, "--to-override")
+    return a, b
+
+
+def context_from_args(args, plan: Plan) -> Context:
+    from harness.evaluate import shard_from
+    from harness.runners import canonical_framework
+
+    if not args.checkpoint or not args.data_root:
+        raise InputError("--checkpoint and --data-root are required to run the audit (--list shows the plan only)")
+    framework = canonical_framework(args.framework)
+    if framework == "mmaction2":
+        raise InputError("the drift audit runs our implementations: --framework torch or ms")
+    rank, world = shard_from(args.shard)
+    out = args.out or os.path.join("runs", f"drift_{plan.a.preset_name}_to_{plan.b.preset_name}.json")
+    stem = out[:-5] if out.endswith(".json") else out
+    if world > 1:
+        stem = f"{stem}.shard{rank}of{world}"
+    out = stem + ".json"
+    plot = None if args.no_plot else (args.plot or stem + ".png")
+    return Context(framework, args.data_root, args.checkpoint, out, stem + ".steps", plot, args.trust_checkpoint,
+                   args.split, args.annotations, args.num_classes, args.limit, args.batch_size, args.workers,
+                   args.device, args.ms_mode, args.threads, rank, world, args.chunk_videos, args.resume, args.quiet)
+
+
+def check_outputs(ctx: Context) -> None:
+    """Before any long work: every file and folder the audit will write."""
+    check_output_path(ctx.out, "--out")
+    if ctx.plot:
+        check_output_path(ctx.plot, "--plot")
+        if not ctx.plot.lower().endswith(".png"):
+            raise InputError(f"--plot {ctx.plot}: the plot is a PNG; name it *.png")
+    check_output_dir(ctx.steps_dir, "steps folder")
+
+
+# ----------------------------------------------------------------------------- running
+def _request(ctx: Context, run: RunSpec, plan: Plan):
+    from harness.evaluate import EvaluationRequest
+
+    return EvaluationRequest(ctx.framework, run.cfg, run.preset, ctx.data_root,
+                             os.path.join(ctx.steps_dir, run.slug + ".json"), run.overrides, ctx.split,
+                             ctx.annotations, ctx.checkpoint, ctx.trust, 0, ctx.limit, ctx.batch_size, ctx.workers,
+                             ctx.device, ctx.ms_mode, ctx.threads, ctx.rank, ctx.world, ctx.chunk_videos,
+                             ctx.resume, ctx.quiet)
+
+
+@dataclass
+class _Live:
+    """A run while it is being scored."""
+
+    spec: RunSpec
+    req: Any
+    store: Any
+    runner: Any = None
+    needed: set = field(default_factory=set)
+    chunk: Any = None
+    pending: list = field(default_factory=list)
+    identity: dict = field(default_factory=dict)
+    resumed: bool = False
+
+
+def execute(plan: Plan, ctx: Context) -> Tuple[List[dict], dict]:
+    """Score every run of the plan (what earlier sessions saved is kept); returns each run's
+    summary, and this session's decoding counts."""
+    from harness.checkpoints import check_runnable, load_weights
+    from harness.data import build_index
+    from harness.evaluate import _identity, _runner
+    from harness.scores import Chunk, ScoreStore
+
+    indexes = {}
+    for order in dict.fromkeys(r.preset.label_order for r in plan.runs):
+        indexes[order] = build_index(ctx.data_root, ctx.split, annotations=ctx.annotations, label_order=order)
+    n_index = {o: len(ix) for o, ix in indexes.items()}
+    indexes = {o: ix.limit(ctx.limit) for o, ix in indexes.items()}
+    first = next(iter(indexes.values()))
+    ids = [r.video_id for r in first.records]
+    for order, ix in indexes.items():
+        if [r.video_id for r in ix.records] != ids:
+            raise InputError(f"label orders {next(iter(indexes))} and {order} index different videos of "
+                             f"{ctx.data_root}; the audit needs one list of videos")
+    labels = {o: {r.video_id: r.label for r in ix.records} for o, ix in indexes.items()}
+
+    live = [_Live(r, _request(ctx, r, plan), ScoreStore(os.path.join(ctx.steps_dir, r.slug + ".json")))
+            for r in plan.runs]
+    locked: List[_Live] = []
+    made_steps_dir = not os.path.isdir(ctx.steps_dir)
+
+    def give_up() -> None:   # a refused or failed audit leaves nothing it made and saved nothing into
+        for lv in locked:
+            lv.store.abandon()
+        if made_steps_dir:
+            try:
+                os.rmdir(ctx.steps_dir)
+            except OSError:
+                pass
+
+    try:
+        os.makedirs(ctx.steps_dir, exist_ok=True)
+        for lv in live:
+            lv.store.lock()
+            locked.append(lv)
+            lv.store.check(ctx.resume)
+        loaded = load_weights(ctx.checkpoint, plan.a.cfg, trust=ctx.trust)
+        check_runnable(loaded.arrays, ctx.checkpoint)
+        print(f"weights: {loaded.describe()}", file=sys.stderr, flush=True)
+        runners: Dict[str, Any] = {}
+        for lv in live:   # every framework starts before anything decodes (MindSpore and decord)
+            ix = indexes[lv.spec.preset.label_order]
+            lv.identity = _identity(lv.req, n_index[lv.spec.preset.label_order], ix.annotation, loaded.sha256,
+                                    loaded.arrays)
+            done = lv.store.begin(lv.identity, ctx.resume, lv.spec.cfg.num_classes)
+            lv.resumed = bool(done.n_chunks)
+            lv.needed = {p for p in range(ctx.rank, len(ids), ctx.world) if p not in done.covered}
+            lv.chunk = Chunk()
+            key = behaviour(lv.spec.cfg)
+            if key not in runners:
+                runners[key] = _runner(lv.req, loaded.arrays)
+            lv.runner = runners[key]
+        decoding = {"samplings": 0, "video_decodes": 0, "step_videos": 0}
+        groups: Dict[tuple, List[_Live]] = {}
+        for lv in live:
+            groups.setdefault(sampling_key(lv.spec.preset), []).append(lv)
+        total = sum(len(set().union(*(lv.needed for lv in g))) for g in groups.values())
+        decoding["samplings"] = len(groups)
+        from tqdm import tqdm
+
+        with tqdm(total=total, unit="video", disable=ctx.quiet, dynamic_ncols=True, desc="drift") as bar:
+            for g, group in enumerate(groups.values()):
+                bar.set_description(f"drift: sampling {g + 1}/{len(groups)} ({len(group)} runs)")
+                decodes = _score_group(ctx, group, first, labels, bar)
+                decoding["video_decodes"] += decodes[0]
+                decoding["step_videos"] += decodes[1]
+        summaries = []
+        for lv in live:
+            summary = score_store.summarize(
+                lv.store.dir, lv.identity,
+                index_faults=[f.to_dict() for f in indexes[lv.spec.preset.label_order].faults.faults],
+                extra={"kind": "drift_step", "checkpoint": loaded.path, "protocol": lv.spec.preset.protocol,
+                       "spec_hash": _spec_hash(lv.spec), "data_override": lv.spec.overrides,
+                       "drift_steps": [plan.steps[i].label for i in lv.spec.steps],
+                       "workers": ctx.workers, "threads": lv.runner.threads, "hardware": lv.runner.hardware(),
+                       "versions": lv.runner.versions(), "date": utc_now(), "resumed": lv.resumed,
+                       "timing_note": "model time only: decoding is shared between the steps of a drift audit",
+                       "provenance": provenance()})
+            atomic_write_json(lv.store.summary_path, summary)
+            summary["_path"] = lv.store.summary_path
+            summaries.append(summary)
+    except OSError as exc:
+        give_up()
+        raise InputError(f"cannot write under {ctx.steps_dir}: {exc.strerror or exc}") from None
+    except BaseException:
+        give_up()
+        raise
+    for lv in locked:
+        lv.store.unlock()
+    return summaries, decoding
+
+
+def _spec_hash(run: RunSpec) -> str:
+    from frameworks.spec.data_presets import spec_hash
+
+    return spec_hash(run.cfg, run.preset)
+
+
+def _score_group(ctx: Context, group: List[_Live], index, labels: Dict[str, Dict[str, int]], bar) -> Tuple[int, int]:
+    """One pass over the videos for the runs that sample them alike: decode once, then each
+    run's views, normalisation, forward pass and score, in evaluate's order and batching.
+    Returns (videos decoded, as many times as their frames were read; run x video pairs served)."""
+    from harness.data import ClipLoader, DatasetIndex, FaultLog
+    from harness.scores import Chunk
+
+    positions = sorted(set().union(*(lv.needed for lv in group)))
+    if not positions:
+        return 0, 0
+    n_decodes = n_served = 0
+    sub = DatasetIndex([index.records[p] for p in positions], index.label_map, FaultLog(), index.split,
+                       index.root, index.annotation, index.source)
+    shared = SharedSampling(tuple(lv.spec.preset for lv in group), decoder=group[0].spec.preset.decoder)
+    loader = ClipLoader(sub, shared, workers=ctx.workers, normalize=False, process_fn=decode_views)
+
+    def flush(lv: _Live) -> None:
+        if not lv.pending:
+            return
+        t0 = time.perf_counter()
+        clips = np.stack([c for *_, c in lv.pending])           # (B, V, 3, T, H, W), as ClipBatch
+        flat = clips.reshape((-1,) + clips.shape[2:])
+        out = lv.runner.forward(flat)
+        model_s = time.perf_counter() - t0
+        per_video = out.reshape(len(lv.pending), clips.shape[1], -1)
+        for (p, vid, label, _), view_scores in zip(lv.pending, per_video):
+            lv.chunk.add(p, vid, label, lv.spec.preset.video_score(view_scores, lv.spec.cfg.head))
+        lv.chunk.seconds.append([len(lv.pending), int(flat.shape[0]), model_s, 0.0, model_s])
+        lv.pending = []
+        if len(lv.chunk.positions) >= ctx.chunk_videos:
+            lv.store.write(lv.chunk, lv.spec.cfg.num_classes)
+            lv.chunk = Chunk()
+
+    def fault(lv: _Live, p: int, vid: str, kind: str, reason: str, skipped: bool = True) -> None:
+        lv.chunk.faults.append({"id": vid, "kind": kind, "reason": reason, "skipped": skipped, "position": p})
+
+    seen = 0
+    position_of = {r.video_id: p for r, p in zip(sub.records, positions)}
+
+    def loader_faults() -> None:
+        nonlocal seen
+        for f in loader.faults.faults[seen:]:
+            p = position_of[f.video_id]
+            for lv in group:
+                if p in lv.needed:
+                    lv.chunk.faults.append(dict(f.to_dict(), position=p))
+            bar.update(1)
+        seen = len(loader.faults.faults)
+
+    for item in loader:
+        p = positions[item.position]
+        payload = item.clips
+        n_decodes += payload["n_decodes"]
+        for k, lv in enumerate(group):
+            if p not in lv.needed:
+                continue
+            outcome = payload["of_run"][k]
+            if isinstance(outcome, tuple):
+                fault(lv, p, item.video_id, outcome[0], outcome[1])
+                continue
+            if lv.spec.preset.is_short(item.num_frames):
+                fault(lv, p, item.video_id, "short_video",
+                      f"{item.num_frames} frames < one clip ({lv.spec.preset.clip_span}); clips loop, video used",
+                      skipped=False)
+            clips = lv.spec.preset.normalize(payload["views"][outcome])
+            lv.pending.append((p, item.video_id, labels[lv.spec.preset.label_order][item.video_id], clips))
+            n_served += 1
+            if len(lv.pending) >= ctx.batch_size:
+                flush(lv)
+        loader_faults()
+        bar.update(1)
+    loader_faults()
+    for lv in group:
+        flush(lv)
+        if lv.chunk:
+            lv.store.write(lv.chunk, lv.spec.cfg.num_classes)
+            lv.chunk = Chunk()
+    return n_decodes, n_served
+
+
+# ----------------------------------------------------------------------------- the table
+def _metrics_of(summary_path: str) -> Tuple[dict, Any]:
+    doc = score_store.load_summary(summary_path)
+    saved = score_store.read_scores(doc["_scores_dir"], doc.get("num_classes", 0))
+    return doc, saved
+
+
+def tabulate(plan_doc: dict, folder: str) -> List[dict]:
+    """Every step's numbers, from its run's saved scores (the summary's folder is ``folder``)."""
+    runs = plan_doc["runs"]
+    loaded: Dict[int, Tuple[dict, Any]] = {}
+    for i, run in enumerate(runs):
+        loaded[i] = _metrics_of(os.path.join(folder, run["summary"]))
+    steps = plan_doc["steps"]
+    a_run = steps[0]["run"]
+    a_doc, a_saved = loaded[a_run]
+    rows = []
+    previous = None
+    for step in steps:
+        row = {k: step[k] for k in ("kind", "label", "applied", "run")}
+        row["invalid"] = step.get("invalid")
+        if step["run"] is None:
+            row["status"] = "invalid alone" if step["kind"] == "alone" else "invalid"
+            rows.append(row)
+            continue
+        doc, saved = loaded[step["run"]]
+        row.update({k: doc.get(k) for k in ("top1", "top5", "mean_class_accuracy", "n_videos", "n_missing",
+                                            "n_listed", "n_non_finite")})
+        row["summary"] = runs[step["run"]]["summary"]
+        row["evaluate_command"] = runs[step["run"]].get("evaluate_command")
+        scored = doc.get("n_videos", 0)
+        if not scored:
+            kinds = doc.get("faults", {}).get("counts", {})
+            first = next((f for f in doc.get("faults", {}).get("list", []) if f.get("position") is not None), None)
+            row["status"] = "invalid alone" if step["kind"] == "alone" else "invalid"
+            row["invalid"] = ("every video failed" + (f": {first['kind']} ({first['reason']})" if first else "")
+                              + (f" [{', '.join(f'{k} {v}' for k, v in kinds.items() if v)}]" if kinds else ""))
+        else:
+            row["status"] = "ok"
+        agree = metrics.agreement(a_saved.video_ids, a_saved.scores, saved.video_ids, saved.scores) \
+            if len(a_saved.video_ids) and len(saved.video_ids) else {"n_common": 0}
+        row["top1_agreement_with_from"] = agree.get("top1_agreement")
+        row["n_common_with_from"] = agree.get("n_common", 0)
+        row["max_abs_delta_score"] = agree.get("max_abs_delta")
+        for k in ("top1", "top5", "mean_class_accuracy"):
+            mine, base = row.get(k), a_doc.get(k)
+            row[f"delta_{k}"] = None if mine is None or base is None else mine - base
+        if step["kind"] == "path":
+            prev = previous if previous is not None else a_doc.get("top1")
+            row["delta_top1_step"] = None if row.get("top1") is None or prev is None else row["top1"] - prev
+            if row.get("top1") is not None:
+                previous = row["top1"]
+        rows.append(row)
+    return rows
+
+
+def plan_to_doc(plan: Plan, ctx: Optional[Context]) -> dict:
+    def side(s: Side) -> dict:
+        return {"data_preset": s.preset_name, "data_override": {k: _jsonable(v) for k, v in s.overrides.items()},
+                "arch": s.cfg.name, "num_classes": s.cfg.num_classes}
+
+    runs = []
+    for run in plan.runs:
+        entry = {"slug": run.slug, "summary": (os.path.basename(ctx.steps_dir) + "/" if ctx else "") + run.slug + ".json",
+                 "data_preset": run.base, "data_override": {k: _jsonable(v) for k, v in run.overrides.items()},
+                 "arch": run.cfg.name, "behaviour": [behaviour(run.preset), behaviour(run.cfg)],
+                 "steps": [plan.steps[i].label for i in run.steps]}
+        if ctx:
+            argv = evaluate_command(run, plan, ctx)
+            entry["evaluate_command"] = ("python -m harness.evaluate " + " ".join(_quote(x) for x in argv)
+                                         if argv else None)
+        runs.append(entry)
+    return {"from": side(plan.a), "to": side(plan.b),
+            "differences": [d.to_dict() for d in plan.diffs],
+            "path_order": [d.label for d in plan.diffs],
+            "steps": [{"kind": s.kind, "label": s.label, "applied": list(s.applied), "run": s.run,
+                       "invalid": s.invalid} for s in plan.steps],
+            "runs": runs}
+
+
+def _quote(x: str) -> str:
+    import shlex
+
+    return shlex.quote(str(x))
+
+
+def _pct(x) -> str:
+    return "-" if x is None else f"{100 * x:.2f}"
+
+
+def _dpct(x) -> str:
+    return "" if x is None else f"{100 * x:+.2f}"
+
+
+def format_differences(plan: Plan) -> str:
+    if not plan.diffs:
+        return "no differences: the two sides run the same pipeline"
+    width = max(len(d.label) for d in plan.diffs)
+    lines = [f"{len(plan.diffs)} differences ({plan.a.preset_name} -> {plan.b.preset_name}"
+             + (f", {plan.a.cfg.name} -> {plan.b.cfg.name}" if plan.a.cfg.name != plan.b.cfg.name else "") + "):"]
+    for i, d in enumerate(plan.diffs, 1):
+        lines.append(f"  {i:2d}. {d.label:<{width}}  {d.describe()}")
+    return "\n".join(lines)
+
+
+def format_plan(plan: Plan) -> str:
+    lines = [f"{len(plan.steps)} steps, {len(plan.runs)} distinct runs "
+             f"({len({sampling_key(r.preset) for r in plan.runs})} distinct samplings: each video decoded once per sampling):"]
+    for s in plan.steps:
+        share = [plan.steps[i].label for i in plan.runs[s.run].steps if plan.steps[i] is not s] if s.run is not None else []
+        note = f"invalid: {s.invalid}" if s.invalid else (f"run {plan.runs[s.run].slug}"
+                                                           + (f" (= {', '.join(share)})" if share else ""))
+        lines.append(f"  {s.label:<34} {note}")
+    return "\n".join(lines)
+
+
+def format_table(rows: List[dict]) -> str:
+    width = max([len(r["label"]) for r in rows] + [4])
+    head = (f"{'step':<{width}}  {'top-1':>6} {'Δ':>7}  {'top-5':>6} {'Δ':>7}  {'mean-cl':>7} {'Δ':>7}  "
+            f"{'agree A':>7}  {'path Δ':>7}  videos")
+    lines = [head, "-" * len(head)]
+    for r in rows:
+        if r["status"] != "ok":
+            lines.append(f"{r['label']:<{width}}  {r['status']}: {r['invalid']}")
+            continue
+        lines.append(f"{r['label']:<{width}}  {_pct(r['top1']):>6} {_dpct(r['delta_top1']):>7}  "
+                     f"{_pct(r['top5']):>6} {_dpct(r['delta_top5']):>7}  {_pct(r['mean_class_accuracy']):>7} "
+                     f"{_dpct(r['delta_mean_class_accuracy']):>7}  {_pct(r['top1_agreement_with_from']):>7}  "
+                     f"{_dpct(r.get('delta_top1_step')):>7}  {r['n_videos']}"
+                     + (f" ({r['n_missing']} missing)" if r.get("n_missing") else ""))
+    lines.append("accuracies in %, deltas in percentage points against FROM; 'agree A': share of videos whose "
+                 "top-1 class equals FROM's; 'path Δ': the step's top-1 change over the previous path step")
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------- the commands
+def audit(args) -> int:
+    a, b = sides_from_args(args)
+    plan = build_plan(a, b, [x for x in (args.order or "").split(",") if x] or None)
+    print(format_differences(plan), flush=True)
+    if args.list:
+        print(format_plan(plan))
+        return 0
+    ctx = context_from_args(args, plan)
+    check_outputs(ctx)
+    print(format_plan(plan), flush=True)
+    if ctx.world > 1:
+        print(f"shard {ctx.rank} of {ctx.world}: this result covers that shard's videos only; "
+              f"--merge the shards for the audit", file=sys.stderr, flush=True)
+    summaries, decoding = execute(plan, ctx)
+    return finish(plan_to_doc(plan, ctx), ctx.out, ctx.plot,
+                  {"framework": ctx.framework, "checkpoint": ctx.checkpoint,
+                   "checkpoint_sha256": summaries[0].get("checkpoint_sha256") if summaries else None,
+                   "data_root": os.path.abspath(ctx.data_root), "split": ctx.split, "limit": ctx.limit,
+                   "batch_size": ctx.batch_size, "threads": ctx.threads, "device": ctx.device,
+                   "shard": [ctx.rank, ctx.world],
+                   "resumed": any(s.get("resumed") for s in summaries),
+                   # this session's: every video read once per sampling, however many steps use it
+                   "decoding": decoding})
+
+
+def finish(plan_doc: dict, out: str, plot: Optional[str], facts: dict) -> int:
+    folder = os.path.dirname(os.path.abspath(out))
+    rows = tabulate(plan_doc, folder)
+    print(format_table(rows))
+    end = next(r for r in rows if r["kind"] == "to")
+    path_end = [r for r in rows if r["kind"] == "path"]
+    body = {**facts, **plan_doc, "table": rows,
+            "path_ends_at_to": (not path_end) or path_end[-1]["run"] == end["run"],
+            "notes": ["every step's run is a harness.evaluate run (summary and score chunks under the steps "
+                      "folder); steps that run the same pipeline share one run",
+                      "the cumulative path depends on its order (--order): a difference's effect can depend on "
+                      "the ones applied before it; the 'alone' rows are each measured on FROM",
+                      "a graph (arch) difference is walked with the same weights, which fit both graphs; "
+                      "they were trained on one of them"]}
+    if plot:
+        from harness.drift_plot import waterfall
+
+        waterfall(rows, plot, title=f"{plan_doc['from']['data_preset']} -> {plan_doc['to']['data_preset']}"
+                  + (f" ({facts.get('framework')}, {facts.get('checkpoint')})" if facts.get("checkpoint") else ""))
+        body["plot"] = os.path.relpath(os.path.abspath(plot), folder)
+    atomic_write_json(out, result_doc("drift", body))
+    print(f"result: {out}" + (f"; plot: {plot}" if plot else ""))
+    bad = [r["label"] for r in rows if r.get("n_non_finite")]
+    if bad:
+        raise CheckFailed(f"non-finite scores (NaN or inf) in steps {', '.join(bad)}; result {out}")
+    return 0
+
+
+def merge(args) -> int:
+    """Merge drift shards: each step's run is merged as harness.evaluate merges, then the table."""
+    if not args.out:
+        raise InputError("--merge needs --out")
+    out = args.out if args.out.endswith(".json") else args.out + ".json"
+    check_output_path(out, "--out")
+    stem = out[:-5]
+    plot = None if args.no_plot else (args.plot or stem + ".png")
+    if plot:
+        check_output_path(plot, "--plot")
+    steps_dir = stem + ".steps"
+    check_output_dir(steps_dir, "steps folder")
+    docs = []
+    for path in score_store.summary_files(args.merge):
+        try:
+            with open(path) as f:
+                doc = json.load(f)
+        except (OSError, ValueError) as exc:
+            raise InputError(f"cannot read {path}: {exc}") from None
+        if not isinstance(doc, dict) or doc.get("kind") != "drift":
+            raise InputError(f"{path} is not a harness.drift result")
+        doc["_path"] = path
+        docs.append(doc)
+    first = docs[0]
+    shape = lambda d: ([r["behaviour"] for r in d["runs"]], [r["slug"] for r in d["runs"]], d["differences"])  # noqa: E731
+    for d in docs[1:]:
+        if shape(d) != shape(first):
+            raise InputError(f"{d['_path']} audits other steps than {first['_path']}; they are not one audit")
+    worlds = {tuple(d.get("shard", [0, 1]))[1] for d in docs}
+    ranks = sorted(d.get("shard", [0, 1])[0] for d in docs)
+    if len(worlds) != 1 or ranks != list(range(worlds.pop())):
+        raise InputError(f"shards {ranks} do not cover 0..n-1 exactly once")
+    os.makedirs(steps_dir, exist_ok=True)
+    runs = []
+    for i, run in enumerate(first["runs"]):
+        parts = [os.path.join(os.path.dirname(os.path.abspath(d["_path"])), d["runs"][i]["summary"]) for d in docs]
+        target = os.path.join(steps_dir, run["slug"] + ".json")
+        merged = score_store.merge(parts, target)
+        merged.pop("_path", None)
+        merged["kind"] = "drift_step"
+        atomic_write_json(target, merged)
+        runs.append(dict(run, summary=os.path.basename(steps_dir) + "/" + run["slug"] + ".json"))
+    plan_doc = {k: first[k] for k in ("from", "to", "differences", "path_order", "steps")}
+    plan_doc["runs"] = runs
+    facts = {k: first.get(k) for k in ("framework", "checkpoint", "checkpoint_sha256", "data_root", "split", "limit",
+                                       "batch_size", "threads", "device")}
+    facts.update(shard=[0, 1], merged_from=[os.path.relpath(d["_path"]) for d in docs])
+    return finish(plan_doc, out, plot, facts)
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    setup_logging(args.verbose)
+
+    def body() -> int:
+        if args.merge:
+            return merge(args)
+        return audit(args)
+
+    return run_main(body, args.verbose)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
