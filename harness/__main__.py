@@ -22,6 +22,7 @@ COMMANDS = {
     "infer": "top-5 classes of videos, and a GIF of what the network saw",
     "drift": "which protocol or graph difference costs how much accuracy",
     "bench": "speed: forward / training throughput per framework, and decoding",
+    "train_bench": "training step time per framework with the seed's recipe, memory-checked first",
     "report": "the caffe / pytorch / mindspore table from results/, with plots and a page",
     "make_dataset": "a small labelled video dataset in the seed's Kinetics layout",
     "device_check": "the GPU session's one script: GPU against CPU, and GPU speed",
