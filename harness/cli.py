@@ -75,6 +75,23 @@ def run_main(body: Callable[[], Optional[int]], verbose: bool = False) -> int:
 def setup_logging(verbose: bool = False) -> None:
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
                         format="%(name)s: %(message)s", stream=sys.stderr)
+    _one_line_warnings()
+
+
+def _one_line_warnings() -> None:
+    """A command prints a library warning (the spec's caveats, e.g. the seed's std typo) as one
+    ``warning: ...`` line, once per message, instead of a file path and a source line."""
+    import warnings
+
+    shown = set()
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        text = str(message).strip()
+        if text not in shown:
+            shown.add(text)
+            print(f"warning: {text}", file=file or sys.stderr)
+
+    warnings.showwarning = show
 
 
 # ------------------------------------------------------------------ shared options

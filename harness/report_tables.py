@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import os
+import re
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
@@ -432,7 +433,8 @@ def _parity_row(src: Source, block) -> Tuple[dict, dict]:
         flags.append(Flag(f"the file's verdict ({'PASS' if rep['passed'] else 'FAIL'}) is not what its "
                           "layers say: the table shows the layers' verdict"))
     training = src.kind == "train_parity" or "train" in block.where.lower()
-    where = block.where.replace("parity", "").strip(".")
+    # a file's place ("graph", "pynative") says which run; a list index ("comparisons[1]") does not
+    where = re.sub(r"comparisons\[\d+\]", "", block.where.replace("parity", "")).strip(".")
     kind = "training step" if training else "forward"
     row = {"kind": kind, "comparison": f"{rep.get('candidate')} vs {rep.get('reference')}",
            "mode": "+".join(x for x in (rep.get("mode"), where) if x) or "-",

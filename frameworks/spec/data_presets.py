@@ -489,7 +489,6 @@ def get_data_preset(name: str, **overrides) -> DataPreset:
         preset = preset.replace(**overrides)
     if SEED_STD_TYPO in preset.known_quirks:
         warnings.warn(f"data preset {name!r}: {SEED_STD_TYPO}", UserWarning, stacklevel=2)
-        log.warning("data preset %s: %s", name, SEED_STD_TYPO)
     return preset
 
 
