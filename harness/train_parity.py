@@ -126,7 +126,7 @@ def run_train_steps(framework: str, cfg: I3DNLConfig, weights: Dict[str, np.ndar
     if not float64:   # float32 arrays travel as float32 (the real network's are 35M values each)
         out = {k: v.astype(np.float32) if v.ndim and v.dtype == np.float64 and not k.endswith(("@lr", "@decay"))
                else v for k, v in out.items()}
-    conventions = {"lr_used": lr_used, "bn_momentum": bn_momentum_readback(trainer),
+    conventions = {"lr_used": lr_used, "bn_momentum": trainer.bn_momentum(),
                    "weight_decay": trainer.weight_decay_by_name(), "float64": float64}
     record = {"versions": trainer.runner.versions(), "hardware": trainer.runner.hardware()}
     return out, {**conventions, **record}
@@ -143,24 +143,6 @@ def measured_decay(buffer: np.ndarray, grad: np.ndarray, p0: np.ndarray) -> floa
         use = np.abs(p0) > 0
     denom = float((p0[use] ** 2).sum())
     return float(((buffer[use] - grad[use]) * p0[use]).sum()) / denom if denom > 0 else 0.0
-
-
-def bn_momentum_readback(trainer) -> dict:
-    """The BN momentum as each framework holds it: its own number, and the weight of the
-    new batch it implies (PyTorch's convention)."""
-    if trainer.framework == "torch":
-        from torch import nn
-
-        values = {m.momentum for m in trainer.model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)}
-        return {"constructor": sorted(values), "new_batch_weight": sorted(values),
-                "convention": "PyTorch: running = (1 - m) * running + m * batch"}
-    from mindspore import nn
-
-    cells = [c for _, c in trainer.net.cells_and_names() if isinstance(c, nn.BatchNorm2d)]
-    # nn.BatchNorm's constructor takes the weight of the running statistic and keeps 1 - it
-    weights = sorted({round(float(c.momentum), 9) for c in cells})
-    return {"constructor": sorted({round(1.0 - w, 9) for w in weights}), "new_batch_weight": weights,
-            "convention": "MindSpore: running = m * running + (1 - m) * batch"}
 
 
 # ============================================================================ parent side
@@ -446,8 +428,8 @@ def format_summary(result: dict, req: TrainParityRequest) -> str:
                  "kind, measured from buf_1 - g_1; BN momentum: the constructor's number -> the weight of the new "
                  "batch, measured)")
     lines.append("")
-    lines.append(f"per kind (worst error as a fraction of the module's largest |reference|; floor = torch float32 "
-                 f"vs float64 of the same steps):")
+    lines.append("per kind (worst error as a fraction of the module's largest |reference|; floor = torch float32 "
+                 "vs float64 of the same steps):")
     lines.append(f"  {'kind':9s} {'n':>4s} {'median':>9s} {'worst':>9s} {'floor med':>9s} {'floor max':>9s} "
                  f"{'atol':>7s} {'failed':>6s}  worst entry")
     floor_rows = {r["kind"]: r for r in kind_summary(floor)} if floor is not None else {}

@@ -60,30 +60,6 @@ def world_from_env(framework: str, env=os.environ) -> World:
     return World()
 
 
-def _join_torch(world: World, device: str) -> None:
-    import torch.distributed as dist
-
-    if not dist.is_initialized():
-        dist.init_process_group("nccl" if device == "gpu" else "gloo")
-    if dist.get_world_size() != world.size:
-        raise RunnerError(f"torch.distributed has {dist.get_world_size()} processes, WORLD_SIZE says {world.size}")
-
-
-def _join_mindspore(world: World) -> World:
-    """MindSpore data parallel: ``init()`` (the cluster msrun built; on CPU its own collective
-    library) and the data-parallel context with gradient mean."""
-    import mindspore as ms
-    from mindspore.communication import get_group_size, get_rank, init
-
-    try:
-        init()
-    except RuntimeError as exc:
-        raise RunnerError(f"MindSpore could not join the msrun cluster ({str(exc).splitlines()[0]})") from None
-    ms.set_auto_parallel_context(parallel_mode=ms.ParallelMode.DATA_PARALLEL, gradients_mean=True,
-                                 device_num=get_group_size())
-    return World(get_rank(), get_group_size(), "msrun")
-
-
 def make_trainer(framework: str, cfg: I3DNLConfig, recipe: TrainRecipe, lrs: np.ndarray,
                  weights: Dict[str, np.ndarray], *, device: str = "cpu", ms_mode: str = "graph",
                  threads: Optional[int] = None, float64: bool = False, return_grads: bool = False,
@@ -98,10 +74,10 @@ def make_trainer(framework: str, cfg: I3DNLConfig, recipe: TrainRecipe, lrs: np.
     runner = make_runner(framework, device=device, threads=threads, **options)
     try:
         if framework == "torch":
-            from frameworks.torch.train import TorchTrainer
+            from frameworks.torch.train import TorchTrainer, join_process_group
 
             if world.distributed:
-                _join_torch(world, device)
+                join_process_group(world.size, device)
             trainer = TorchTrainer(cfg, recipe, lrs, weights, device=device, float64=float64,
                                    distributed=world.distributed, rank=world.rank, seed=seed, sync_bn=sync_bn)
         else:
@@ -109,10 +85,10 @@ def make_trainer(framework: str, cfg: I3DNLConfig, recipe: TrainRecipe, lrs: np.
                 raise RunnerError("float64 training runs in torch only (it is the float32 noise floor)")
             if sync_bn:
                 raise RunnerError("--sync-bn: MindSpore's SyncBatchNorm runs on Ascend only")
-            from frameworks.mindspore.train import MindSporeTrainer
+            from frameworks.mindspore.train import MindSporeTrainer, join_cluster
 
             if world.distributed:
-                world = _join_mindspore(world)
+                world = World(*join_cluster(), "msrun")
             trainer = MindSporeTrainer(cfg, recipe, lrs, weights, return_grads=return_grads, seed=seed)
     except (ValueError, TypeError) as exc:
         raise RunnerError(f"{framework}: {str(exc).splitlines()[0]}") from None

@@ -48,6 +48,20 @@ def data_parallel() -> bool:
     return mode in (ms.ParallelMode.DATA_PARALLEL, ms.ParallelMode.HYBRID_PARALLEL)
 
 
+def join_cluster() -> Tuple[int, int]:
+    """MindSpore data parallel: ``init()`` (the cluster msrun built; on CPU its own collective
+    library) and the data-parallel context with gradient mean. Returns (rank, size)."""
+    from mindspore.communication import get_group_size, get_rank, init
+
+    try:
+        init()
+    except RuntimeError as exc:
+        raise ValueError(f"MindSpore could not join the msrun cluster ({str(exc).splitlines()[0]})") from None
+    ms.set_auto_parallel_context(parallel_mode=ms.ParallelMode.DATA_PARALLEL, gradients_mean=True,
+                                 device_num=get_group_size())
+    return get_rank(), get_group_size()
+
+
 class TrainStep(nn.Cell):
     """``construct(x, y)`` -> ``loss`` (and the gradients with ``return_grads``), after one
     optimiser step; the loss is the mean softmax cross entropy over the batch."""
@@ -166,6 +180,14 @@ class MindSporeTrainer:
         return out
 
     # ------------------------------------------------------------------ checkpoints
+    def bn_momentum(self) -> dict:
+        """The BN momentum as MindSpore holds it: nn.BatchNorm's constructor takes the weight of
+        the new batch (PyTorch's number) and keeps 1 - it, the weight of the running statistic."""
+        cells = [c for _, c in self.net.cells_and_names() if isinstance(c, nn.BatchNorm2d)]
+        weights = sorted({round(float(c.momentum), 9) for c in cells})
+        return {"constructor": sorted({round(1.0 - w, 9) for w in weights}), "new_batch_weight": weights,
+                "convention": "MindSpore: running = m * running + (1 - m) * batch"}
+
     def save(self, path: str, meta: dict) -> None:
         """The step Cell's every parameter (weights, optimiser state, counters), atomically;
         ``meta``'s ``epoch`` and ``step`` go in as ``epoch_num`` / ``step_num``."""

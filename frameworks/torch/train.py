@@ -32,6 +32,16 @@ from .model import I3DNL
 from .weights import load_canonical, to_canonical
 
 
+def join_process_group(world_size: int, device: str) -> None:
+    """Join the process group torchrun set up (gloo on CPU, NCCL on GPU)."""
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device == "gpu" else "gloo")
+    if dist.get_world_size() != world_size:
+        raise ValueError(f"torch.distributed has {dist.get_world_size()} processes, WORLD_SIZE says {world_size}")
+
+
 def step_seed(seed: int, rank: int, step: int) -> int:
     """The dropout seed of one step of one process (stable across runs and resumes)."""
     return (int(seed) * 1_000_003 + int(rank) * 7_919 + int(step)) % (2 ** 63)
@@ -140,6 +150,12 @@ class TorchTrainer:
                 for n in names}
 
     # ------------------------------------------------------------------ checkpoints
+    def bn_momentum(self) -> dict:
+        """The BN momentum as PyTorch holds it, and the weight of the new batch it implies."""
+        values = sorted({m.momentum for m in self.model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)})
+        return {"constructor": values, "new_batch_weight": values,
+                "convention": "PyTorch: running = (1 - m) * running + m * batch"}
+
     def save(self, path: str, meta: dict) -> None:
         """Weights, optimiser state and ``meta`` (plain data), written atomically."""
         from harness.files import atomic_path
