@@ -12,7 +12,7 @@ score combination then run per step in the main process (:mod:`harness.drift`), 
 as ``harness.evaluate`` runs them.
 
 Kept apart from :mod:`harness.drift` so that the spawned workers import only this (numpy,
-the spec and the decoders) and never a command's ``__main__``.
+the spec and the decoders) and never a command module. It is a library, not a command.
 """
 from __future__ import annotations
 
