@@ -64,8 +64,8 @@ import numpy as np
 
 from frameworks.spec.arch import DEFAULT_PRESET, PRESETS, arch_hash, get_preset, parameter_count, parameter_specs
 from frameworks.spec.flops import gflops_per_clip
-from harness.cli import (InputError, OneLineParser, add_device, check_clip_size, int_list, nonnegative_int, positive_int,
-                         result_doc, run_main, utc_now)
+from harness.cli import (InputError, OneLineParser, add_device, check_clip_size, int_list, nonnegative_int,
+                         positive_int, result_doc, run_main, utc_now)
 from harness.files import atomic_write_json, check_output_path
 
 TASKS = {"infer": ("infer",), "train": ("train",), "both": ("infer", "train")}

@@ -33,8 +33,8 @@ import numpy as np
 
 from frameworks.spec.arch import DEFAULT_PRESET, PRESETS, arch_hash, get_preset, layer_names, parameter_count
 from frameworks.spec.flops import gflops_per_clip
-from harness.cli import (InputError, OneLineParser, check_clip_size, clip_shape, int_list, nonnegative_int, positive_int,
-                         result_doc, run_main, tolerance, utc_now)
+from harness.cli import (InputError, OneLineParser, check_clip_size, clip_shape, int_list, nonnegative_int,
+                         positive_int, result_doc, run_main, tolerance, utc_now)
 from harness.comparator import compare_outputs, format_report, topk_agreement
 from harness.files import atomic_write_json, check_output_path
 

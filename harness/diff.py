@@ -28,7 +28,7 @@ from typing import Dict, List, Optional
 import numpy as np
 
 from frameworks.spec.arch import PRESETS, I3DNLConfig, get_preset, parameter_specs
-from harness.cli import InputError, OneLineParser, result_doc, run_main, setup_logging, tolerance
+from harness.cli import InputError, OneLineParser, add_verbose, result_doc, run_main, setup_logging, tolerance
 from harness.files import atomic_write_json, check_output_path
 
 DEFAULT_ATOL = 1e-6   # a conversion is lossless; float32 -> float16 -> float32 is ~5e-4
@@ -229,7 +229,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--all", action="store_true", help="print identical parameters too (default: only the others)")
     p.add_argument("--json", metavar="OUT", help="write every row as JSON")
     p.add_argument("--trust-checkpoint", action="store_true", help=TRUST_HELP.replace("the weights file", "A and B"))
-    p.add_argument("-v", "--verbose", action="store_true", help="log what is read (default: quiet)")
+    add_verbose(p)
     return p
 
 

@@ -43,7 +43,6 @@ import json
 import os
 import sys
 import time
-import warnings
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
@@ -53,8 +52,8 @@ from frameworks.spec.arch import DEFAULT_PRESET, PRESETS as ARCH_PRESETS, I3DNLC
 from frameworks.spec.data_presets import DRIFT_GROUP, PRESETS as DATA_PRESETS, DataPreset, canonical_json
 from harness import metrics
 from harness import scores as score_store
-from harness.cli import (CheckFailed, InputError, OneLineParser, add_device, add_ms_mode, add_verbose, nonnegative_int, positive_int, provenance, result_doc,
-                         run_main, setup_logging, utc_now)
+from harness.cli import (CheckFailed, InputError, OneLineParser, add_device, add_ms_mode, add_verbose,
+                         nonnegative_int, positive_int, provenance, result_doc, run_main, setup_logging, utc_now)
 from harness.drift_data import SharedSampling, decode_views, sampling_key
 from harness.files import atomic_write_json, check_output_dir, check_output_path
 
@@ -391,21 +390,13 @@ class Context:
 
 def _side(name: str, common: List[str], own: List[str], cfg: I3DNLConfig, flag: str) -> Side:
     from frameworks.spec.data_presets import get_data_preset
-    from harness.evaluate import parse_overrides
+    from harness.evaluate import parse_overrides, with_overrides
 
-    with warnings.catch_warnings():  # the seed's std typo is logged once by get_data_preset
-        warnings.simplefilter("ignore", UserWarning)
-        base = get_data_preset(name)
+    base = get_data_preset(name)   # the seed's std typo: one 'warning:' line per command (harness.cli)
     shared = parse_overrides(common, base)
-    try:
-        preset = base.replace(**shared) if shared else base
-    except (ValueError, TypeError) as exc:
-        raise InputError(f"--data-override: {exc}") from None
+    with_overrides(base, shared)   # a shared override the preset refuses is --data-override's fault
     overrides = {**shared, **parse_overrides(own, base)}
-    try:
-        preset = base.replace(**overrides) if overrides else base
-    except (ValueError, TypeError) as exc:
-        raise InputError(f"{flag}: {exc}") from None
+    preset = with_overrides(base, overrides, flag)
     return Side(name, overrides, preset, cfg)
 
 

@@ -10,21 +10,9 @@ from __future__ import annotations
 from typing import List, Optional
 
 from harness.files import atomic_path
+from harness.plots import figure
 
 UP, DOWN, FULL, NONE = "#2e7d32", "#c62828", "#546e7a", "#bdbdbd"
-
-
-def _figure(width: float, height: float):
-    try:
-        from matplotlib.backends.backend_agg import FigureCanvasAgg
-        from matplotlib.figure import Figure
-    except ImportError:
-        from harness.cli import InputError
-
-        raise InputError("the plot needs matplotlib (pip install matplotlib), or pass --no-plot") from None
-    fig = Figure(figsize=(width, height), dpi=100)
-    FigureCanvasAgg(fig)
-    return fig
 
 
 def _pct(x: Optional[float]) -> Optional[float]:
@@ -35,7 +23,8 @@ def waterfall(rows: List[dict], path: str, title: str = "") -> str:
     """Draw the audit's rows (:func:`harness.drift.tabulate`) into ``path`` (written atomically)."""
     path_rows = [r for r in rows if r["kind"] in ("from", "path", "to")]
     alone = [r for r in rows if r["kind"] == "alone"]
-    fig = _figure(max(10.0, 0.55 * (len(path_rows) + len(alone)) + 6), 5.5)
+    fig = figure(max(10.0, 0.55 * (len(path_rows) + len(alone)) + 6), 5.5,
+                 missing="the plot needs matplotlib (pip install matplotlib), or pass --no-plot")
     ax = fig.add_subplot(1, 2, 1)
     labels, previous, seen = [], None, []
     for i, r in enumerate(path_rows):

@@ -37,12 +37,13 @@ from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
-from frameworks.spec.arch import DEFAULT_PRESET, PRESETS, I3DNLConfig, arch_hash, get_preset
+from frameworks.spec.arch import DEFAULT_PRESET, PRESETS, I3DNLConfig, arch_hash
 from frameworks.spec.data_presets import DEFAULT_DATA_PRESET, PRESETS as DATA_PRESETS
 from frameworks.spec.data_presets import DECODERS, DataPreset, data_preset_hash, get_data_preset, spec_hash
 from harness import scores as score_store
-from harness.cli import (CheckFailed, InputError, OneLineParser, add_device, add_ms_mode, add_verbose, nonnegative_int, positive_int, provenance,
-                         result_doc, run_main, setup_logging, tolerance, utc_now)
+from harness.cli import (CheckFailed, InputError, OneLineParser, add_device, add_ms_mode, add_verbose,
+                         nonnegative_int, positive_int, provenance, result_doc, run_main, setup_logging, tolerance,
+                         utc_now)
 from harness.files import atomic_path, atomic_write_json, check_output_dir, check_output_path
 from harness.scores import Chunk, ScoreStore, read_scores  # noqa: F401 - read_scores: public here too
 
@@ -153,6 +154,16 @@ def parse_overrides(items: List[str], preset) -> dict:
     return out
 
 
+def with_overrides(preset, overrides: dict, flag: str = "--data-override"):
+    """``preset`` with the changes of :func:`parse_overrides` applied; one it refuses is bad input."""
+    if not overrides:
+        return preset
+    try:
+        return preset.replace(**overrides)
+    except (ValueError, TypeError) as exc:
+        raise InputError(f"{flag}: {exc}") from None
+
+
 # ----------------------------------------------------------------------------- the request
 @dataclass
 class EvaluationRequest:
@@ -208,11 +219,7 @@ class EvaluationRequest:
         overrides = parse_overrides(args.data_override, preset)
         if args.decoder:
             overrides["decoder"] = args.decoder
-        if overrides:
-            try:
-                preset = preset.replace(**overrides)
-            except (ValueError, TypeError) as exc:
-                raise InputError(f"--data-override: {exc}") from None
+        preset = with_overrides(preset, overrides)
         out = args.out or os.path.join("runs", f"{framework}_{cfg.name}_{preset.name}.json")
         if world > 1:
             stem = out[:-5] if out.endswith(".json") else out

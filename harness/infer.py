@@ -31,7 +31,8 @@ import numpy as np
 
 from frameworks.spec.arch import DEFAULT_PRESET, PRESETS, I3DNLConfig
 from frameworks.spec.data_presets import DEFAULT_DATA_PRESET, PRESETS as DATA_PRESETS, DataPreset, get_data_preset
-from harness.cli import (InputError, OneLineParser, add_device, add_ms_mode, add_verbose, positive_int, result_doc, run_main, setup_logging, utc_now)
+from harness.cli import (InputError, OneLineParser, add_device, add_ms_mode, add_verbose, positive_int, result_doc,
+                         run_main, setup_logging, utc_now)
 from harness.files import atomic_path, atomic_write_json, check_output_path
 
 CLASSES_FILE = "classes.txt"
@@ -238,7 +239,7 @@ def main(argv: Optional[List[str]] = None) -> int:
 
 
 def _main(args) -> int:
-    from harness.evaluate import parse_overrides
+    from harness.evaluate import parse_overrides, with_overrides
     from harness.runners import canonical_framework, make_runner
 
     for path, what in ((args.json, "--json"), (args.visualize, "--visualize")):
@@ -253,11 +254,7 @@ def _main(args) -> int:
         raise InputError("inference runs our implementations: --framework torch or ms")
     preset = get_data_preset(args.data_preset)
     overrides = parse_overrides(args.data_override, preset)
-    if overrides:
-        try:
-            preset = preset.replace(**overrides)
-        except (ValueError, TypeError) as exc:
-            raise InputError(f"--data-override: {exc}") from None
+    preset = with_overrides(preset, overrides)
     cfg, arrays, weights_label, names, names_from = resolve_network(args)
     print(f"weights: {weights_label}", file=sys.stderr, flush=True)
     # the framework before any decoding: MindSpore aborts if decord entered the process first

@@ -47,8 +47,8 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from frameworks.spec.arch import DEFAULT_PRESET, PRESETS, I3DNLConfig, arch_hash, layer_names, subop_names
-from harness.cli import (InputError, OneLineParser, clip_shape, positive_int, result_doc, run_main, setup_logging,
-                         tolerance, utc_now)
+from harness.cli import (InputError, OneLineParser, add_device, add_ms_mode, add_verbose, clip_shape, positive_int,
+                         result_doc, run_main, setup_logging, tolerance, utc_now)
 from harness.comparator import (COLUMNS, DEFAULT_RTOL, DEFAULT_STAGE_ATOL, ParityReport, compare_arrays,
                                 compare_outputs, default_atol, flag_outliers, format_report)
 from harness.files import atomic_write_json, check_output_dir, check_output_path
@@ -111,9 +111,8 @@ def build_parser() -> argparse.ArgumentParser:
                           "candidate runs on the reference's input to that layer, showing each layer's own error")
     run.add_argument("--no-explain", action="store_true",
                      help="on a failure, do not rerun isolated and drill into the failing layer (default: explain)")
-    run.add_argument("--device", choices=["cpu", "gpu"], default="cpu", help="default cpu")
-    run.add_argument("--ms-mode", choices=["graph", "pynative"], default="graph",
-                     help="MindSpore execution mode (default graph)")
+    add_device(run)
+    add_ms_mode(run)
     out = p.add_argument_group("output")
     out.add_argument("--json", metavar="OUT", help="write the comparison as JSON (default: none)")
     out.add_argument("--only-failures", action="store_true", help="print only the layers that fail or are flagged")
@@ -133,7 +132,7 @@ def build_parser() -> argparse.ArgumentParser:
                             "--input-shape is each step's batch (default 2,3,8,64,64)")
     train.add_argument("--train-plant", help=argparse.SUPPRESS)   # tests: wd_on_bn, bn_momentum, lr_off_by_one
     p.add_argument("-q", "--quiet", action="store_true", help="only the verdicts (default: the tables)")
-    p.add_argument("-v", "--verbose", action="store_true", help="log each step (default: off)")
+    add_verbose(p)
     return p
 
 

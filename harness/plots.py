@@ -29,14 +29,16 @@ class Plot:
     axes: Tuple[str, str] = ("", "")   # the x and y labels drawn (each names its unit)
 
 
-def _figure(width: float, height: float):
+def figure(width: float, height: float, missing: str = "plots need matplotlib: pip install 'nlparity[report]'"):
+    """A matplotlib figure on the Agg canvas (no display); ``missing`` is the one-line error
+    when matplotlib is not installed."""
     try:
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
     except ImportError:
         from harness.cli import InputError
 
-        raise InputError("plots need matplotlib: pip install 'nlparity[report]'") from None
+        raise InputError(missing) from None
     fig = Figure(figsize=(width, height), dpi=100)
     FigureCanvasAgg(fig)
     return fig
@@ -57,7 +59,7 @@ def parity_plot(series: List[dict]) -> Optional[Plot]:
     for s in series:
         names += [n for n in s["layers"] if n not in names]
     pos = {n: i for i, n in enumerate(names)}
-    fig = _figure(min(20.0, max(8.0, 0.28 * len(names) + 3)), 5.0)
+    fig = figure(min(20.0, max(8.0, 0.28 * len(names) + 3)), 5.0)
     ax = fig.add_subplot(1, 1, 1)
     zero_drawn, drawn = False, 0
     for s in series:
@@ -102,7 +104,7 @@ def tolerance_share_plot(series: List[dict]) -> Optional[Plot]:
     series = [s for s in series if s["kind"] == "training step" and any(v is not None for v in s["share"])]
     if not series:
         return None
-    fig = _figure(12.0, 5.0)
+    fig = figure(12.0, 5.0)
     ax = fig.add_subplot(1, 1, 1)
     zero_drawn = False
     for s in series:
@@ -138,7 +140,7 @@ def throughput_plot(rows: List[dict]) -> Optional[Plot]:
     frameworks = sorted({k[0] for k, _ in items})
     palette = ["tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple"]
     colours = [palette[frameworks.index(k[0]) % len(palette)] for k, _ in items]
-    fig = _figure(9.0, 1.0 + 0.45 * len(items))
+    fig = figure(9.0, 1.0 + 0.45 * len(items))
     ax = fig.add_subplot(1, 1, 1)
     ax.barh(range(len(items)), values, color=colours)
     for i, v in enumerate(values):
@@ -158,7 +160,7 @@ def throughput_plot(rows: List[dict]) -> Optional[Plot]:
 def loss_plot(curves: List[dict]) -> Optional[Plot]:
     if not curves:
         return None
-    fig = _figure(8.0, 4.5)
+    fig = figure(8.0, 4.5)
     ax = fig.add_subplot(1, 1, 1)
     for c in curves:
         ax.plot(c["steps"], c["loss"], linewidth=1.2, marker="." if len(c["steps"]) < 50 else None, label=c["label"])
@@ -171,7 +173,7 @@ def loss_plot(curves: List[dict]) -> Optional[Plot]:
 
 
 def per_class_plot(pair: dict, number: int) -> Plot:
-    fig = _figure(max(6.0, 0.25 * len(pair["classes"]) + 2), 4.0)
+    fig = figure(max(6.0, 0.25 * len(pair["classes"]) + 2), 4.0)
     ax = fig.add_subplot(1, 1, 1)
     diffs = pair["diff_pp"]
     ax.bar(range(len(diffs)), diffs, color=["tab:red" if d < 0 else "tab:green" for d in diffs])

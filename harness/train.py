@@ -46,8 +46,8 @@ from frameworks.spec.data_presets import (DEFAULT_TRAIN_PRESET, TRAIN_PRESETS, D
                                           get_train_preset)
 from frameworks.spec.train import (BN_MODES, DEFAULT_RECIPE, PARAMETER_KINDS, RECIPES, TrainRecipe, get_recipe,
                                    initial_weights, lr_schedule, recipe_hash, steps_per_epoch)
-from harness.cli import (CheckFailed, InputError, OneLineParser, add_device, add_ms_mode, add_verbose, nonnegative_int, positive_int, result_doc, run_main,
-                         setup_logging, tolerance, utc_now)
+from harness.cli import (CheckFailed, InputError, OneLineParser, add_device, add_ms_mode, add_verbose,
+                         nonnegative_int, positive_int, result_doc, run_main, setup_logging, tolerance, utc_now)
 from harness.files import atomic_write_json, check_output_dir
 
 STATE_FILE = "state.json"
@@ -176,7 +176,7 @@ class TrainRequest:
 
     @classmethod
     def from_args(cls, args) -> "TrainRequest":
-        from harness.evaluate import parse_overrides
+        from harness.evaluate import parse_overrides, with_overrides
         from harness.runners import canonical_framework
 
         framework = canonical_framework(args.framework)
@@ -190,11 +190,7 @@ class TrainRequest:
             raise InputError(str(exc)) from None
         preset = get_train_preset(args.train_preset)
         overrides = parse_overrides(args.data_override, preset)
-        if overrides:
-            try:
-                preset = preset.replace(**overrides)
-            except (ValueError, TypeError) as exc:
-                raise InputError(f"--data-override: {exc}") from None
+        preset = with_overrides(preset, overrides)
         check_output_dir(args.out, "--out folder")
         return cls(framework, get_preset(args.arch), recipe, preset, args.data_root, args.out, overrides,
                    args.split, args.annotations, args.checkpoint, args.trust_checkpoint, args.reset_head,

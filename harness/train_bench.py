@@ -32,8 +32,8 @@ import numpy as np
 
 from frameworks.spec.arch import DEFAULT_PRESET, PRESETS, get_preset
 from frameworks.spec.train import get_recipe, initial_weights, lr_schedule
-from harness.cli import (InputError, OneLineParser, add_device, add_verbose, clip_shape, nonnegative_int, positive_int, result_doc, run_main,
-                         setup_logging, utc_now)
+from harness.cli import (InputError, OneLineParser, add_device, add_verbose, clip_shape, nonnegative_int,
+                         positive_int, result_doc, run_main, setup_logging, utc_now)
 from harness.files import atomic_write_json, check_output_path
 
 DEFAULT_SHAPES = ((2, 3, 8, 112, 112), (6, 3, 32, 224, 224))

@@ -427,30 +427,19 @@ DEFAULT_DATA_PRESET = "mmaction2_val"
 # Every random draw (clip offset, crop, flip) is seeded by offset_seed and a key the
 # trainer gives each video of each epoch (``<video id>@<epoch>``), so both frameworks, any
 # number of loader workers and a resumed run see the very same batches.
+# seed_train is the seed's eval pipeline with its train block's crop and flip.
 TRAIN_PRESETS: Dict[str, DataPreset] = {
     p.name: p
     for p in (
-        DataPreset(
+        PRESETS["seed_eval"].replace(
             name="seed_train",
             source="ZJUT-ERCISS/zjut_mindvideo mindvideo/config/nonlocal/nonlocal.yaml data_loader.train "
             "(Kinetic400 seq=32, seq_mode=interval, frame_interval=6; VideoShortEdgeResize(256, bicubic), "
             "VideoRandomCrop([224, 224]), VideoRandomHorizontalFlip(0.5), VideoRescale, VideoNormalize)",
-            sampler="seed_interval",
-            clip_len=32,
-            frame_interval=6,
-            num_clips=1,
-            short_edge=256,
-            interpolation="bicubic",
-            size_rounding="round",
             crop="random",
             crop_size=224,
+            crop_rounding="floor",   # the field's default: a random crop has no centre to round
             flip_prob=0.5,
-            value_scale=1 / 255.0,
-            mean=(0.485, 0.456, 0.406),
-            std=(0.229, 0.224, 0.255),
-            clip_combine="score",
-            label_order="train_csv",
-            offset_seed=0,
             known_quirks=(
                 SEED_STD_TYPO,
                 "clip offset, crop and flip are random in the seed (global generators); here seeded by "

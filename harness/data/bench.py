@@ -36,7 +36,7 @@ from typing import List, Optional, Sequence
 
 import numpy as np
 
-from harness.cli import (CheckFailed, InputError, OneLineParser, cpu_model, nonnegative_int, positive_int,
+from harness.cli import (CheckFailed, InputError, OneLineParser, add_verbose, cpu_model, nonnegative_int, positive_int,
                          positive_seconds, provenance, run_main)
 from harness.files import atomic_write_json, check_output_path
 
@@ -201,7 +201,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--warmup", type=nonnegative_int, default=4, help="untimed videos first (default 4)")
     p.add_argument("--json", metavar="FILE", help="write results here (e.g. results/bench_data_cpu.json)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    add_verbose(p)
     return p
 
 

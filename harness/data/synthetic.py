@@ -44,7 +44,7 @@ import numpy as np
 
 from frameworks.spec.labels import K400_CLASSES
 
-from harness.cli import OneLineParser, positive_int, positive_seconds
+from harness.cli import OneLineParser, add_verbose, positive_int, positive_seconds
 from harness.files import check_output_path
 
 log = logging.getLogger("harness.make_dataset")
@@ -415,7 +415,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "unknown label, bad row) in the val split, for loader tests")
     p.add_argument("--json", metavar="FILE", help="write a summary (classes, counts, planted faults) here")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    add_verbose(p)
     return p
 
 

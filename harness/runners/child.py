@@ -184,18 +184,23 @@ def _execute(job: Job) -> dict:
             write_npz(task.out, outputs)
             record["tasks"].append({"op": "candidate", "out": task.out, "forward_s": time.perf_counter() - t0})
         return record
+    record.update(_build_and_load(runner, job.config, weights))
+    for task in job.tasks:
+        record["tasks"].append(_run_task(runner, task, clip))
+    return record
+
+
+def _build_and_load(runner, config, weights) -> Dict[str, float]:
+    """Build the network and load its weights (a shape or name the runner refuses is a
+    RunnerError); the seconds each took."""
     t0 = time.perf_counter()
-    runner.build(job.config)
-    record["build_s"] = time.perf_counter() - t0
-    t0 = time.perf_counter()
+    runner.build(config)
+    built = time.perf_counter()
     try:
         runner.load(weights)
     except (ValueError, TypeError) as exc:
         raise RunnerError(str(exc)) from None
-    record["load_s"] = time.perf_counter() - t0
-    for task in job.tasks:
-        record["tasks"].append(_run_task(runner, task, clip))
-    return record
+    return {"build_s": built - t0, "load_s": time.perf_counter() - built}
 
 
 def _run_task(runner, task: Task, clip: Optional[np.ndarray]) -> dict:
@@ -330,15 +335,7 @@ def _serve(job: Job, channel) -> None:
     runner = make_runner(job.framework, device=job.device, threads=job.threads, **job.options)
     record: Dict[str, Any] = {"framework": job.framework, "versions": runner.versions(),
                               "hardware": runner.hardware()}
-    t0 = time.perf_counter()
-    runner.build(job.config)
-    record["build_s"] = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    try:
-        runner.load(weights)
-    except (ValueError, TypeError) as exc:
-        raise RunnerError(str(exc)) from None
-    record["load_s"] = time.perf_counter() - t0
+    record.update(_build_and_load(runner, job.config, weights))
     record["settings"] = runner.settings()
     send({"ready": True, **record})
     steps: Dict[str, Any] = {}

@@ -9,8 +9,8 @@ from typing import Dict, Optional
 import numpy as np
 
 from frameworks.spec.arch import I3DNLConfig, layer_names
-from harness.runners import Runner, RunnerError
-from harness.runners.torch_runner import TorchDevice
+from harness.runners import RunnerError
+from harness.runners.torch_runner import OnTorchDevice, TorchDevice
 
 # preset -> (config under mmaction2's configs/recognition/i3d, backbone overrides)
 CONFIGS = {
@@ -25,7 +25,7 @@ CONFIGS = {
 }
 
 
-class MMAction2Runner(Runner):
+class MMAction2Runner(OnTorchDevice):
     name = "mmaction2"
 
     def __init__(self, device: str = "cpu", threads: Optional[int] = None, benchmark: bool = False,
@@ -136,15 +136,6 @@ class MMAction2Runner(Runner):
             self._optimizer = torch.optim.SGD(net.parameters(), lr=3e-4, momentum=0.9, weight_decay=1e-4)
         return self.backend.training_step(net, self._optimizer, shape, self.cfg.num_classes)
 
-    def gemm_probe(self) -> Dict[str, float]:
-        return self.backend.gemm_probe()
-
-    def memory(self) -> Dict[str, float]:
-        return self.backend.memory()
-
-    def reset_memory(self) -> None:
-        self.backend.reset_memory()
-
     def flop_count(self, shape) -> Optional[int]:
         from frameworks.torch import fast
 
@@ -160,9 +151,6 @@ class MMAction2Runner(Runner):
 
         return {**super().versions(), **self.backend.versions(), "mmaction2": mmaction.__version__,
                 "mmcv": mmcv.__version__, "mmengine": mmengine.__version__}
-
-    def hardware(self) -> Dict[str, str]:
-        return {**super().hardware(), **self.backend.hardware()}
 
 
 def _backbone_head(backbone, head):

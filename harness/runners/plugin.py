@@ -75,6 +75,18 @@ def _resolve(named: Dict[str, object], layer_map: Dict[str, str]) -> Dict[str, T
     return out
 
 
+def _hook(named: Dict[str, object], layer_map: Dict[str, str], keep: Callable) -> list:
+    """Forward hooks that keep each mapped layer's input (``in``) or output: torch modules and
+    MindSpore cells register them alike. Returns the handles to remove."""
+    handles = []
+    for layer, (node, where) in _resolve(named, layer_map).items():
+        if where == "in":
+            handles.append(node.register_forward_pre_hook(lambda _, args, layer=layer: keep(layer, args[0])))
+        else:
+            handles.append(node.register_forward_hook(lambda _, args, result, layer=layer: keep(layer, result)))
+    return handles
+
+
 def run_torch(spec: str, cfg: I3DNLConfig, weights: Dict[str, np.ndarray], clip: np.ndarray) -> Dict[str, np.ndarray]:
     import torch
 
@@ -84,12 +96,7 @@ def run_torch(spec: str, cfg: I3DNLConfig, weights: Dict[str, np.ndarray], clip:
                           "for a MindSpore Cell)")
     outputs: Dict[str, np.ndarray] = {}
     keep = lambda layer, t: outputs.__setitem__(layer, t.detach().cpu().numpy().copy())  # noqa: E731
-    handles = []
-    for layer, (module, where) in _resolve(dict(net.named_modules()), layer_map).items():
-        if where == "in":
-            handles.append(module.register_forward_pre_hook(lambda m, args, layer=layer: keep(layer, args[0])))
-        else:
-            handles.append(module.register_forward_hook(lambda m, args, result, layer=layer: keep(layer, result)))
+    handles = _hook(dict(net.named_modules()), layer_map, keep)
     try:
         with torch.no_grad():
             logits = net.eval()(torch.from_numpy(np.ascontiguousarray(clip, dtype=np.float32)))
@@ -109,12 +116,7 @@ def run_mindspore(spec: str, cfg: I3DNLConfig, weights: Dict[str, np.ndarray], c
         raise RunnerError(f"{spec} returned a {type(net).__name__}, not a MindSpore Cell")
     outputs: Dict[str, np.ndarray] = {}
     keep = lambda layer, t: outputs.__setitem__(layer, t.asnumpy().copy())  # noqa: E731
-    handles = []
-    for layer, (cell, where) in _resolve(dict(net.cells_and_names()), layer_map).items():
-        if where == "in":
-            handles.append(cell.register_forward_pre_hook(lambda c, args, layer=layer: keep(layer, args[0])))
-        else:
-            handles.append(cell.register_forward_hook(lambda c, args, result, layer=layer: keep(layer, result)))
+    handles = _hook(dict(net.cells_and_names()), layer_map, keep)
     try:
         net.set_train(False)
         logits = net(ms.Tensor(np.ascontiguousarray(clip, dtype=np.float32)))

@@ -117,7 +117,26 @@ class TorchDevice:
                 "interop_threads": self.torch.get_num_interop_threads()}
 
 
-class TorchRunner(Runner):
+class OnTorchDevice(Runner):
+    """What a runner timing on a :class:`TorchDevice` (``self.backend``) answers from it:
+    the torch runner and mmaction2's, which measure on the same one."""
+
+    backend: TorchDevice
+
+    def gemm_probe(self) -> Dict[str, float]:
+        return self.backend.gemm_probe()
+
+    def memory(self) -> Dict[str, float]:
+        return self.backend.memory()
+
+    def reset_memory(self) -> None:
+        self.backend.reset_memory()
+
+    def hardware(self) -> Dict[str, str]:
+        return {**super().hardware(), **self.backend.hardware()}
+
+
+class TorchRunner(OnTorchDevice):
     name = "torch"
 
     def __init__(self, device: str = "cpu", threads: Optional[int] = None, benchmark: bool = False,
@@ -175,15 +194,6 @@ class TorchRunner(Runner):
             self._trainer.model.set_execution(**{k: v for k, v in self.execution.items() if k != "direct_mkldnn"})
         return self._trainer
 
-    def gemm_probe(self) -> Dict[str, float]:
-        return self.backend.gemm_probe()
-
-    def memory(self) -> Dict[str, float]:
-        return self.backend.memory()
-
-    def reset_memory(self) -> None:
-        self.backend.reset_memory()
-
     def flop_count(self, shape) -> Optional[int]:
         """FLOPs of the *exact* network by torch's own counter (meta device: no arithmetic)."""
         from frameworks.torch import fast
@@ -232,9 +242,6 @@ class TorchRunner(Runner):
 
     def versions(self) -> Dict[str, str]:
         return {**super().versions(), **self.backend.versions()}
-
-    def hardware(self) -> Dict[str, str]:
-        return {**super().hardware(), **self.backend.hardware()}
 
 
 def seeded_weights(cfg: I3DNLConfig, clip: np.ndarray, seed: int) -> Dict[str, np.ndarray]:
