@@ -612,13 +612,14 @@ def test_training_families_never_swallow_a_model_parameter():
 
 
 @pytest.mark.mindspore
-def test_mindspore_writes_these_families(mindvideo_weights):
+def test_mindspore_writes_these_families(mindvideo_weights, tmp_path):
     """MindSpore itself, in a process of its own (oneDNN capped at AVX2, no decord), writes a
     checkpoint of a tiny Cell's TrainOneStepCell for every optimiser; every non-weight name
     it writes belongs to a family the importers ignore, and they import."""
     pytest.importorskip("mindspore")
     proc = subprocess.run([sys.executable, "-c", MINDSPORE_SCRIPT], cwd=ROOT, text=True, capture_output=True,
-                          timeout=600, env={**os.environ, "ONEDNN_MAX_CPU_ISA": "AVX2"})
+                          timeout=600, env={**os.environ, "ONEDNN_MAX_CPU_ISA": "AVX2",
+                                                                   "TMPDIR": str(tmp_path)})
     assert proc.returncode == 0, proc.stderr[-3000:]
     line = next(ln for ln in proc.stdout.splitlines() if ln.startswith("FAMILIES "))
     written = {k: (v[0], v[1]) for k, v in json.loads(line[len("FAMILIES "):]).items()}

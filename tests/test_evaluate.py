@@ -4,6 +4,7 @@ frameworks. Test-sized inputs (8 frames, 64 px) through the real network."""
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -104,7 +105,8 @@ def test_torchrun_two_shards_merge_into_the_single_process_run(dataset, torch_ru
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
                            "--master_port", "29613", "-m", "harness.evaluate", "--framework", "torch",
                            "--data-root", str(dataset), *SMALL, "--out", str(out), "--workers", "1", "-q"],
-                          cwd=ROOT, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=600)
+                          cwd=ROOT, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=600,
+                          env={**os.environ, "TMPDIR": str(tmp_path)})  # torchrun's rendezvous folder
     assert proc.returncode == 0, proc.stderr[-2000:]
     shards = sorted(tmp_path.glob("dist.shard*of2.json"))
     assert [s.name for s in shards] == ["dist.shard0of2.json", "dist.shard1of2.json"]

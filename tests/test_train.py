@@ -223,7 +223,7 @@ def test_torchrun_data_parallel_equals_one_process_with_the_global_batch(dataset
     proc = subprocess.run([torchrun, "--nproc_per_node", "2", "--master_port", "29533", "-m", "harness.train",
                            *_train_args(dataset, tmp_path / "ddp", *common)], cwd=ROOT, text=True,
                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=900,
-                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+                          env={**os.environ, "OMP_NUM_THREADS": "1", "TMPDIR": str(tmp_path)})
     assert proc.returncode == 0, proc.stderr[-3000:]
     one = json.loads((tmp_path / "one" / "train.json").read_text())
     ddp = json.loads((tmp_path / "ddp" / "train.json").read_text())
