@@ -296,13 +296,14 @@ def evaluate_command(run: RunSpec, plan: Plan, ctx: "Context") -> Optional[List[
     arch = arch_command(run.cfg, plan)
     if arch is None:
         return None
-    argv = ["--framework", ctx.framework, "--data-root", ctx.data_root, "--checkpoint", ctx.checkpoint or "C",
+    base = ctx.base
+    argv = ["--framework", base.framework, "--data-root", base.data_root, "--checkpoint", base.checkpoint or "C",
             "--arch", arch, "--data-preset", run.base]
     for k, v in run.overrides.items():
         argv += ["--data-override", f"{k}={override_text(v)}"]
-    for flag, value in (("--split", ctx.split if ctx.split != "val" else None), ("--annotations", ctx.annotations),
-                        ("--limit", ctx.limit), ("--batch-size", ctx.batch_size if ctx.batch_size != 1 else None),
-                        ("--threads", ctx.threads), ("--device", ctx.device if ctx.device != "cpu" else None),
+    for flag, value in (("--split", base.split if base.split != "val" else None), ("--annotations", base.annotations),
+                        ("--limit", base.limit), ("--batch-size", base.batch_size if base.batch_size != 1 else None),
+                        ("--threads", base.threads), ("--device", base.device if base.device != "cpu" else None),
                         ("--num-classes", ctx.num_classes)):
         if value is not None:
             argv += [flag, str(value)]
@@ -363,29 +364,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 @dataclass
 class Context:
-    """Everything but the plan: where the data and weights are, how to run, where results go."""
+    """Everything but the plan: where the data and weights are, how to run (``base``: the
+    evaluation every step is, but for its arch, data preset and output), where results go."""
 
-    framework: str
-    data_root: str
-    checkpoint: Optional[str]
+    base: Any                      # harness.evaluate.EvaluationRequest (imported lazily)
     out: str
     steps_dir: str
     plot: Optional[str]
-    trust: bool = False
-    split: str = "val"
-    annotations: Optional[str] = None
     num_classes: Optional[int] = None
-    limit: Optional[int] = None
-    batch_size: int = 1
-    workers: int = 2
-    device: str = "cpu"
-    ms_mode: str = "graph"
-    threads: Optional[int] = None
-    rank: int = 0
-    world: int = 1
-    chunk_videos: int = 32
-    resume: bool = False
-    quiet: bool = False
 
 
 def _side(name: str, common: List[str], own: List[str], cfg: I3DNLConfig, flag: str) -> Side:
@@ -423,7 +409,7 @@ def sides_from_args(args) -> Tuple[Side, Side]:
 
 
 def context_from_args(args, plan: Plan) -> Context:
-    from harness.evaluate import shard_from
+    from harness.evaluate import EvaluationRequest, shard_from
     from harness.runners import canonical_framework
 
     if not args.checkpoint or not args.data_root:
@@ -438,9 +424,12 @@ def context_from_args(args, plan: Plan) -> Context:
         stem = f"{stem}.shard{rank}of{world}"
     out = stem + ".json"
     plot = None if args.no_plot else (args.plot or stem + ".png")
-    return Context(framework, args.data_root, args.checkpoint, out, stem + ".steps", plot, args.trust_checkpoint,
-                   args.split, args.annotations, args.num_classes, args.limit, args.batch_size, args.workers,
-                   args.device, args.ms_mode, args.threads, rank, world, args.chunk_videos, args.resume, args.quiet)
+    base = EvaluationRequest(framework, plan.a.cfg, plan.a.preset, args.data_root, out, split=args.split,
+                             annotations=args.annotations, checkpoint=args.checkpoint, trust=args.trust_checkpoint,
+                             limit=args.limit, batch_size=args.batch_size, workers=args.workers, device=args.device,
+                             ms_mode=args.ms_mode, threads=args.threads, rank=rank, world=world,
+                             chunk_videos=args.chunk_videos, resume=args.resume, quiet=args.quiet)
+    return Context(base, out, stem + ".steps", plot, args.num_classes)
 
 
 def check_outputs(ctx: Context) -> None:
@@ -455,13 +444,8 @@ def check_outputs(ctx: Context) -> None:
 
 # ----------------------------------------------------------------------------- running
 def _request(ctx: Context, run: RunSpec, plan: Plan):
-    from harness.evaluate import EvaluationRequest
-
-    return EvaluationRequest(ctx.framework, run.cfg, run.preset, ctx.data_root,
-                             os.path.join(ctx.steps_dir, run.slug + ".json"), run.overrides, ctx.split,
-                             ctx.annotations, ctx.checkpoint, ctx.trust, 0, ctx.limit, ctx.batch_size, ctx.workers,
-                             ctx.device, ctx.ms_mode, ctx.threads, ctx.rank, ctx.world, ctx.chunk_videos,
-                             ctx.resume, ctx.quiet)
+    return dataclasses.replace(ctx.base, cfg=run.cfg, preset=run.preset, overrides=run.overrides,
+                               out=os.path.join(ctx.steps_dir, run.slug + ".json"))
 
 
 @dataclass
@@ -489,15 +473,16 @@ def execute(plan: Plan, ctx: Context) -> Tuple[List[dict], dict]:
 
     indexes = {}
     for order in dict.fromkeys(r.preset.label_order for r in plan.runs):
-        indexes[order] = build_index(ctx.data_root, ctx.split, annotations=ctx.annotations, label_order=order)
+        indexes[order] = build_index(ctx.base.data_root, ctx.base.split, annotations=ctx.base.annotations,
+                                     label_order=order)
     n_index = {o: len(ix) for o, ix in indexes.items()}
-    indexes = {o: ix.limit(ctx.limit) for o, ix in indexes.items()}
+    indexes = {o: ix.limit(ctx.base.limit) for o, ix in indexes.items()}
     first = next(iter(indexes.values()))
     ids = [r.video_id for r in first.records]
     for order, ix in indexes.items():
         if [r.video_id for r in ix.records] != ids:
             raise InputError(f"label orders {next(iter(indexes))} and {order} index different videos of "
-                             f"{ctx.data_root}; the audit needs one list of videos")
+                             f"{ctx.base.data_root}; the audit needs one list of videos")
     labels = {o: {r.video_id: r.label for r in ix.records} for o, ix in indexes.items()}
 
     live = [_Live(r, _request(ctx, r, plan), ScoreStore(os.path.join(ctx.steps_dir, r.slug + ".json")))
@@ -519,18 +504,18 @@ def execute(plan: Plan, ctx: Context) -> Tuple[List[dict], dict]:
         for lv in live:
             lv.store.lock()
             locked.append(lv)
-            lv.store.check(ctx.resume)
-        loaded = load_weights(ctx.checkpoint, plan.a.cfg, trust=ctx.trust)
-        check_runnable(loaded.arrays, ctx.checkpoint)
+            lv.store.check(ctx.base.resume)
+        loaded = load_weights(ctx.base.checkpoint, plan.a.cfg, trust=ctx.base.trust)
+        check_runnable(loaded.arrays, ctx.base.checkpoint)
         print(f"weights: {loaded.describe()}", file=sys.stderr, flush=True)
         runners: Dict[str, Any] = {}
         for lv in live:   # every framework starts before anything decodes (MindSpore and decord)
             ix = indexes[lv.spec.preset.label_order]
             lv.identity = _identity(lv.req, n_index[lv.spec.preset.label_order], ix.annotation, loaded.sha256,
                                     loaded.arrays)
-            done = lv.store.begin(lv.identity, ctx.resume, lv.spec.cfg.num_classes)
+            done = lv.store.begin(lv.identity, ctx.base.resume, lv.spec.cfg.num_classes)
             lv.resumed = bool(done.n_chunks)
-            lv.needed = {p for p in range(ctx.rank, len(ids), ctx.world) if p not in done.covered}
+            lv.needed = {p for p in range(ctx.base.rank, len(ids), ctx.base.world) if p not in done.covered}
             lv.chunk = Chunk()
             key = behaviour(lv.spec.cfg)
             if key not in runners:
@@ -544,7 +529,7 @@ def execute(plan: Plan, ctx: Context) -> Tuple[List[dict], dict]:
         decoding["samplings"] = len(groups)
         from tqdm import tqdm
 
-        with tqdm(total=total, unit="video", disable=ctx.quiet, dynamic_ncols=True, desc="drift") as bar:
+        with tqdm(total=total, unit="video", disable=ctx.base.quiet, dynamic_ncols=True, desc="drift") as bar:
             for g, group in enumerate(groups.values()):
                 bar.set_description(f"drift: sampling {g + 1}/{len(groups)} ({len(group)} runs)")
                 decodes = _score_group(ctx, group, first, labels, bar)
@@ -558,7 +543,7 @@ def execute(plan: Plan, ctx: Context) -> Tuple[List[dict], dict]:
                 extra={"kind": "drift_step", "checkpoint": loaded.path, "protocol": lv.spec.preset.protocol,
                        "spec_hash": _spec_hash(lv.spec), "data_override": lv.spec.overrides,
                        "drift_steps": [plan.steps[i].label for i in lv.spec.steps],
-                       "workers": ctx.workers, "threads": lv.runner.threads, "hardware": lv.runner.hardware(),
+                       "workers": ctx.base.workers, "threads": lv.runner.threads, "hardware": lv.runner.hardware(),
                        "versions": lv.runner.versions(), "date": utc_now(), "resumed": lv.resumed,
                        "timing_note": "model time only: decoding is shared between the steps of a drift audit",
                        "provenance": provenance()})
@@ -596,7 +581,7 @@ def _score_group(ctx: Context, group: List[_Live], index, labels: Dict[str, Dict
     sub = DatasetIndex([index.records[p] for p in positions], index.label_map, FaultLog(), index.split,
                        index.root, index.annotation, index.source)
     shared = SharedSampling(tuple(lv.spec.preset for lv in group), decoder=group[0].spec.preset.decoder)
-    loader = ClipLoader(sub, shared, workers=ctx.workers, normalize=False, process_fn=decode_views)
+    loader = ClipLoader(sub, shared, workers=ctx.base.workers, normalize=False, process_fn=decode_views)
 
     def flush(lv: _Live) -> None:
         if not lv.pending:
@@ -611,7 +596,7 @@ def _score_group(ctx: Context, group: List[_Live], index, labels: Dict[str, Dict
             lv.chunk.add(p, vid, label, lv.spec.preset.video_score(view_scores, lv.spec.cfg.head))
         lv.chunk.seconds.append([len(lv.pending), int(flat.shape[0]), model_s, 0.0, model_s])
         lv.pending = []
-        if len(lv.chunk.positions) >= ctx.chunk_videos:
+        if len(lv.chunk.positions) >= ctx.base.chunk_videos:
             lv.store.write(lv.chunk, lv.spec.cfg.num_classes)
             lv.chunk = Chunk()
 
@@ -649,7 +634,7 @@ def _score_group(ctx: Context, group: List[_Live], index, labels: Dict[str, Dict
             clips = lv.spec.preset.normalize(payload["views"][outcome])
             lv.pending.append((p, item.video_id, labels[lv.spec.preset.label_order][item.video_id], clips))
             n_served += 1
-            if len(lv.pending) >= ctx.batch_size:
+            if len(lv.pending) >= ctx.base.batch_size:
                 flush(lv)
         loader_faults()
         bar.update(1)
@@ -808,16 +793,16 @@ def audit(args) -> int:
     ctx = context_from_args(args, plan)
     check_outputs(ctx)
     print(format_plan(plan), flush=True)
-    if ctx.world > 1:
-        print(f"shard {ctx.rank} of {ctx.world}: this result covers that shard's videos only; "
+    if ctx.base.world > 1:
+        print(f"shard {ctx.base.rank} of {ctx.base.world}: this result covers that shard's videos only; "
               f"--merge the shards for the audit", file=sys.stderr, flush=True)
     summaries, decoding = execute(plan, ctx)
     return finish(plan_to_doc(plan, ctx), ctx.out, ctx.plot,
-                  {"framework": ctx.framework, "checkpoint": ctx.checkpoint,
+                  {"framework": ctx.base.framework, "checkpoint": ctx.base.checkpoint,
                    "checkpoint_sha256": summaries[0].get("checkpoint_sha256") if summaries else None,
-                   "data_root": os.path.abspath(ctx.data_root), "split": ctx.split, "limit": ctx.limit,
-                   "batch_size": ctx.batch_size, "threads": ctx.threads, "device": ctx.device,
-                   "shard": [ctx.rank, ctx.world],
+                   "data_root": os.path.abspath(ctx.base.data_root), "split": ctx.base.split, "limit": ctx.base.limit,
+                   "batch_size": ctx.base.batch_size, "threads": ctx.base.threads, "device": ctx.base.device,
+                   "shard": [ctx.base.rank, ctx.base.world],
                    "resumed": any(s.get("resumed") for s in summaries),
                    # this session's: every video read once per sampling, however many steps use it
                    "decoding": decoding})
