@@ -271,13 +271,20 @@ PRESETS: Dict[str, I3DNLConfig] = {
 DEFAULT_PRESET = "i3d_nl_dot_product_r50"
 
 
+def lookup(table: dict, name: str, kind: str, overrides: dict):
+    """``table[name]`` with ``overrides`` applied through its ``replace``; an unknown name is a
+    ``KeyError`` that lists the choices. One lookup for every named spec table (arch presets,
+    data and train presets, training recipes)."""
+    try:
+        entry = table[name]
+    except KeyError:
+        raise KeyError(f"unknown {kind} {name!r}; choose from {', '.join(table)}") from None
+    return entry.replace(**overrides) if overrides else entry
+
+
 def get_preset(name: str, **overrides) -> I3DNLConfig:
     """The named preset, optionally with fields changed (``depth=101``, ``num_classes=...``)."""
-    try:
-        cfg = PRESETS[name]
-    except KeyError:
-        raise KeyError(f"unknown arch preset {name!r}; choose from {', '.join(PRESETS)}") from None
-    return cfg.replace(**overrides) if overrides else cfg
+    return lookup(PRESETS, name, "arch preset", overrides)
 
 
 # --------------------------------------------------------------------- canonical names

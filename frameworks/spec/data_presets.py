@@ -60,6 +60,7 @@ import numpy as np
 
 from . import clips as _clips
 from . import transforms as _tf
+from .arch import lookup
 
 log = logging.getLogger(__name__)
 
@@ -455,13 +456,7 @@ DEFAULT_TRAIN_PRESET = "seed_train"
 
 def get_train_preset(name: str = DEFAULT_TRAIN_PRESET, **overrides) -> DataPreset:
     """A training pipeline by name (see :data:`TRAIN_PRESETS`), optionally with fields changed."""
-    try:
-        preset = TRAIN_PRESETS[name]
-    except KeyError:
-        raise KeyError(f"unknown train preset {name!r}; choose from {', '.join(TRAIN_PRESETS)}") from None
-    if overrides:
-        preset = preset.replace(**overrides)
-    return preset   # harness.train prints the preset's known_quirks once a run starts
+    return lookup(TRAIN_PRESETS, name, "train preset", overrides)  # harness.train prints its known_quirks
 
 
 def get_data_preset(name: str, **overrides) -> DataPreset:
@@ -470,12 +465,7 @@ def get_data_preset(name: str, **overrides) -> DataPreset:
     ``seed_eval`` emits a ``UserWarning`` about its std typo each time it is requested,
     so that no result built on it goes out without the caveat.
     """
-    try:
-        preset = PRESETS[name]
-    except KeyError:
-        raise KeyError(f"unknown data preset {name!r}; choose from {', '.join(PRESETS)}") from None
-    if overrides:
-        preset = preset.replace(**overrides)
+    preset = lookup(PRESETS, name, "data preset", overrides)
     if SEED_STD_TYPO in preset.known_quirks:
         warnings.warn(f"data preset {name!r}: {SEED_STD_TYPO}", UserWarning, stacklevel=2)
     return preset

@@ -41,7 +41,7 @@ from typing import Dict, Optional, Tuple
 
 import numpy as np
 
-from .arch import I3DNLConfig, parameter_specs
+from .arch import I3DNLConfig, lookup, parameter_specs
 
 OPTIMIZERS = ("sgd",)
 LR_SCHEDULES = ("warmup_cosine", "constant")
@@ -134,11 +134,7 @@ DEFAULT_RECIPE = "seed_finetune"
 
 
 def get_recipe(name: str = DEFAULT_RECIPE, **overrides) -> TrainRecipe:
-    try:
-        recipe = RECIPES[name]
-    except KeyError:
-        raise KeyError(f"unknown recipe {name!r}; choose from {', '.join(RECIPES)}") from None
-    return recipe.replace(**overrides) if overrides else recipe
+    return lookup(RECIPES, name, "recipe", overrides)
 
 
 def recipe_hash(recipe: TrainRecipe) -> str:
