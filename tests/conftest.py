@@ -2,8 +2,10 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
+import time
 import warnings
 
 import pytest
@@ -17,6 +19,18 @@ def run_cli(module: str, *args: str, timeout: float = 900, env: dict = None) -> 
     return subprocess.run([sys.executable, "-m", module, *map(str, args)], cwd=ROOT, text=True,
                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=timeout,
                           env={**os.environ, **(env or {})})
+
+
+def kill_when(module: str, *args, ready, timeout: float) -> None:
+    """Start ``python -m module args`` (output discarded) and SIGKILL it as soon as ``ready()``
+    holds, it has ended, or ``timeout`` seconds have passed; the caller asserts where it landed."""
+    proc = subprocess.Popen([sys.executable, "-m", module, *map(str, args)], cwd=ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + timeout
+    while time.time() < deadline and proc.poll() is None and not ready():
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
 
 
 @pytest.fixture(scope="session")

@@ -12,10 +12,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import shlex
-import signal
-import subprocess
-import sys
-import time
 
 import numpy as np
 import pytest
@@ -24,7 +20,7 @@ from frameworks.spec.arch import get_preset
 from frameworks.spec.data_presets import PRESETS, DataPreset
 from harness.drift import Side, build_plan, differences, leaves
 from harness.scores import read_scores
-from tests.conftest import ROOT, run_cli
+from tests.conftest import kill_when, run_cli
 
 SMALL = ["--data-override", "clip_len=8", "--data-override", "short_edge=64", "--data-override", "crop_size=64"]
 LEAN_LIMIT = ["--limit", "8"]   # 8 of the 12 videos (classes 0-2): the lean tests stay under a minute
@@ -41,6 +37,19 @@ def side(name, cfg="i3d_nl_dot_product_r50", **overrides) -> Side:
 
 def scores_of(summary_path):
     return read_scores(str(summary_path)[:-5] + ".scores")
+
+
+def assert_same_audit(doc, doc_dir, new, new_dir):
+    """Two drift results agree: every table row's numbers and every step's per-video scores
+    (each result's run summaries are relative to its own folder)."""
+    for r_old, r_new in zip(doc["table"], new["table"], strict=True):
+        assert r_old["label"] == r_new["label"]
+        for key in ("top1", "top5", "mean_class_accuracy", "top1_agreement_with_from", "n_videos"):
+            assert r_old[key] == r_new[key], (r_old["label"], key)
+    for run_old, run_new in zip(doc["runs"], new["runs"], strict=True):
+        a, b = scores_of(doc_dir / run_old["summary"]), scores_of(new_dir / run_new["summary"])
+        assert a.video_ids == b.video_ids
+        np.testing.assert_array_equal(a.scores, b.scores)
 
 
 # ----------------------------------------------------------------------------- the spec, no data
@@ -243,33 +252,22 @@ def test_a_difference_under_which_every_video_fails_is_invalid_alone_not_an_erro
 def test_resume_after_sigkill_equals_the_uninterrupted_audit(lean, dataset, seeded_weights, tmp_path):
     doc, ref_out, _ = lean
     out = tmp_path / "killed.json"
-    cmd = [sys.executable, "-m", "harness.drift", "--checkpoint", str(seeded_weights), "--data-root", str(dataset),
-           *SMALL, "--threads", "1", "--workers", "0", "--chunk-videos", "1", "--out", str(out), "-q",
-           "--from", "seed_eval", "--to", "mmaction2_val", "--no-plot", *LEAN_LIMIT]
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     steps = tmp_path / "killed.steps"
-    deadline = time.time() + 300
-    while time.time() < deadline and len(list(steps.glob("*.scores/chunk-*.npz"))) < 40:
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    args = ["--checkpoint", seeded_weights, "--data-root", dataset, *SMALL, "--threads", "1", "--workers", "0",
+            "--chunk-videos", "1", "--out", out, "-q", "--from", "seed_eval", "--to", "mmaction2_val", "--no-plot",
+            *LEAN_LIMIT]
+    kill_when("harness.drift", *args, ready=lambda: len(list(steps.glob("*.scores/chunk-*.npz"))) >= 40,
+              timeout=300)
     n_before = len(list(steps.glob("*.scores/chunk-*.npz")))
     assert 40 <= n_before < 8 * 14, "the kill must land mid-run"
     assert not out.exists()
-    again = run_cli(*cmd[2:3], *cmd[3:])
+    again = run_cli("harness.drift", *args)
     assert again.returncode == 2 and "--resume" in again.stderr
-    resumed = run_cli(*cmd[2:3], *cmd[3:], "--resume")
+    resumed = run_cli("harness.drift", *args, "--resume")
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     new = json.loads(out.read_text())
     assert new["resumed"] is True
-    for r_old, r_new in zip(doc["table"], new["table"]):
-        assert r_old["label"] == r_new["label"]
-        for key in ("top1", "top5", "mean_class_accuracy", "top1_agreement_with_from", "n_videos"):
-            assert r_old[key] == r_new[key], (r_old["label"], key)
-    for run_old, run_new in zip(doc["runs"], new["runs"]):
-        a, b = scores_of(ref_out.parent / run_old["summary"]), scores_of(tmp_path / run_new["summary"])
-        assert a.video_ids == b.video_ids
-        np.testing.assert_array_equal(a.scores, b.scores)
+    assert_same_audit(doc, ref_out.parent, new, tmp_path)
 
 
 @pytest.mark.slow
@@ -285,13 +283,7 @@ def test_two_shards_merge_into_the_single_process_audit(lean, dataset, seeded_we
     assert merged.returncode == 0, merged.stderr[-2000:]
     new = json.loads((tmp_path / "merged.json").read_text())
     assert (tmp_path / "merged.png").exists()
-    for r_old, r_new in zip(doc["table"], new["table"]):
-        for key in ("top1", "top5", "mean_class_accuracy", "top1_agreement_with_from", "n_videos"):
-            assert r_old[key] == r_new[key], (r_old["label"], key)
-    for run_old, run_new in zip(doc["runs"], new["runs"]):
-        a, b = scores_of(ref_out.parent / run_old["summary"]), scores_of(tmp_path / run_new["summary"])
-        assert a.video_ids == b.video_ids
-        np.testing.assert_array_equal(a.scores, b.scores)
+    assert_same_audit(doc, ref_out.parent, new, tmp_path)
     partial = run_cli("harness.drift", "--merge", shards[0], "--out", tmp_path / "partial.json")
     assert partial.returncode == 2 and "do not cover" in partial.stderr
 

@@ -5,16 +5,14 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
 
 from harness.evaluate import read_scores
-from tests.conftest import ROOT, run_cli
+from tests.conftest import ROOT, kill_when, run_cli
 
 SMALL = ["--data-override", "clip_len=8", "--data-override", "short_edge=72", "--data-override", "crop_size=64"]
 PLANTED = {"missing_file": 1, "empty_file": 1, "truncated": 1, "not_a_video": 1, "short_video": 1,
@@ -67,15 +65,10 @@ def test_summary_has_the_contract_fields_and_counts_every_planted_fault(torch_ru
 def test_resume_after_sigkill_equals_an_uninterrupted_run(dataset, torch_run, tmp_path):
     reference, ref_out = torch_run
     out = tmp_path / "killed.json"
-    cmd = [sys.executable, "-m", "harness.evaluate", "--framework", "torch", "--data-root", str(dataset), *SMALL,
-           "--out", str(out), "--chunk-videos", "2", "--workers", "0", "--threads", "1", "-q"]
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     scores_dir = tmp_path / "killed.scores"
-    deadline = time.time() + 120
-    while time.time() < deadline and len(list(scores_dir.glob("chunk-*.npz"))) < 3:
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    kill_when("harness.evaluate", "--framework", "torch", "--data-root", dataset, *SMALL, "--out", out,
+              "--chunk-videos", "2", "--workers", "0", "--threads", "1", "-q",
+              ready=lambda: len(list(scores_dir.glob("chunk-*.npz"))) >= 3, timeout=120)
     n_before = len(list(scores_dir.glob("chunk-*.npz")))
     assert 3 <= n_before < 17, "the kill must land mid-run"
     assert not out.exists()

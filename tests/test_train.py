@@ -6,10 +6,8 @@ from __future__ import annotations
 import json
 import math
 import os
-import signal
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
@@ -18,7 +16,7 @@ from frameworks.spec.arch import get_preset, parameter_specs
 from frameworks.spec.data_presets import PRESETS, get_train_preset
 from frameworks.spec.train import (TrainRecipe, decay_groups, get_recipe, initial_weights, lr_at, lr_schedule,
                                    parameter_kind, steps_per_epoch, trainable_names, weight_decay_of)
-from tests.conftest import ROOT, run_cli
+from tests.conftest import ROOT, kill_when, run_cli
 
 SMALL = ["--data-override", "clip_len=8", "--data-override", "short_edge=72", "--data-override", "crop_size=64"]
 CFG = get_preset("i3d_nl_dot_product_r50")
@@ -185,16 +183,9 @@ def test_a_run_writes_checkpoints_with_optimiser_state_and_a_result(uninterrupte
 def test_sigkill_then_resume_gives_the_uninterrupted_run(dataset, uninterrupted, tmp_path):
     ref_out, reference = uninterrupted
     out = tmp_path / "killed"
-    cmd = [sys.executable, "-m", "harness.train", *_train_args(dataset, out, "--save-every", "1", "--max-steps", "5")]
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 300
     state = out / "state.json"
-    while time.time() < deadline and proc.poll() is None:
-        if state.exists() and json.loads(state.read_text())["step"] >= 2:
-            break
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    kill_when("harness.train", *_train_args(dataset, out, "--save-every", "1", "--max-steps", "5"),
+              ready=lambda: state.exists() and json.loads(state.read_text())["step"] >= 2, timeout=300)
     killed_at = json.loads(state.read_text())["step"]
     assert 2 <= killed_at < 5, "the kill must land mid-run"
     assert not (out / "train.json").exists()
