@@ -17,6 +17,7 @@ the same clips at the same step. A video that fails to decode is left out of its
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Iterator, List, Optional, Tuple
 
@@ -27,9 +28,13 @@ from harness.data import ClipLoader, DatasetIndex, VideoRecord
 from harness.data.index import DatasetError, FaultLog
 
 
+@functools.lru_cache(maxsize=4)
 def epoch_order(num_videos: int, epoch: int, seed: int) -> np.ndarray:
-    """The order in which epoch ``epoch`` visits the index."""
-    return np.random.default_rng([int(seed), int(epoch)]).permutation(int(num_videos))
+    """The order in which epoch ``epoch`` visits the index (read-only: it is cached, since every
+    step of the epoch asks for it and a Kinetics-size permutation takes milliseconds)."""
+    order = np.random.default_rng([int(seed), int(epoch)]).permutation(int(num_videos))
+    order.flags.writeable = False
+    return order
 
 
 def video_key(video_id: str, epoch: int) -> str:
