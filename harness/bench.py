@@ -63,7 +63,7 @@ from typing import Dict, List, Optional
 import numpy as np
 
 from frameworks.spec.arch import DEFAULT_PRESET, PRESETS, arch_hash, get_preset, parameter_count, parameter_specs
-from frameworks.spec.flops import gflops_per_clip
+from frameworks.spec.flops import gflops_per_clip, train_gflops_per_clip
 from harness.cli import (InputError, OneLineParser, add_device, check_clip_size, int_list, nonnegative_int,
                          positive_int, result_doc, run_main, utc_now)
 from harness.files import atomic_write_json, check_output_path
@@ -347,18 +347,17 @@ def _summarise_row(row: dict, task: str, gflops: float, probe: Optional[float], 
     median = statistics.median(steps)
     p90 = float(np.percentile(steps, 90))
     clips = batch / median
-    flops_clip = 3 * gflops if task == "train" else gflops
     out = dict(row)
     out.update(step_s_median=median, step_s_p90=p90, step_s_min=min(steps), step_s_max=max(steps),
                latency_ms_median=1000 * median, latency_ms_p90=1000 * p90,
                ms_per_clip=1000 * median / batch, clips_per_s=clips,
                cpu_s_median=statistics.median(row["cpu_s"]) if row.get("cpu_s") else None,
-               gflops_per_clip=flops_clip, achieved_gflops=flops_clip * clips)
+               gflops_per_clip=gflops, achieved_gflops=gflops * clips)
     if task == "train":
         out["train_ms_per_step"] = 1000 * median
     if probe:
         out["gemm_probe_gflops"] = probe
-        out["utilisation"] = flops_clip * clips / probe
+        out["utilisation"] = gflops * clips / probe
     loads = row.get("load_average") or []
     if loads:
         out["load_average"] = {"min": min(loads), "median": statistics.median(loads), "max": max(loads)}
@@ -442,7 +441,7 @@ def forward(args) -> int:
 def _document(cfg, configs: List[Config], tasks, shapes, args, cores: int, threads: int) -> dict:
     clip = list(args.input_shape[1:])
     gflops = {"infer": gflops_per_clip(cfg, clip),
-              "train": gflops_per_clip(cfg, (args.train_input_shape or args.input_shape)[1:])}
+              "train": train_gflops_per_clip(cfg, (args.train_input_shape or args.input_shape)[1:])}
     counter = next((c.flops_counter for c in configs if c.flops_counter), None)
     results = []
     for c in configs:
@@ -474,7 +473,7 @@ def _document(cfg, configs: List[Config], tasks, shapes, args, cores: int, threa
            "tasks": list(tasks), "device": args.device, "warmup": args.warmup, "iters": args.iters,
            "iters_per_turn": args.iters_per_turn, "interleaved": not args.sequential, "threads": threads,
            "cores": cores, "date": utc_now(),
-           "gflops_per_clip": gflops["infer"], "train_gflops_per_clip": 3 * gflops["train"],
+           "gflops_per_clip": gflops["infer"], "train_gflops_per_clip": gflops["train"],
            "flops_convention": "2 x multiply-accumulates of convolutions and matrix products (torch FlopCounterMode's)",
            "flops_torch_counter_per_clip": counter,
            "flops_spec_vs_counter": (gflops["infer"] * 1e9 / counter - 1) if counter else None,

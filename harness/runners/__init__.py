@@ -15,9 +15,8 @@ from __future__ import annotations
 import importlib
 import os
 import platform
-import time
 from abc import ABC, abstractmethod
-from typing import Dict, List, Optional, Type
+from typing import Dict, Optional, Type
 
 import numpy as np
 
@@ -100,20 +99,6 @@ class Runner(ABC):
     def hardware(self) -> Dict[str, str]:
         return {"device": self.device, "cpu": cpu_model(), "threads": str(self.threads)}
 
-    def time_forward(self, clip: np.ndarray, warmup: int = 1, iters: int = 3) -> List[float]:
-        """Seconds per forward pass: ``warmup`` untimed passes, then ``iters`` timed ones,
-        each ended by a device sync."""
-        for _ in range(warmup):
-            self.forward(clip)
-        self.sync()
-        times = []
-        for _ in range(iters):
-            t0 = time.perf_counter()
-            self.forward(clip)
-            self.sync()
-            times.append(time.perf_counter() - t0)
-        return times
-
     # ------------------------------------------------------------------ timing (harness.bench)
     def timing_step(self, shape, task: str = "infer"):
         """A zero-argument callable running one step on a seeded batch of ``shape`` already
@@ -148,6 +133,12 @@ def get_runner_class(framework: str) -> Type[Runner]:
     except ImportError as exc:
         raise RunnerError(f"framework {framework!r} is not available here ({exc})") from None
     return getattr(module, cls_name)
+
+
+def runner_options(framework: str, ms_mode: str = "graph") -> dict:
+    """A framework's own runner options from the commands' shared ones: ``--ms-mode`` is
+    MindSpore's ``mode``; the other runners take none."""
+    return {"mode": ms_mode} if framework == "ms" else {}
 
 
 def make_runner(framework: str, device: str = "cpu", threads: Optional[int] = None, **options) -> Runner:

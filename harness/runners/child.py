@@ -18,8 +18,6 @@ Tasks:
 
 ``intermediates``  every canonical layer's output, ``logits`` and the ``input``, to ``out``
 ``isolated``       each layer on the input the ``reference`` outputs give it, to ``out``
-``time``           ``iters`` timed forward passes per batch size after ``warmup`` untimed
-                   ones, on seeded normal clips of ``input_shape`` (batch replaced)
 ``subops``         canonical ``layer``'s sub-operations on ``layer_input``, to ``out``
 ``candidate``      the user's own network (``plugin``, see :mod:`harness.runners.plugin`) on the
                    input, its hooked layers and ``logits`` to ``out``
@@ -58,7 +56,7 @@ import numpy as np
 from frameworks.spec.arch import I3DNLConfig
 from harness.runners import RunnerError
 
-TASKS = ("intermediates", "isolated", "time", "subops", "candidate", "train_steps", "train_time")
+TASKS = ("intermediates", "isolated", "subops", "candidate", "train_steps", "train_time")
 TRAIN_TASKS = ("train_steps", "train_time")   # run by harness.train_parity.run_train_task
 
 
@@ -67,10 +65,9 @@ class Task:
     op: str
     out: Optional[str] = None            # .npz written by intermediates / isolated
     reference: Optional[str] = None      # isolated: the reference's outputs (.npz)
-    batch_sizes: List[int] = field(default_factory=lambda: [1])   # time
-    input_shape: Optional[List[int]] = None                       # time: (N, C, T, H, W), N replaced
-    warmup: int = 1
-    iters: int = 3
+    batch_sizes: List[int] = field(default_factory=lambda: [1])   # train_time
+    input_shape: Optional[List[int]] = None                       # train_time: (N, C, T, H, W), N replaced
+    warmup: int = 1                                               # train_time: untimed steps first
     layer: Optional[str] = None          # subops: the canonical layer to trace
     layer_input: Optional[str] = None    # subops: that layer's input (.npy)
     float64: bool = False                # intermediates in float64 (torch): the float32 noise floor
@@ -216,34 +213,18 @@ def _run_task(runner, task: Task, clip: Optional[np.ndarray]) -> dict:
         outputs["input"] = clip
         write_npz(task.out, outputs)
         return {"op": task.op, "out": task.out, "float64": True, "forward_s": time.perf_counter() - t0}
-    if task.op in ("intermediates", "isolated"):
-        if clip is None:
-            raise RunnerError(f"task {task.op} needs the job's input clip")
-        if task.op == "isolated":
-            outputs = runner.forward_isolated(clip, load_arrays(task.reference))
-        else:
-            outputs = runner.forward_intermediates(clip)
-        seconds = time.perf_counter() - t0
-        outputs["input"] = clip
-        write_npz(task.out, outputs)
-        return {"op": task.op, "out": task.out, "forward_s": seconds}
-    rows = []
-    rng = np.random.default_rng(0)
-    for batch in task.batch_sizes:
-        x = rng.standard_normal([batch] + list(task.input_shape[1:])).astype(np.float32)
-        warm = []
-        for _ in range(task.warmup):
-            t = time.perf_counter()
-            runner.forward(x)
-            runner.sync()
-            warm.append(time.perf_counter() - t)
-        try:
-            times = runner.time_forward(x, warmup=0, iters=task.iters)
-        except RuntimeError as exc:  # out of memory at a large batch: recorded, and larger ones skipped
-            rows.append({"batch_size": batch, "error": str(exc).splitlines()[0]})
-            break
-        rows.append({"batch_size": batch, "warmup_s": warm, "step_s": times})
-    return {"op": "time", "runs": rows}
+    if task.op not in ("intermediates", "isolated"):
+        raise RunnerError(f"task {task.op} runs only in a job whose tasks are all of its kind")
+    if clip is None:
+        raise RunnerError(f"task {task.op} needs the job's input clip")
+    if task.op == "isolated":
+        outputs = runner.forward_isolated(clip, load_arrays(task.reference))
+    else:
+        outputs = runner.forward_intermediates(clip)
+    seconds = time.perf_counter() - t0
+    outputs["input"] = clip
+    write_npz(task.out, outputs)
+    return {"op": task.op, "out": task.out, "forward_s": seconds}
 
 
 # ----------------------------------------------------------------------------- warm mode
