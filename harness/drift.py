@@ -49,7 +49,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from frameworks.spec.arch import DEFAULT_PRESET, PRESETS as ARCH_PRESETS, I3DNLConfig, get_preset, parameter_specs
-from frameworks.spec.data_presets import DRIFT_GROUP, PRESETS as DATA_PRESETS, DataPreset, canonical_json
+from frameworks.spec.data_presets import DRIFT_GROUP, PRESETS as DATA_PRESETS, DataPreset, canonical_json, spec_hash
 from harness import metrics
 from harness import scores as score_store
 from harness.cli import (CheckFailed, InputError, OneLineParser, add_device, add_ms_mode, add_verbose,
@@ -59,7 +59,6 @@ from harness.files import atomic_write_json, check_output_dir, check_output_path
 
 # a field named so is never a difference, metadata or not (the arch config carries no metadata)
 ALWAYS_DESCRIBES = ("name",)
-STEP_KINDS = ("from", "alone", "path", "to")
 
 
 # ----------------------------------------------------------------------------- the differences
@@ -214,6 +213,13 @@ def _slug(text: str) -> str:
     return "-".join(x for x in keep.split("-") if x)[:60]
 
 
+def parameter_changes(cfg_a: I3DNLConfig, cfg_b: I3DNLConfig) -> List[str]:
+    """The parameter names (or, the names being equal, the shapes) in which two arch configs
+    differ; empty when one checkpoint runs both."""
+    sa, sb = parameter_specs(cfg_a), parameter_specs(cfg_b)
+    return sorted(set(sa) ^ set(sb)) or [k for k in sa if sa[k] != sb[k]]
+
+
 def build_plan(a: Side, b: Side, order: Optional[Sequence[str]] = None) -> Plan:
     """The differences between FROM and TO, and every step of the audit, deduplicated into runs."""
     diffs = differences(a.preset, b.preset, "data") + differences(a.cfg, b.cfg, "arch")
@@ -225,8 +231,6 @@ def build_plan(a: Side, b: Side, order: Optional[Sequence[str]] = None) -> Plan:
                              f"(they are: {', '.join(labels) or 'none'})")
         first = [next(d for d in diffs if d.label == o) for o in dict.fromkeys(order)]
         diffs = first + [d for d in diffs if d not in first]
-    specs_a = parameter_specs(a.cfg)
-
     def make(kind: str, label: str, applied: Sequence[Difference]) -> Step:
         data = {k: v for d in applied if d.kind == "data" for k, v in d.changes().items()}
         arch = {k: v for d in applied if d.kind == "arch" for k, v in d.changes().items()}
@@ -242,9 +246,8 @@ def build_plan(a: Side, b: Side, order: Optional[Sequence[str]] = None) -> Plan:
         except (ValueError, TypeError) as exc:
             step.invalid = f"the arch config refuses it: {exc}"
             return step
-        specs = parameter_specs(step.cfg)
-        if specs != specs_a:
-            changed = sorted(set(specs) ^ set(specs_a)) or [k for k in specs if specs[k] != specs_a.get(k)]
+        changed = parameter_changes(a.cfg, step.cfg)
+        if changed:
             step.invalid = (f"it changes the network's parameters ({len(changed)} names or shapes, e.g. "
                             f"{changed[0]}): the checkpoint does not fit it")
         return step
@@ -396,9 +399,8 @@ def sides_from_args(args) -> Tuple[Side, Side]:
     cfg_b = cfg_a
     if args.arch_to:
         cfg_b = get_preset(args.arch_to).replace(num_classes=cfg_a.num_classes, depth=cfg_a.depth)
-    if parameter_specs(cfg_a) != parameter_specs(cfg_b):
-        sa, sb = parameter_specs(cfg_a), parameter_specs(cfg_b)
-        changed = sorted(set(sa) ^ set(sb)) or [k for k in sa if sa[k] != sb[k]]
+    changed = parameter_changes(cfg_a, cfg_b)
+    if changed:
         raise InputError(f"arch {cfg_a.name} and {cfg_b.name} differ in their parameters ({len(changed)} names or "
                          f"shapes, e.g. {changed[0]}): one checkpoint cannot run both, so only arch presets with "
                          f"identical parameter names and shapes can be walked (e.g. i3d_nl_dot_product_r50 with "
@@ -443,7 +445,7 @@ def check_outputs(ctx: Context) -> None:
 
 
 # ----------------------------------------------------------------------------- running
-def _request(ctx: Context, run: RunSpec, plan: Plan):
+def _request(ctx: Context, run: RunSpec):
     return dataclasses.replace(ctx.base, cfg=run.cfg, preset=run.preset, overrides=run.overrides,
                                out=os.path.join(ctx.steps_dir, run.slug + ".json"))
 
@@ -466,9 +468,9 @@ class _Live:
 def execute(plan: Plan, ctx: Context) -> Tuple[List[dict], dict]:
     """Score every run of the plan (what earlier sessions saved is kept); returns each run's
     summary, and this session's decoding counts."""
-    from harness.checkpoints import check_runnable, load_weights
+    from harness.checkpoints.io import arrays_sha256
     from harness.data import build_index
-    from harness.evaluate import _identity, _runner
+    from harness.evaluate import _identity, _runner, checkpoint_weights
     from harness.scores import Chunk, ScoreStore
 
     indexes = {}
@@ -485,7 +487,7 @@ def execute(plan: Plan, ctx: Context) -> Tuple[List[dict], dict]:
                              f"{ctx.base.data_root}; the audit needs one list of videos")
     labels = {o: {r.video_id: r.label for r in ix.records} for o, ix in indexes.items()}
 
-    live = [_Live(r, _request(ctx, r, plan), ScoreStore(os.path.join(ctx.steps_dir, r.slug + ".json")))
+    live = [_Live(r, _request(ctx, r), ScoreStore(os.path.join(ctx.steps_dir, r.slug + ".json")))
             for r in plan.runs]
     locked: List[_Live] = []
     made_steps_dir = not os.path.isdir(ctx.steps_dir)
@@ -505,14 +507,13 @@ def execute(plan: Plan, ctx: Context) -> Tuple[List[dict], dict]:
             lv.store.lock()
             locked.append(lv)
             lv.store.check(ctx.base.resume)
-        loaded = load_weights(ctx.base.checkpoint, plan.a.cfg, trust=ctx.base.trust)
-        check_runnable(loaded.arrays, ctx.base.checkpoint)
-        print(f"weights: {loaded.describe()}", file=sys.stderr, flush=True)
+        loaded = checkpoint_weights(ctx.base.checkpoint, plan.a.cfg, ctx.base.trust)
+        weights_sha = arrays_sha256(loaded.arrays)      # once: every run scores the same weights
         runners: Dict[str, Any] = {}
         for lv in live:   # every framework starts before anything decodes (MindSpore and decord)
             ix = indexes[lv.spec.preset.label_order]
             lv.identity = _identity(lv.req, n_index[lv.spec.preset.label_order], ix.annotation, loaded.sha256,
-                                    loaded.arrays)
+                                    weights_sha)
             done = lv.store.begin(lv.identity, ctx.base.resume, lv.spec.cfg.num_classes)
             lv.resumed = bool(done.n_chunks)
             lv.needed = {p for p in range(ctx.base.rank, len(ids), ctx.base.world) if p not in done.covered}
@@ -541,7 +542,7 @@ def execute(plan: Plan, ctx: Context) -> Tuple[List[dict], dict]:
                 lv.store.dir, lv.identity,
                 index_faults=[f.to_dict() for f in indexes[lv.spec.preset.label_order].faults.faults],
                 extra={"kind": "drift_step", "checkpoint": loaded.path, "protocol": lv.spec.preset.protocol,
-                       "spec_hash": _spec_hash(lv.spec), "data_override": lv.spec.overrides,
+                       "spec_hash": spec_hash(lv.spec.cfg, lv.spec.preset), "data_override": lv.spec.overrides,
                        "drift_steps": [plan.steps[i].label for i in lv.spec.steps],
                        "workers": ctx.base.workers, "threads": lv.runner.threads, "hardware": lv.runner.hardware(),
                        "versions": lv.runner.versions(), "date": utc_now(), "resumed": lv.resumed,
@@ -559,12 +560,6 @@ def execute(plan: Plan, ctx: Context) -> Tuple[List[dict], dict]:
     for lv in locked:
         lv.store.unlock()
     return summaries, decoding
-
-
-def _spec_hash(run: RunSpec) -> str:
-    from frameworks.spec.data_presets import spec_hash
-
-    return spec_hash(run.cfg, run.preset)
 
 
 def _score_group(ctx: Context, group: List[_Live], index, labels: Dict[str, Dict[str, int]], bar) -> Tuple[int, int]:

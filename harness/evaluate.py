@@ -271,15 +271,23 @@ def seeded_weights_for(req: EvaluationRequest, index, calibration_videos: int = 
     return path
 
 
+def checkpoint_weights(checkpoint: str, cfg: I3DNLConfig, trust: bool):
+    """A checkpoint's weights, loaded, checked runnable and named on stderr."""
+    from harness.checkpoints import check_runnable, load_weights
+
+    loaded = load_weights(checkpoint, cfg, trust=trust)
+    check_runnable(loaded.arrays, checkpoint)
+    print(f"weights: {loaded.describe()}", file=sys.stderr, flush=True)
+    return loaded
+
+
 def _weights(req: EvaluationRequest, index, store: ScoreStore) -> Tuple[Dict[str, np.ndarray], str, str]:
     """(canonical arrays, what they are, the checkpoint's digest or the arrays' own)."""
-    from harness.checkpoints import check_runnable, load_weights
+    from harness.checkpoints import check_runnable
     from harness.checkpoints.io import arrays_sha256
 
     if req.checkpoint:
-        loaded = load_weights(req.checkpoint, req.cfg, trust=req.trust)
-        check_runnable(loaded.arrays, req.checkpoint)
-        print(f"weights: {loaded.describe()}", file=sys.stderr, flush=True)
+        loaded = checkpoint_weights(req.checkpoint, req.cfg, req.trust)
         return loaded.arrays, loaded.path, loaded.sha256
     store.weights_file = seeded_weights_for(req, index)
     with np.load(store.weights_file, allow_pickle=False) as z:
@@ -294,6 +302,7 @@ def _weights(req: EvaluationRequest, index, store: ScoreStore) -> Tuple[Dict[str
 # ----------------------------------------------------------------------------- evaluate
 def evaluate(req: EvaluationRequest) -> dict:
     """plan (the request) -> index -> store -> weights -> runner -> loop -> summary."""
+    from harness.checkpoints.io import arrays_sha256
     from harness.data import build_index
 
     index = build_index(req.data_root, req.split, annotations=req.annotations, label_order=req.preset.label_order)
@@ -305,7 +314,9 @@ def evaluate(req: EvaluationRequest) -> dict:
     try:
         store.check(req.resume)  # damaged files and an unasked-for resume: refused before any work
         arrays, checkpoint_label, checkpoint_sha = _weights(req, index, store)
-        identity = _identity(req, n_index, index.annotation, checkpoint_sha, arrays)
+        # seeded weights have no file: their checkpoint digest already is the arrays' own
+        weights_sha = arrays_sha256(arrays) if req.checkpoint else checkpoint_sha
+        identity = _identity(req, n_index, index.annotation, checkpoint_sha, weights_sha)
         done = store.begin(identity, req.resume, req.cfg.num_classes)
         remaining = [p for p in range(req.rank, len(index), req.world) if p not in done.covered]
         runner = _runner(req, arrays)
@@ -330,13 +341,11 @@ def evaluate(req: EvaluationRequest) -> dict:
     return summary
 
 
-def _identity(req: EvaluationRequest, n_index: int, annotation: str, checkpoint_sha: str, arrays) -> dict:
+def _identity(req: EvaluationRequest, n_index: int, annotation: str, checkpoint_sha: str, weights_sha: str) -> dict:
     """Everything that changes a score (see :data:`harness.scores.IDENTITY_KEYS`)."""
-    from harness.checkpoints.io import arrays_sha256
-
     return {"framework": req.framework, "arch": req.cfg.name, "arch_hash": arch_hash(req.cfg),
             "data_preset": req.preset.name, "data_preset_hash": data_preset_hash(req.preset),
-            "checkpoint_sha256": checkpoint_sha, "weights_sha256": arrays_sha256(arrays),
+            "checkpoint_sha256": checkpoint_sha, "weights_sha256": weights_sha,
             "split": req.split, "n_index": n_index, "limit": req.limit, "num_classes": req.cfg.num_classes,
             "data_root": os.path.abspath(req.data_root), "annotations": annotation,
             "decoder": req.preset.decoder, "device": req.device,
@@ -348,13 +357,17 @@ def _runner(req: EvaluationRequest, arrays):
     """The framework, only now: the seeded weights' torch process must not inherit the
     oneDNN ISA cap the MindSpore runner sets, and MindSpore 2.10 aborts ("random_device
     could not be read") if decord entered this process before it (nothing above decodes here)."""
-    from harness.runners import make_runner
-
     threads = req.threads or max(1, (os.cpu_count() or 1) // req.world)
-    runner = make_runner(req.framework, device=req.device, threads=threads,
-                         **({"mode": req.ms_mode} if req.framework == "ms" else {}))
+    return built_runner(req.framework, req.cfg, arrays, req.device, threads, req.ms_mode)
+
+
+def built_runner(framework: str, cfg: I3DNLConfig, arrays, device: str, threads: Optional[int], ms_mode: str):
+    """A runner with the network built and the weights loaded (a refusal is a one-line InputError)."""
+    from harness.runners import make_runner, runner_options
+
+    runner = make_runner(framework, device=device, threads=threads, **runner_options(framework, ms_mode))
     try:
-        runner.build(req.cfg)
+        runner.build(cfg)
         runner.load(arrays)
     except (ValueError, TypeError) as exc:
         raise InputError(str(exc)) from None

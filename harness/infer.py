@@ -34,8 +34,8 @@ from frameworks.spec.data_presets import DEFAULT_DATA_PRESET, PRESETS as DATA_PR
 from harness.cli import (InputError, OneLineParser, add_device, add_ms_mode, add_verbose, positive_int, result_doc,
                          run_main, setup_logging, utc_now)
 from harness.files import atomic_path, atomic_write_json, check_output_path
+from harness.train import CLASSES_FILE   # what harness.train writes beside its checkpoints
 
-CLASSES_FILE = "classes.txt"
 GIF_MIN_SIDE = 256
 
 
@@ -239,8 +239,8 @@ def main(argv: Optional[List[str]] = None) -> int:
 
 
 def _main(args) -> int:
-    from harness.evaluate import parse_overrides, with_overrides
-    from harness.runners import canonical_framework, make_runner
+    from harness.evaluate import built_runner, parse_overrides, with_overrides
+    from harness.runners import canonical_framework
 
     for path, what in ((args.json, "--json"), (args.visualize, "--visualize")):
         if path:
@@ -258,13 +258,7 @@ def _main(args) -> int:
     cfg, arrays, weights_label, names, names_from = resolve_network(args)
     print(f"weights: {weights_label}", file=sys.stderr, flush=True)
     # the framework before any decoding: MindSpore aborts if decord entered the process first
-    runner = make_runner(framework, device=args.device, threads=args.threads,
-                         **({"mode": args.ms_mode} if framework == "ms" else {}))
-    try:
-        runner.build(cfg)
-        runner.load(arrays)
-    except (ValueError, TypeError) as exc:
-        raise InputError(str(exc)) from None
+    runner = built_runner(framework, cfg, arrays, args.device, args.threads, args.ms_mode)
     predictions, faults = predict(runner, preset, cfg, args.videos, names, args.top_k,
                                   workers=1 if framework == "ms" else 0, keep_frames=bool(args.visualize))
     for pred in predictions:

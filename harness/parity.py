@@ -338,10 +338,11 @@ class _Work:
         return path
 
     def _job(self, framework: str, tasks, name: Optional[str] = None, **options) -> dict:
+        from harness.runners import runner_options
         from harness.runners.child import Job, run_job
 
-        opts = {"mode": self.req.ms_mode} if framework == "ms" else {}
-        return run_job(Job(framework, self.req.cfg, device=self.req.device, options=opts,
+        return run_job(Job(framework, self.req.cfg, device=self.req.device,
+                           options=runner_options(framework, self.req.ms_mode),
                            weights=self.weights_for(framework), input=self.clip_path, tasks=tasks, **options),
                        self.tmp, name or framework)
 

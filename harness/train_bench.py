@@ -133,7 +133,7 @@ def time_training(job, task, weights: Dict[str, np.ndarray], recipe, lrs: np.nda
 def run_bench(shapes, variants, arch: str, num_classes: int, steps: int, warmup: int, threads: Optional[int],
               device: str) -> dict:
     from harness.checkpoints.io import write_npz
-    from harness.runners import RunnerError
+    from harness.runners import RunnerError, runner_options
     from harness.runners.child import Job, Task, run_job
 
     cfg = get_preset(arch, num_classes=num_classes)
@@ -165,7 +165,7 @@ def run_bench(shapes, variants, arch: str, num_classes: int, steps: int, warmup:
                 t0 = time.perf_counter()
                 try:
                     record = run_job(Job(fw, cfg, device=device, threads=threads,
-                                         options={"mode": mode} if fw == "ms" else {}, weights=weights, tasks=[task]),
+                                         options=runner_options(fw, mode), weights=weights, tasks=[task]),
                                      tmp, f"{label.replace(' ', '-')}-{i}")
                 except RunnerError as exc:
                     row["error"] = str(exc)

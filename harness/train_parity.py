@@ -85,6 +85,8 @@ def run_train_steps(framework: str, cfg: I3DNLConfig, weights: Dict[str, np.ndar
     the framework itself says it applied (lr per step, BN momentum, weight decay by name)."""
     from harness.training import make_trainer
 
+    if steps < 1:
+        raise ValueError(f"steps must be >= 1, got {steps}")
     trainer = make_trainer(framework, cfg, recipe, lrs, weights, device=device, ms_mode=ms_mode, threads=threads,
                            float64=float64, return_grads=True)
     names = trainable_names(trainer.cfg)
@@ -112,8 +114,7 @@ def run_train_steps(framework: str, cfg: I3DNLConfig, weights: Dict[str, np.ndar
                 if is_running_statistic(n):
                     out[f"{n}@running1"] = v
         previous = {n: now[n] for n in names}
-    final = {n: np.asarray(v, dtype=np.float64) for n, v in trainer.weights().items()}
-    buffers = trainer.momentum_buffers()
+    final = now                           # the last step's weights and buffers (steps >= 1)
     for n in parameter_specs(trainer.cfg):
         if is_running_statistic(n):
             out[f"{n}@final"] = final[n]
@@ -298,6 +299,7 @@ def run(req: TrainParityRequest, workdir: str, cache: Optional[dict] = None) -> 
     compare; returns the result's parts. ``cache`` (a dict kept by the caller) reuses the
     runs of an earlier call with the same framework, recipe, lrs, batches and weights."""
     from harness.checkpoints.io import write_npz
+    from harness.runners import runner_options
     from harness.runners.child import Job, Task, load_arrays, run_job
 
     recipe = req.recipe
@@ -331,7 +333,7 @@ def run(req: TrainParityRequest, workdir: str, cache: Optional[dict] = None) -> 
             task = Task("train_steps", out=out, steps=req.steps, batches=batches_path, recipe=rec.to_dict(),
                         lrs=[float(x) for x in rates], float64=f64)
             record = run_job(Job(fw, req.cfg, device=req.device, threads=req.threads,
-                                 options={"mode": req.ms_mode} if fw == "ms" else {}, weights=weights_path,
+                                 options=runner_options(fw, req.ms_mode), weights=weights_path,
                                  tasks=[task]), workdir, f"{role}-{len(cache or {})}")["tasks"][0]
             info = {"framework": fw, "float64": f64, **{k: v for k, v in record.items()
                                                           if k in ("versions", "hardware", "lr_used", "bn_momentum",

@@ -22,7 +22,7 @@ import numpy as np
 
 from frameworks.spec.arch import I3DNLConfig
 from frameworks.spec.train import TrainRecipe
-from harness.runners import RunnerError, canonical_framework, make_runner
+from harness.runners import RunnerError, canonical_framework, make_runner, runner_options
 
 
 @dataclass(frozen=True)
@@ -68,10 +68,9 @@ def make_trainer(framework: str, cfg: I3DNLConfig, recipe: TrainRecipe, lrs: np.
     ``trainer.world`` set."""
     framework = canonical_framework(framework)
     world = world or World()
-    options = {"mode": ms_mode} if framework == "ms" else {}
     if framework == "mmaction2":
         raise RunnerError("training runs our implementations: torch or ms")
-    runner = make_runner(framework, device=device, threads=threads, **options)
+    runner = make_runner(framework, device=device, threads=threads, **runner_options(framework, ms_mode))
     try:
         if framework == "torch":
             from frameworks.torch.train import TorchTrainer, join_process_group

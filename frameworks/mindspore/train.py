@@ -112,9 +112,8 @@ class MindSporeTrainer:
         self.ms_names = mindspore_names(self.cfg)              # MindSpore name -> canonical
         by_canonical = {c: m for m, c in self.ms_names.items()}
         params = {p.name: p for p in self.net.trainable_params()}
-        groups, self.group_names = [], []
+        groups = []
         for decay, names in decay_groups(recipe, self.cfg).items():
-            self.group_names.append(names)
             groups.append({"params": [params[by_canonical[n]] for n in names], "weight_decay": float(decay)})
         self.optimizer = nn.SGD(groups, learning_rate=ms.Tensor(self.lrs), momentum=float(recipe.momentum),
                                 dampening=0.0, nesterov=False)
