@@ -84,17 +84,10 @@ class Prediction:
 
 
 # ----------------------------------------------------------------------------- labels and weights
-def _checkpoint_classes(path: Optional[str]) -> Optional[List[str]]:
+def _checkpoint_classes(path: str, raw) -> Optional[List[str]]:
     """The class names a harness.train checkpoint carries (torch meta, or classes.txt beside it)."""
-    if not path or not os.path.isfile(path):
-        return None
     beside = os.path.join(os.path.dirname(os.path.abspath(path)), CLASSES_FILE)
-    try:
-        from harness.checkpoints.io import read_raw
-
-        meta = read_raw(path).meta if path.endswith((".pth", ".pt")) else {}
-    except Exception:  # noqa: BLE001 - the weights are read (and any damage reported) below
-        meta = {}
+    meta = raw.meta if path.endswith((".pth", ".pt")) else {}
     if isinstance(meta.get("classes"), list) and all(isinstance(c, str) for c in meta["classes"]):
         return list(meta["classes"])
     if os.path.isfile(beside):
@@ -112,14 +105,12 @@ def _read_labels(path: str) -> List[str]:
     return names
 
 
-def _file_classes(path: str, cfg: I3DNLConfig, trust: bool) -> Optional[int]:
+def _file_classes(raw, cfg: I3DNLConfig) -> Optional[int]:
     """The outputs of the file's classifier (the length of its ``head.fc.bias``)."""
     from harness.checkpoints import detect_scheme, from_canonical
-    from harness.checkpoints.io import CheckpointError, read_raw
-    from harness.checkpoints.registry import resolve
+    from harness.checkpoints.io import CheckpointError
 
     try:
-        raw = read_raw(resolve(path), trust=trust)
         (name,) = from_canonical({"head.fc.bias": None}, cfg, detect_scheme(raw.arrays))
     except (CheckpointError, KeyError):
         return None
@@ -131,20 +122,24 @@ def resolve_network(args) -> Tuple[I3DNLConfig, Dict[str, np.ndarray], str, List
     """(config, canonical weights, what they are, class names, where the names came from)."""
     from frameworks.spec.labels import K400_CLASSES
     from frameworks.spec.train import initial_weights
-    from harness.checkpoints import check_runnable, load_weights
+    from harness.checkpoints import check_runnable, weights_from_raw
+    from harness.checkpoints.io import read_raw
+    from harness.checkpoints.registry import resolve
     from harness.checkpoints.sidecar import choose_arch
 
     choice = choose_arch(args.arch, args.checkpoint, DEFAULT_PRESET)
     cfg = choice.cfg
+    path = resolve(args.checkpoint) if args.checkpoint else None
+    raw = read_raw(path, trust=args.trust_checkpoint) if path else None   # read once: names, classes, weights
     names, names_from = None, ""
     if args.labels:
         names, names_from = _read_labels(args.labels), args.labels
-    elif args.checkpoint:
-        names = _checkpoint_classes(args.checkpoint)
+    elif raw is not None:
+        names = _checkpoint_classes(path, raw)
         names_from = "the checkpoint" if names else ""
     classes = args.num_classes
-    if classes is None and args.checkpoint:
-        classes = _file_classes(args.checkpoint, cfg, args.trust_checkpoint)
+    if classes is None and raw is not None:
+        classes = _file_classes(raw, cfg)
     if classes is None:
         classes = len(names) if names else cfg.num_classes
     cfg = cfg.replace(num_classes=classes)
@@ -155,8 +150,8 @@ def resolve_network(args) -> Tuple[I3DNLConfig, Dict[str, np.ndarray], str, List
             names, names_from = [f"class {i}" for i in range(classes)], "none known"
     if len(names) != classes:
         raise InputError(f"{len(names)} class names ({names_from}) for a classifier of {classes} outputs")
-    if args.checkpoint:
-        loaded = load_weights(args.checkpoint, cfg, trust=args.trust_checkpoint)
+    if raw is not None:
+        loaded = weights_from_raw(raw, path, cfg)
         check_runnable(loaded.arrays, args.checkpoint)
         return cfg, loaded.arrays, loaded.describe(), names, names_from
     arrays = initial_weights(cfg, args.seed)

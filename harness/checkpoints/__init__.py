@@ -97,7 +97,12 @@ def load_weights(path: str, cfg: I3DNLConfig, scheme: str = "auto", *, trust: bo
     from harness.checkpoints.registry import resolve
 
     path = resolve(path)
-    raw: RawCheckpoint = read_raw(path, trust=trust)
+    return weights_from_raw(read_raw(path, trust=trust), path, cfg, scheme)
+
+
+def weights_from_raw(raw: RawCheckpoint, path: str, cfg: I3DNLConfig, scheme: str = "auto") -> LoadedWeights:
+    """:func:`load_weights` for a file already read (``read_raw(path)``), for a caller that
+    looks into the file before it knows the arch (e.g. its number of classes)."""
     try:
         found = detect_scheme(raw.arrays) if scheme == "auto" else find_scheme(scheme).name
         arrays = to_canonical(raw.arrays, cfg, found)
