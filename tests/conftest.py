@@ -1,7 +1,6 @@
 """Shared fixtures. Tests run from the repository root (``frameworks`` is a package there)."""
 from __future__ import annotations
 
-import importlib.util
 import os
 import signal
 import subprocess
@@ -13,15 +12,6 @@ import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 warnings.filterwarnings("ignore", message=".*MultiScaleDeformableAttention.*")
-
-# MindSpore aborts a process that imported decord before it ("random_device could not be
-# read"), and tests import both in process. Whichever tests a pytest process runs, MindSpore
-# comes first (with its oneDNN cap, as test_mindspore_model sets it at collection anyway).
-if importlib.util.find_spec("mindspore") is not None:
-    from harness.runners.mindspore_runner import configure_onednn_isa
-
-    configure_onednn_isa()
-    import mindspore  # noqa: E402,F401
 
 
 def run_cli(module: str, *args: str, timeout: float = 900, env: dict = None) -> subprocess.CompletedProcess:
