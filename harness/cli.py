@@ -50,7 +50,14 @@ def one_line(exc: BaseException) -> str:
 
 
 def run_main(body: Callable[[], Optional[int]], verbose: bool = False) -> int:
-    """Run a command's body and map its errors to the exit-code contract."""
+    """Run a command's body and map its errors to the exit-code contract. A write that
+    fails (full disk, file-size limit, permissions) or an allocation that cannot be met is
+    one line and exit 2, as bad input is: the files written are atomic, so nothing
+    half-written is left behind."""
+    import signal
+
+    if hasattr(signal, "SIGXFSZ"):   # past `ulimit -f`, a write fails with EFBIG instead of killing us
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
     try:
         code = body()
         return 0 if code is None else int(code)
@@ -63,7 +70,17 @@ def run_main(body: Callable[[], Optional[int]], verbose: bool = False) -> int:
     except BrokenPipeError:  # `... | head`: the reader has gone, which is not an error of ours
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
+    except MemoryError:
+        print("error: out of memory (the input or the run is larger than this machine's memory)", file=sys.stderr)
+        return 2
     except Exception as exc:  # noqa: BLE001 - only the bad-input family is mapped; the rest re-raises
+        if isinstance(exc, OSError) and not isinstance(exc, bad_input_types()):
+            from harness.files import describe_os_error
+
+            if verbose:
+                logging.getLogger("harness").exception("operating-system error")
+            print(f"error: {describe_os_error(exc)}", file=sys.stderr)
+            return 2
         if isinstance(exc, bad_input_types()):
             if verbose:
                 logging.getLogger("harness").exception("bad input")
@@ -125,6 +142,19 @@ def positive_int(text: str) -> int:
     value = _int(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+# more classes than any video dataset has: a bigger number is a typo, refused before the
+# classifier (classes x 2048 floats) is allocated
+MAX_CLASSES = 100_000
+
+
+def num_classes(text: str) -> int:
+    """A classifier size: 1..MAX_CLASSES."""
+    value = positive_int(text)
+    if value > MAX_CLASSES:
+        raise argparse.ArgumentTypeError(f"{value} classes is more than any dataset has (the limit is {MAX_CLASSES:,})")
     return value
 
 

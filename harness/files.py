@@ -11,27 +11,62 @@ refused in one line instead of losing an hour's results at the end.
 """
 from __future__ import annotations
 
+import errno
 import json
 import math
 import os
 import tempfile
 from contextlib import contextmanager
-from typing import Iterator
+from typing import Iterable, Iterator, Optional
 
 
 class OutputPathError(ValueError):
     """An output path that cannot be written: one line, exit 2 at the command boundary."""
 
 
-def check_output_path(path: str, what: str = "output") -> str:
-    """Refuse an output file whose folder is missing or not writable, or that is a folder."""
+def same_file(a: str, b: str) -> bool:
+    """Whether two paths name one file (a symlink, a hard link, ``./x`` and ``x`` included)."""
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return os.path.realpath(a) == os.path.realpath(b)
+
+
+def refuse_overwriting_inputs(path: str, what: str, inputs: Iterable[Optional[str]]) -> None:
+    """No command writes over one of its inputs: ``path`` may not be (or link to) any of them."""
+    for source in inputs:
+        if source and os.path.exists(source) and os.path.exists(path) and same_file(path, source):
+            raise OutputPathError(f"refusing to write {what} {path}: it is one of this command's inputs ({source})")
+        if source and not os.path.exists(path) and os.path.realpath(path) == os.path.realpath(source):
+            raise OutputPathError(f"refusing to write {what} {path}: it is one of this command's inputs ({source})")
+
+
+def _make_parents(path: str, what: str) -> str:
+    """Create the missing folders above ``path`` (the one rule for every output path);
+    returns the nearest folder."""
+    folder = os.path.dirname(os.path.abspath(path))
+    probe = folder
+    while not os.path.exists(probe):
+        probe = os.path.dirname(probe)
+    if not os.path.isdir(probe):
+        raise OutputPathError(f"cannot write {what} {path}: {probe} is a file, not a folder")
+    if not os.path.isdir(folder):
+        try:
+            os.makedirs(folder, exist_ok=True)
+        except OSError as exc:
+            raise OutputPathError(f"cannot write {what} {path}: cannot create {folder} ({os_reason(exc)})") from None
+    return folder
+
+
+def check_output_path(path: str, what: str = "output", inputs: Iterable[Optional[str]] = ()) -> str:
+    """Refuse an output file that is a folder, one of ``inputs``, or not writable; create
+    its missing parent folders."""
     if not path:
         raise OutputPathError(f"empty {what} path")
     if os.path.isdir(path):
-        raise OutputPathError(f"cannot write {what} {path}: it is a directory")
-    folder = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(folder):
-        raise OutputPathError(f"cannot write {what} {path}: no such directory {folder}")
+        raise OutputPathError(f"cannot write {what} {path}: it is a folder, not a file")
+    refuse_overwriting_inputs(path, what, inputs)
+    folder = _make_parents(path, what)
     if not os.access(folder, os.W_OK | os.X_OK):
         raise OutputPathError(f"cannot write {what} {path}: {folder} is not writable")
     if os.path.exists(path) and not os.access(path, os.W_OK):
@@ -39,10 +74,14 @@ def check_output_path(path: str, what: str = "output") -> str:
     return path
 
 
-def check_output_dir(path: str, what: str = "output folder") -> str:
-    """A folder that exists and is writable, or can be created under a writable parent."""
+def check_output_dir(path: str, what: str = "output folder", inputs: Iterable[Optional[str]] = ()) -> str:
+    """A folder that exists and is writable, or can be created under a writable parent;
+    never one of ``inputs`` (a data folder a run reads)."""
+    if not path:
+        raise OutputPathError(f"empty {what} path")
     if os.path.exists(path) and not os.path.isdir(path):
-        raise OutputPathError(f"cannot use {what} {path}: it is a file")
+        raise OutputPathError(f"cannot use {what} {path}: it is a file, not a folder")
+    refuse_overwriting_inputs(path, what, inputs)
     probe = path
     while not os.path.exists(probe):
         parent = os.path.dirname(os.path.abspath(probe))
@@ -50,10 +89,47 @@ def check_output_dir(path: str, what: str = "output folder") -> str:
             break
         probe = parent
     if not os.path.isdir(probe):
-        raise OutputPathError(f"cannot write {what} {path}: {probe} is a file")
+        raise OutputPathError(f"cannot write {what} {path}: {probe} is a file, not a folder")
     if not os.access(probe, os.W_OK | os.X_OK):
         raise OutputPathError(f"cannot write {what} {path}: {probe} is not writable")
     return path
+
+
+def check_input_file(path: str, what: str = "input") -> str:
+    """An input that must be a readable file: a folder, a missing path and an unreadable file
+    are each named for what they are."""
+    if not path:
+        raise OutputPathError(f"empty {what} path")
+    if os.path.isdir(path):
+        raise OutputPathError(f"{what} {path} is a folder, not a file")
+    if not os.path.exists(path):
+        parent = os.path.dirname(os.path.abspath(path))
+        where = "" if os.path.isdir(parent) else f" (the folder {parent} does not exist either)"
+        raise OutputPathError(f"{what} {path}: no such file{where}")
+    if not os.access(path, os.R_OK):
+        raise OutputPathError(f"{what} {path} is not readable (permission denied)")
+    return path
+
+
+# errno -> the words a user reads (never a raw "[Errno 28]")
+_OS_REASONS = {errno.ENOSPC: "no space left on the disk", errno.EFBIG: "file too large (the file-size limit, "
+               "ulimit -f)", errno.EDQUOT: "disk quota exceeded", errno.EACCES: "permission denied",
+               errno.EPERM: "not permitted", errno.EROFS: "the file system is read-only",
+               errno.ENOENT: "no such file or folder", errno.EISDIR: "it is a folder, not a file",
+               errno.ENOTDIR: "a part of the path is a file, not a folder", errno.EEXIST: "it exists already",
+               errno.ENAMETOOLONG: "the name is too long", errno.EIO: "input/output error",
+               errno.ENOMEM: "out of memory"}
+
+
+def os_reason(exc: OSError) -> str:
+    """An OSError's reason in words, without its ``[Errno N]`` prefix."""
+    return _OS_REASONS.get(exc.errno) or (exc.strerror or str(exc)).lower()
+
+
+def describe_os_error(exc: OSError) -> str:
+    """One line: which file, and what went wrong, in words (``x.json: no space left on the disk``)."""
+    name = exc.filename if isinstance(exc.filename, str) else ""
+    return f"{name}: {os_reason(exc)}" if name else os_reason(exc)
 
 
 @contextmanager
@@ -61,17 +137,22 @@ def atomic_path(path: str, suffix: str = "") -> Iterator[str]:
     """Yield a temporary path beside ``path``; on success it replaces ``path``, on any
     failure it is removed. ``suffix`` keeps an extension some writers insist on."""
     folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(path)}.", suffix=suffix + ".tmp")
+    try:
+        fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(path)}.", suffix=suffix + ".tmp")
+    except OSError as exc:
+        raise OSError(exc.errno, exc.strerror or os_reason(exc), path) from None
     os.close(fd)
     try:
         yield tmp
         os.chmod(tmp, 0o644)  # mkstemp's 0600 would hide results from the rest of the group
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         try:
             os.remove(tmp)
         except OSError:
             pass
+        if isinstance(exc, OSError) and exc.filename in (tmp, None):   # name the file the user asked for
+            raise OSError(exc.errno, exc.strerror or os_reason(exc), path) from None
         raise
 
 
