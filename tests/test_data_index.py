@@ -60,7 +60,8 @@ def test_seed_layout_records_and_faults(seed_layout):
     counts = index.faults.counts()
     assert counts == {
         "missing_file": 1, "empty_file": 1, "truncated": 0, "not_a_video": 0, "decode_error": 0,
-        "unknown_label": 1, "bad_row": 2, "duplicate_row": 1, "worker_crash": 0, "timeout": 0, "short_video": 0,
+        "unknown_label": 1, "bad_row": 2, "duplicate_row": 1, "worker_crash": 0, "timeout": 0, "outside_root": 0,
+        "short_video": 0,
     }
     assert index.faults.ids("missing_file") == ["missingaaaa_000000_000010"]
     assert index.faults.ids("unknown_label") == ["unknownaaaa_000000_000010"]
@@ -80,7 +81,7 @@ def test_seed_first_appearance_order(seed_layout):
 def test_unlabelled_csv_gives_minus_one(tmp_path, caplog):
     (tmp_path / "kinetics-400_test.csv").write_text("youtube_id,time_start,time_end,split\nx1aaaaaaaaa,0,10,test\n")
     _touch(tmp_path / "test" / "x1aaaaaaaaa_000000_000010.mp4")
-    with caplog.at_level(logging.WARNING):
+    with caplog.at_level(logging.INFO):
         index = read_kinetics_csv(tmp_path, "test")
     assert [(r.video_id, r.label) for r in index] == [("x1aaaaaaaaa_000000_000010", -1)]
     assert "no label column" in caplog.text
@@ -92,7 +93,7 @@ def test_unlabelled_csv_gives_minus_one(tmp_path, caplog):
         (lambda root: None, "does not exist"),  # no CSV
         (lambda root: (root / "kinetics-400_val.csv").write_text(""), "empty"),
         (lambda root: (root / "kinetics-400_val.csv").write_text("label,youtube\nabseiling,x\n"), "lacks columns"),
-        (lambda root: (root / "kinetics-400_val.csv").mkdir(), "is a directory"),
+        (lambda root: (root / "kinetics-400_val.csv").mkdir(), "is a folder, not a file"),
         (lambda root: (root / "kinetics-400_val.csv").write_bytes(b"\xff\xfe\x00bad"), "cannot be read"),
     ],
 )
@@ -106,7 +107,7 @@ def test_unreadable_root_raises(tmp_path):
     with pytest.raises(DatasetError, match="does not exist"):
         read_kinetics_csv(tmp_path / "nope", "val")
     (tmp_path / "file").write_text("x")
-    with pytest.raises(DatasetError, match="not a directory"):
+    with pytest.raises(DatasetError, match="is a file, not a folder"):
         read_kinetics_csv(tmp_path / "file", "val")
     (tmp_path / "kinetics-400_val.csv").write_text(HEADER)
     with pytest.raises(DatasetError, match="kinetics-400_train.csv"):

@@ -17,6 +17,21 @@ has too few columns (or non-numeric times) is skipped and recorded as a :class:`
 with its kind and reason; so is a duplicate row. Only a dataset root or an annotation
 file that cannot be read at all raises :class:`DatasetError` (a command maps it to exit
 2 with one line). Files that exist but do not decode are found later, by the loader.
+:meth:`DatasetIndex.require_videos` turns an index with no usable video (a CSV with only
+its header, every row refused) into one :class:`DatasetError` line naming why.
+
+**Nothing outside the dataset root is read.** A row whose video lies outside the root
+(``data_root``; for a list file its data prefix) is an ``outside_root`` fault of that video,
+and the file is never opened: an id such as ``../../outside/x`` or a list-file path that is
+absolute or climbs out with ``..`` is refused before the file system is asked, and a
+symbolic link whose target lies outside the root is refused once resolved. A dataset whose
+split folder is a link to another disk is refused video by video with the same reason;
+``allow_outside_root=True`` (the commands' ``--allow-outside-root``) is the explicit opt-in
+that reads such videos.
+
+Text from the annotation file (class names, ids, rows) is escaped with
+:func:`harness.text.printable` in every fault reason and error message, so a name holding
+terminal escapes prints as its characters and cannot rewrite the screen.
 """
 from __future__ import annotations
 
@@ -31,6 +46,8 @@ from pathlib import Path
 from typing import Dict, Iterable, List, Optional, Sequence
 
 from frameworks.spec.labels import LABEL_ORDERS, LabelMap, canonical_label
+from harness.files import os_reason
+from harness.text import printable
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +67,7 @@ FAULT_KINDS = (
     "duplicate_row",
     "worker_crash",
     "timeout",
+    "outside_root",
     "short_video",
 )
 NOT_SKIPPED = ("short_video",)
@@ -91,6 +109,7 @@ class FaultLog:
         """Record a fault; ``skipped`` defaults to True except for ``short_video``."""
         if kind not in FAULT_KINDS:
             raise ValueError(f"unknown fault kind {kind!r}")
+        reason = printable(reason)   # the reason quotes a row or a decoder: never raw on a terminal
         fault = Fault(video_id, kind, reason, skipped=(kind not in NOT_SKIPPED) if skipped is None else skipped)
         self.faults.append(fault)
         log.debug("fault %s %s: %s", kind, video_id, reason)
@@ -148,6 +167,23 @@ class DatasetIndex:
         return DatasetIndex(self.records[:n], self.label_map, self.faults, self.split, self.root,
                             self.annotation, self.source)
 
+    def require_videos(self) -> "DatasetIndex":
+        """This index, if it holds a video to run; otherwise :class:`DatasetError`, one line
+        saying why: the annotation file lists none, or every row it lists was refused (the
+        counts by kind and the first reason)."""
+        if self.records:
+            return self
+        where = printable(self.annotation or self.root)
+        listed = [f for f in self.faults.faults if f.kind != "duplicate_row"]
+        if not listed:
+            raise DatasetError(f"{where} lists no video: nothing to evaluate")
+        first = listed[0]
+        hint = ("; pass --allow-outside-root to read videos outside the dataset root"
+                if first.kind == "outside_root" else "")
+        raise DatasetError(f"no video of {where} can be read: {len(listed)} row{'s' * (len(listed) != 1)} listed, "
+                           f"all refused "
+                           f"({self.faults.summary()}; first: {printable(first.video_id, 80)}: {first.reason}){hint}")
+
     def to_dict(self) -> dict:
         return {
             "source": self.source,
@@ -166,7 +202,7 @@ def _check_root(root: Path) -> None:
     if not root.exists():
         raise DatasetError(f"dataset root {root} does not exist")
     if not root.is_dir():
-        raise DatasetError(f"dataset root {root} is not a directory")
+        raise DatasetError(f"dataset root {root} is a file, not a folder")
     if not os.access(root, os.R_OK | os.X_OK):
         raise DatasetError(f"dataset root {root} is not readable")
 
@@ -177,9 +213,10 @@ def _read_text(path: Path, what: str) -> str:
     except FileNotFoundError:
         raise DatasetError(f"{what} {path} does not exist") from None
     except IsADirectoryError:
-        raise DatasetError(f"{what} {path} is a directory") from None
+        raise DatasetError(f"{what} {path} is a folder, not a file") from None
     except (OSError, UnicodeDecodeError) as exc:
-        raise DatasetError(f"{what} {path} cannot be read: {exc}") from None
+        reason = os_reason(exc) if isinstance(exc, OSError) else f"not UTF-8 text ({exc.reason} at byte {exc.start})"
+        raise DatasetError(f"{what} {printable(path)} cannot be read: {reason}") from None
 
 
 def _resolve_video(directory: Path, stem: str) -> Optional[Path]:
@@ -190,6 +227,39 @@ def _resolve_video(directory: Path, stem: str) -> Optional[Path]:
     return None
 
 
+def _under(path: str, folder: str) -> bool:
+    folder = folder.rstrip(os.sep) or os.sep
+    return path == folder or path.startswith(folder if folder == os.sep else folder + os.sep)
+
+
+class _RootGuard:
+    """Where a video may be read from: under the dataset root, as written (no absolute path,
+    no ``..`` out of it) and once symbolic links are resolved; ``allow`` lifts both."""
+
+    def __init__(self, root: Path, allow: bool):
+        self.root = Path(root)
+        self.lexical = os.path.normpath(os.path.abspath(root))
+        self.real = os.path.realpath(root)
+        self.allow = allow
+
+    def written_outside(self, path: Path, video_id: str, faults: FaultLog) -> bool:
+        """Before the file system is asked: the path as the annotation file writes it."""
+        if self.allow or _under(os.path.normpath(os.path.abspath(path)), self.lexical):
+            return False
+        faults.add(video_id, "outside_root", f"its path {path} lies outside the dataset root {self.root}; "
+                                             "not read (--allow-outside-root reads it)")
+        return True
+
+    def linked_outside(self, path: Path, video_id: str, faults: FaultLog) -> bool:
+        """After: a symbolic link (the file, or a folder on its way) that leads out of the root."""
+        real = os.path.realpath(path)
+        if self.allow or _under(real, self.real):
+            return False
+        faults.add(video_id, "outside_root", f"{path} is a symbolic link to {real}, outside the dataset root "
+                                             f"{self.root}; not read (--allow-outside-root reads it)")
+        return True
+
+
 def _check_file(path: Optional[Path], video_id: str, expected: Path, faults: FaultLog) -> bool:
     if path is None:
         faults.add(video_id, "missing_file", f"no file {expected}")
@@ -197,7 +267,7 @@ def _check_file(path: Optional[Path], video_id: str, expected: Path, faults: Fau
     try:
         size = path.stat().st_size
     except OSError as exc:
-        faults.add(video_id, "missing_file", f"cannot stat {path}: {exc}")
+        faults.add(video_id, "missing_file", f"cannot stat {path}: {os_reason(exc)}")
         return False
     if size == 0:
         faults.add(video_id, "empty_file", f"{path} has zero bytes")
@@ -245,7 +315,8 @@ def _csv_rows(path: Path):
         raise DatasetError(f"annotation file {path}: unreadable header ({exc})") from None
     missing = [c for c in REQUIRED_COLUMNS if c not in header]
     if missing:
-        raise DatasetError(f"annotation file {path} lacks columns {missing} (header: {','.join(header)})")
+        raise DatasetError(f"annotation file {printable(path)} lacks columns {missing} "
+                           f"(header: {printable(','.join(header), 200)})")
     return header, reader
 
 
@@ -287,16 +358,19 @@ def read_kinetics_csv(
     label_map: Optional[LabelMap] = None,
     annotation=None,
     video_dir=None,
+    allow_outside_root: bool = False,
 ) -> DatasetIndex:
     """Index ``<root>/kinetics-400_<split>.csv`` and ``<root>/<split>/``.
 
     ``label_order`` picks the class numbering (``alphabetical``: mmaction2 / Caffe2;
     ``train_csv``: the seed's first appearance in the train CSV) unless ``label_map`` is
     given. A CSV without a ``label`` column (Kinetics' unlabelled test split) yields
-    records with ``label = -1``.
+    records with ``label = -1``. A video outside ``root`` is an ``outside_root`` fault unless
+    ``allow_outside_root`` (see the module docstring).
     """
     root = Path(root)
     _check_root(root)
+    guard = _RootGuard(root, allow_outside_root)
     csv_path = Path(annotation) if annotation else root / f"kinetics-400_{split}.csv"
     videos = Path(video_dir) if video_dir else root / split
     header, reader = _csv_rows(csv_path)
@@ -304,8 +378,8 @@ def read_kinetics_csv(
         label_map = read_label_order(root, label_order)
     col = {name: header.index(name) for name in header}
     has_label = "label" in col
-    if not has_label:
-        log.warning("%s has no label column: records get label -1", csv_path)
+    if not has_label:   # the summary says so ("the split has no labels"): not a line of its own on stderr
+        log.info("%s has no label column: records get label -1", csv_path)
     n_cols = len(header)
 
     faults = FaultLog()
@@ -340,10 +414,13 @@ def read_kinetics_csv(
             label_name = canonical_label(row[col["label"]])
             label = label_map.get(label_name, -1)
             if label < 0:
-                faults.add(video_id, "unknown_label", f"label {label_name!r} not in the {label_map.order} label map")
+                faults.add(video_id, "unknown_label", f"label '{label_name}' not in the {label_map.order} label map")
                 continue
+        expected = videos / f"{video_id}.mp4"
+        if guard.written_outside(expected, video_id, faults):
+            continue
         path = _resolve_video(videos, video_id)
-        if not _check_file(path, video_id, videos / f"{video_id}.mp4", faults):
+        if not _check_file(path, video_id, expected, faults) or guard.linked_outside(path, video_id, faults):
             continue
         records.append(VideoRecord(video_id, str(path), label, label_name, line_no))
     _log_index(csv_path, records, faults)
@@ -356,18 +433,21 @@ def read_list_file(
     *,
     label_map: Optional[LabelMap] = None,
     split: str = "",
+    allow_outside_root: bool = False,
 ) -> DatasetIndex:
     """Index an mmaction2 list file (``<path> <label>`` per line, space-separated).
 
     Paths are joined to ``data_prefix`` (default: the list file's directory). Labels
     are class ids under ``label_map`` (default: Kinetics-400 alphabetical); an id
     outside it is an ``unknown_label`` fault, a line without a label or with extra
-    fields a ``bad_row``.
+    fields a ``bad_row``. A path outside ``data_prefix`` (absolute, ``..``, or a symbolic link
+    out of it) is an ``outside_root`` fault unless ``allow_outside_root``.
     """
     ann = Path(annotation)
     text = _read_text(ann, "annotation file")
     prefix = Path(data_prefix) if data_prefix is not None else ann.parent
     _check_root(prefix)
+    guard = _RootGuard(prefix, allow_outside_root)
     label_map = label_map or LabelMap.k400()
     faults = FaultLog()
     records: List[VideoRecord] = []
@@ -384,7 +464,7 @@ def read_list_file(
         try:
             label = int(label_text)
         except ValueError:
-            faults.add(row_id, "bad_row", f"label {label_text!r} is not an integer")
+            faults.add(row_id, "bad_row", f"label '{label_text}' is not an integer")
             continue
         # the path without its extension: two folders may hold files of one name (a/x.mp4, b/x.mp4)
         video_id = str(Path(rel).with_suffix(""))
@@ -396,7 +476,10 @@ def read_list_file(
             faults.add(video_id, "unknown_label", f"class id {label} outside [0, {len(label_map)})")
             continue
         path = prefix / rel
-        if not _check_file(path if path.is_file() else None, video_id, path, faults):
+        if guard.written_outside(path, video_id, faults):
+            continue
+        if not _check_file(path if path.is_file() else None, video_id, path, faults) \
+                or guard.linked_outside(path, video_id, faults):
             continue
         records.append(VideoRecord(video_id, str(path), label, label_map.name(label), line_no))
     _log_index(ann, records, faults)
@@ -409,13 +492,17 @@ def build_index(
     *,
     annotations=None,
     label_order: str = "alphabetical",
+    allow_outside_root: bool = False,
 ) -> DatasetIndex:
     """The index a command asks for: an mmaction2 list file if ``annotations`` ends in
-    ``.txt``, else the seed's CSV layout (with ``annotations`` overriding the CSV path)."""
+    ``.txt``, else the seed's CSV layout (with ``annotations`` overriding the CSV path).
+    Videos outside ``data_root`` are ``outside_root`` faults unless ``allow_outside_root``."""
     if annotations is not None and str(annotations).endswith(".txt"):
         label_map = read_label_order(data_root, label_order) if label_order == "train_csv" else None
-        return read_list_file(annotations, data_root, label_map=label_map, split=split)
-    return read_kinetics_csv(data_root, split, label_order=label_order, annotation=annotations)
+        return read_list_file(annotations, data_root, label_map=label_map, split=split,
+                              allow_outside_root=allow_outside_root)
+    return read_kinetics_csv(data_root, split, label_order=label_order, annotation=annotations,
+                             allow_outside_root=allow_outside_root)
 
 
 def _log_index(path: Path, records: Sequence[VideoRecord], faults: FaultLog) -> None:
