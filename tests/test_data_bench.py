@@ -26,7 +26,9 @@ def test_tiny_run_writes_results_with_provenance(tmp_path, capsys):
 def test_bad_input_exits_2(tmp_path, cli):
     for args, message in [
         (["--decoders", "opencv"], "unknown decoder"),
-        (["--video", str(tmp_path / "missing.mp4")], "cannot use video"),
+        (["--video", str(tmp_path / "missing.mp4")], "missing.mp4: no such file"),
+        (["--video", str(tmp_path)], "is a folder, not a file"),
+        (["--video", __file__], "cannot use video"),
         (["--preset", "nope"], "unknown data preset"),
         (["--workers", "0"], "worker counts"),
     ]:

@@ -37,10 +37,13 @@ from typing import List, Optional, Sequence
 import numpy as np
 
 from harness.cli import (CheckFailed, InputError, OneLineParser, add_verbose, cpu_model, nonnegative_int, positive_int,
-                         positive_seconds, provenance, run_main)
-from harness.files import atomic_write_json, check_output_path
+                         provenance, run_main)
+from harness.data.synthetic import MAX_SECONDS, MAX_SIDE, check_video_memory, parse_seconds, parse_size
+from harness.files import atomic_write_json, check_input_file, check_output_path
+from harness.text import printable
 
 log = logging.getLogger("harness.bench_data")
+SYNTHETIC_FPS = 30
 
 
 # ---------------------------------------------------------------------------- provenance
@@ -176,14 +179,6 @@ def _int_list(text: str) -> List[int]:
     return values
 
 
-def _size(text: str):
-    try:
-        w, h = (int(v) for v in text.lower().split("x"))
-        return w, h
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected WxH such as 340x256, got {text!r}") from None
-
-
 def build_parser() -> argparse.ArgumentParser:
     p = OneLineParser(
         prog="python -m harness.bench data",
@@ -191,8 +186,10 @@ def build_parser() -> argparse.ArgumentParser:
         "of loader worker processes, written as JSON with provenance.",
     )
     p.add_argument("--video", help="video to decode (default: a synthetic H.264 clip of --seconds and --size)")
-    p.add_argument("--seconds", type=positive_seconds, default=10.0, help="length of the synthetic clip (default 10)")
-    p.add_argument("--size", type=_size, default=(340, 256), metavar="WxH", help="size of the synthetic clip (default 340x256)")
+    p.add_argument("--seconds", type=parse_seconds, default=10.0,
+                   help=f"length of the synthetic clip, at most {MAX_SECONDS:g} (default 10)")
+    p.add_argument("--size", type=parse_size, default=(340, 256), metavar="WxH",
+                   help=f"size of the synthetic clip, even sides in 16..{MAX_SIDE} (default 340x256)")
     p.add_argument("--data-preset", "--preset", dest="preset", default="mmaction2_val",
                    help="data preset (default mmaction2_val: one 32x2 clip); --preset is its older name")
     p.add_argument("--decoders", default="decord,pyav", help="comma-separated decoders (default decord,pyav)")
@@ -208,7 +205,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     load_before = _loadavg()
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not args.video:   # the synthetic clip is drawn in memory: refused before any allocation
+        check_video_memory(parser, args.seconds, args.size, SYNTHETIC_FPS, "--seconds x --size")
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
     return run_main(lambda: _main(args, load_before), args.verbose)
@@ -216,7 +216,7 @@ def main(argv=None) -> int:
 
 def _main(args, load_before) -> int:
     from frameworks.spec.data_presets import data_preset_hash, get_data_preset
-    from harness.data.decoders import DECODERS, VideoDecodeError, open_video
+    from harness.data.decoders import DECODERS, NativeStderr, VideoDecodeError, open_video
 
     decoders = [d.strip() for d in args.decoders.split(",") if d.strip()]
     bad = [d for d in decoders if d not in DECODERS]
@@ -226,23 +226,23 @@ def _main(args, load_before) -> int:
         preset = get_data_preset(args.preset)
     except KeyError as exc:
         raise InputError(exc.args[0]) from None
+    if args.video:
+        check_input_file(args.video, "--video")
     if args.json:
-        check_output_path(args.json, "--json")
+        check_output_path(args.json, "--json", inputs=[args.video])
 
     with tempfile.TemporaryDirectory(prefix="bench_data_") as tmp:
+        synthetic = not args.video
+        # a synthetic clip that cannot be written (full disk, ulimit -f) is an OSError naming it
+        video = Path(args.video) if args.video else make_synthetic_video(
+            Path(tmp) / "bench.mp4", args.seconds, args.size, SYNTHETIC_FPS)
         try:
-            if args.video:
-                video = Path(args.video)
-                synthetic = False
-            else:
-                video = make_synthetic_video(Path(tmp) / "bench.mp4", args.seconds, args.size)
-                synthetic = True
-            with open_video(video, decoders[0]) as probe:
+            with NativeStderr(), open_video(video, decoders[0]) as probe:   # FFmpeg's complaint: in the one line
                 info = {"frames": probe.num_frames, "fps": probe.fps}
                 first = probe.get_frames([0])
                 info["size"] = [int(first.shape[2]), int(first.shape[1])]
         except (OSError, ValueError, VideoDecodeError) as exc:
-            raise InputError(f"cannot use video: {exc}") from None
+            raise InputError(f"cannot use video: {printable(exc)}") from None
         results = benchmark(video, preset, decoders, args.workers, args.videos, args.warmup,
                             progress=not args.no_progress and sys.stderr.isatty())
 

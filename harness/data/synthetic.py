@@ -27,14 +27,22 @@ is a pure function of the arguments (``--seed`` included): x264 runs single-thre
 
 ``--faults`` adds one of each fault the loader must survive to the val split (see
 :func:`plant_faults`).
+
+Every file is written under a temporary name beside its destination and renamed only once
+complete (:func:`harness.files.atomic_path`), so a full disk or a file-size limit
+(``ulimit -f``) never leaves a truncated video or CSV. A run that fails removes every file
+and folder it created (a file it replaced stays replaced, whole), and says why in one line
+(exit 2): ``error: DIR/train/x.mp4: file too large (the file-size limit, ulimit -f)``.
+Sizes are checked before anything is drawn: a video whose frames would take more than
+:data:`MAX_VIDEO_BYTES` of memory is refused by the parser.
 """
 from __future__ import annotations
 
 import argparse
 import csv
-import json
 import logging
 import math
+import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,8 +52,9 @@ import numpy as np
 
 from frameworks.spec.labels import K400_CLASSES
 
-from harness.cli import OneLineParser, add_verbose, positive_int, positive_seconds
-from harness.files import check_output_path
+from harness.cli import InputError, OneLineParser, add_verbose, positive_int, positive_seconds, run_main
+from harness.files import OutputPathError, atomic_path, atomic_write_json, check_output_dir, check_output_path
+from harness.text import printable
 
 log = logging.getLogger("harness.make_dataset")
 
@@ -82,7 +91,8 @@ def write_video(path, frames: np.ndarray, fps: int = 30, *, crf: int = 20, prese
         raise ValueError(f"H.264 yuv420p needs even sizes, got {w}x{h}")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with av.open(str(path), "w", format="mp4") as container:
+    # written under a temporary name and renamed once complete: never a truncated .mp4
+    with atomic_path(str(path), suffix=".mp4") as tmp, av.open(tmp, "w", format="mp4") as container:
         stream = container.add_stream("libx264", rate=fps)
         stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
         # mbtree=0: x264's macroblock-tree rate control is not bit-reproducible from run to
@@ -94,6 +104,13 @@ def write_video(path, frames: np.ndarray, fps: int = 30, *, crf: int = 20, prese
                 container.mux(packet)
         for packet in stream.encode():
             container.mux(packet)
+
+
+def write_bytes(path, data: bytes) -> None:
+    """``data`` into ``path``, atomically (a temporary file renamed once complete)."""
+    with atomic_path(str(path)) as tmp:
+        with open(tmp, "wb") as fh:
+            fh.write(data)
 
 
 # ---------------------------------------------------------------------------- patterns
@@ -198,11 +215,53 @@ def video_filename(youtube_id: str, start: int, end: int) -> str:
     return f"{youtube_id}_{int(start):06d}_{int(end):06d}.mp4"
 
 
-def _write_csv(path: Path, rows: Sequence[Sequence[str]]) -> None:
-    with open(path, "w", newline="", encoding="utf-8") as fh:
-        writer = csv.writer(fh)
-        writer.writerow(CSV_COLUMNS)
-        writer.writerows(rows)
+def _write_csv(path: Path, rows: Sequence[Sequence[str]], header: Sequence[str] = CSV_COLUMNS) -> None:
+    with atomic_path(str(path)) as tmp:
+        with open(tmp, "w", newline="", encoding="utf-8") as fh:
+            writer = csv.writer(fh)
+            writer.writerow(header)
+            writer.writerows(rows)
+
+
+class _Ledger:
+    """The files and folders a run creates, so that a failed run can remove them (a file it
+    replaced is left as it is: atomic, so whole)."""
+
+    def __init__(self):
+        self.created: List[Path] = []
+
+    def folder(self, path: Path) -> Path:
+        missing = []
+        probe = Path(path)
+        while not probe.exists() and probe != probe.parent:
+            missing.append(probe)
+            probe = probe.parent
+        probe = Path(path)
+        probe.mkdir(parents=True, exist_ok=True)
+        self.created += reversed(missing)
+        return probe
+
+    def note_missing(self, folder: Path) -> None:
+        """The missing folders of ``folder`` (someone else is about to make them)."""
+        missing = []
+        probe = Path(os.path.abspath(folder))
+        while not probe.exists() and probe != probe.parent:
+            missing.append(probe)
+            probe = probe.parent
+        self.created += reversed(missing)
+
+    def file(self, path: Path) -> Path:
+        if not Path(path).exists():
+            self.created.append(Path(path))
+        return Path(path)
+
+    def undo(self) -> None:
+        for path in reversed(self.created):
+            try:
+                path.rmdir() if path.is_dir() and not path.is_symlink() else path.unlink()
+            except OSError:
+                pass
+        self.created = []
 
 
 def make_dataset(
@@ -217,8 +276,10 @@ def make_dataset(
     seed: int = 0,
     faults: bool = False,
     progress: bool = False,
+    ledger: Optional[_Ledger] = None,
 ) -> DatasetSummary:
-    """Write the dataset under ``root`` (see the module docstring); ``size`` is ``(W, H)``."""
+    """Write the dataset under ``root`` (see the module docstring); ``size`` is ``(W, H)``.
+    A failure removes every file and folder it created (recorded in ``ledger``)."""
     if not 1 <= classes <= len(K400_CLASSES):
         raise ValueError(f"--classes must be in [1, {len(K400_CLASSES)}], got {classes}")
     if videos_per_class < 1:
@@ -229,8 +290,21 @@ def make_dataset(
     if width < 16 or height < 16 or width % 2 or height % 2:
         raise ValueError(f"--size must be even and at least 16x16, got {width}x{height}")
     val_per_class = max(1, videos_per_class // 4) if val_videos_per_class is None else val_videos_per_class
-    root = Path(root)
-    root.mkdir(parents=True, exist_ok=True)
+    ledger = ledger if ledger is not None else _Ledger()
+    try:
+        return _make(Path(root), ledger, classes, videos_per_class, val_per_class, seconds, (width, height), fps,
+                     seed, faults, progress)
+    except BaseException:
+        ledger.undo()   # a failed run leaves nothing it made: no half dataset, no stray folder
+        raise
+
+
+def _make(root: Path, ledger: _Ledger, classes: int, videos_per_class: int, val_per_class: int, seconds: float,
+          size: Tuple[int, int], fps: int, seed: int, faults: bool, progress: bool) -> DatasetSummary:
+    width, height = size
+    ledger.folder(root)
+    for split in SPLITS:
+        ledger.folder(root / split)
     names = list(K400_CLASSES[:classes])
     num_frames = max(1, int(round(seconds * fps)))
     duration = max(1, int(math.ceil(seconds)))
@@ -254,10 +328,10 @@ def make_dataset(
         start = int(rng.integers(0, 290))
         params = draw_params(class_id, rng)
         frames = render(params, num_frames, height, width, fps, rng)
-        write_video(root / split / video_filename(youtube_id, start, start + duration), frames, fps)
+        write_video(ledger.file(root / split / video_filename(youtube_id, start, start + duration)), frames, fps)
         rows[split].append([names[class_id], youtube_id, str(start), str(start + duration), split])
     for split in SPLITS:
-        _write_csv(root / f"kinetics-400_{split}.csv", rows[split])
+        _write_csv(ledger.file(root / f"kinetics-400_{split}.csv"), rows[split])
 
     summary = DatasetSummary(
         root=str(root),
@@ -269,7 +343,7 @@ def make_dataset(
         seed=seed,
     )
     if faults:
-        summary.faults = plant_faults(root, "val", seed=seed, size=(width, height), fps=fps)
+        summary.faults = plant_faults(root, "val", seed=seed, size=(width, height), fps=fps, ledger=ledger)
     return summary
 
 
@@ -281,6 +355,7 @@ def plant_faults(
     seed: int = 0,
     size: Tuple[int, int] = (64, 48),
     fps: int = 30,
+    ledger: Optional[_Ledger] = None,
 ) -> Dict[str, List[str]]:
     """Add one instance of each fault in ``kinds`` to ``split`` of a dataset under ``root``.
 
@@ -294,7 +369,10 @@ def plant_faults(
     ``short_video``    a valid video of 8 frames, shorter than any clip  -> counted, used (looped)
     ``unknown_label``  a valid video under a label not in the label map  -> skipped
     ``bad_row``        a CSV row with too few columns                    -> skipped
+
+    Every file is written atomically; the CSV is rewritten last, so a failure leaves it as it was.
     """
+    ledger = ledger or _Ledger()
     unknown = set(kinds) - set(FAULT_KINDS)
     if unknown:
         raise ValueError(f"unknown fault kinds {sorted(unknown)}; choose from {FAULT_KINDS}")
@@ -320,27 +398,24 @@ def plant_faults(
         if kind == "missing_file":
             pass
         elif kind == "empty_file":
-            path.write_bytes(b"")
+            write_bytes(ledger.file(path), b"")
         elif kind in ("truncated", "unknown_label", "short_video"):
             frames_n = SHORT_VIDEO_FRAMES if kind == "short_video" else 40
             params = draw_params(0, rng)
-            write_video(path, render(params, frames_n, height, width, fps, rng), fps)
+            write_video(ledger.file(path), render(params, frames_n, height, width, fps, rng), fps)
             if kind == "truncated":
                 data = path.read_bytes()
-                path.write_bytes(data[: len(data) // 2])
+                write_bytes(path, data[: len(data) // 2])
             if kind == "unknown_label":
                 row[0] = UNKNOWN_LABEL
         elif kind == "not_a_video":
-            path.write_bytes(b"this is not a video, only some text pretending to be one\n" * 20)
+            write_bytes(ledger.file(path), b"this is not a video, only some text pretending to be one\n" * 20)
         elif kind == "bad_row":
             row = [label, youtube_id]  # too few columns
             vid = ",".join(row)
         extra_rows.append(row)
         planted[kind] = [vid]
-    with open(csv_path, "w", newline="", encoding="utf-8") as fh:
-        writer = csv.writer(fh)
-        writer.writerow(header)
-        writer.writerows(rows + extra_rows)
+    _write_csv(csv_path, rows + extra_rows, header)
     return planted
 
 
@@ -358,9 +433,12 @@ def _tqdm(enabled: bool):
 # ---------------------------------------------------------------------------- CLI
 MAX_SIDE = 4096       # pixels: larger frames are a typo here (the dataset is for tests and demos)
 MAX_SECONDS = 600.0
+# one video's frames are drawn in memory before they are encoded: (T, H, W, 3) uint8
+MAX_VIDEO_BYTES = 2 ** 30
 
 
-def _parse_size(text: str) -> Tuple[int, int]:
+def parse_size(text: str) -> Tuple[int, int]:
+    """``WxH``: even sides in 16..MAX_SIDE (an argparse type; H.264 yuv420p needs even sizes)."""
     try:
         w, h = text.lower().split("x")
         w, h = int(w), int(h)
@@ -371,11 +449,29 @@ def _parse_size(text: str) -> Tuple[int, int]:
     return w, h
 
 
-def _seconds(text: str) -> float:
+_parse_size = parse_size   # the older private name
+
+
+def parse_seconds(text: str) -> float:
+    """A video length: positive, finite, at most MAX_SECONDS (an argparse type)."""
     value = positive_seconds(text)
     if value > MAX_SECONDS:
         raise argparse.ArgumentTypeError(f"at most {MAX_SECONDS:g} seconds per video, got {text}")
     return value
+
+
+_seconds = parse_seconds
+
+
+def check_video_memory(parser: argparse.ArgumentParser, seconds: float, size: Tuple[int, int], fps: int,
+                       flags: str = "--seconds x --fps x --size") -> None:
+    """Refuse, through the parser (one line, exit 2) and before anything is drawn, a video
+    whose frames would not fit :data:`MAX_VIDEO_BYTES`."""
+    frames = max(1, int(round(seconds * fps)))
+    need = frames * size[0] * size[1] * 3
+    if need > MAX_VIDEO_BYTES:
+        parser.error(f"{flags}: {frames} frames of {size[0]}x{size[1]} take {need / 2 ** 30:.1f} GiB in memory "
+                     f"per video; the limit is {MAX_VIDEO_BYTES / 2 ** 30:.0f} GiB")
 
 
 def _classes(text: str) -> int:
@@ -404,9 +500,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--videos-per-class", type=positive_int, default=8, help="train videos per class (default 8)")
     p.add_argument("--val-videos-per-class", type=positive_int, default=None,
                    help="val videos per class (default: videos-per-class // 4, at least 1)")
-    p.add_argument("--seconds", type=_seconds, default=3.0,
+    p.add_argument("--seconds", type=parse_seconds, default=3.0,
                    help="length of each video in seconds (default 3: 90 frames, one 32x2 clip without looping)")
-    p.add_argument("--size", type=_parse_size, default=(340, 256), metavar="WxH",
+    p.add_argument("--size", type=parse_size, default=(340, 256), metavar="WxH",
                    help="frame size, even numbers (default 340x256, Kinetics' usual)")
     p.add_argument("--fps", type=_fps, default=30, help="frame rate (default 30)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
@@ -420,17 +516,34 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
-    if args.json:
-        try:
-            check_output_path(args.json, "--json")
-        except ValueError as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            return 2
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    check_video_memory(parser, args.seconds, args.size, args.fps)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    return run_main(lambda: _main(args), args.verbose)
+
+
+def _main(args) -> int:
+    ledger = _Ledger()
+    try:
+        return _write(args, ledger)
+    except BaseException:
+        ledger.undo()   # a refused or failed run leaves nothing: no file, no folder it made
+        raise
+
+
+def _write(args, ledger: _Ledger) -> int:
+    root = Path(args.root)
+    check_output_dir(str(root), "DIR")
+    own = [root / f"kinetics-400_{s}.csv" for s in SPLITS] + [root / s for s in SPLITS]
+    if args.json:
+        if any(os.path.realpath(args.json) == os.path.realpath(p) for p in own):
+            raise OutputPathError(f"refusing to write --json {args.json}: it is a file of the dataset itself")
+        ledger.note_missing(Path(args.json).parent)
+        check_output_path(args.json, "--json")
     try:
         summary = make_dataset(
-            args.root,
+            root,
             classes=args.classes,
             videos_per_class=args.videos_per_class,
             val_videos_per_class=args.val_videos_per_class,
@@ -440,16 +553,16 @@ def main(argv=None) -> int:
             seed=args.seed,
             faults=args.faults,
             progress=not args.no_progress and sys.stderr.isatty(),
+            ledger=ledger,
         )
-        if args.json:
-            Path(args.json).write_text(json.dumps(summary.to_dict(), indent=2) + "\n")
-    except (ValueError, OSError) as exc:
-        print(f"error: {str(exc).splitlines()[0]}", file=sys.stderr)
-        return 2
+    except ValueError as exc:   # a value the library refuses (the parser has checked the usual ones)
+        raise InputError(str(exc)) from None
+    if args.json:
+        atomic_write_json(args.json, summary.to_dict())
     log.info(
         "wrote %d train + %d val videos (%d classes, %d frames of %dx%d) under %s%s",
         summary.videos["train"], summary.videos["val"], len(summary.classes), summary.frames_per_video,
-        summary.size[0], summary.size[1], summary.root,
+        summary.size[0], summary.size[1], printable(summary.root),
         f"; planted faults: {', '.join(summary.faults)}" if summary.faults else "",
     )
     return 0
