@@ -21,12 +21,18 @@ equal (``--threads``, default every core) and printed for every process.
 
 Reported per run (flat fields): median / p90 / min / max latency, clips/s, ms per clip,
 training ms per step, GFLOPs per clip from the spec (:mod:`frameworks.spec.flops`, checked
-against torch's ``FlopCounterMode``), achieved GFLOP/s, utilisation against a GEMM probe
-run by the same process in the same dtype before and after the timing, peak host RSS and
-device memory, CPU seconds per step, and the load average over the turns. A run is
-flagged noisy when its max / min latency exceeds 1.5 or the load average exceeded the
-core count. ``ratios`` compares every configuration with the baseline of its task, batch
-and dtype (mmaction2 where it ran, else the first).
+against torch's ``FlopCounterMode``), achieved GFLOP/s, its share of the CPU's theoretical
+float32 peak (``cpu_peak``: vector lanes x FMA units x 2 x clock x cores used, the ISA and
+clock read from /proc/cpuinfo and cpufreq, the FMA units assumed; each assumption named)
+and of a GEMM probe run by the same process in the same dtype before and after the timing
+(one 2048^2 matmul: a reference point, not a limit, so a network's kernels may beat it and
+the share then reads "above the GEMM probe", never over 100%), peak host RSS and device
+memory, CPU seconds per step, and the load average over the turns. A run is flagged noisy
+when its max / min latency exceeds 1.5 or the load average exceeded the core count; one
+line (``noise`` in the JSON) gives the verdict and, when frameworks ran several threads,
+suggests ``--threads 1``, which holds on a busy machine where an OpenMP team swings.
+``ratios`` compares every configuration with the baseline of its task, batch and dtype
+(mmaction2 where it ran, else the first).
 
 Variants (``--variants``, each a ``+``-joined set of tokens, optionally scoped to one
 framework or MindSpore mode, as in ``exact,torch:fast,ms/graph:fast``; every token is
@@ -77,6 +83,11 @@ FAST = {"torch": ("reassociate", "fold_bn", "inplace", "fast_pools", "direct_mkl
         "ms": ("reassociate", "fold_bn"), "mmaction2": ()}
 TOKENS = ("exact", "fast") + tuple(dict.fromkeys(TORCH_REWRITES + TORCH_RUN + MS_TOKENS))
 NOISY_SPREAD = 1.5
+CPUINFO = "/proc/cpuinfo"
+CPUFREQ_MAX = "/sys/devices/system/cpu/cpu0/cpufreq/cpuinfo_max_freq"
+# float32 lanes of the widest vector unit the flags show, and whether it has fused multiply-add
+_ISA = (("avx512f", "AVX-512", 16, True), ("fma", "AVX2+FMA", 8, True), ("avx", "AVX", 8, False),
+        ("sse2", "SSE2", 4, False))
 
 
 def _shape(text: str) -> List[int]:
@@ -338,8 +349,86 @@ def _measure(configs: List[Config], task: str, shape: List[int], args) -> None:
         memory = _ask(c, op="memory") or {}
         row.update({k: v for k, v in memory.items() if k != "error"})
 
+def _cpuinfo_fields(text: str) -> Dict[str, str]:
+    """The first processor's ``key : value`` lines of /proc/cpuinfo."""
+    fields: Dict[str, str] = {}
+    for line in text.splitlines():
+        if not line.strip():
+            if fields:
+                break
+            continue
+        key, sep, value = line.partition(":")
+        if sep:
+            fields.setdefault(key.strip(), value.strip())
+    return fields
 
-def _summarise_row(row: dict, task: str, gflops: float, probe: Optional[float], cores: int) -> dict:
+
+def cpu_peak(cores_used: int, cpuinfo: str = CPUINFO, cpufreq_max: str = CPUFREQ_MAX) -> dict:
+    """The theoretical float32 FMA peak of ``cores_used`` cores: vector lanes x FMA units x 2
+    (a fused multiply-add is two FLOPs) x clock x cores. The ISA comes from the cpuinfo
+    flags and the clock from cpufreq's maximum (else cpuinfo's ``cpu MHz``); the number of
+    FMA units per core is not in either file, so it is assumed (2: every Intel server core
+    since Haswell, AMD since Zen 2), and each assumption is named in ``assumed``. AMD family
+    25 (Zen 4) runs 512-bit instructions on 256-bit units: 8 lanes, not 16. Only an upper
+    bound: a GEMM never reaches it (turbo limits, memory), so a share of it is never over 100%
+    unless an assumption is wrong, which is then said, not printed as a percentage."""
+    out = {"gflops": None, "cores": cores_used, "dtype": "float32", "assumed": [], "read": []}
+    try:
+        with open(cpuinfo) as f:
+            fields = _cpuinfo_fields(f.read())
+    except OSError as exc:
+        out["error"] = f"cannot read {cpuinfo} ({exc.strerror or exc})"
+        return out
+    flags = set(fields.get("flags", "").split())
+    isa = next((i for i in _ISA if i[0] in flags), None)
+    if isa is None:
+        out["error"] = f"no x86 vector flags in {cpuinfo} (another architecture): no peak computed"
+        return out
+    _, name, lanes, fma = isa
+    vendor, family = fields.get("vendor_id", ""), fields.get("cpu family", "")
+    if name == "AVX-512" and vendor == "AuthenticAMD" and family == "25":
+        lanes, name = 8, "AVX-512 on 256-bit units (AMD Zen 4)"
+    out.update(model=fields.get("model name"), isa=name, vector_lanes=lanes, fma=fma)
+    out["read"].append(f"ISA {name} ({lanes} float32 lanes{', FMA' if fma else ', no FMA'}) from {cpuinfo} flags")
+    units = 2
+    out["fma_units"] = units
+    out["assumed"].append(f"{units} {'FMA' if fma else 'multiply + add'} units per core (not in {cpuinfo})")
+    ghz, source = None, None
+    try:
+        with open(cpufreq_max) as f:
+            ghz, source = int(f.read().strip()) / 1e6, f"{cpufreq_max} (the maximum clock)"
+    except (OSError, ValueError):
+        try:
+            ghz, source = float(fields["cpu MHz"]) / 1000, f"{cpuinfo} 'cpu MHz' (the clock now; a turbo may be higher)"
+        except (KeyError, ValueError):
+            pass
+    if ghz is None or ghz <= 0:
+        ghz = 3.0
+        out["assumed"].append(f"clock {ghz:.2f} GHz (neither {cpufreq_max} nor {cpuinfo} says)")
+    else:
+        out["read"].append(f"clock {ghz:.2f} GHz from {source}")
+    out["clock_ghz"] = ghz
+    out["gflops_per_core"] = lanes * units * 2 * ghz
+    out["gflops"] = out["gflops_per_core"] * cores_used
+    out["formula"] = (f"{lanes} lanes x {units} units x 2 FLOPs x {ghz:.2f} GHz x {cores_used} "
+                      f"core{'s' if cores_used != 1 else ''} = {out['gflops']:.1f} GFLOP/s")
+    return out
+
+
+def share_text(achieved: Optional[float], limit: Optional[float], what: str) -> str:
+    """``41%`` of a limit, or ``above the <what>`` when the limit is exceeded (never a share
+    above 100%), ``-`` when either number is missing."""
+    if not achieved or not limit:
+        return "-"
+    if achieved > limit:
+        return f"above the {what}"
+    return f"{100 * achieved / limit:.0f}%"
+
+
+def _summarise_row(row: dict, task: str, gflops: float, probe: Optional[float], cores: int,
+                   peak: Optional[float] = None) -> dict:
+    """A timed row's flat fields: latency, throughput, FLOP rate, its share of the GEMM probe
+    and of the CPU's theoretical peak (``peak``; None on a GPU or another dtype), load, noise."""
     steps = row.get("step_s") or []
     if "error" in row or not steps:
         return row
@@ -355,9 +444,14 @@ def _summarise_row(row: dict, task: str, gflops: float, probe: Optional[float], 
                gflops_per_clip=gflops, achieved_gflops=gflops * clips)
     if task == "train":
         out["train_ms_per_step"] = 1000 * median
-    if probe:
+    if probe:   # the probe is one 2048^2 GEMM, not a limit: a network's kernels may beat it
         out["gemm_probe_gflops"] = probe
         out["utilisation"] = gflops * clips / probe
+        out["above_gemm_probe"] = gflops * clips > probe
+    if peak:
+        out["peak_gflops"] = peak
+        out["utilisation_of_peak"] = gflops * clips / peak
+        out["above_peak"] = gflops * clips > peak
     loads = row.get("load_average") or []
     if loads:
         out["load_average"] = {"min": min(loads), "median": statistics.median(loads), "max": max(loads)}
@@ -443,9 +537,11 @@ def _document(cfg, configs: List[Config], tasks, shapes, args, cores: int, threa
     gflops = {"infer": gflops_per_clip(cfg, clip),
               "train": train_gflops_per_clip(cfg, (args.train_input_shape or args.input_shape)[1:])}
     counter = next((c.flops_counter for c in configs if c.flops_counter), None)
+    peak = cpu_peak(min(threads, cores)) if args.device == "cpu" else None
     results = []
     for c in configs:
         probe = max((p["gflops"] for p in c.probes), default=None)
+        peak_gflops = peak.get("gflops") if peak and c.dtype == "float32" else None
         base = {"framework": c.framework, "mode": c.mode, "variant": c.variant, "dtype": c.dtype,
                 "device": args.device, "label": c.label, "options": c.options}
         if c.error:
@@ -453,7 +549,7 @@ def _document(cfg, configs: List[Config], tasks, shapes, args, cores: int, threa
                             "runs": []})
             continue
         for task in tasks:
-            rows = [_summarise_row(r, task, gflops[task], probe, cores) for r in c.runs.get(task, [])]
+            rows = [_summarise_row(r, task, gflops[task], probe, cores, peak_gflops) for r in c.runs.get(task, [])]
             results.append({**base, "task": task, "label": f"{c.label}/{task}", "runs": rows,
                             "build_s": c.ready.get("build_s"), "load_s": c.ready.get("load_s"),
                             "settings": c.ready.get("settings"), "threads": threads,
@@ -477,17 +573,40 @@ def _document(cfg, configs: List[Config], tasks, shapes, args, cores: int, threa
            "flops_convention": "2 x multiply-accumulates of convolutions and matrix products (torch FlopCounterMode's)",
            "flops_torch_counter_per_clip": counter,
            "flops_spec_vs_counter": (gflops["infer"] * 1e9 / counter - 1) if counter else None,
-           "gemm_probe_gflops_best": best_probe,
+           "gemm_probe_gflops_best": best_probe, "cpu_peak": peak,
            # what changes kernels or threading in every child (a capped oneDNN ISA, OpenMP waiting)
            "environment": {k: v for k, v in sorted(os.environ.items())
                            if k.startswith(("ONEDNN_", "DNNL_", "OMP_", "KMP_", "MKL_", "GOMP_"))},
            "results": results}
     doc["ratios"] = _ratios(results)
+    doc["noise"] = noise_verdict(results, threads, cores)
     ok = [r for r in results if r["runs"] and "ms_per_clip" in r["runs"][0]]
     if len(ok) >= 2:
         first = ok[0]["runs"][0]["ms_per_clip"]
         doc["relative_to_first"] = {_short(r): r["runs"][0]["ms_per_clip"] / first for r in ok}
     return doc
+
+
+def noise_verdict(results: List[dict], threads: int, cores: int) -> dict:
+    """One verdict for the whole run: which runs were noisy, and (when frameworks ran more
+    than one thread each) the suggestion to rerun with ``--threads 1``: on a busy machine an
+    OpenMP team waits for its slowest thread, so a multi-threaded latency swings with the
+    load while one thread per framework holds."""
+    runs = [(r["label"], run) for r in results for run in r["runs"] if "step_s_median" in run]
+    noisy = [(label, run) for label, run in runs if run.get("noisy")]
+    out = {"noisy": bool(noisy), "noisy_runs": [f"{label} batch {run['batch_size']}" for label, run in noisy],
+           "threads": threads, "cores": cores, "suggest_threads_1": bool(noisy) and threads > 1}
+    if not noisy:
+        out["verdict"] = (f"steady: every run's max/min latency <= {NOISY_SPREAD} and load average <= {cores} "
+                          "cores")
+        return out
+    spread = max(run["step_s_max"] / run["step_s_min"] for _, run in noisy if run["step_s_min"] > 0)
+    load = max((run.get("load_average") or {}).get("max", 0.0) for _, run in noisy)
+    out["verdict"] = (f"noisy: {len(noisy)} of {len(runs)} runs had max/min latency > {NOISY_SPREAD} or load "
+                      f"average > {cores} cores (worst max/min {spread:.2f}, load {load:.2f})"
+                      + (f"; rerun with --threads 1: {threads} threads per framework swing with a busy machine's "
+                         "load, one thread holds" if out["suggest_threads_1"] else "; rerun on a quieter machine"))
+    return out
 
 
 def _short(r: dict) -> str:
@@ -519,7 +638,7 @@ def _ratios(results: List[dict]) -> Dict[str, dict]:
 
 def _print_table(doc: dict) -> None:
     head = (f"{'configuration':<44} {'batch':>5} {'median ms':>10} {'p90 ms':>9} {'min':>8} {'max':>8} "
-            f"{'clips/s':>8} {'GFLOP/s':>8} {'util':>6} {'load':>11}")
+            f"{'clips/s':>8} {'GFLOP/s':>8} {'of peak':>8} {'of GEMM probe':>20} {'load':>11}")
     print(head)
     print("-" * len(head))
     for r in doc["results"]:
@@ -531,11 +650,12 @@ def _print_table(doc: dict) -> None:
                 print(f"{r['label']:<44} {run['batch_size']:>5} error: {run.get('error', 'no timed step')}")
                 continue
             load = run.get("load_average") or {}
-            util = run.get("utilisation")
+            achieved = run["achieved_gflops"]
             print(f"{r['label']:<44} {run['batch_size']:>5} {run['latency_ms_median']:>10.1f} "
                   f"{run['latency_ms_p90']:>9.1f} {1000 * run['step_s_min']:>8.1f} {1000 * run['step_s_max']:>8.1f} "
-                  f"{run['clips_per_s']:>8.2f} {run['achieved_gflops']:>8.1f} "
-                  f"{'-' if util is None else f'{100 * util:.0f}%':>6} "
+                  f"{run['clips_per_s']:>8.2f} {achieved:>8.1f} "
+                  f"{share_text(achieved, run.get('peak_gflops'), 'peak'):>8} "
+                  f"{share_text(achieved, run.get('gemm_probe_gflops'), 'GEMM probe'):>20} "
                   f"{load.get('min', float('nan')):>5.2f}-{load.get('max', float('nan')):<5.2f}"
                   + (f"  NOISY ({run['noise']})" if run.get("noisy") else ""))
     for key, ratio in doc["ratios"].items():
@@ -544,9 +664,19 @@ def _print_table(doc: dict) -> None:
     counter = doc.get("flops_torch_counter_per_clip")
     print(f"GFLOPs per clip (spec): {doc['gflops_per_clip']:.3f}"
           + (f"; torch FlopCounterMode: {counter / 1e9:.3f}" if counter else ""))
-    if any(run.get("noisy") for r in doc["results"] for run in r["runs"]):
-        print("warning: some runs were noisy (see NOISY above); rerun on a quiet machine for final numbers",
-              file=sys.stderr)
+    print(peak_line(doc.get("cpu_peak"), doc.get("gemm_probe_gflops_best", {}).get("float32")))
+    print(doc["noise"]["verdict"], file=sys.stderr if doc["noise"]["noisy"] else sys.stdout)
+
+
+def peak_line(peak: Optional[dict], probe: Optional[float]) -> str:
+    """The limits the shares are taken against, and what in them is read and what assumed."""
+    probe_text = f"GEMM probe (one 2048^2 float32 matmul, measured): {probe:.1f} GFLOP/s" if probe else "no GEMM probe"
+    if not peak:
+        return f"no CPU peak (device is not the CPU); {probe_text}"
+    if not peak.get("gflops"):
+        return f"no CPU peak ({peak.get('error')}); {probe_text}"
+    return (f"float32 peak {peak['formula']} ({peak.get('model') or 'CPU'}; read: {'; '.join(peak['read'])}; "
+            f"assumed: {'; '.join(peak['assumed']) or 'nothing'}); {probe_text}")
 
 
 def main(argv: Optional[List[str]] = None) -> int:

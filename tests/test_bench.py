@@ -3,6 +3,7 @@ and the spec's FLOP count against torch's own counter."""
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
@@ -86,7 +87,17 @@ def test_what_a_framework_cannot_run_is_recorded_and_the_rest_goes_on(cli, tmp_p
     doc = json.loads(out.read_text())
     by_label = {r["label"]: r for r in doc["results"]}
     assert "CUDA" in by_label["torch/eager/tf32/infer"]["error"]
-    assert by_label["torch/eager/infer"]["runs"][0]["clips_per_s"] > 0
+    run = by_label["torch/eager/infer"]["runs"][0]
+    assert run["clips_per_s"] > 0
+    # the CPU's peak for the one thread used, beside the probe, in the JSON and on stdout
+    peak = doc["cpu_peak"]
+    assert peak["cores"] == 1 and peak["gflops"] > 0 and peak["read"] and peak["assumed"]
+    assert run["peak_gflops"] == peak["gflops"] and run["utilisation_of_peak"] == pytest.approx(
+        run["achieved_gflops"] / peak["gflops"])
+    assert run["utilisation_of_peak"] <= 1 and isinstance(run["above_gemm_probe"], bool)
+    assert "float32 peak" in proc.stdout and "GEMM probe" in proc.stdout
+    assert doc["noise"]["verdict"] in proc.stdout + proc.stderr and not doc["noise"]["suggest_threads_1"]
+    assert all(int(x) <= 100 for x in re.findall(r"(\d+)%", proc.stdout))
 
 
 @pytest.mark.parametrize("argv, message", [
@@ -123,3 +134,84 @@ def test_spec_flops_equal_torch_flop_counter():
     per_stage = stage_flops(PRESETS["i3d_nl_dot_product_r50"], (1, 3, 32, 224, 224))
     assert per_stage["pool1"] == 0 and per_stage["res3.1.non_local"] > 0
     assert gflops_per_clip(PRESETS["i3d_nl_dot_product_r50"], (3, 32, 224, 224)) == pytest.approx(88.677, abs=1e-3)
+
+
+# ----------------------------------------------------------------------------- peak, shares, noise
+def _cpuinfo(tmp_path, flags, vendor="GenuineIntel", family="6", mhz="2100.000", name="cpuinfo"):
+    path = tmp_path / name
+    block = (f"processor\t: 0\nvendor_id\t: {vendor}\ncpu family\t: {family}\nmodel name\t: Test CPU\n"
+             f"cpu MHz\t\t: {mhz}\nflags\t\t: fpu sse2 {flags}\n\n")
+    path.write_text(block + block.replace("processor\t: 0", "processor\t: 1").replace(flags, "sse2"))
+    return str(path)
+
+
+@pytest.mark.parametrize("flags, vendor, family, lanes", [
+    ("avx avx2 fma avx512f", "GenuineIntel", "6", 16),     # two 512-bit FMA units: 64 FLOPs per cycle
+    ("avx avx2 fma avx512f", "AuthenticAMD", "25", 8),     # Zen 4: 512-bit instructions on 256-bit units
+    ("avx avx2 fma avx512f", "AuthenticAMD", "26", 16),    # Zen 5: full 512-bit units
+    ("avx avx2 fma", "AuthenticAMD", "23", 8),
+])
+def test_cpu_peak_reads_the_isa_and_clock_and_names_what_it_assumes(tmp_path, flags, vendor, family, lanes):
+    from harness.bench import cpu_peak
+
+    info = _cpuinfo(tmp_path, flags, vendor, family)
+    peak = cpu_peak(2, cpuinfo=info, cpufreq_max=str(tmp_path / "absent"))
+    assert peak["vector_lanes"] == lanes and peak["fma_units"] == 2
+    assert peak["gflops"] == pytest.approx(lanes * 2 * 2 * 2.1 * 2)        # lanes x units x 2 x GHz x cores
+    assert any("cpu MHz" in r for r in peak["read"]) and any("FMA units" in a for a in peak["assumed"])
+    # the maximum clock, where cpufreq gives one, wins over the clock of the moment
+    (tmp_path / "max").write_text("3500000\n")
+    assert cpu_peak(1, cpuinfo=info, cpufreq_max=str(tmp_path / "max"))["gflops"] == pytest.approx(lanes * 4 * 3.5)
+
+
+def test_cpu_peak_says_when_it_cannot_know(tmp_path):
+    from harness.bench import cpu_peak, peak_line
+
+    missing = cpu_peak(1, cpuinfo=str(tmp_path / "nope"))
+    assert missing["gflops"] is None and "cannot read" in missing["error"]
+    arm = tmp_path / "arm"
+    arm.write_text("processor\t: 0\nFeatures\t: fp asimd\n\n")
+    assert cpu_peak(1, cpuinfo=str(arm))["gflops"] is None
+    assert "no CPU peak" in peak_line(missing, 50.0) and "50.0 GFLOP/s" in peak_line(missing, 50.0)
+    noclock = cpu_peak(1, cpuinfo=_cpuinfo(tmp_path, "avx2 fma", mhz="?"), cpufreq_max=str(tmp_path / "absent"))
+    assert any(a.startswith("clock 3.00 GHz") for a in noclock["assumed"])   # assumed, and said so
+
+
+def test_a_network_faster_than_the_gemm_probe_is_never_shown_above_100_percent(capsys):
+    """torch's fast path beat the single 2048 GEMM probe (110% printed before): the share of
+    the probe reads "above the GEMM probe", the share of the peak stays a percentage."""
+    from harness import bench
+
+    row = {"batch_size": 1, "step_s": [0.5, 0.5, 0.5], "cpu_s": [0.5] * 3, "load_average": [0.5, 0.6, 0.7]}
+    run = bench._summarise_row(row, "infer", gflops=55.0, probe=100.0, cores=2, peak=166.0)   # 110 GFLOP/s
+    assert run["above_gemm_probe"] and not run["above_peak"] and not run["noisy"]
+    assert run["utilisation_of_peak"] == pytest.approx(110 / 166)
+    assert bench.share_text(110.0, 100.0, "GEMM probe") == "above the GEMM probe"
+    assert bench.share_text(110.0, 166.0, "peak") == "66%" and bench.share_text(None, 1.0, "peak") == "-"
+    doc = {"results": [{"label": "torch/eager/fast/infer", "runs": [run]}], "ratios": {}, "gflops_per_clip": 55.0,
+           "cpu_peak": {"gflops": 166.0, "formula": "16 lanes x 2 units x 2 FLOPs x 2.60 GHz x 1 core = 166.0 GFLOP/s",
+                        "read": ["ISA AVX-512"], "assumed": ["2 FMA units"]},
+           "gemm_probe_gflops_best": {"float32": 100.0}, "noise": bench.noise_verdict([], 1, 2)}
+    bench._print_table(doc)
+    out = capsys.readouterr().out
+    shares = [int(x) for x in re.findall(r"(\d+)%", out)]
+    assert shares == [66] and "above the GEMM probe" in out
+    assert "166.0 GFLOP/s" in out and "assumed: 2 FMA units" in out and "100.0 GFLOP/s" in out
+
+
+def test_one_noise_line_suggests_one_thread_only_when_threads_were_shared():
+    from harness import bench
+
+    steady = bench._summarise_row({"batch_size": 1, "step_s": [1.0, 1.02, 1.01], "load_average": [1.0]},
+                                  "infer", 10.0, None, cores=2)
+    swung = bench._summarise_row({"batch_size": 1, "step_s": [1.0, 3.1, 1.2], "load_average": [2.9]},
+                                 "infer", 10.0, None, cores=2)
+    assert not steady["noisy"] and swung["noisy"]
+    results = [{"label": "torch/eager/infer", "runs": [swung]}, {"label": "ms/graph/infer", "runs": [steady]}]
+    two = bench.noise_verdict(results, threads=2, cores=2)
+    assert two["noisy"] and two["suggest_threads_1"] and two["noisy_runs"] == ["torch/eager/infer batch 1"]
+    assert "\n" not in two["verdict"] and "--threads 1" in two["verdict"] and "3.10" in two["verdict"]
+    one = bench.noise_verdict(results, threads=1, cores=2)
+    assert one["noisy"] and not one["suggest_threads_1"] and "--threads 1" not in one["verdict"]
+    calm = bench.noise_verdict([{"label": "x", "runs": [steady]}], threads=2, cores=2)
+    assert not calm["noisy"] and calm["verdict"].startswith("steady")
