@@ -10,15 +10,23 @@ Reads a results folder and the checkpoint registry, nothing else (see
 evaluation throughput is recomputed from the runs' saved per-video scores; a summary that
 its scores contradict is flagged and its numbers are not used. Tables:
 
-accuracy   one row per registered checkpoint x framework it ran in: published numbers exactly as
-           the registry holds them (with protocol, val count, denominator), measured ones on
+accuracy   one row per registered checkpoint x framework it ran in, on Kinetics-400: published numbers
+           exactly as the registry holds them (with protocol, val count, denominator), measured ones on
            the same denominator, the difference, top-1 agreement with the same weights in the
            other framework, clips/s; a checkpoint never run shows as published only
+accuracy_* runs on any other dataset (a generated one: its data root named by a make_dataset
+           ``--json`` summary in the folder; or N != 400 classes): a table per dataset, measured
+           only; top-5 is n/a with <= 5 classes (every label is in the top 5)
 random     runs on seeded random weights: a framework comparison, kept out of the accuracy table
-speed      benchmarks: latency, clips/s, GFLOPs, utilisation, peak memory, training ms/step, ratios
-parity     per comparison, the worst error of each stage (a fraction of the layer's max |reference|)
-           and the verdict, forward and training step
+speed      benchmarks: latency, clips/s, GFLOPs, share of the CPU's peak and of the GEMM probe (never
+           over 100%: "above the GEMM probe"), peak memory, training ms/step, ratios
+parity     per comparison and stage, the layer nearest its tolerance: its error (a fraction of its max
+           |reference|, absolute where that reference is zero up to rounding), its share of the
+           tolerance, and "ok" only at or under 100%; the verdict
 training   training runs: final loss, accuracy, ms/step
+
+The text formats show a compact view (the columns a terminal has room for); ``--wide``, html,
+csv and json hold every column.
 
 Rows measured on different protocols, val sets, denominators or spec hashes are never
 compared without a flag: a numbered note on the row and on the compared cell. Files that are
@@ -113,6 +121,22 @@ def _agreement(r: dict, notes: Notes) -> str:
             + notes.mark(r, "agreement"))
 
 
+def _measured(r: dict) -> str:
+    if r.get("measured_top5_note"):
+        return f"{_f(r.get('measured_top1'))} / {r['measured_top5_note']}"
+    return _pair(r.get("measured_top1"), r.get("measured_top5"))
+
+
+def _utilisation(r: dict) -> str:
+    """Share of the CPU's theoretical peak / of the GEMM probe; never a share over 100%."""
+    def share(x: Any, what: str) -> str:
+        return "-" if x is None else (f"above the {what}" if x > 100.0 else f"{x:.0f}%")
+
+    if r.get("peak_pct") is None and r.get("utilisation_pct") is None:
+        return "-"
+    return f"{share(r.get('peak_pct'), 'peak')} / {share(r.get('utilisation_pct'), 'GEMM probe')}"
+
+
 def _preset(r: dict) -> str:
     return f"{r.get('data_preset')}*" if r.get("data_override") else str(r.get("data_preset") or "-")
 
@@ -130,7 +154,7 @@ ACCURACY_COLUMNS: List[Column] = [
      f"{_f(r['published_val_videos'], '{:d}') if r['published_val_videos'] is not None else '?'} videos, "
      f"{r['published_denominator'] or '?'}"),
     ("scored / listed / missing", lambda r, n: _counts(r)),
-    ("measured top-1 / top-5", lambda r, n: _pair(r.get("measured_top1"), r.get("measured_top5"))),
+    ("measured top-1 / top-5", lambda r, n: _measured(r)),
     ("measured on", lambda r, n: "-" if not r.get("measured_on") else f"{r['measured_videos']} videos, "
                                                                         f"{r['measured_on']}"),
     ("delta top-1 / top-5", lambda r, n: ("-" if r.get("delta_top1") is None and r.get("delta_top5") is None else
@@ -167,7 +191,7 @@ SPEED_COLUMNS: List[Column] = [
     ("clips/s", lambda r, n: _f(r["clips_per_s"])),
     ("GFLOPs/clip", lambda r, n: _f(r["gflops_per_clip"], "{:.2f}")),
     ("GFLOP/s", lambda r, n: _f(r["gflop_per_s"], "{:.1f}")),
-    ("utilisation %", lambda r, n: _f(r["utilisation_pct"], "{:.1f}")),
+    ("utilisation (of peak / of GEMM probe)", lambda r, n: _utilisation(r)),
     ("peak memory GiB (host / device)", lambda r, n: _pair(r["peak_host_gib"], r["peak_device_gib"])),
     ("train ms/step", lambda r, n: _f(r["train_ms_per_step"], "{:.1f}")),
     ("ratio", lambda r, n: "-" if r["ratio"] is None else f"{r['ratio']:.2f}x vs {r['ratio_to']}" + n.mark(r, "ratio")),
@@ -189,31 +213,73 @@ TRAINING_COLUMNS: List[Column] = [
 ]
 
 
-def parity_columns(rows: List[dict]) -> List[Column]:
+def stage_text(st: Optional[dict], mark: str = "") -> str:
+    """A parity stage's cell: the error of the layer nearest its tolerance (scaled by its
+    reference's max |value|, or ``abs`` where that reference is zero up to rounding), its
+    share of the tolerance, and the verdict: ``ok`` only at or under 100%."""
+    if st is None:
+        return "-"
+    err = st.get("nearest_error", st.get("worst"))
+    text = ("abs " if st.get("nearest_error_kind") == "absolute" else "") + _sci(err)
+    share = st.get("of_tolerance")
+    if share is not None:
+        text += " (inf)" if share == float("inf") else f" ({100 * share:.0f}%)"
+    if not st.get("passed"):
+        return f"{text} FAIL"
+    if st.get("over_tolerance") or (share is not None and share > 1.0):
+        return f"{text} over tolerance{mark}"
+    return f"{text} ok"
+
+
+def _verdict(r: dict, n: Notes) -> str:
+    if not r["passed"]:
+        return f"FAIL (first: {r['first_failure']})"
+    over = r.get("over_tolerance") or []
+    if over:
+        return f"not ok: {len(over)} layer{'s' if len(over) > 1 else ''} over tolerance, passed by the file"
+    return "PASS"
+
+
+def parity_columns(rows: List[dict], compact: bool = False) -> List[Column]:
     stages = sorted({s for r in rows for s in r["stages"]}, key=stage_rank)
 
     def stage_cell(stage: str) -> Callable[[dict, Notes], str]:
-        def cell(r: dict, n: Notes) -> str:
-            st = r["stages"].get(stage)
-            if st is None:
-                return "-"
-            share = st.get("of_tolerance")
-            near = "" if share is None else (" (inf)" if share == float("inf") else f" ({100 * share:.0f}%)")
-            return f"{_sci(st['worst'])}{near} {'ok' if st['passed'] else 'FAIL'}"
-        return cell
+        return lambda r, n: stage_text(r["stages"].get(stage), n.mark(r, f"stage:{stage}"))
 
-    return ([("kind", lambda r, n: r["kind"]), ("comparison", lambda r, n: r["comparison"]),
-             ("mode", lambda r, n: r["mode"]), ("arch", lambda r, n: str(r["arch"] or "-")),
-             ("input", lambda r, n: r["input"]), ("weights", lambda r, n: r["weights"])]
-            + [(s, stage_cell(s)) for s in stages]
+    ident: List[Column] = [("kind", lambda r, n: r["kind"]), ("comparison", lambda r, n: r["comparison"]),
+                           ("mode", lambda r, n: r["mode"])]
+    if not compact:
+        ident += [("arch", lambda r, n: str(r["arch"] or "-")), ("input", lambda r, n: r["input"]),
+                  ("weights", lambda r, n: r["weights"])]
+    return (ident + [(s, stage_cell(s)) for s in stages]
             + [("logits top-1 agreement %", lambda r, n: _f(r["logits_top1_agreement"])),
-               ("verdict", lambda r, n: "PASS" if r["passed"] else f"FAIL (first: {r['first_failure']})"),
-               ("notes", lambda r, n: n.all(r))])
+               ("verdict", _verdict), ("notes", lambda r, n: n.all(r))])
 
 
-def columns_of(name: str, rows: List[dict]) -> List[Column]:
-    return {"accuracy": ACCURACY_COLUMNS, "random": RANDOM_COLUMNS, "speed": SPEED_COLUMNS,
-            "training": TRAINING_COLUMNS}.get(name) or parity_columns(rows)
+def _pick(columns: List[Column], names: Tuple[str, ...]) -> List[Column]:
+    by_name = dict(columns)
+    return [(name, by_name[name]) for name in names]
+
+
+# what a terminal shows by default (--wide, html, csv and json: every column)
+COMPACT = {
+    "accuracy": ("checkpoint", "run in", "data preset", "published top-1 / top-5", "measured top-1 / top-5",
+                 "delta top-1 / top-5", "top-1 agreement (%)", "notes"),
+    "accuracy_other": ("checkpoint", "run in", "data preset", "scored / listed / missing", "measured top-1 / top-5",
+                       "measured on", "top-1 agreement (%)", "notes"),
+    "speed": ("bench", "framework", "variant", "device", "clip", "batch", "ms/clip", "clips/s",
+              "utilisation (of peak / of GEMM probe)", "train ms/step", "ratio", "notes"),
+}
+
+
+def columns_of(name: str, rows: List[dict], compact: bool = False) -> List[Column]:
+    """The columns of table ``name``; ``compact``: the few a terminal has room for."""
+    if name == "parity":
+        return parity_columns(rows, compact)
+    base = "accuracy_other" if name.startswith("accuracy_") else name
+    full = {"accuracy": ACCURACY_COLUMNS, "accuracy_other": ACCURACY_COLUMNS, "random": RANDOM_COLUMNS,
+            "speed": SPEED_COLUMNS, "training": TRAINING_COLUMNS}[base]
+    return _pick(full, COMPACT[base]) if compact and base in COMPACT else full
 
 
 def _source_ids(report: dict) -> Dict[str, str]:
@@ -229,7 +295,7 @@ def other_notes(table: dict, notes: Notes) -> List[str]:
     return rest
 
 
-def text_tables(report: dict) -> List[Tuple[str, str, List[str], List[List[str]], List[str]]]:
+def text_tables(report: dict, compact: bool = False) -> List[Tuple[str, str, List[str], List[List[str]], List[str]]]:
     """(key, title, header, body, notes) of every non-empty table, with note numbers and a
     ``source`` column (``S3``: the third file of the sources list)."""
     ids = _source_ids(report)
@@ -239,7 +305,7 @@ def text_tables(report: dict) -> List[Tuple[str, str, List[str], List[List[str]]
         if not rows:
             continue
         notes = Notes()
-        cols = columns_of(key, rows)
+        cols = columns_of(key, rows, compact)
         header = [c[0] for c in cols] + ["source"]
         body = [[fn(r, notes) for _, fn in cols] + [" ".join(ids.get(s["path"], "") for s in r.get("sources", [])
                                                              if s["path"] in ids) or "registry"]
@@ -248,7 +314,7 @@ def text_tables(report: dict) -> List[Tuple[str, str, List[str], List[List[str]]
     return out
 
 
-def render_text(report: dict, fmt: str) -> str:
+def render_text(report: dict, fmt: str, wide: bool = False) -> str:
     try:
         from tabulate import tabulate
     except ImportError:
@@ -268,7 +334,9 @@ def render_text(report: dict, fmt: str) -> str:
             return f"\\begin{{{env}}}\n" + "".join(f"\\item {_tex(t)}\n" for t in items) + f"\\end{{{env}}}\n"
         return "".join(f"{f'{i + 1}.' if numbered else '-'} {t}\n" for i, t in enumerate(items))
 
-    for _, title, header, body, (numbered, rest) in text_tables(report):
+    for key, title, header, body, (numbered, rest) in text_tables(report, compact=not wide):
+        if not wide and len(header) < len(columns_of(key, report["tables"][key]["rows"])) + 1:
+            rest = rest + ["compact view: --wide (or --format html, csv, json) shows every column"]
         notes = lines(numbered, numbered=True) + lines(rest)
         parts.append(heading(title) + "\n" + tabulate(body, header, tablefmt=tf, disable_numparse=True) + "\n"
                      + ("\n" + notes if notes else ""))
@@ -325,7 +393,9 @@ def to_json(report: dict) -> str:
     return json.dumps(json_safe(json.loads(json.dumps(report, default=default))), indent=2)
 
 
-def render(report: dict, fmt: str, plots: Optional[list] = None, out_path: Optional[str] = None) -> str:
+def render(report: dict, fmt: str, plots: Optional[list] = None, out_path: Optional[str] = None,
+           wide: bool = False) -> str:
+    """``report`` as ``fmt``; the text formats show the compact columns unless ``wide``."""
     if fmt == "json":
         return to_json(report)
     if fmt == "csv":
@@ -334,7 +404,7 @@ def render(report: dict, fmt: str, plots: Optional[list] = None, out_path: Optio
         from harness.report_html import render_html
 
         return render_html(report, plots or [], out_path)
-    return render_text(report, fmt)
+    return render_text(report, fmt, wide)
 
 
 # ============================================================================ command
@@ -346,6 +416,9 @@ def main(argv: Optional[List[str]] = None) -> int:
                    help="github (default), markdown, latex, csv, json, or html (one self-contained page)")
     p.add_argument("--out", help="write here instead of standard output")
     p.add_argument("--plots", metavar="DIR", help="also write the plots as PNG files into DIR")
+    p.add_argument("--wide", action="store_true",
+                   help="text formats: every column (default: the few a terminal has room for; html, csv and json "
+                        "always hold every column)")
     args = p.parse_args(argv)
 
     def body() -> int:
@@ -368,7 +441,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             plots = plotting.make_plots(report)
         if args.plots:
             plotting.write_plots(plots, args.plots)
-        text = render(report, args.format, plots, args.out)
+        text = render(report, args.format, plots, args.out, wide=args.wide)
         if args.out:
             with atomic_path(args.out) as tmp:
                 with open(tmp, "w", encoding="utf-8") as f:

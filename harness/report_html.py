@@ -63,7 +63,7 @@ def render_html(report: dict, plots: List, out_path: Optional[str] = None) -> st
             srcs = r.get("sources", [])
             tip = "; ".join(f"{s['path']} (sha256 {s['sha256']})" for s in srcs) or "the checkpoint registry"
             cells = []
-            marks = {notes.mark(r, on) for on in ("delta", "agreement", "ratio")} - {""}
+            marks = {notes.mark(r, fl.on) for fl in r.get("flags", []) if fl.on != "row"} - {""}
             for header, fn in cols:
                 text = fn(r, notes)
                 classes = (["num"] if NUMBER.fullmatch(text) else []) + (

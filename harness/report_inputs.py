@@ -15,6 +15,9 @@ stamp are told apart by their fields). The kinds read:
                  comparator reports (:func:`parity_blocks`): any object with ``reference``,
                  ``candidate`` and ``layers``, wherever it sits in the file.
 ``train``        training runs (:func:`train_record`): loss per step, final accuracy, ms/step.
+``dataset``      ``harness.make_dataset --json``'s summary (no kind; told by its fields): the
+                 evaluations whose data root it names ran on generated videos
+                 (:func:`generated_roots`), and their accuracy is titled so.
 
 Anything else (another kind, no kind, not JSON, a shard whose merged summary is missing) is
 put on the *not read* list with its reason: visible in the report, never an error.
@@ -42,8 +45,10 @@ _LEGACY_KINDS = (("evaluation", lambda d: "summary_version" in d and "scores" in
                  ("bench_forward", lambda d: d.get("benchmark") == "forward"),
                  ("device_check", lambda d: d.get("benchmark") == "device_check"),
                  ("bench_data", lambda d: d.get("benchmark") == "data_decode"),
-                 ("parity", lambda d: "layers" in d or "comparisons" in d or d.get("benchmark") == "parity"))
-READ_KINDS = ("evaluation", "bench_forward", "bench_train", "device_check", "parity", "train_parity", "train")
+                 ("parity", lambda d: "layers" in d or "comparisons" in d or d.get("benchmark") == "parity"),
+                 ("dataset", lambda d: {"root", "classes", "videos", "frames_per_video", "fps", "seed"} <= set(d)))
+READ_KINDS = ("evaluation", "bench_forward", "bench_train", "device_check", "parity", "train_parity", "train",
+              "dataset")
 # kinds this report knows and leaves out on purpose, with the reason it gives
 LEFT_OUT = {"agreement": "recomputed from the two runs' own scores instead",
             "bench_data": "a decoding benchmark: not part of this report"}
@@ -393,6 +398,9 @@ def bench_records(source: Source) -> Iterator[BenchRecord]:
                     yield BenchRecord(source, {**top, "framework": "torch", "device": device, **_scalars(row)}, hw,
                                       row.get("error"))
         return
+    if isinstance(doc.get("rows"), list):   # harness.train_bench: one row per framework x shape
+        yield from _train_bench_records(source, top)
+        return
     if isinstance(doc.get("results"), list):
         results = doc["results"]
     elif isinstance(doc.get("runs"), list):
@@ -410,9 +418,31 @@ def bench_records(source: Source) -> Iterator[BenchRecord]:
         for run in (r["runs"] if isinstance(r.get("runs"), list) else [{}]):
             if isinstance(run, dict):
                 lists = {k: v for part in (r, run) for k, v in part.items()
-                         if isinstance(v, list) and (k.endswith("_s") or k == "input_shape")}
+                         if (isinstance(v, list) and (k.endswith("_s") or k == "input_shape"))
+                         or (k == "load_average" and isinstance(v, dict))}
                 yield BenchRecord(source, {**base, **_scalars(run), **lists}, hw,
                                   None if run.get("error") is None else str(run["error"]))
+
+
+def _train_bench_records(source: Source, top: dict) -> Iterator[BenchRecord]:
+    """``harness.train_bench``'s rows: ``framework``, ``ms_mode``, ``shape``, ``step_ms`` (a
+    list), ``median_step_ms``, ``peak_rss_bytes``, ``hardware``; a row that did not run holds
+    ``skipped`` or ``error`` instead of its times."""
+    for row in source.doc["rows"]:
+        if not isinstance(row, dict):
+            continue
+        fields = {**top, **_scalars(row), "mode": row.get("ms_mode") or "eager"}
+        fields.pop("variant", None)    # "ms graph": the framework and mode again
+        shape = row.get("shape")
+        if isinstance(shape, list) and len(shape) == 5:
+            fields.update(input_shape=shape, batch_size=shape[0])
+        steps = row.get("step_ms")
+        if isinstance(steps, list) and steps and all(isinstance(x, (int, float)) and not isinstance(x, bool)
+                                                     for x in steps):
+            fields["step_s"] = [x / 1000 for x in steps]
+        hw = row.get("hardware") if isinstance(row.get("hardware"), dict) else None
+        why = row.get("error") or row.get("skipped")
+        yield BenchRecord(source, fields, hw, None if why is None else str(why))
 
 
 TRAIN_WORDS = ("train", "training", "train_step")
@@ -505,11 +535,37 @@ def stage_of(name: str) -> str:
 
 def layer_error(layer: dict) -> Optional[float]:
     """A layer's worst error as a fraction of its reference's max |value| (the comparator's
-    scaled error), or the relative form where only that is given."""
-    v = number(layer, "scaled_max_abs", "max_rel", "max_abs")
+    scaled error; ``max_abs / ref_max`` where only those are given). Never an element-wise
+    relative error: against a reference element near zero that is any number at all
+    (7e8 was printed for a float64 gradient of 4e-17)."""
+    v = number(layer, "scaled_max_abs")
     if v is None and isinstance(layer.get("scaled_max_abs"), (int, float)):  # inf: not comparable
         return float("inf")
+    if v is None:
+        diff, ref = number(layer, "max_abs"), number(layer, "ref_max")
+        v = diff / ref if diff is not None and ref else None
     return v
+
+
+def near_zero_reference(layer: dict) -> bool:
+    """Whether a layer's reference is zero up to rounding, so that no error scaled by it
+    means anything: its max |value| is 0, or its tolerance (a fraction of that max) is over
+    1, i.e. the comparison itself allows more than the whole reference (training-step parity
+    does this for gradients that vanish analytically, such as a zero-gain BN's bias)."""
+    ref, atol = number(layer, "ref_max"), number(layer, "atol")
+    return ref == 0.0 or (atol is not None and atol > 1.0)
+
+
+def generated_roots(sources: Sequence[Source]) -> Dict[str, dict]:
+    """Real paths of the data roots that ``harness.make_dataset`` summaries say it wrote,
+    each with the summary's facts (classes, videos, seed)."""
+    out = {}
+    for src in sources:
+        d = src.doc
+        if src.kind == "dataset" and isinstance(d.get("root"), str) and isinstance(d.get("classes"), list):
+            out[os.path.realpath(d["root"])] = {"classes": len(d["classes"]), "videos": d.get("videos"),
+                                                "seed": d.get("seed"), "source": src.ref()}
+    return out
 
 
 # ----------------------------------------------------------------------------- training runs

@@ -14,9 +14,10 @@ from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from harness.report_inputs import (STAGES, Evaluation, Scan, Source, agreement, bench_records, device_label,
-                                   framework_name, is_training, layer_error, loss_curve, median_step_s, number,
-                                   p90_step_s, parity_blocks, peak_memory_gib, per_class_top1, read_evaluation,
-                                   scan, sha256_of, stage_of, train_record)
+                                   framework_name, generated_roots, is_training, layer_error, loss_curve,
+                                   median_step_s, near_zero_reference, number, p90_step_s, parity_blocks,
+                                   peak_memory_gib, per_class_top1, read_evaluation, scan, sha256_of, stage_of,
+                                   train_record)
 
 ROWS = ("caffe", "pytorch", "mindspore")
 
@@ -132,11 +133,13 @@ def _published_fields(entry) -> dict:
             "registry_arch": entry.arch if entry is not None else None}
 
 
-def _measured_row(ev: Evaluation, entry, evals: Sequence[Evaluation], extra_flags: List[Flag]) -> dict:
+def _measured_row(ev: Evaluation, entry, evals: Sequence[Evaluation], extra_flags: List[Flag],
+                  registered: bool = True) -> dict:
     d, m = ev.doc, ev.measured
     flags = list(extra_flags) + [Flag(p) for p in ev.problems]
+    unlisted = "" if not registered else " (not in the registry)"
     row = {"type": f"i3d_nlnet_{entry.framework_row}" if entry is not None else "-",
-           "checkpoint": entry.name if entry is not None else f"{_label(ev)} (not in the registry)",
+           "checkpoint": entry.name if entry is not None else f"{_label(ev)}{unlisted}",
            "run_in": framework_name(ev.framework), "arch": d.get("arch"), "data_preset": d.get("data_preset"),
            "data_override": _describe_override(d.get("data_override")), "protocol": d.get("protocol"),
            "spec_hash": d.get("spec_hash"), "val_set": _val_set(ev), "videos_scored": m.get("n_videos"),
@@ -149,6 +152,10 @@ def _measured_row(ev: Evaluation, entry, evals: Sequence[Evaluation], extra_flag
     row.update(measured_on=denominator if m else None,
                measured_top1=_pct(m.get("top1" + suffix)), measured_top5=_pct(m.get("top5" + suffix)),
                measured_videos=(m.get("n_listed") if denominator == "listed" else m.get("n_videos")))
+    n_classes = class_count(ev)
+    row["classes"] = n_classes
+    if n_classes is not None and n_classes <= 5 and row["measured_top5"] is not None:
+        row.update(measured_top5=None, measured_top5_note=TOP5_NA)   # every label is in the top 5
     for k in ("top1", "top5"):
         pub, got = row[f"published_{k}"], row[f"measured_{k}"]
         row[f"delta_{k}"] = got - pub if isinstance(pub, (int, float)) and got is not None else None
@@ -203,9 +210,42 @@ def _match(ev: Evaluation, registry) -> Tuple[Optional[Any], List[Flag]]:
     return None, []
 
 
-def accuracy_tables(evals: List[Evaluation], registry) -> Tuple[List[dict], List[dict], List[str]]:
-    """(accuracy rows, random-weight rows, table notes)."""
-    measured = [e for e in evals if not e.random_weights]
+KINETICS_CLASSES = 400
+TOP5_NA = "n/a (<= 5 classes)"
+
+
+def class_count(ev: Evaluation) -> Optional[int]:
+    """How many classes a run scored: its saved scores' width, else the summary's num_classes."""
+    if ev.scores is not None and ev.scores.ndim == 2:
+        return int(ev.scores.shape[1])
+    n = ev.doc.get("num_classes")
+    return n if isinstance(n, int) and not isinstance(n, bool) else None
+
+
+def dataset_group(ev: Evaluation, generated: Dict[str, dict]) -> Optional[Tuple[str, int]]:
+    """Where a run's accuracy belongs: None for Kinetics-400 (400 classes, not generated),
+    ``("generated", N)`` for a data root a make_dataset summary here names, ``("other", N)``
+    for any other dataset of N != 400 classes."""
+    root = ev.doc.get("data_root")
+    n = class_count(ev)
+    if isinstance(root, str) and os.path.realpath(root) in generated:
+        return "generated", n if n is not None else generated[os.path.realpath(root)]["classes"]
+    if n is not None and n != KINETICS_CLASSES:
+        return "other", n
+    return None
+
+
+def accuracy_tables(evals: List[Evaluation], registry,
+                    generated: Optional[Dict[str, dict]] = None) -> Tuple[List[dict], List[dict], List[str], dict]:
+    """(Kinetics-400 accuracy rows, random-weight rows, table notes, the tables of other
+    datasets: key -> {title, rows, notes}, one per generated or other dataset size)."""
+    generated = generated or {}
+    measured = [e for e in evals if not e.random_weights and dataset_group(e, generated) is None]
+    others: Dict[Tuple[str, int], List[Evaluation]] = {}
+    for ev in evals:
+        group = None if ev.random_weights else dataset_group(ev, generated)
+        if group is not None:
+            others.setdefault(group, []).append(ev)
     matched: Dict[str, List[Tuple[Evaluation, List[Flag]]]] = {}
     unregistered: List[Tuple[Evaluation, List[Flag]]] = []
     for ev in measured:
@@ -225,7 +265,25 @@ def accuracy_tables(evals: List[Evaluation], registry) -> Tuple[List[dict], List
     rows += [_measured_row(ev, None, evals, flags) for ev, flags in unregistered]
     notes = _mixed(rows)
     random_rows = [_random_row(ev, evals) for ev in evals if ev.random_weights]
-    return rows, random_rows, notes + _mixed(random_rows, what="runs")
+    return rows, random_rows, notes + _mixed(random_rows, what="runs"), _other_tables(others, evals)
+
+
+def _other_tables(others: Dict[Tuple[str, int], List[Evaluation]], evals: List[Evaluation]) -> dict:
+    """One table per dataset that is not Kinetics-400: measured only, nothing published beside it."""
+    order = {"torch": 0, "ms": 1}
+    tables = {}
+    for (what, n), group in sorted(others.items(), key=lambda kv: (kv[0][0], kv[0][1] or 0)):
+        group = sorted(group, key=lambda e: (order.get(e.framework, 9), e.source.path))
+        rows = [_measured_row(ev, None, evals, [], registered=False) for ev in group]
+        title = (f"Accuracy on a generated dataset (harness.make_dataset, {n} classes): not Kinetics-400"
+                 if what == "generated" else f"Accuracy on a {n}-class dataset: not Kinetics-400")
+        notes = _mixed(rows)
+        if n is not None and n <= 5:
+            notes.append(f"top-5 is {TOP5_NA}: with {n} classes every label is among the top 5, so it is 100% "
+                         "whatever the network does")
+        chance = f"chance top-1 is {100 / n:.1f}% ({n} classes)" if n else None
+        tables[f"accuracy_{what}_{n}"] = {"title": title, "rows": rows, "notes": notes + ([chance] if chance else [])}
+    return tables
 
 
 def _mixed(rows: List[dict], what: str = "measured rows") -> List[str]:
@@ -263,7 +321,7 @@ def _dtype(rec: dict, kind: str) -> Tuple[Optional[str], List[Flag]]:
     for k in ("dtype", "precision"):
         if isinstance(rec.get(k), str):
             return rec[k], []
-    if kind in ("bench_forward", "device_check"):
+    if kind in ("bench_forward", "device_check", "bench_train"):
         return "float32", [Flag("dtype not recorded: this benchmark had no dtype option and ran float32"
                                 + (" with TF32 off" if rec.get("tf32") is False else ""))]
     return None, []
@@ -331,10 +389,9 @@ def _speed_row(src: Source, f: dict, hardware: Optional[dict]) -> Optional[dict]
     dtype, dflags = _dtype(f, src.kind)
     shape = f.get("input_shape")
     clip = "x".join(str(x) for x in shape[1:]) if isinstance(shape, list) and len(shape) == 5 else None
-    util = number(f, "utilisation", "utilization", "mfu", "utilisation_pct", "utilization_pct")
-    if util is not None and util <= 1.0 and not any(k.endswith("_pct") and k in f for k in
-                                                    ("utilisation_pct", "utilization_pct")):
-        util *= 100.0
+    util = number(f, "utilisation", "utilization", "mfu")      # fractions, as harness.bench writes them
+    util = 100.0 * util if util is not None else number(f, "utilisation_pct", "utilization_pct")
+    peak_share = number(f, "utilisation_of_peak")
     mem = peak_memory_gib(f)
     if f.get("noisy") is True:
         flags.append(Flag(f"noisy timing ({f.get('noise') or 'the benchmark says so'})", "ratio"))
@@ -346,8 +403,11 @@ def _speed_row(src: Source, f: dict, hardware: Optional[dict]) -> Optional[dict]
             "gflops_per_clip": number(f, "gflops_per_clip", "gflops") or (
                 number(f, "flops_per_clip", "flops") / 1e9 if number(f, "flops_per_clip", "flops") else None),
             "gflop_per_s": number(f, "achieved_gflops", "achieved_gflop_per_s", "gflop_per_s", "gflops_per_s"),
-            "interleaved": f.get("interleaved"),
-            "utilisation_pct": util, "peak_host_gib": mem.get("host"), "peak_device_gib": mem.get("device"),
+            "interleaved": f.get("interleaved"), "noisy": f.get("noisy") is True,
+            "load_average_max": number(f.get("load_average") if isinstance(f.get("load_average"), dict) else {},
+                                       "max"),
+            "utilisation_pct": util, "peak_pct": None if peak_share is None else 100.0 * peak_share,
+            "peak_gflops": number(f, "peak_gflops"), "peak_host_gib": mem.get("host"), "peak_device_gib": mem.get("device"),
             "train_ms_per_step": train_ms, "ratio": None, "ratio_to": None, "flags": flags + dflags,
             "sources": [src.ref()]}
 
@@ -409,26 +469,53 @@ def _share(layer: dict) -> Optional[float]:
     return needed / atol if needed is not None and atol else None
 
 
-def _parity_row(src: Source, block) -> Tuple[dict, dict]:
-    """A comparison's row (worst error per stage, verdict) and its per-layer line for the plot."""
-    rep, doc = block.report, src.doc
-    layers = [x for x in rep["layers"] if isinstance(x, dict) and isinstance(x.get("name"), str)]
+def _stage_cells(layers: List[dict]) -> Dict[str, dict]:
+    """Per stage: its worst scaled error (over layers whose reference is not zero up to
+    rounding), the layer that came nearest its tolerance with that layer's own error and
+    share, the verdict, and the layers that needed over 100% of their tolerance yet are
+    marked passed in the file (passed by an allowance of its own, never shown as ok)."""
     stages: Dict[str, dict] = {}
     for layer in layers:
-        st = stages.setdefault(stage_of(layer["name"]), {"worst": None, "passed": True, "layers": 0,
-                                                         "worst_layer": None, "of_tolerance": None,
-                                                         "nearest_layer": None})
-        err = layer_error(layer)
+        st = stages.setdefault(stage_of(layer["name"]), {
+            "worst": None, "worst_layer": None, "passed": True, "layers": 0, "of_tolerance": None,
+            "nearest_layer": None, "nearest_error": None, "nearest_error_kind": None, "over_tolerance": []})
         st["layers"] += 1
-        st["passed"] = st["passed"] and layer.get("passed") is True
-        if err is not None and (st["worst"] is None or err > st["worst"]):
+        passed = layer.get("passed") is True
+        st["passed"] = st["passed"] and passed
+        near_zero = near_zero_reference(layer)
+        err = number(layer, "max_abs") if near_zero else layer_error(layer)
+        if not near_zero and err is not None and (st["worst"] is None or err > st["worst"]):
             st["worst"], st["worst_layer"] = err, layer["name"]
-        share = _share(layer)   # how near the stage came to its tolerance (layers' atols differ)
-        if share is not None:
-            if st["of_tolerance"] is None or share > st["of_tolerance"]:
-                st["of_tolerance"], st["nearest_layer"] = share, layer["name"]
-    passed = all(x.get("passed") is True for x in layers) and bool(layers)
+        share = _share(layer)
+        if share is not None and (st["of_tolerance"] is None or share > st["of_tolerance"]):
+            st.update(of_tolerance=share, nearest_layer=layer["name"], nearest_error=err,
+                      nearest_error_kind="absolute" if near_zero else "scaled")
+        if passed and share is not None and share > 1.0:
+            st["over_tolerance"].append({"layer": layer["name"], "share": share, "note": str(layer.get("note") or "")})
+    for st in stages.values():
+        if st["nearest_layer"] is None:   # no share anywhere: the worst error stands alone
+            st.update(nearest_error=st["worst"], nearest_error_kind="scaled" if st["worst"] is not None else None)
+    return stages
+
+
+def _over_tolerance_flags(stages: Dict[str, dict]) -> List[Flag]:
     flags = []
+    for stage, st in stages.items():
+        for over in st["over_tolerance"]:
+            flags.append(Flag(f"{over['layer']} needed {100 * over['share']:.0f}% of its tolerance and the file "
+                              f"marks it passed" + (f" ({over['note']})" if over["note"] else " (no reason given)")
+                              + ": not counted as ok", f"stage:{stage}"))
+    return flags
+
+
+def _parity_row(src: Source, block) -> Tuple[dict, dict]:
+    """A comparison's row (per stage: the worst error, the layer nearest its tolerance, the
+    verdict) and its per-layer line for the plot."""
+    rep, doc = block.report, src.doc
+    layers = [x for x in rep["layers"] if isinstance(x, dict) and isinstance(x.get("name"), str)]
+    stages = _stage_cells(layers)
+    passed = all(x.get("passed") is True for x in layers) and bool(layers)
+    flags = _over_tolerance_flags(stages)
     if isinstance(rep.get("passed"), bool) and rep["passed"] != passed:
         flags.append(Flag(f"the file's verdict ({'PASS' if rep['passed'] else 'FAIL'}) is not what its "
                           "layers say: the table shows the layers' verdict"))
@@ -442,12 +529,15 @@ def _parity_row(src: Source, block) -> Tuple[dict, dict]:
            "device": doc.get("device") or "-",
            "stages": {k: v for k, v in sorted(stages.items(), key=lambda kv: stage_rank(kv[0]))},
            "logits_top1_agreement": _pct(number(rep.get("logits") or {}, "top1_agreement")),
-           "passed": passed, "first_failure": next((x["name"] for x in layers if x.get("passed") is not True), None),
+           "passed": passed, "over_tolerance": [o["layer"] for st in stages.values() for o in st["over_tolerance"]],
+           "first_failure": next((x["name"] for x in layers if x.get("passed") is not True), None),
            "flags": flags, "sources": [src.ref()]}
     line = {"label": f"{rep.get('candidate')} vs {rep.get('reference')}" + (f" ({where})" if where else "")
                      + f" [{os.path.basename(src.path)}]",
-            "layers": [x["name"] for x in layers], "error": [layer_error(x) for x in layers],
+            "layers": [x["name"] for x in layers],
+            "error": [None if near_zero_reference(x) else layer_error(x) for x in layers],
             "atol": [number(x, "atol") for x in layers], "share": [_share(x) for x in layers], "kind": kind,
+            "arch": doc.get("arch"), "shape": _input_label(doc) if isinstance(doc.get("input_shape"), list) else None,
             "source": src.ref()}
     return row, line
 
@@ -530,7 +620,8 @@ def build_report(results_dir: str) -> dict:
         ev = guarded(found, src, lambda: read_evaluation(src))
         if ev is not None:
             evals.append(ev)
-    accuracy, random_rows, acc_notes = accuracy_tables(evals, registry)
+    accuracy, random_rows, acc_notes, other_accuracy = accuracy_tables(evals, registry,
+                                                                        generated_roots(found.sources))
     speed, speed_notes = speed_table(found)
     parity, layer_series = parity_table(found)
     training, curves = train_table(found)
@@ -544,14 +635,18 @@ def build_report(results_dir: str) -> dict:
         "tables": {
             "accuracy": {"title": "Accuracy on Kinetics-400: published beside measured", "rows": accuracy,
                          "notes": acc_notes},
+            **other_accuracy,
             "random": {"title": "Seeded random weights: the frameworks compared (not an accuracy)",
                        "rows": random_rows, "notes": []},
             "speed": {"title": "Speed", "rows": speed, "notes": speed_notes},
-            "parity": {"title": "Parity: worst error per stage, as a fraction of the layer's max |reference|",
+            "parity": {"title": "Parity: per stage, the layer nearest its tolerance",
                        "rows": parity,
-                       "notes": ["a stage's cell: its largest error (max |difference| / max |reference| of the layer); "
-                                 "in brackets, the largest share of a layer's tolerance the stage needed (the "
-                                 "smallest passing atol / atol: over 100% fails); the stage's verdict"]
+                       "notes": ["a stage's cell: of the layer that came nearest its tolerance, its error (max "
+                                 "|difference| / max |reference| of that layer; 'abs' the absolute max |difference| "
+                                 "where the reference is zero up to rounding, so no error relative to it means "
+                                 "anything) and in brackets its share of its tolerance (the smallest passing atol / "
+                                 "atol); 'ok' only at or under 100%, 'over tolerance' above it even where the file "
+                                 "passes the layer, 'FAIL' where a layer failed"]
                        if parity else []},
             "training": {"title": "Training runs", "rows": training, "notes": []},
         },

@@ -614,3 +614,219 @@ def test_outputs_are_checked_before_work_and_written_atomically(runs, tmp_path, 
     assert proc.returncode == 0, proc.stderr
     assert out.read_text().startswith("\\paragraph") and proc.stdout.strip() == f"report: {out}"
     assert sorted(os.listdir(tmp_path)) == ["file", "r.tex"]  # no temporary file left beside it
+
+
+# ----------------------------------------------------------------------------- honest cells and views
+def _parity_file(path):
+    """A training-step parity as harness.parity --train-steps writes it, with the three cases a
+    cell must not hide: a layer over its tolerance that the file passes by an allowance of its
+    own, a gradient whose reference is zero up to rounding, and a plain failure."""
+    def layer(name, ref_max, max_abs, atol, passed, note=""):
+        scaled = max_abs / ref_max
+        return {"name": name, "shape": [4], "ref_max": ref_max, "max_abs": max_abs, "max_rel": 1e9,
+                "scaled_max_abs": scaled, "min_atol": scaled, "atol": atol, "rtol": 1e-5, "passed": passed,
+                "note": note}
+    layers = [layer("stem.conv.weight@grad1", 1.0, 0.01, 0.1, True),
+              layer("res3.0.non_local.bn.bias@grad1", 4e-17, 3e-8, 1e14, True),        # 7.5e8 "relative"
+              layer("res5.1.conv1.weight@momentum", 0.02, 0.01024, 0.4, True, "12 elements within the kink "
+                                                                              "allowance"),   # 128%
+              layer("head.fc.weight@final", 1.0, 0.9, 0.4, False)]
+    path.write_text(json.dumps({"kind": "train_parity", "reference": "torch", "candidate": "ms",
+                                "mode": "train 3 steps", "passed": False, "layers": layers,
+                                "arch": "i3d_nl_dot_product_r50", "input_shape": [2, 3, 8, 64, 64]}))
+
+
+def _stage_cells_of(text):
+    """(stage, cell) of every parity row of a github / markdown table."""
+    section = text.split("Parity", 1)[1].split("\n## ", 1)[0]
+    lines = [ln for ln in section.splitlines() if ln.startswith("|")]
+    header = [c.strip() for c in lines[0].strip("|").split("|")]
+    cells = []
+    for ln in lines[2:]:
+        row = [c.strip() for c in ln.strip("|").split("|")]
+        cells += [(h, c) for h, c in zip(header, row) if h in ("stem", "res2", "res3", "res4", "res5", "pool",
+                                                                 "logits", "head", "loss", "other")]
+    return cells
+
+
+class _Cells(HTMLParser):
+    def __init__(self):
+        super().__init__()
+        self.cells, self._in = [], False
+
+    def handle_starttag(self, tag, attrs):
+        self._in = tag == "td"
+
+    def handle_data(self, data):
+        if self._in:
+            self.cells.append(data)
+
+    def handle_endtag(self, tag):
+        self._in = False
+
+
+def _assert_honest_cell(cell):
+    share = re.search(r"\((\d+|inf)%?\)", cell)
+    if share and cell.endswith(" ok"):
+        assert share.group(1) != "inf" and int(share.group(1)) <= 100, cell
+    if re.search(r"\((\d+)%\)", cell) and int(re.search(r"\((\d+)%\)", cell).group(1)) > 100:
+        assert " ok" not in cell, cell
+
+
+def test_no_parity_cell_over_its_tolerance_is_marked_ok(tmp_path):
+    """Every rendered parity cell of the committed results plus a file with the three hard
+    cases: over 100% of a tolerance is never 'ok', a near-zero reference is never divided by."""
+    res = tmp_path / "results"
+    shutil.copytree(os.path.join(ROOT, "results"), res)
+    _parity_file(res / "train_parity_cases.json")
+    report = build_report(str(res))
+    texts = [render(report, fmt, wide=wide) for fmt in ("github", "markdown") for wide in (False, True)]
+    checked = 0
+    for text in texts:
+        for _, cell in _stage_cells_of(text):
+            if cell != "-":
+                _assert_honest_cell(cell)
+                checked += 1
+        assert "7.5e+08" not in text and "7.0e+08" not in text   # no error relative to ~0
+    assert checked > 4 * 40
+    page = _Cells()
+    page.feed(render(report, "html"))
+    parity_cells = [c for c in page.cells if re.search(r"\((\d+|inf)%?\) (ok|FAIL|over tolerance)", c)]
+    assert len(parity_cells) > 40
+    for cell in parity_cells:
+        _assert_honest_cell(cell)
+    row = next(r for r in report["tables"]["parity"]["rows"] if r["sources"][0]["path"].endswith("_cases.json"))
+    cells = dict(_stage_cells_of(render(report, "github")))
+    text = render(report, "github")
+    line = next(ln for ln in text.splitlines() if "| training step" in ln and "FAIL (first: head.fc" in ln)
+    assert "1.0e-02 (10%) ok" in line                           # the ordinary layer
+    assert "abs 3.0e-08 (0%) ok" in line                        # the near-zero gradient: absolute, not 7.5e8
+    assert re.search(r"5\.1e-01 \(128%\) over tolerance \[\d\]", line)   # passed by the file, not ok
+    assert "9.0e-01 (225%) FAIL" in line
+    assert row["over_tolerance"] == ["res5.1.conv1.weight@momentum"] and cells
+    over = next(f for f in row["flags"] if f.on == "stage:res5")
+    assert "128%" in over.text and "kink allowance" in over.text
+    # the committed training-step row that printed "5.1e-01 (128%) ok"
+    committed = next(r for r in report["tables"]["parity"]["rows"] if r["kind"] == "training step"
+                     and r["comparison"] == "ms vs torch" and "cases" not in r["sources"][0]["path"])
+    assert committed["stages"]["res5"]["of_tolerance"] > 1 and committed["over_tolerance"]
+
+
+def test_the_training_benchmark_is_read(tmp_path):
+    """results/train_step_cpu.json (harness.train_bench's rows) holds the README's training
+    numbers: every timed row is a training row of the speed table, a skipped one a note."""
+    res = tmp_path / "results"
+    res.mkdir()
+    doc = json.loads(open(os.path.join(ROOT, "results", "train_step_cpu.json")).read())
+    doc["rows"].append({"framework": "ms", "ms_mode": "pynative", "variant": "ms pynative",
+                        "shape": [64, 3, 32, 224, 224], "estimated_bytes": 9e10, "skipped": "estimated 84 GiB"})
+    (res / "train_step_cpu.json").write_text(json.dumps(doc))
+    report = build_report(str(res))
+    assert not report["not_read"]
+    rows = report["tables"]["speed"]["rows"]
+    timed = [r for r in doc["rows"] if "step_ms" in r]
+    assert len(rows) == len(timed) == 9 and all(r["bench"] == "training" for r in rows)
+    for mine, theirs in zip(rows, timed):
+        assert mine["train_ms_per_step"] == pytest.approx(np.median(theirs["step_ms"]))
+        assert mine["batch"] == theirs["shape"][0] and mine["clip"] == "x".join(map(str, theirs["shape"][1:]))
+        assert mine["framework"] == {"torch": "PyTorch", "ms": "MindSpore"}[theirs["framework"]]
+        assert mine["variant"] == (theirs["ms_mode"] or "eager")
+        assert mine["peak_host_gib"] == pytest.approx(theirs["peak_rss_bytes"] / 2 ** 30)
+    seed_batch = {r["variant"]: r for r in rows if r["batch"] == 6}
+    assert seed_batch["eager"]["train_ms_per_step"] == pytest.approx(24368.65, abs=0.01)   # the README's 24.4 s
+    assert seed_batch["graph"]["ratio"] == pytest.approx(24368.654651000725 / 30773.364422000668)
+    assert any("did not run (estimated 84 GiB)" in n for n in report["tables"]["speed"]["notes"])
+    assert "training" in render(report, "github")
+
+
+def _made_run(folder, name, classes, root, framework="torch"):
+    """An evaluation of a small model on ``classes`` classes: 4 videos, 3 right at top-1."""
+    scores_dir = folder / f"{name}.scores"
+    scores_dir.mkdir()
+    scores = np.zeros((4, classes), np.float32)
+    for i, top in enumerate([0, 1, 2, 0]):
+        scores[i, top] = 0.9
+    write_chunk(str(scores_dir), 0, Chunk([0, 1, 2, 3], list("abcd"), [0, 1, 2, 3 % classes], list(scores)), classes)
+    (folder / f"{name}.json").write_text(json.dumps({
+        "summary_version": 2, "scores": f"{name}.scores", "shard": [0, 1], "framework": framework,
+        "arch": "i3d_nl_dot_product_r50", "data_preset": "seed_eval", "checkpoint": str(folder / "trained.pth"),
+        "checkpoint_sha256": "ab" * 32, "weights_sha256": "ab" * 32, "num_classes": classes, "data_root": str(root),
+        "faults": {"counts": {}, "list": []}}))
+
+
+def test_runs_on_a_generated_dataset_are_titled_for_what_they_are(tmp_path):
+    res, made, other = tmp_path / "results", tmp_path / "k400", tmp_path / "mine"
+    res.mkdir()
+    (res / "dataset.json").write_text(json.dumps({   # harness.make_dataset --json, as it writes it
+        "root": str(made), "classes": ["abseiling", "air drumming", "answering questions", "applauding"],
+        "videos": {"train": 128, "val": 32}, "frames_per_video": 60, "size": [128, 96], "fps": 30, "seed": 0,
+        "faults": {}}))
+    _made_run(res, "torch", 4, made)
+    _made_run(res, "ms", 4, made, framework="ms")
+    _made_run(res, "ten", 10, other)
+    _summary(res, "k400_run")   # 400 classes, the registry's mmaction2 checkpoint
+    report = build_report(str(res))
+    tables = report["tables"]
+    assert [r["run_in"] for r in tables["accuracy_generated_4"]["rows"]] == ["PyTorch", "MindSpore"]
+    assert "generated dataset" in tables["accuracy_generated_4"]["title"] and "4 classes" in \
+        tables["accuracy_generated_4"]["title"]
+    assert "Kinetics-400" in tables["accuracy"]["title"]
+    k400_sources = {s["path"] for r in tables["accuracy"]["rows"] for s in r["sources"]}
+    assert k400_sources and not any(p.endswith(("torch.json", "ms.json", "ten.json")) for p in k400_sources)
+    assert [r["classes"] for r in tables["accuracy_other_10"]["rows"]] == [10]
+    assert "10-class dataset" in tables["accuracy_other_10"]["title"]
+    gen = tables["accuracy_generated_4"]["rows"][0]
+    assert gen["measured_top1"] == 75.0 and gen["measured_top5"] is None
+    assert tables["accuracy_other_10"]["rows"][0]["measured_top5"] == 100.0   # 10 classes: top-5 means something
+    assert any("always" in n or "whatever" in n for n in tables["accuracy_generated_4"]["notes"])
+    assert any("chance top-1 is 25.0%" in n for n in tables["accuracy_generated_4"]["notes"])
+    text = render(report, "github")
+    assert "## Accuracy on a generated dataset (harness.make_dataset, 4 classes)" in text
+    assert "75.00 / n/a (<= 5 classes)" in text and "/ 100.00" not in text.split("generated dataset", 1)[1].split(
+        "##", 1)[0]
+    assert "not in the registry" not in text.split("generated dataset", 1)[1].split("##", 1)[0]
+    assert "100.00 (4 videos, vs MindSpore)" in text   # agreement of the two frameworks still shown
+
+
+def test_text_tables_are_compact_and_every_other_format_holds_every_column(tmp_path):
+    from harness.report import ACCURACY_COLUMNS, SPEED_COLUMNS
+
+    _summary(tmp_path, "torch_run")
+    shutil.copy(os.path.join(ROOT, "results", "bench_forward_cpu.json"), tmp_path / "bench.json")
+    report = build_report(str(tmp_path))
+
+    def header(text, title):
+        section = text.split(f"## {title}", 1)[1]
+        return [c.strip() for c in next(ln for ln in section.splitlines() if ln.startswith("|")).strip("|").split("|")]
+
+    for fmt in ("github", "markdown"):
+        compact, wide = render(report, fmt), render(report, fmt, wide=True)
+        assert len(header(compact, "Accuracy on Kinetics-400")) <= 10
+        assert header(wide, "Accuracy on Kinetics-400") == [c for c, _ in ACCURACY_COLUMNS] + ["source"]
+        assert len(header(compact, "Speed")) <= 13 < len(header(wide, "Speed"))
+        assert "--wide" in compact and "--wide" not in wide
+        acc = compact.split("## Accuracy on Kinetics-400", 1)[1].split("\n## ", 1)[0]
+        assert max(len(ln) for ln in acc.splitlines()) < 220      # was some 470 characters
+        assert "75.00 / 100.00" in acc and "+0.20 / +7.93" in acc
+    page = render(report, "html")
+    for name, _ in ACCURACY_COLUMNS + SPEED_COLUMNS:
+        assert f"<th>{name}</th>".replace("/", "/") in page or f"<th>{__import__('html').escape(name)}</th>" in page
+    import csv as _csv
+
+    blocks = [list(_csv.reader(b.splitlines())) for b in render(report, "csv").strip().split("\r\n\r\n")]
+    acc = next(b for b in blocks if b[0] == ["# table: accuracy"])
+    assert {"arch", "spec_hash", "published_protocol", "clips_per_s", "device"} <= set(acc[1])
+    assert "published_protocol" in json.loads(render(report, "json"))["tables"]["accuracy"]["rows"][0]
+
+
+def test_a_share_above_the_probe_is_never_a_percentage_over_100(tmp_path):
+    doc = json.loads(open(os.path.join(ROOT, "results", "bench_forward_cpu.json")).read())
+    run = doc["results"][0]["runs"][0]
+    run.update(utilisation=1.10, utilisation_of_peak=0.71, peak_gflops=166.2)   # torch's fast path beat the probe
+    (tmp_path / "bench.json").write_text(json.dumps(doc))
+    report = build_report(str(tmp_path))
+    row = report["tables"]["speed"]["rows"][0]
+    assert row["utilisation_pct"] == pytest.approx(110.0) and row["peak_pct"] == pytest.approx(71.0)
+    text = render(report, "github")
+    assert "71% / above the GEMM probe" in text
+    assert not [x for x in re.findall(r"(\d+)% /", text) if int(x) > 100]
