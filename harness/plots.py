@@ -1,19 +1,26 @@
 """The report's plots, drawn from :func:`harness.report.build_report`'s data (PNG, Agg).
 
-``parity_layers.png``     per-layer worst error of each framework pair, log scale, tolerance drawn
+``parity_layers.png``     per-layer worst error, one panel per result file (one run), log scale,
+                          tolerance drawn; every series visible (its own marker, line style and
+                          a small sideways offset), identical series said so in the legend
 ``parity_training.png``   training-step comparisons: each entry's share of its own tolerance
-``throughput.png``        clips/s per framework x device x dtype (best batch), log scale
-``loss_curves.png``       training loss per step, every framework on one axis
+``throughput.png``        inference clips/s, one panel per result file and device (what was timed
+                          together), linear axis, each bar's ratio to the panel's reference
+                          written on it, noisy timings hatched and labelled
+``loss_curves.png``       training loss per step, one panel per result file, titled with what
+                          it draws
 ``per_class_N.png``       per-class top-1 difference between two runs of the same weights
 
 Figures are made with :class:`matplotlib.figure.Figure` and the Agg canvas directly: no
-pyplot, no global backend switch, nothing shown on a screen. Every axis names its unit.
+pyplot, no global backend switch, nothing shown on a screen. Every axis names its unit. A
+plot never compares numbers that were not measured together: runs from different files or
+machines go to different panels, each titled with its file and machine.
 """
 from __future__ import annotations
 
 import io
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Tuple
 
 from harness.files import atomic_path
@@ -27,6 +34,22 @@ class Plot:
     caption: str
     png: bytes
     axes: Tuple[str, str] = ("", "")   # the x and y labels drawn (each names its unit)
+    panels: List[dict] = field(default_factory=list)   # what each panel draws (see :func:`describe`)
+
+
+def describe(ax) -> dict:
+    """What one panel draws, as data a test (or a reader of the JSON) can check: its title,
+    axis scales and labels, each labelled line's marker and style, the bars' hatches and
+    lengths, and the texts written on it."""
+    lines = [{"label": ln.get_label(), "marker": str(ln.get_marker()), "linestyle": str(ln.get_linestyle()),
+              "x": [float(x) for x in ln.get_xdata()], "y": [float(y) for y in ln.get_ydata()]}
+             for ln in ax.get_lines() if not ln.get_label().startswith("_")]
+    bars = [{"width": float(p.get_width()), "hatch": p.get_hatch()} for p in ax.patches
+            if type(p).__name__ == "Rectangle"]
+    return {"title": ax.get_title(), "xscale": ax.get_xscale(), "yscale": ax.get_yscale(),
+            "xlabel": ax.get_xlabel(), "ylabel": ax.get_ylabel(), "lines": lines, "bars": bars,
+            "texts": [t.get_text() for t in ax.texts],
+            "legend": [t.get_text() for t in ax.get_legend().get_texts()] if ax.get_legend() else []}
 
 
 def figure(width: float, height: float, missing: str = "plots need matplotlib: pip install 'nlparity[report]'"):
@@ -44,57 +67,101 @@ def figure(width: float, height: float, missing: str = "plots need matplotlib: p
     return fig
 
 
-def _plot(name: str, caption: str, fig, ax) -> Plot:
+def _plot(name: str, caption: str, fig, ax, axes: Optional[Tuple[str, str]] = None) -> Plot:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", bbox_inches="tight", metadata={"Software": None})
-    return Plot(name, caption, buf.getvalue(), (ax.get_xlabel(), ax.get_ylabel()))
+    return Plot(name, caption, buf.getvalue(), axes or (ax.get_xlabel(), ax.get_ylabel()),
+                [describe(a) for a in fig.axes])
 
 
-def parity_plot(series: List[dict]) -> Optional[Plot]:
-    """Forward parity: each framework pair's worst error per layer, the tolerance drawn."""
-    series = [s for s in series if s["kind"] == "forward" and s["layers"]]
-    if not series:
-        return None
-    names: List[str] = []
-    for s in series:
-        names += [n for n in s["layers"] if n not in names]
+MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
+LINESTYLES = ("-", "--", ":", "-.")
+
+
+def _by_source(items: List[dict], path=lambda x: x["source"]["path"]) -> Dict[str, List[dict]]:
+    groups: Dict[str, List[dict]] = {}
+    for item in items:
+        groups.setdefault(path(item), []).append(item)
+    return groups
+
+
+def _same_as(series: List[dict], key: str) -> Dict[int, int]:
+    """Index of each series -> the index of an earlier one with exactly the same values."""
+    same = {}
+    for i, s in enumerate(series):
+        for k in range(i):
+            if k not in same and s["layers"] == series[k]["layers"] and s[key] == series[k][key]:
+                same[i] = k
+                break
+    return same
+
+
+def _parity_panel(ax, series: List[dict], names: List[str]) -> bool:
+    """One file's comparisons on one axis; returns whether an exact zero was drawn."""
     pos = {n: i for i, n in enumerate(names)}
-    fig = figure(min(20.0, max(8.0, 0.28 * len(names) + 3)), 5.0)
-    ax = fig.add_subplot(1, 1, 1)
-    zero_drawn, drawn = False, 0
-    for s in series:
-        xs = [pos[n] for n in s["layers"]]
+    same = _same_as(series, "error")
+    zero_drawn = False
+    width = 0.5 / max(len(series), 1)
+    for i, s in enumerate(series):
+        shift = (i - (len(series) - 1) / 2) * width   # side by side: no series hides another
+        xs = [pos[n] + shift for n in s["layers"]]
         ys = [FLOOR if (e is not None and e <= 0) else e for e in s["error"]]
         pts = [(x, y) for x, y in zip(xs, ys) if y is not None and y != float("inf")]
         if not pts:
             continue
-        line, = ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", markersize=3, linewidth=1.2,
-                        label=s["label"])
-        drawn += 1
+        zero_everywhere = all(e is not None and e <= 0 for e in s["error"])
+        label = s["label"].split(" [")[0] + (f": identical to {series[same[i]]['label'].split(' [')[0]}"
+                                              if i in same else "") + (
+            f" (0 at every layer: bit-identical, drawn at {FLOOR:g})" if zero_everywhere else "")
+        line, = ax.plot([p[0] for p in pts], [p[1] for p in pts], marker=MARKERS[i % len(MARKERS)], markersize=4,
+                        linestyle=LINESTYLES[i % len(LINESTYLES)], linewidth=1.2, label=label,
+                        markerfacecolor="none" if i % 2 else None)
         zeros = [x for x, e in zip(xs, s["error"]) if e is not None and e <= 0]
         if zeros:
             zero_drawn = True
-            ax.plot(zeros, [FLOOR] * len(zeros), linestyle="none", marker="v", markersize=5,
-                    color=line.get_color())
-    if not drawn:
-        return None
+            ax.plot(zeros, [FLOOR] * len(zeros), linestyle="none", marker="v", markersize=5, color=line.get_color())
     tolerances = {tuple(s["atol"]): s for s in series if any(a is not None for a in s["atol"])}
-    for i, (atol, s) in enumerate(tolerances.items()):
+    for k, (atol, s) in enumerate(tolerances.items()):
         xs = [pos[n] for n, a in zip(s["layers"], atol) if a is not None]
         ax.step(xs, [a for a in atol if a is not None], where="mid", color="black", linestyle="--", linewidth=1.0,
-                label="tolerance (scaled atol)" if i == 0 else None)
+                label="tolerance (scaled atol)" if k == 0 else None)
     ax.set_yscale("log")
     every = -(-len(names) // 70)  # at most 70 names under the axis
     ax.set_xticks(range(0, len(names), every))
     ax.set_xticklabels(names[::every], rotation=90, fontsize=7)
     ax.set_xlabel("layer (canonical name, input to output)")
     ax.set_ylabel("worst error (fraction of the layer's max |reference|, log scale)")
-    title = "Per-layer parity error"
-    ax.set_title(title + (f"; v = 0 (bit-identical), drawn at {FLOOR:g}" if zero_drawn else ""))
     ax.grid(True, which="major", axis="y", alpha=0.3)
     ax.legend(fontsize=7, loc="best")
-    return _plot("parity_layers.png", f"{title}: max |difference| / max |reference| per layer, one line per framework pair; "
-                       "the dashed line is the tolerance.", fig, ax)
+    return zero_drawn
+
+
+def parity_plot(series: List[dict]) -> Optional[Plot]:
+    """Forward parity: each comparison's worst error per layer, the tolerance drawn; one
+    panel per result file (comparisons measured in one run), titled with it."""
+    series = [s for s in series if s["kind"] == "forward" and s["layers"]
+              and any(e is not None and e != float("inf") for e in s["error"])]
+    if not series:
+        return None
+    panels = _by_source(series)
+    longest = max(len({n for s in group for n in s["layers"]}) for group in panels.values())
+    fig = figure(min(20.0, max(8.0, 0.28 * longest + 3)), 4.6 * len(panels))
+    first = None
+    for k, (path, group) in enumerate(panels.items()):
+        ax = fig.add_subplot(len(panels), 1, k + 1)
+        first = first or ax
+        names: List[str] = []
+        for s in group:
+            names += [n for n in s["layers"] if n not in names]
+        zero = _parity_panel(ax, group, names)
+        what = "; ".join(dict.fromkeys(s["label"].split(" [")[0] for s in group))
+        setting = ", ".join(dict.fromkeys(x for s in group for x in (s.get("arch"), s.get("shape")) if x))
+        ax.set_title(f"{os.path.basename(path)}: {what}" + (f" ({setting})" if setting else "")
+                     + (f"; v = 0 (bit-identical), drawn at {FLOOR:g}" if zero else ""), fontsize=9)
+    fig.tight_layout()
+    return _plot("parity_layers.png", "Per-layer parity error, one panel per result file: max |difference| / max "
+                                      "|reference| per layer, one line per comparison in it (shifted sideways so "
+                                      "none hides another); the dashed line is the tolerance.", fig, first)
 
 
 def tolerance_share_plot(series: List[dict]) -> Optional[Plot]:
@@ -123,53 +190,106 @@ def tolerance_share_plot(series: List[dict]) -> Optional[Plot]:
                                         "(above the dashed line fails).", fig, ax)
 
 
-def throughput_plot(rows: List[dict]) -> Optional[Plot]:
-    best: Dict[tuple, dict] = {}
-    for r in rows:
-        if r["bench"] != "inference" or not r.get("clips_per_s"):
-            continue
-        key = (r["framework"], r["variant"], r["device"], r["dtype"] or "?")
-        if key not in best or r["clips_per_s"] > best[key]["clips_per_s"]:
-            best[key] = r
-    if not best:
-        return None
-    items = sorted(best.items(), key=lambda kv: (kv[0][2], kv[0][3], kv[0][0], kv[0][1]))
-    labels = [f"{fw} {var if var != '-' else ''} | {dev} | {dt} (batch {r['batch']})".replace("  ", " ")
-              for (fw, var, dev, dt), r in items]
-    values = [r["clips_per_s"] for _, r in items]
-    frameworks = sorted({k[0] for k, _ in items})
-    palette = ["tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple"]
-    colours = [palette[frameworks.index(k[0]) % len(palette)] for k, _ in items]
-    fig = figure(9.0, 1.0 + 0.45 * len(items))
-    ax = fig.add_subplot(1, 1, 1)
-    ax.barh(range(len(items)), values, color=colours)
-    for i, v in enumerate(values):
-        ax.text(v, i, f" {v:.3g}", va="center", fontsize=8)
-    ax.set_yticks(range(len(items)))
-    ax.set_yticklabels(labels, fontsize=8)
+def _reference(rows: List[dict]) -> dict:
+    """The bar a panel's ratios are taken against: PyTorch eager (exact) at the smallest batch."""
+    def rank(r: dict) -> tuple:
+        torch_eager = r["framework"] == "PyTorch" and r["variant"] in ("eager+exact", "eager", "-", "exact")
+        return (not torch_eager, r["framework"] != "PyTorch", r["batch"] or 0)
+    return min(rows, key=rank)
+
+
+def _bar_label(r: dict, dtypes: int) -> str:
+    variant = "" if r["variant"] in ("-", "") else f" {r['variant']}"
+    return f"{r['framework']}{variant}" + (f" {r['dtype']}" if dtypes > 1 else "") + f" (batch {r['batch']})"
+
+
+def _throughput_panel(ax, rows: List[dict], title: str) -> None:
+    ref = _reference(rows)
+    dtypes = len({r["dtype"] for r in rows})
+    values = [r["clips_per_s"] for r in rows]
+    noisy = [bool(r.get("noisy")) for r in rows]
+    bars = ax.barh(range(len(rows)), values, color=["tab:orange" if r["framework"] == "PyTorch" else "tab:blue"
+                                                     if r["framework"] == "MindSpore" else "tab:green" for r in rows],
+                   hatch=None, edgecolor="black", linewidth=0.5)
+    for bar, is_noisy in zip(bars, noisy):
+        if is_noisy:
+            bar.set_hatch("///")
+    top = max(values)
+    for i, (r, v) in enumerate(zip(rows, values)):
+        ratio = "reference" if r is ref else f"{v / ref['clips_per_s']:.2f}x"
+        load = f", load {r['load_average_max']:.1f}" if r.get("load_average_max") is not None else ""
+        ax.text(v + 0.01 * top, i, f" {v:.3g} clips/s, {ratio}" + (f"  NOISY{load}" if noisy[i] else ""),
+                va="center", fontsize=8)
+    ax.set_xlim(0, top * 1.45)
+    ax.set_yticks(range(len(rows)))
+    ax.set_yticklabels([_bar_label(r, dtypes) for r in rows], fontsize=8)
     ax.invert_yaxis()
-    ax.set_xscale("log")
-    ax.set_xlabel("inference throughput (clips/s, log scale; best batch size)")
-    ax.set_ylabel("framework | device | dtype (categories)")
-    ax.set_title("Forward throughput per framework, device and dtype")
+    ax.set_xlabel("inference throughput (clips/s, linear" + (
+        f"; ratio to {_bar_label(ref, dtypes)} on each bar)" if len(rows) > 1 else ")"))
+    ax.set_title(title, fontsize=9)
     ax.grid(True, axis="x", alpha=0.3)
-    return _plot("throughput.png", "Inference clips/s per framework, device and dtype (each at its best batch size).",
-                 fig, ax)
+
+
+def throughput_plot(rows: List[dict]) -> Optional[Plot]:
+    """Inference clips/s, one panel per result file and device: only bars timed together
+    share an axis (a linear one), each with its ratio to the panel's reference written on it;
+    a noisy timing is hatched and says so."""
+    rows = [r for r in rows if r["bench"] == "inference" and r.get("clips_per_s")]
+    if not rows:
+        return None
+    panels: Dict[tuple, List[dict]] = {}
+    for r in rows:
+        panels.setdefault((r["sources"][0]["path"], r["device"]), []).append(r)
+    fig = figure(10.0, sum(1.3 + 0.4 * len(g) for g in panels.values()))
+    heights = [1.0 + 0.4 * len(g) for g in panels.values()]
+    grid = fig.add_gridspec(len(panels), 1, height_ratios=heights)
+    first = None
+    any_noisy = any(r.get("noisy") for r in rows)
+    for k, ((path, device), group) in enumerate(panels.items()):
+        ax = fig.add_subplot(grid[k, 0])
+        first = first or ax
+        clips = sorted({r["clip"] for r in group if r.get("clip")})
+        title = (f"{os.path.basename(path)}: {device}" + (f", clip {', '.join(clips)}" if clips else "")
+                 + (", interleaved" if group[0].get("interleaved") else ""))
+        _throughput_panel(ax, group, title)
+    ylabel = "configuration (framework, variant, batch)"
+    fig.supylabel(ylabel, fontsize=10)
+    fig.tight_layout()
+    return _plot("throughput.png", "Inference clips/s, one panel per result file and device (bars in a panel were "
+                                   "timed together; no ratio across panels), linear axis, each bar's ratio to the "
+                                   "panel's reference written on it" + ("; hatched bars: noisy timings (max/min > "
+                                                                        "1.5 or load above the cores)"
+                                                                        if any_noisy else "") + ".", fig, first,
+                 (first.get_xlabel(), ylabel))
 
 
 def loss_plot(curves: List[dict]) -> Optional[Plot]:
+    """Training loss per step, one panel per result file; the title names every curve drawn."""
+    curves = [c for c in curves if c["steps"]]
     if not curves:
         return None
-    fig = figure(8.0, 4.5)
-    ax = fig.add_subplot(1, 1, 1)
-    for c in curves:
-        ax.plot(c["steps"], c["loss"], linewidth=1.2, marker="." if len(c["steps"]) < 50 else None, label=c["label"])
-    ax.set_xlabel("training step (optimizer updates)")
-    ax.set_ylabel("training loss (cross-entropy, nats)")
-    ax.set_title("Training loss, both frameworks on one axis")
-    ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=8)
-    return _plot("loss_curves.png", "Training loss per step of every training run, on one axis.", fig, ax)
+    panels = _by_source(curves)
+    fig = figure(8.0, 3.6 * len(panels))
+    first = None
+    for k, (path, group) in enumerate(panels.items()):
+        ax = fig.add_subplot(len(panels), 1, k + 1)
+        first = first or ax
+        for i, c in enumerate(group):
+            ax.plot(c["steps"], c["loss"], linewidth=1.2, linestyle=LINESTYLES[i % len(LINESTYLES)],
+                    marker=MARKERS[i % len(MARKERS)] if len(c["steps"]) < 50 else None, markersize=4,
+                    label=c["label"].split(" [")[0])
+        names = [c["label"].split(" [")[0] for c in group]
+        what = " and ".join(names) if len(names) > 1 else f"{names[0]} only"
+        ax.set_title(f"Training loss: {what} ({os.path.relpath(path) if not os.path.isabs(path) else path})",
+                     fontsize=9)
+        ax.xaxis.get_major_locator().set_params(integer=True)   # steps are whole numbers
+        ax.set_xlabel("training step (optimizer updates)")
+        ax.set_ylabel("training loss (cross-entropy, nats)")
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    return _plot("loss_curves.png", "Training loss per step, one panel per training run (result file); each title "
+                                    "names the frameworks drawn in it.", fig, first)
 
 
 def per_class_plot(pair: dict, number: int) -> Plot:
