@@ -12,6 +12,14 @@ compared before the command says it is done. ``--arch`` names the preset the wei
 belong to; without it the presets whose names and shapes fit are found (presets that
 differ only in their non-local function have identical weights; the first is reported).
 
+What the weights mean travels with them in ``DST.nlparity.json``: the arch, the class names
+in the classifier's order (``--labels FILE``, else the source's sidecar, its ``harness.train``
+metadata or the ``classes.txt`` beside it) and the data preset it was trained or evaluated
+on (the source's sidecar, else its registry entry). The source's integrity check is stated:
+a MindSpore CRC or a zip's CRC-32s are verified (a mismatch is exit 2), and a file that
+carries none is said to (a flipped bit inside its tensor data cannot be detected). DST is
+never SRC, its sidecar or the labels file, whatever links lead there.
+
 Exit status: 0 converted, 1 the read-back check failed, 2 bad input (one line on stderr).
 """
 from __future__ import annotations
@@ -28,11 +36,12 @@ import numpy as np
 from frameworks.spec.arch import PRESETS, I3DNLConfig, WeightMismatchError, get_preset, parameter_specs
 from harness.checkpoints import SchemeCannotName, detect_scheme, from_canonical, ignored_entries, to_canonical
 from harness.checkpoints.formats import Format, check_dtypes, describe_formats, find_format, format_for_path
-from harness.checkpoints.io import CheckpointError, read_raw, sha256_file
+from harness.checkpoints.io import CheckpointError, describe_integrity, read_raw, sha256_file
 from harness.checkpoints.registry import registry_entry, resolve
-from harness.checkpoints.sidecar import read_sidecar, sidecar_path, write_sidecar
-from harness.cli import CheckFailed, InputError, OneLineParser, add_verbose, run_main, setup_logging
-from harness.files import check_output_path
+from harness.checkpoints.sidecar import known_classes, read_labels, read_sidecar, sidecar_path, write_sidecar
+from harness.cli import CheckFailed, InputError, OneLineParser, add_verbose, num_classes, run_main, setup_logging
+from harness.files import check_input_file, check_output_path
+from harness.text import printable
 
 log = logging.getLogger("harness.convert")
 
@@ -49,12 +58,14 @@ class Source:
     sha256: str
     ignored: Dict[str, int] = field(default_factory=dict)   # entries dropped on import, by family
     arch_from: str = ""                 # where the arch came from when it was not found from the weights
+    integrity: str = ""                 # the file's own check, as read: "crc32 ok", "none in file", ...
+    meta: dict = field(default_factory=dict)                 # the file's metadata (harness.train's classes)
 
     def describe(self) -> str:
         dtype = next(iter(self.arrays.values())).dtype
-        text = (f"read {self.path}: {self.scheme} names in a {self.container} file, arch {self.cfg.name} "
+        text = (f"read {printable(self.path)}: {self.scheme} names in a {self.container} file, arch {self.cfg.name} "
                 f"(depth {self.cfg.depth}, {self.cfg.num_classes} classes), {len(self.arrays)} arrays of "
-                f"{dtype}, sha256 {self.sha256[:12]}")
+                f"{dtype}, sha256 {self.sha256[:12]}, integrity: {describe_integrity(self.integrity)}")
         if self.ignored:
             text += "; dropped " + ", ".join(f"{n} {family}" for family, n in self.ignored.items())
         if self.arch_from:
@@ -119,7 +130,7 @@ def read_source(path: str, fmt: Optional[Format] = None, arch: Optional[str] = N
     except CheckpointError as exc:
         raise InputError(f"{path}: {exc}") from None
     return Source(path, raw.container, scheme, cfg, arrays, [c.name for c, _ in others], sha256_file(path),
-                  ignored_entries(raw.arrays, scheme))
+                  ignored_entries(raw.arrays, scheme), integrity=raw.integrity, meta=raw.meta)
 
 
 # ---------------------------------------------------------------------- writing
@@ -129,7 +140,9 @@ def write_destination(path: str, fmt: Format, arrays: Dict[str, np.ndarray], cfg
     try:
         fmt.container.write(path, named)
     except OSError as exc:
-        raise InputError(f"cannot write {path}: {exc.strerror or exc}") from None
+        from harness.files import os_reason
+
+        raise InputError(f"cannot write {printable(path)}: {os_reason(exc)}") from None
     return named
 
 
@@ -154,29 +167,58 @@ class ConversionResult:
     written: Dict[str, np.ndarray]      # by written name
     mismatched: List[str]               # written arrays that did not read back byte-identical
     sidecar: str = ""                   # DST.nlparity.json: the arch the weights belong to
+    classes: Optional[List[str]] = None   # the class names recorded there
+    classes_from: str = ""
+    data_preset: Optional[str] = None     # the data preset recorded there
+    data_preset_from: str = ""
 
     def describe(self) -> str:
         """What was written (the read-back check passed)."""
-        return (f"wrote {self.dst}: {self.format.name} ({self.format.scheme.name} names in a "
+        recorded = [f"arch {self.source.cfg.name}"]
+        recorded.append(f"{len(self.classes)} class names (from {printable(self.classes_from)})" if self.classes
+                        else "no class names (none known: pass --labels FILE)")
+        if self.data_preset:
+            recorded.append(f"data preset {printable(self.data_preset)} (from {printable(self.data_preset_from)})")
+        return (f"wrote {printable(self.dst)}: {self.format.name} ({self.format.scheme.name} names in a "
                 f"{self.format.container.name} file), {len(self.written)} arrays, read back byte-identical; "
-                f"arch {self.source.cfg.name} recorded in {os.path.basename(self.sidecar)}")
+                f"{', '.join(recorded)} recorded in {printable(os.path.basename(self.sidecar))}")
+
+
+def _what_it_means(original_src: str, src: str, source: Source, labels: Optional[str]
+                   ) -> Tuple[Optional[List[str]], str, Optional[str], str]:
+    """(class names, where from, data preset, where from) for DST's sidecar."""
+    if labels:
+        names, names_from = read_labels(labels, "--labels"), labels
+    else:
+        names, names_from = known_classes(src, source.meta)
+    if names is not None and len(names) != source.cfg.num_classes:
+        raise InputError(f"{len(names)} class names ({printable(names_from)}) for a classifier of "
+                         f"{source.cfg.num_classes} outputs")
+    side, entry = read_sidecar(src), registry_entry(original_src)
+    if side and side.get("data_preset"):
+        return names, names_from, side["data_preset"], os.path.basename(sidecar_path(src))
+    if entry is not None and entry.data_preset:
+        return names, names_from, entry.data_preset, f"the registry entry {entry.name}"
+    return names, names_from, None, ""
 
 
 def convert(src: str, dst: str, src_format: Optional[str] = None, dst_format: Optional[str] = None,
             arch: Optional[str] = None, depth: Optional[int] = None, num_classes: Optional[int] = None,
-            trust: bool = False) -> ConversionResult:
+            trust: bool = False, labels: Optional[str] = None) -> ConversionResult:
     """Convert ``src`` to ``dst`` and read it back. Bad input raises (``InputError``,
     ``CheckpointError``, ``OutputPathError``); a failed read-back is the result's
-    ``mismatched``, for the caller to judge."""
+    ``mismatched``, for the caller to judge. ``labels``: a file of class names to record."""
     if arch is not None and arch not in PRESETS:
         raise InputError(f"unknown arch preset {arch!r}; choose from {', '.join(PRESETS)}")
-    check_output_path(dst, "DST")
-    original_src = src
     source_format = find_format(src_format) if src_format else None
     target = find_format(dst_format) if dst_format else format_for_path(dst)
-    if os.path.exists(dst) and os.path.exists(src) and os.path.samefile(src, dst):
-        raise InputError("SRC and DST are the same file")
-    src = resolve(src)
+    original_src = src
+    src = resolve(src, what="SRC")        # a path (a folder or an unreadable file refused by name) or a registry name
+    if labels:
+        check_input_file(labels, "--labels")
+    inputs = [original_src, src, sidecar_path(src), labels]
+    check_output_path(dst, "DST", inputs=inputs)
+    check_output_path(sidecar_path(dst), "DST's sidecar", inputs=inputs)
     arch_from = ""
     if arch is None:  # a registry entry or an earlier conversion may say which preset the weights are
         entry, side = registry_entry(original_src), read_sidecar(src)
@@ -186,10 +228,13 @@ def convert(src: str, dst: str, src_format: Optional[str] = None, dst_format: Op
             arch, arch_from = side["arch"], os.path.basename(sidecar_path(src))
     source = read_source(src, source_format, arch, depth, num_classes, trust=trust)
     source.arch_from = arch_from
+    names, names_from, preset, preset_from = _what_it_means(original_src, src, source, labels)
     written = write_destination(dst, target, source.arrays, source.cfg)
     result = ConversionResult(source, dst, target, written, verify(dst, written))
-    if not result.mismatched:  # the arch travels with the weights
-        result.sidecar = write_sidecar(dst, source.cfg, src, source.sha256)
+    if not result.mismatched:  # the arch, the class names and the data preset travel with the weights
+        result.sidecar = write_sidecar(dst, source.cfg, src, source.sha256, classes=names, data_preset=preset)
+        result.classes, result.classes_from = names, names_from
+        result.data_preset, result.data_preset_from = preset, preset_from
     return result
 
 
@@ -206,7 +251,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"the architecture preset of the weights (default: the presets that fit; one of: "
                         f"{', '.join(PRESETS)})")
     p.add_argument("--depth", type=int, choices=[50, 101], help="ResNet depth (default: found from the weights)")
-    p.add_argument("--num-classes", type=int, help="classes (default: found from the classifier's shape)")
+    p.add_argument("--num-classes", type=num_classes, help="classes (default: found from the classifier's shape)")
+    p.add_argument("--labels", metavar="FILE",
+                   help="class names, one per line, in the classifier's order, recorded in DST's sidecar "
+                        "(default: the source's, where it has them)")
     from harness.checkpoints.safe_pickle import TRUST_HELP
     p.add_argument("--trust-checkpoint", action="store_true", help=TRUST_HELP.replace("the weights file", "SRC"))
     add_verbose(p)
@@ -219,10 +267,11 @@ def main(argv: Optional[List[str]] = None) -> int:
 
     def body() -> int:
         result = convert(args.src, args.dst, args.src_format, args.dst_format, args.arch, args.depth,
-                         args.num_classes, trust=args.trust_checkpoint)
+                         args.num_classes, trust=args.trust_checkpoint, labels=args.labels)
         print(result.source.describe())
         if result.mismatched:
-            raise CheckFailed(f"{args.dst} does not read back byte-identical: {', '.join(result.mismatched[:5])}")
+            raise CheckFailed(f"{printable(args.dst)} does not read back byte-identical: "
+                              f"{printable(', '.join(result.mismatched[:5]))}")
         print(result.describe())
         return 0
 

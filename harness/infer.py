@@ -10,31 +10,40 @@ combines them; the top ``--top-k`` (default 5) classes are printed with their so
 probabilities (which sum to at most 1 over the five).
 
 Class names, in the checkpoint's own order: ``--labels FILE`` (one name per line), else the
-classes a ``harness.train`` checkpoint carries (its meta, or ``classes.txt`` beside it),
-else Kinetics-400's alphabetical order when the classifier has 400 outputs (mmaction2's,
-Caffe2's, and the seed's, whose train-CSV order is the same for the official CSV), else
-``class <i>``. ``--visualize OUT.gif`` draws every sampled frame of the first view with the
-top predictions, as the seed's ``result.gif`` does. Without ``--checkpoint`` the network
-has mmaction2's initialisation (seeded): the names it prints then mean nothing.
-Exit status: 0 ok, 2 bad input (a missing or undecodable video, one line each).
+names recorded with the weights (``CHECKPOINT.nlparity.json``, which ``harness.convert`` and
+``harness.train`` write), else the classes a ``harness.train`` checkpoint carries (its meta,
+or ``classes.txt`` beside it), else Kinetics-400's alphabetical order when the classifier
+has 400 outputs (mmaction2's, Caffe2's, and the seed's, whose train-CSV order is the same
+for the official CSV), else ``class <i>``. Names are printed with control characters
+escaped. A ``note:`` line says when ``--data-preset`` is not the preset the checkpoint was
+trained/evaluated on (its sidecar or registry entry). ``--visualize OUT.gif`` draws every
+sampled frame of the first view with the top predictions, as the seed's ``result.gif``
+does. Without ``--checkpoint`` the network has mmaction2's initialisation (seeded): the
+names it prints then mean nothing. No output may be one of the inputs (a video, the
+checkpoint, its sidecar, the labels file), or the other output.
+
+Exit status: 0 ok; 1 a video's scores are not finite (NaN or inf: named, never printed as
+probabilities); 2 bad input (a missing or undecodable video, a bad checkpoint or output
+path): one line on stderr. What the decoders print is never shown (``-v`` shows it).
 """
 from __future__ import annotations
 
 import argparse
 import os
 import sys
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 
 from frameworks.spec.arch import DEFAULT_PRESET, PRESETS, I3DNLConfig
 from frameworks.spec.data_presets import DEFAULT_DATA_PRESET, PRESETS as DATA_PRESETS, DataPreset, get_data_preset
-from harness.cli import (InputError, OneLineParser, add_device, add_ms_mode, add_verbose, positive_int, result_doc,
-                         run_main, setup_logging, utc_now)
-from harness.files import atomic_path, atomic_write_json, check_output_path
-from harness.train import CLASSES_FILE   # what harness.train writes beside its checkpoints
+from harness.cli import (CheckFailed, InputError, OneLineParser, add_device, add_ms_mode, add_verbose, num_classes,
+                         positive_int, result_doc, run_main, setup_logging, utc_now)
+from harness.files import atomic_path, atomic_write_json, check_input_file, check_output_path
+from harness.text import printable
 
 GIF_MIN_SIDE = 256
 
@@ -51,7 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
                                                                                       "--checkpoint"))
     p.add_argument("--arch", choices=list(PRESETS), metavar="PRESET",
                    help=f"architecture preset (default: the checkpoint's, else {DEFAULT_PRESET})")
-    p.add_argument("--num-classes", type=positive_int, help="default: the checkpoint classifier's outputs")
+    p.add_argument("--num-classes", type=num_classes, help="default: the checkpoint classifier's outputs")
     p.add_argument("--labels", metavar="FILE", help="class names, one per line, in the checkpoint's order")
     p.add_argument("--data-preset", default=DEFAULT_DATA_PRESET, choices=list(DATA_PRESETS), metavar="NAME",
                    help=f"clip protocol (default {DEFAULT_DATA_PRESET}; one of {', '.join(DATA_PRESETS)})")
@@ -84,27 +93,6 @@ class Prediction:
 
 
 # ----------------------------------------------------------------------------- labels and weights
-def _checkpoint_classes(path: str, raw) -> Optional[List[str]]:
-    """The class names a harness.train checkpoint carries (torch meta, or classes.txt beside it)."""
-    beside = os.path.join(os.path.dirname(os.path.abspath(path)), CLASSES_FILE)
-    meta = raw.meta if path.endswith((".pth", ".pt")) else {}
-    if isinstance(meta.get("classes"), list) and all(isinstance(c, str) for c in meta["classes"]):
-        return list(meta["classes"])
-    if os.path.isfile(beside):
-        return _read_labels(beside)
-    return None
-
-
-def _read_labels(path: str) -> List[str]:
-    try:
-        names = [ln.strip() for ln in Path(path).read_text(encoding="utf-8").splitlines() if ln.strip()]
-    except (OSError, UnicodeDecodeError) as exc:
-        raise InputError(f"cannot read --labels {path}: {exc}") from None
-    if not names:
-        raise InputError(f"{path} holds no class names")
-    return names
-
-
 def _file_classes(raw, cfg: I3DNLConfig) -> Optional[int]:
     """The outputs of the file's classifier (the length of its ``head.fc.bias``)."""
     from harness.checkpoints import detect_scheme, from_canonical
@@ -118,25 +106,26 @@ def _file_classes(raw, cfg: I3DNLConfig) -> Optional[int]:
     return int(np.shape(value)[0]) if value is not None and np.ndim(value) == 1 else None
 
 
-def resolve_network(args) -> Tuple[I3DNLConfig, Dict[str, np.ndarray], str, List[str], str]:
-    """(config, canonical weights, what they are, class names, where the names came from)."""
+def resolve_network(args, path: Optional[str] = None) -> Tuple[I3DNLConfig, Dict[str, np.ndarray], str, List[str], str]:
+    """(config, canonical weights, what they are, class names, where the names came from);
+    ``path``: the checkpoint already resolved (``--checkpoint`` may be a registry name)."""
     from frameworks.spec.labels import K400_CLASSES
     from frameworks.spec.train import initial_weights
     from harness.checkpoints import check_runnable, weights_from_raw
     from harness.checkpoints.io import read_raw
     from harness.checkpoints.registry import resolve
-    from harness.checkpoints.sidecar import choose_arch
+    from harness.checkpoints.sidecar import choose_arch, known_classes, read_labels
 
     choice = choose_arch(args.arch, args.checkpoint, DEFAULT_PRESET)
     cfg = choice.cfg
-    path = resolve(args.checkpoint) if args.checkpoint else None
+    if path is None and args.checkpoint:
+        path = resolve(args.checkpoint, what="--checkpoint")
     raw = read_raw(path, trust=args.trust_checkpoint) if path else None   # read once: names, classes, weights
     names, names_from = None, ""
     if args.labels:
-        names, names_from = _read_labels(args.labels), args.labels
+        names, names_from = read_labels(args.labels, "--labels"), args.labels
     elif raw is not None:
-        names = _checkpoint_classes(path, raw)
-        names_from = "the checkpoint" if names else ""
+        names, names_from = known_classes(path, raw.meta)
     classes = args.num_classes
     if classes is None and raw is not None:
         classes = _file_classes(raw, cfg)
@@ -149,7 +138,7 @@ def resolve_network(args) -> Tuple[I3DNLConfig, Dict[str, np.ndarray], str, List
         else:
             names, names_from = [f"class {i}" for i in range(classes)], "none known"
     if len(names) != classes:
-        raise InputError(f"{len(names)} class names ({names_from}) for a classifier of {classes} outputs")
+        raise InputError(f"{len(names)} class names ({printable(names_from)}) for a classifier of {classes} outputs")
     if raw is not None:
         loaded = weights_from_raw(raw, path, cfg)
         check_runnable(loaded.arrays, args.checkpoint)
@@ -161,17 +150,38 @@ def resolve_network(args) -> Tuple[I3DNLConfig, Dict[str, np.ndarray], str, List
 
 # ----------------------------------------------------------------------------- inference
 def probabilities(preset: DataPreset, view_outputs: np.ndarray, head: str) -> np.ndarray:
-    """A video's class probabilities from its views' outputs, as the preset combines views."""
-    score = preset.video_score(view_outputs, head)
-    if head == "fc" and preset.clip_combine == "score":   # a mean of logits: softmax it
-        z = score - score.max()
-        return np.exp(z) / np.exp(z).sum()
+    """A video's class probabilities from its views' outputs, as the preset combines views
+    (non-finite outputs give non-finite probabilities, silently: the caller refuses them)."""
+    with np.errstate(all="ignore"):
+        score = preset.video_score(view_outputs, head)
+        if head == "fc" and preset.clip_combine == "score":   # a mean of logits: softmax it
+            z = score - score.max()
+            return np.exp(z) / np.exp(z).sum()
     return score
 
 
+FAULT_WORDS = {"missing_file": "no such file", "empty_file": "the file is empty",
+               "truncated": "truncated or damaged video data", "not_a_video": "not a video FFmpeg can open",
+               "decode_error": "its frames do not decode", "worker_crash": "the decoder crashed on it",
+               "timeout": "decoding it timed out", "outside_root": "outside the folders it may read"}
+
+
+def describe_fault(video: str, kind: str, reason: str, verbose: bool = False) -> str:
+    """A video that could not be used, in words; the decoder's own text only with ``-v``."""
+    text = f"{printable(video)}: {FAULT_WORDS.get(kind, kind.replace('_', ' '))}"
+    return f"{text} ({printable(reason)})" if verbose and reason else text
+
+
+@dataclass
+class Outcome:
+    predictions: List[Prediction]
+    unreadable: List[str]       # one description per video that could not be read
+    non_finite: List[str]       # one description per video whose scores are NaN or inf
+
+
 def predict(runner, preset: DataPreset, cfg: I3DNLConfig, paths: Sequence[str], names: List[str], top_k: int,
-            workers: int, keep_frames: bool) -> Tuple[List[Prediction], List[str]]:
-    """Predictions for every video that decodes, and one line per video that does not."""
+            workers: int, keep_frames: bool, verbose: bool = False) -> Outcome:
+    """Predictions for every video that decodes and scores finitely; the others described."""
     from harness.data import ClipLoader, DatasetIndex, VideoRecord
     from harness.data.index import FaultLog
     from frameworks.spec.labels import LabelMap
@@ -179,19 +189,54 @@ def predict(runner, preset: DataPreset, cfg: I3DNLConfig, paths: Sequence[str], 
     records = [VideoRecord(f"{i}:{Path(p).name}", os.path.abspath(p), 0) for i, p in enumerate(paths)]
     index = DatasetIndex(records, LabelMap(tuple(f"c{i}" for i in range(1))), FaultLog())
     loader = ClipLoader(index, preset, workers=workers, normalize=False)
-    out = []
+    out, bad = [], []
     for item in loader:
         views_uint8 = item.clips                          # (V, T, H, W, 3)
-        logits = runner.forward(preset.normalize(views_uint8))
+        logits = np.asarray(runner.forward(preset.normalize(views_uint8)))
         probs = probabilities(preset, logits, cfg.head)
+        video = paths[item.position]
+        if not (np.isfinite(logits).all() and np.isfinite(probs).all()):
+            n = int((~np.isfinite(probs)).sum())
+            bad.append(f"{printable(video)}: the network's scores are not finite ({n} of {len(probs)} classes NaN "
+                       "or inf; the weights overflow on this input)")
+            continue
         k = min(top_k, len(probs))
         top = np.argsort(-probs, kind="stable")[:k]
-        out.append(Prediction(paths[item.position], [int(i) for i in top], [float(probs[i]) for i in top],
+        out.append(Prediction(video, [int(i) for i in top], [float(probs[i]) for i in top],
                               [names[i] for i in top], int(views_uint8.shape[0]),
                               views_uint8[0] if keep_frames else None))
-    faults = [f"{paths[int(f.video_id.split(':', 1)[0])]}: {f.kind} ({f.reason})" for f in loader.faults.faults
-              if f.skipped]
-    return out, faults
+    unreadable = [describe_fault(paths[int(f.video_id.split(':', 1)[0])], f.kind, f.reason, verbose)
+                  for f in loader.faults.faults if f.skipped]
+    return Outcome(out, unreadable, bad)
+
+
+@contextmanager
+def quiet_native_stderr(verbose: bool = False) -> Iterator[List[str]]:
+    """File descriptor 2 points at a private file while the command works (FFmpeg, decord,
+    MindSpore and oneDNN write there directly, and so do library warnings); yields a list
+    that then holds the ``warning:`` / ``note:`` lines said meanwhile, for the caller to show
+    once the run succeeds: a failed run says one line. With ``verbose`` everything said is
+    shown as it was, on the way out."""
+    import tempfile
+
+    said: List[str] = []
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as capture:
+        os.dup2(capture.fileno(), 2)
+        try:
+            yield said
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            capture.seek(0)
+            text = capture.read(1 << 20).decode("utf-8", "replace")
+            if verbose and text:
+                sys.stderr.write(text if text.endswith("\n") else text + "\n")
+                sys.stderr.flush()
+            else:
+                said.extend(dict.fromkeys(ln for ln in text.splitlines() if ln.startswith(("warning: ", "note: "))))
 
 
 # ----------------------------------------------------------------------------- the GIF
@@ -206,8 +251,8 @@ def draw_gif(path: str, predictions: Sequence[Prediction], title: str, frame_ms:
         frames = pred.frames
         h, w = frames.shape[1:3]
         scale = max(1, int(np.ceil(GIF_MIN_SIDE / min(h, w))))
-        lines = [f"{Path(pred.video).name}  ({title})"] + [f"{p * 100:5.1f}%  {name}" for name, p in
-                                                           zip(pred.labels, pred.probabilities)]
+        lines = [f"{printable(Path(pred.video).name)}  ({title})"] + [
+            f"{p * 100:5.1f}%  {printable(name)}" for name, p in zip(pred.labels, pred.probabilities)]
         panel = 14 * len(lines) + 8
         for t, frame in enumerate(frames):
             image = Image.fromarray(frame).resize((w * scale, h * scale), Image.NEAREST)
@@ -233,48 +278,95 @@ def main(argv: Optional[List[str]] = None) -> int:
     return run_main(lambda: _main(args), args.verbose)
 
 
+def _inputs(args) -> Tuple[Optional[str], List[str]]:
+    """Every input checked before any work (a folder, a missing or unreadable file named as
+    such), and every output checked against them: (the checkpoint's path, the inputs)."""
+    from harness.checkpoints.registry import resolve
+    from harness.checkpoints.sidecar import CLASSES_FILE, sidecar_path
+
+    missing = [v for v in args.videos if not os.path.lexists(v)]
+    if missing:
+        raise InputError(f"no such video file: {printable(missing[0])}" +
+                         (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""))
+    for video in args.videos:
+        check_input_file(video, "video")
+    if args.labels:
+        check_input_file(args.labels, "--labels")
+    path = resolve(args.checkpoint, what="--checkpoint") if args.checkpoint else None
+    inputs = [*args.videos, args.labels, args.checkpoint, path]
+    if path:
+        inputs += [sidecar_path(path), os.path.join(os.path.dirname(os.path.abspath(path)), CLASSES_FILE)]
+    if args.json:
+        check_output_path(args.json, "--json", inputs=inputs)
+    if args.visualize:
+        check_output_path(args.visualize, "--visualize", inputs=inputs + [args.json])
+    return path, inputs
+
+
 def _main(args) -> int:
+    with quiet_native_stderr(args.verbose) as said:
+        outcome = _run(args)
+    return _verdict(outcome, said)
+
+
+def _run(args) -> "Outcome":
+    from harness.checkpoints.sidecar import data_preset_note
     from harness.evaluate import built_runner, parse_overrides, with_overrides
     from harness.runners import canonical_framework
 
-    for path, what in ((args.json, "--json"), (args.visualize, "--visualize")):
-        if path:
-            check_output_path(path, what)
-    missing = [v for v in args.videos if not os.path.isfile(v)]
-    if missing:
-        raise InputError(f"no such video file: {missing[0]}" + (f" (and {len(missing) - 1} more)" if len(missing) > 1
-                                                                 else ""))
     framework = canonical_framework(args.framework)
     if framework == "mmaction2":
         raise InputError("inference runs our implementations: --framework torch or ms")
+    path, _ = _inputs(args)
     preset = get_data_preset(args.data_preset)
     overrides = parse_overrides(args.data_override, preset)
     preset = with_overrides(preset, overrides)
-    cfg, arrays, weights_label, names, names_from = resolve_network(args)
-    print(f"weights: {weights_label}", file=sys.stderr, flush=True)
+    cfg, arrays, weights_label, names, names_from = resolve_network(args, path)
+    note = data_preset_note(args.checkpoint, preset.name)
+    if note:
+        print(note, file=sys.stderr)     # captured: shown once the run succeeds
     # the framework before any decoding: MindSpore aborts if decord entered the process first
     runner = built_runner(framework, cfg, arrays, args.device, args.threads, args.ms_mode)
-    predictions, faults = predict(runner, preset, cfg, args.videos, names, args.top_k,
-                                  workers=1 if framework == "ms" else 0, keep_frames=bool(args.visualize))
-    for pred in predictions:
-        print(f"{pred.video}: {framework} {cfg.name}, {preset.name} ({preset.protocol}), classes: {names_from}")
-        for i, (name, p) in enumerate(zip(pred.labels, pred.probabilities)):
-            print(f"  {i + 1}. {p:.4f}  {name}")
-    if args.visualize and predictions:
-        n = draw_gif(args.visualize, predictions, f"{framework} {cfg.name}")
-        print(f"visualization: {args.visualize} ({n} frames)")
+    outcome = predict(runner, preset, cfg, args.videos, names, args.top_k, workers=1 if framework == "ms" else 0,
+                      keep_frames=bool(args.visualize), verbose=args.verbose)
+    print(f"weights: {weights_label}", flush=True)
+    _print_predictions(outcome.predictions, framework, cfg, preset, names_from)
+    if args.visualize and outcome.predictions:
+        n = draw_gif(args.visualize, outcome.predictions, f"{framework} {cfg.name}")
+        print(f"visualization: {printable(args.visualize)} ({n} frames)")
     if args.json:
         body = {"framework": framework, "arch": cfg.name, "num_classes": cfg.num_classes, "weights": weights_label,
                 "checkpoint": args.checkpoint, "data_preset": preset.name, "data_override": overrides,
                 "protocol": preset.protocol, "classes_from": names_from, "top_k": args.top_k,
-                "predictions": [p.to_dict() for p in predictions], "failed": faults,
+                "predictions": [p.to_dict() for p in outcome.predictions],
+                "failed": outcome.unreadable + outcome.non_finite, "notes": [note] if note else [],
                 "versions": runner.versions(), "hardware": runner.hardware(), "date": utc_now()}
         atomic_write_json(args.json, result_doc("inference", body))
-    if faults:
-        for line in faults[:-1]:
-            print(f"error: {line}", file=sys.stderr)
-        raise InputError(faults[-1])
-    return 0
+    return outcome
+
+
+def _print_predictions(predictions: Sequence[Prediction], framework: str, cfg: I3DNLConfig, preset: DataPreset,
+                       names_from: str) -> None:
+    for pred in predictions:
+        print(f"{printable(pred.video)}: {framework} {cfg.name}, {preset.name} ({preset.protocol}), "
+              f"classes: {printable(names_from)}")
+        for i, (name, p) in enumerate(zip(pred.labels, pred.probabilities)):
+            print(f"  {i + 1}. {p:.4f}  {printable(name)}")
+
+
+def _verdict(outcome: Outcome, said: Sequence[str]) -> int:
+    """0 with the notes and warnings shown; else one line: exit 2 when a video could not be
+    read, exit 1 when one scored NaN or inf."""
+    problems = outcome.unreadable + outcome.non_finite
+    if not problems:
+        for line in said:
+            print(line, file=sys.stderr)
+        return 0
+    first, more = problems[0], len(problems) - 1
+    text = first + (f" (and {more} more video{'s' if more > 1 else ''}: see --json)" if more else "")
+    if outcome.unreadable:
+        raise InputError(text)
+    raise CheckFailed(text)
 
 
 if __name__ == "__main__":

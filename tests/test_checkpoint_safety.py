@@ -281,7 +281,7 @@ def test_ckpt_and_safetensors_hold_no_code(tmp_path):
     in a tensor's bytes stays bytes, and an unknown tensor type is a one-line refusal."""
     marker = tmp_path / "M"
     payload = pickle.dumps(Call(os.system, f"touch {marker}"))
-    write_ckpt(str(tmp_path / "a.ckpt"), {"x": np.frombuffer(payload, np.uint8)})
+    write_ckpt(str(tmp_path / "a.ckpt"), {"x": np.frombuffer(payload, np.uint8)}, crc=False)
     raw = read_raw(str(tmp_path / "a.ckpt"))
     assert raw.arrays["x"].tobytes() == payload and not marker.exists()
     data = (tmp_path / "a.ckpt").read_bytes().replace(b"UInt8", b"Objct")
@@ -289,6 +289,10 @@ def test_ckpt_and_safetensors_hold_no_code(tmp_path):
     with pytest.raises(CheckpointError) as info:
         read_raw(str(tmp_path / "b.ckpt"))
     assert "Objct" in str(info.value) and "\n" not in str(info.value)
+    write_ckpt(str(tmp_path / "a.ckpt"), {"x": np.frombuffer(payload, np.uint8)})   # with its CRC (the default)
+    (tmp_path / "b.ckpt").write_bytes((tmp_path / "a.ckpt").read_bytes().replace(b"UInt8", b"Objct"))
+    with pytest.raises(CheckpointError, match="damaged: its CRC-32"):
+        read_raw(str(tmp_path / "b.ckpt"))
     from safetensors.numpy import save_file
     save_file({"x": np.ones(2, np.float32)}, str(tmp_path / "c.safetensors"), metadata={"p": payload.hex()})
     assert read_raw(str(tmp_path / "c.safetensors")).arrays["x"].tolist() == [1.0, 1.0] and not marker.exists()

@@ -125,7 +125,9 @@ def test_other_bad_input_is_one_line_exit_2(tmp_path, capsys):
     assert "--to" in one_line_error(capsys, tmp_path / "w.npz", tmp_path / "x.weights")
     assert "unknown format 'onnx'" in one_line_error(capsys, tmp_path / "w.npz", tmp_path / "x.onnx", "--to", "onnx")
     assert "expects a ckpt file" in one_line_error(capsys, tmp_path / "w.npz", tmp_path / "x.pth", "--from", "ms")
-    assert "no such directory" in one_line_error(capsys, tmp_path / "w.npz", tmp_path / "no" / "x.pth")
+    # missing folders above DST are created (harness.files' rule); a file in their place is refused
+    assert "is a file, not a folder" in one_line_error(capsys, tmp_path / "w.npz", tmp_path / "w.npz" / "x.pth")
+    assert "SRC" in one_line_error(capsys, tmp_path, tmp_path / "x.ckpt") and not (tmp_path / "x.ckpt").exists()
 
 
 def test_the_cli_as_a_user_runs_it(cli, tmp_path):
@@ -178,7 +180,7 @@ def test_a_write_that_fails_is_one_line_and_leaves_nothing(tmp_path, capsys, mon
 
     monkeypatch.setattr(os, "replace", disk_full)
     line = one_line_error(capsys, tmp_path / "src.npz", tmp_path / "w.pth")
-    assert line == f"error: cannot write {tmp_path / 'w.pth'}: No space left on device"
+    assert line == f"error: cannot write {tmp_path / 'w.pth'}: no space left on the disk"   # in words, no [Errno]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["src.npz"]
 
 

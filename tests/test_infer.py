@@ -68,10 +68,11 @@ def test_class_names_and_bad_input(clips, tmp_path):
     for args, needle in ((["--framework", "torch", str(tmp_path / "nope.mp4")], "no such video"),
                          (["--framework", "torch", str(labels)], "labels.txt"),        # not a video
                          (["--framework", "caffe", clips[0]], "unknown framework"),
-                         (["--framework", "torch", clips[0], "--visualize", str(tmp_path / "no" / "x.gif")],
-                          "no such directory")):
+                         (["--framework", "torch", clips[0], "--visualize", str(labels / "x.gif")],
+                          "is a file, not a folder")):    # missing folders are created; a file in their place is not
         proc = run_cli("harness.infer", *args, *SMALL)
         assert proc.returncode == 2, (args, proc.stderr)
+        assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr     # exit 2: exactly one line
         assert needle in proc.stderr.strip().splitlines()[-1], proc.stderr
 
 

@@ -36,9 +36,14 @@ class LoadedWeights:
     meta: dict = field(default_factory=dict)
     # entries of the file that carry no weights and were dropped, by family: {"accum.*": 206, ...}
     ignored: Dict[str, int] = field(default_factory=dict)
+    integrity: str = ""      # the file's own check as read: "crc32 ok", "zip crc32 ok", "none in file"
 
     def describe(self) -> str:
-        text = f"{self.path} ({self.scheme} weights in a {self.container} file, sha256 {self.sha256[:12]}"
+        from harness.checkpoints.io import describe_integrity
+        from harness.text import printable
+
+        text = (f"{printable(self.path)} ({self.scheme} weights in a {self.container} file, sha256 {self.sha256[:12]}, "
+                f"integrity: {describe_integrity(self.integrity)}")
         if self.ignored:
             families = ", ".join(f"{family} {n}" for family, n in self.ignored.items())
             what = ("optimiser-state entries" if any("num_batches" not in f and "preprocessor" not in f
@@ -111,7 +116,7 @@ def weights_from_raw(raw: RawCheckpoint, path: str, cfg: I3DNLConfig, scheme: st
     except CheckpointError as exc:
         raise CheckpointError(f"{path}: {exc}") from None
     return LoadedWeights(arrays, path, raw.container, found, sha256_file(path), raw.meta,
-                         ignored_entries(raw.arrays, found))
+                         ignored_entries(raw.arrays, found), raw.integrity)
 
 
 def non_finite(arrays: Dict[str, np.ndarray]) -> Dict[str, int]:

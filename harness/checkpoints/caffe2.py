@@ -17,6 +17,7 @@ despite its name (the repo's ``bn_helper.py``: "riv is acutally running var").
 from __future__ import annotations
 
 import io
+import os
 import pickle
 from typing import Dict, Optional
 
@@ -24,8 +25,8 @@ import numpy as np
 
 from frameworks.spec.arch import I3DNLConfig
 from frameworks.spec.naming import RenameTable
-from harness.checkpoints.io import CheckpointError, RawCheckpoint, refusal
-from harness.checkpoints.safe_pickle import RefusedGlobal, fix_imports
+from harness.checkpoints.io import NO_CHECKSUM, CheckpointError, RawCheckpoint, refusal
+from harness.checkpoints.safe_pickle import SLACK, PickleTooLarge, RefusedGlobal, bounded_global, fix_imports
 from harness.files import atomic_path
 
 BN_SUFFIX = {"weight": "s", "bias": "b", "running_mean": "rm", "running_var": "riv"}
@@ -92,9 +93,12 @@ class _NumpyOnlyUnpickler(pickle.Unpickler):
         ("__builtin__", "bytes"), ("builtins", "bytes"),  # ... and an empty array's b"" (bytes())
     }
 
+    budget = -1   # bytes the size-taking constructors may build (the file's size): see safe_pickle
+
     def find_class(self, module, name):
         if (module, name) in self.ALLOWED:
-            return super().find_class(module, name)
+            found = super().find_class(module, name)
+            return bounded_global(*fix_imports(module, name), found, self.budget) if self.budget >= 0 else found
         raise RefusedGlobal(*fix_imports(module, name))
 
 
@@ -104,9 +108,13 @@ def read_pickle(path: str, trust: bool = False) -> RawCheckpoint:
     unpickler = pickle.Unpickler if trust else _NumpyOnlyUnpickler
     try:
         with open(path, "rb") as f:
-            obj = unpickler(io.BufferedReader(f), encoding="latin1").load()
+            reader = unpickler(io.BufferedReader(f), encoding="latin1")
+            reader.budget = os.fstat(f.fileno()).st_size + SLACK
+            obj = reader.load()
     except RefusedGlobal as exc:
         raise refusal(path, f"{exc.module}.{exc.name}") from None
+    except PickleTooLarge as exc:
+        raise CheckpointError(f"refusing {path}: {exc}") from None
     except Exception as exc:  # noqa: BLE001 - any damage is a one-line reason
         raise CheckpointError(f"{path}: not a readable Caffe2 blob pickle ({type(exc).__name__}: "
                               f"{str(exc).splitlines()[0] if str(exc) else ''})") from None
@@ -117,7 +125,7 @@ def read_pickle(path: str, trust: bool = False) -> RawCheckpoint:
     arrays = {k: v for k, v in obj.items() if isinstance(v, np.ndarray) and not k.endswith("_momentum")}
     meta = {k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in obj.items()
             if k in ("model_iter", "lr")}
-    return RawCheckpoint(path, "pickle", arrays, meta)
+    return RawCheckpoint(path, "pickle", arrays, meta, NO_CHECKSUM)
 
 
 def write_pickle(path: str, arrays: Dict[str, np.ndarray], meta: Optional[dict] = None) -> None:

@@ -37,6 +37,20 @@ class RawCheckpoint:
     container: str                    # torch | npz | safetensors | ckpt | pickle
     arrays: Dict[str, np.ndarray]
     meta: dict = field(default_factory=dict)
+    # what guards the bytes against damage, as checked on reading: "crc32 ok" (a MindSpore
+    # CRC trailer), "zip crc32 ok" (every member of a .pth / .npz), or NO_CHECKSUM
+    integrity: str = ""
+
+
+NO_CHECKSUM = "none in file"
+NO_CHECKSUM_NOTE = "a flipped bit inside tensor data cannot be detected"
+
+
+def describe_integrity(integrity: str) -> str:
+    """How a message states a file's integrity check, in words."""
+    if integrity == NO_CHECKSUM:
+        return f"{NO_CHECKSUM} ({NO_CHECKSUM_NOTE})"
+    return integrity or "not checked"
 
 
 def sha256_file(path: str, chunk: int = 1 << 20) -> str:
@@ -78,6 +92,46 @@ def _zip_members(path: str) -> List[str]:
         raise CheckpointError(f"{path} is a damaged zip archive (truncated download?)") from None
 
 
+# a zip's members may expand to at most this many times the file's size, plus ZIP_SLACK:
+# torch.save and np.savez store their members uncompressed (ratio 1), and even
+# savez_compressed of float weights stays near 1; a deflate bomb is 1000
+ZIP_EXPANSION, ZIP_SLACK = 16, 256 << 20
+
+
+def check_zip_sizes(path: str) -> Dict[str, int]:
+    """Refuse a zip whose members declare more bytes than the file could justify (before
+    anything is read or allocated); returns ``{member name: uncompressed size}``."""
+    from harness.checkpoints.safe_pickle import _human
+
+    try:
+        with zipfile.ZipFile(path) as z:
+            sizes = {info.filename: info.file_size for info in z.infolist()}
+    except zipfile.BadZipFile:
+        raise CheckpointError(f"{path} is a damaged zip archive (truncated download?)") from None
+    total, size = sum(sizes.values()), os.path.getsize(path)
+    if total > ZIP_EXPANSION * size + ZIP_SLACK:
+        raise CheckpointError(f"refusing {path}: its zip members declare {_human(total)} from a file of "
+                              f"{_human(size)} (a decompression bomb, or a damaged directory)")
+    return sizes
+
+
+def check_zip_crc(path: str) -> str:
+    """Every member's bytes against the CRC-32 the zip records for it (torch.load does not
+    check them): ``"zip crc32 ok"``, or a one-line CheckpointError naming the member."""
+    try:
+        with zipfile.ZipFile(path) as z:
+            for info in z.infolist():
+                with z.open(info) as member:
+                    while member.read(1 << 22):
+                        pass
+    except zipfile.BadZipFile as exc:
+        what = str(exc).replace("Bad CRC-32 for file", "the CRC-32 does not match the content of")
+        raise CheckpointError(f"{path}: damaged: {what} (a flipped bit or a bad copy)") from None
+    except (OSError, EOFError, ValueError) as exc:  # zlib errors of a damaged deflated member
+        raise CheckpointError(f"{path}: damaged zip archive ({exc})") from None
+    return "zip crc32 ok"
+
+
 def looks_like_torch(path: str, head: bytes) -> bool:
     """A ``torch.save`` zip: a zip archive holding a ``data.pkl``."""
     return head[:4] == ZIP_MAGIC and any(n.endswith("data.pkl") for n in _zip_members(path))
@@ -104,8 +158,11 @@ def sniff_container(path: str) -> str:
     first of :data:`harness.checkpoints.formats.CONTAINERS` whose sniffer says yes."""
     from harness.checkpoints.formats import CONTAINERS
 
+    if os.path.isdir(path):
+        raise CheckpointError(f"checkpoint {path} is a folder, not a file")
     if not os.path.isfile(path):
-        raise CheckpointError(f"no such checkpoint file: {path}")
+        what = "no such checkpoint file" if not os.path.exists(path) else "not a regular file (a device or a pipe)"
+        raise CheckpointError(f"{what}: {path}")
     if os.path.getsize(path) == 0:
         raise CheckpointError(f"{path} is empty")
     try:
@@ -152,7 +209,9 @@ def _torch_load(path: str, trust: bool):
             # torch.load hands TorchScript archives to torch.jit.load: code, not a state dict
             raise CheckpointError(f"{path} is a TorchScript archive (a program, not a state dict); "
                                   "save the model's state_dict() instead")
-    module, placeholders = safe_pickle.pickle_module()
+    sizes = check_zip_sizes(path)
+    records = {name.rsplit("/data/", 1)[1]: size for name, size in sizes.items() if "/data/" in name}
+    module, placeholders = safe_pickle.pickle_module(records=records)
     try:
         return torch.load(path, map_location="cpu", weights_only=False, pickle_module=module), placeholders
     except RuntimeError as exc:
@@ -171,14 +230,17 @@ def read_torch(path: str, trust: bool = False) -> RawCheckpoint:
         import torch  # noqa: F401
     except ImportError:
         raise CheckpointError(f"{path} is a PyTorch file; install torch to read it") from None
-    from harness.checkpoints.safe_pickle import Placeholder, RefusedGlobal, inert_copy
+    from harness.checkpoints.safe_pickle import Placeholder, PickleTooLarge, RefusedGlobal, inert_copy
 
+    integrity = check_zip_crc(path) if zipfile.is_zipfile(path) else ""
     try:
         obj, placeholders = _torch_load(path, trust)
     except CheckpointError:
         raise
     except RefusedGlobal as exc:
         raise refusal(path, f"{exc.module}.{exc.name}") from None
+    except PickleTooLarge as exc:
+        raise CheckpointError(f"refusing {path}: {exc}") from None
     except Exception as exc:  # noqa: BLE001 - any damage is a one-line reason
         text = str(exc).strip().splitlines()
         raise CheckpointError(f"{path}: unreadable PyTorch file ({type(exc).__name__}"
@@ -205,11 +267,42 @@ def read_torch(path: str, trust: bool = False) -> RawCheckpoint:
            for k, v in arrays.items() if not isinstance(v, np.ndarray)]
     if bad:
         raise CheckpointError(f"{path}: entries that are not tensors: {', '.join(bad[:5])}")
-    return RawCheckpoint(path, "torch", arrays, inert_copy(meta) if isinstance(meta, dict) else {})
+    try:
+        meta = inert_copy(meta) if isinstance(meta, dict) else {}
+    except PickleTooLarge as exc:
+        raise CheckpointError(f"refusing {path}: {exc}") from None
+    return RawCheckpoint(path, "torch", arrays, meta, integrity)
+
+
+def _check_npy_headers(path: str) -> None:
+    """Each ``.npy`` member's header may not declare more bytes than the member holds (numpy
+    allocates the declared array before reading it)."""
+    from harness.checkpoints.safe_pickle import _human
+
+    with zipfile.ZipFile(path) as z:
+        for info in z.infolist():
+            try:
+                with z.open(info) as f:
+                    version = np.lib.format.read_magic(f)
+                    reader = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                              else np.lib.format.read_array_header_2_0)
+                    shape, _, dtype = reader(f)
+            except Exception:  # noqa: BLE001 - np.load names what is wrong with it
+                continue
+            if dtype.hasobject:
+                continue
+            declared = int(np.prod(shape, dtype=object)) * dtype.itemsize
+            if declared > info.file_size:
+                raise CheckpointError(f"refusing {path}: {info.filename} declares {_human(declared)} of "
+                                      f"{dtype} {list(shape)}, but holds {_human(info.file_size)}")
 
 
 def read_npz(path: str, trust: bool = False) -> RawCheckpoint:
-    """An ``.npz``; object arrays (pickles) only with ``trust``."""
+    """An ``.npz``; object arrays (pickles) only with ``trust``. Sizes are checked before
+    anything is allocated, and every member's CRC-32 as it is read (``zipfile`` does)."""
+    check_zip_sizes(path)
+    _check_npy_headers(path)
+    integrity = check_zip_crc(path)
     try:
         with np.load(path, allow_pickle=trust) as z:
             arrays = {}
@@ -224,7 +317,7 @@ def read_npz(path: str, trust: bool = False) -> RawCheckpoint:
         raise
     except Exception as exc:  # noqa: BLE001
         raise CheckpointError(f"{path}: unreadable .npz ({exc})") from None
-    return RawCheckpoint(path, "npz", arrays)
+    return RawCheckpoint(path, "npz", arrays, integrity=integrity)
 
 
 def read_safetensors(path: str, trust: bool = False) -> RawCheckpoint:
@@ -237,7 +330,7 @@ def read_safetensors(path: str, trust: bool = False) -> RawCheckpoint:
         arrays = load_file(path)
     except Exception as exc:  # noqa: BLE001
         raise CheckpointError(f"{path}: unreadable .safetensors ({exc})") from None
-    return RawCheckpoint(path, "safetensors", dict(arrays))
+    return RawCheckpoint(path, "safetensors", dict(arrays), integrity=NO_CHECKSUM)
 
 
 def read_raw(path: str, trust: bool = False) -> RawCheckpoint:

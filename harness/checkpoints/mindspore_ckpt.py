@@ -18,10 +18,16 @@ The layout, from MindSpore's own ``checkpoint.proto`` (proto2)::
 ``mindspore.save_checkpoint`` serialises one single-Value ``Checkpoint`` per parameter
 and concatenates them (concatenated protobuf messages merge into one), cuts a tensor's
 bytes into 512 MiB pieces written as consecutive Values with the same tag (each carrying
-the full ``dims``), and may append a CRC trailer (``b"crc_num"`` + 10 big-endian bytes). The
-writer below produces the same bytes as ``save_checkpoint`` for the same arrays; the
-reader accepts packed ``dims`` too. Encrypted checkpoints and map parameters are refused
-with a one-line reason.
+the full ``dims``), and, with ``save_checkpoint(..., crc_check=True)``, appends a CRC trailer:
+``b"crc_num"`` + the CRC-32 (``binascii.crc32``, chained over each serialized Value as it is
+written, i.e. the CRC-32 of every byte before the trailer) as 10 big-endian bytes. The
+reader checks the trailer where there is one and says where there is none
+(:data:`~harness.checkpoints.io.NO_CHECKSUM`: a flipped bit inside tensor data then cannot
+be detected); a damaged trailer or a mismatch is a one-line error. The writer below
+produces the bytes of ``save_checkpoint(..., crc_check=True)`` for the same arrays (without
+the trailer, :func:`serialize_ckpt` gives ``save_checkpoint``'s default bytes); the reader
+accepts packed ``dims`` too. Encrypted checkpoints and map parameters are refused with a
+one-line reason.
 
 This module is the ``ckpt`` container (sniffer, reader, writer) and the ``mindspore``
 naming scheme, the parameter names of *our* MindSpore model
@@ -39,7 +45,7 @@ import numpy as np
 
 from frameworks.spec.arch import I3DNLConfig
 from frameworks.spec.naming import MINDSPORE_RENAME
-from harness.checkpoints.io import CheckpointError, RawCheckpoint
+from harness.checkpoints.io import NO_CHECKSUM, CheckpointError, RawCheckpoint
 from harness.files import atomic_path
 
 # tensor_type strings, as MindSpore's serialization.py spells them.
@@ -140,13 +146,44 @@ def _parse_tensor(buf: memoryview, span: Tuple[int, int]) -> Tuple[List[int], st
     return dims, tensor_type, content
 
 
+class DamagedCheckpoint(ValueError):
+    """The file's CRC does not match its bytes, or its CRC trailer is itself damaged."""
+
+
+_TRAILER = len(_CRC_MARK) + 10
+
+
+def crc_trailer(crc: int) -> bytes:
+    """What ``save_checkpoint(..., crc_check=True)`` appends: the mark and 10 big-endian bytes."""
+    return _CRC_MARK + crc.to_bytes(10, "big")
+
+
+def check_crc(data: bytes) -> Tuple[bytes, str]:
+    """(the protobuf bytes without the trailer, ``"crc32 ok"`` or ``NO_CHECKSUM``); raises
+    :class:`DamagedCheckpoint` when the CRC does not match, or when the last 17 bytes are
+    a trailer with a damaged mark (5 or 6 of its 7 bytes right)."""
+    if len(data) >= _TRAILER:
+        mark = data[-_TRAILER:-10]
+        if mark == _CRC_MARK:
+            stored, content = int.from_bytes(data[-10:], "big"), data[:-_TRAILER]
+            computed = binascii.crc32(content)
+            if computed != stored:
+                raise DamagedCheckpoint(f"damaged: its CRC-32 is {computed:08x} but the file records {stored:08x} "
+                                        "(a flipped bit or a bad copy)")
+            return content, "crc32 ok"
+        if sum(a == b for a, b in zip(mark, _CRC_MARK)) >= len(_CRC_MARK) - 2:
+            raise DamagedCheckpoint(f"damaged: its CRC trailer reads {mark!r}, not {_CRC_MARK!r}")
+    return data, NO_CHECKSUM
+
+
 def parse_ckpt(data: bytes) -> Tuple[Dict[str, np.ndarray], Dict[str, str]]:
-    """The bytes of a ``.ckpt`` file -> (arrays by tag, string entries by tag)."""
-    if data[-17:-10] == _CRC_MARK:
-        stored = int.from_bytes(data[-10:], "big")
-        data = data[:-17]
-        if binascii.crc32(data) != stored:
-            raise ValueError("the CRC trailer does not match the content (damaged file)")
+    """The bytes of a ``.ckpt`` file -> (arrays by tag, string entries by tag); a CRC
+    trailer is checked (:func:`check_crc`)."""
+    return _parse_values(check_crc(data)[0])
+
+
+def _parse_values(data: bytes) -> Tuple[Dict[str, np.ndarray], Dict[str, str]]:
+    """The protobuf bytes (no trailer) -> (arrays by tag, string entries by tag)."""
     buf = memoryview(data)
     # Values in file order; consecutive Values with one tag are slices of one array.
     entries: List[Tuple[str, List[int], str, List[memoryview]]] = []
@@ -197,17 +234,22 @@ def read_ckpt(path: str, trust: bool = False) -> RawCheckpoint:
     except OSError as exc:
         raise CheckpointError(f"cannot read {path}: {exc.strerror}") from None
     try:
-        arrays, strings = parse_ckpt(data)
+        data, integrity = check_crc(data)
+    except DamagedCheckpoint as exc:
+        raise CheckpointError(f"{path}: {exc}") from None
+    try:
+        arrays, strings = _parse_values(data)
     except (ValueError, UnicodeDecodeError) as exc:
         raise CheckpointError(f"{path}: not a readable MindSpore checkpoint ({exc}; encrypted or damaged?)") from None
     if not arrays:
         raise CheckpointError(f"{path}: a MindSpore checkpoint with no tensors")
-    return RawCheckpoint(path, "ckpt", arrays, {"strings": strings} if strings else {})
+    return RawCheckpoint(path, "ckpt", arrays, {"strings": strings} if strings else {}, integrity)
 
 
 # --------------------------------------------------------------------------- writing
-def serialize_ckpt(arrays: Dict[str, np.ndarray]) -> bytes:
-    """``{name: array}`` -> the bytes ``mindspore.save_checkpoint`` writes for them."""
+def serialize_ckpt(arrays: Dict[str, np.ndarray], crc: bool = False) -> bytes:
+    """``{name: array}`` -> the bytes ``mindspore.save_checkpoint(..., crc_check=crc)``
+    writes for them."""
     out = bytearray()
     for name, value in arrays.items():
         array = np.asarray(value)   # not ascontiguousarray: it turns a 0-d array into shape (1,)
@@ -223,12 +265,16 @@ def serialize_ckpt(arrays: Dict[str, np.ndarray]) -> bytes:
             tensor = dims + _len_field(2, tensor_type.encode()) + _len_field(3, content[start:start + chunk])
             entry = _len_field(1, name.encode("utf-8")) + _len_field(2, tensor)
             out += _len_field(1, entry)
+    if crc:
+        out += crc_trailer(binascii.crc32(out))
     return bytes(out)
 
 
-def write_ckpt(path: str, arrays: Dict[str, np.ndarray], meta: Optional[dict] = None) -> None:
-    """Write ``arrays`` as a MindSpore ``.ckpt`` (``meta`` has no place in the format)."""
-    data = serialize_ckpt(arrays)
+def write_ckpt(path: str, arrays: Dict[str, np.ndarray], meta: Optional[dict] = None, crc: bool = True) -> None:
+    """Write ``arrays`` as a MindSpore ``.ckpt`` (``meta`` has no place in the format), with
+    the CRC trailer of ``save_checkpoint(..., crc_check=True)`` unless ``crc`` is False, so
+    that a later flipped bit is found on reading."""
+    data = serialize_ckpt(arrays, crc=crc)
     with atomic_path(path, suffix=".ckpt") as tmp:
         with open(tmp, "wb") as f:
             f.write(data)

@@ -163,13 +163,20 @@ def registry_entry(name_or_path: str) -> Optional[Entry]:
     return registry[name_or_path] if name_or_path in registry else None
 
 
-def resolve(name_or_path: str, verify_digest: bool = True) -> str:
+def resolve(name_or_path: str, verify_digest: bool = True, what: str = "checkpoint") -> str:
     """A path as given, or a registry name's cached file, whose digest is checked against
-    the entry (a file put in the cache by hand may be another one); a clear error if neither."""
+    the entry (a file put in the cache by hand may be another one); a clear error if neither.
+    A path that is a folder or unreadable is named for what it is (``what``: how the
+    command calls the argument, e.g. ``--checkpoint`` or ``SRC``)."""
+    from harness.files import OutputPathError, check_input_file
+
     entry = registry_entry(name_or_path)
     if entry is None:
         if os.path.exists(name_or_path):
-            return name_or_path
+            try:
+                return check_input_file(name_or_path, what)
+            except OutputPathError as exc:
+                raise CheckpointError(str(exc)) from None
         raise CheckpointError(f"no such checkpoint file or registry name: {name_or_path}")
     path = cached_path(entry)
     if not os.path.isfile(path):

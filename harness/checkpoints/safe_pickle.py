@@ -32,6 +32,15 @@ objects whose ``statistics_methods`` are pickled as ``getattr(HistoryBuffer, "mi
 
 Refusal is only for a clear message; safety does not depend on the refused list being
 complete, since an unknown global is never the real object.
+
+Sizes are bounded before anything is allocated (:class:`PickleTooLarge`, one line): a tiny
+stream may not make the reader allocate gigabytes. The allowlisted constructors that take a
+size (``bytearray(n)``, ``numpy.ndarray(shape)``, ``_reconstruct``) may not build more bytes
+than the stream holds (:data:`SLACK` aside); a torch storage may not declare more bytes than
+its record in the zip holds (its size is known from the zip directory before reading); a
+tensor may not span more elements than its storage has; and :func:`inert_copy`, which turns
+shared references into copies, stops at :data:`MAX_META_NODES` objects (a stream of nested
+lists that share one child expands to 10^9 objects from 2 KB).
 """
 from __future__ import annotations
 
@@ -39,7 +48,7 @@ import _compat_pickle
 import io
 import pickle
 import types
-from typing import Any, Dict, Set, Tuple
+from typing import Any, Dict, Optional, Set, Tuple
 
 REFUSED_MODULES = frozenset({
     "os", "posix", "nt", "posixpath", "ntpath", "subprocess", "_posixsubprocess", "sys", "shutil",
@@ -64,6 +73,26 @@ TRUST_HELP = ("unpickle the weights file fully. DANGER: a pickle (.pth, .pkl, an
               "arbitrary code when it is loaded; use only for files you trust. Default: read tensors and "
               "plain data only, leave unknown classes as inert placeholders, and refuse (exit 2) a file that "
               "would run code")
+
+
+# bytes an allowlisted constructor may build beyond the stream's own length (a legitimate
+# bytearray or array carries its content in the stream)
+SLACK = 1 << 16
+# objects inert_copy makes of a file's metadata: mmengine's meta and message hub hold a few
+# thousand; past this, shared references are expanding a small stream into a huge copy
+MAX_META_NODES = 1_000_000
+
+
+def _human(n: int) -> str:
+    for unit in ("bytes", "KB", "MB", "GB", "TB"):
+        if n < 1000 or unit == "TB":
+            return f"{n} {unit}" if unit == "bytes" else f"{n:.1f} {unit}"
+        n /= 1000
+    return str(n)
+
+
+class PickleTooLarge(pickle.UnpicklingError):
+    """The stream declares more data than the file holds: refused before it is allocated."""
 
 
 class RefusedGlobal(pickle.UnpicklingError):
@@ -112,6 +141,91 @@ def _allowed() -> Dict[Tuple[str, str], Any]:
         if isinstance(value, torch.dtype):
             allowed[("torch", name)] = value
     return allowed
+
+
+def _count(shape) -> int:
+    """The element count of a shape from a stream (an int or a sequence of ints), or -1."""
+    try:
+        dims = [int(shape)] if isinstance(shape, int) else [int(d) for d in shape]
+    except (TypeError, ValueError):
+        return -1
+    if any(d < 0 for d in dims):
+        return -1
+    total = 1
+    for d in dims:
+        total *= d
+    return total
+
+
+def _itemsize(dtype) -> int:
+    import numpy as np
+
+    try:
+        return max(1, np.dtype(dtype if dtype is not None else float).itemsize)
+    except (TypeError, ValueError):
+        return 1
+
+
+def _too_large(what: str, declared: int, budget: int) -> PickleTooLarge:
+    return PickleTooLarge(f"the pickle declares {what} of {_human(declared)}, more than its "
+                          f"{_human(max(0, budget - SLACK))} of data could hold")
+
+
+def bounded_global(module: str, name: str, real, budget: int):
+    """A wrapper of an allowlisted constructor that refuses to build more than ``budget``
+    bytes; ``real`` itself where it takes no size."""
+    if (module, name) == ("builtins", "bytearray"):
+        def build_bytearray(*args):
+            if args and isinstance(args[0], int) and args[0] > budget:
+                raise _too_large("a bytearray", args[0], budget)
+            return bytearray(*args)
+        return build_bytearray
+    if (module, name) == ("numpy", "ndarray"):
+        return _BoundedNdarray(real, budget)
+    if name == "_reconstruct":
+        def reconstruct(subtype, shape, dtype, *args):
+            if isinstance(subtype, _BoundedNdarray):   # the stream's numpy.ndarray global
+                subtype = subtype.real
+            if _count(shape) * 8 > budget:
+                raise _too_large("an array", _count(shape) * 8, budget)
+            return real(subtype, shape, dtype, *args)
+        return reconstruct
+    if module == "torch._utils" and name.startswith("_rebuild_tensor"):
+        def rebuild(storage, storage_offset, size, stride, *args, **kwargs):
+            _check_tensor_fits(storage, storage_offset, size)
+            return real(storage, storage_offset, size, stride, *args, **kwargs)
+        return rebuild
+    return real
+
+
+class _BoundedNdarray:
+    """``numpy.ndarray`` as a stream's global: calling it (REDUCE) builds no more than the
+    budget; ``_reconstruct`` given it builds the real type. Slots: BUILD cannot change it."""
+
+    __slots__ = ("real", "budget")
+
+    def __init__(self, real, budget: int):
+        self.real, self.budget = real, budget
+
+    def __call__(self, shape=(), dtype=float, *args, **kwargs):
+        n = _count(shape)
+        if n < 0 or n * _itemsize(dtype) > self.budget:
+            raise _too_large("an array", max(n, 0) * _itemsize(dtype), self.budget)
+        return self.real(shape, dtype, *args, **kwargs)
+
+
+def _check_tensor_fits(storage, offset, size) -> None:
+    """A tensor may not have more elements than its storage past ``offset`` (an overlapping,
+    expanded view is how a 16-byte storage becomes a 4 GB array once copied)."""
+    length = getattr(storage, "_size", None)
+    try:
+        available = int(length()) if callable(length) else -1
+    except Exception:  # noqa: BLE001 - not a storage: torch's own rebuild refuses it
+        return
+    n = _count(size)
+    if available >= 0 and (n < 0 or (n > 0 and n > available - int(offset or 0))):
+        raise PickleTooLarge(f"the pickle declares a tensor of {n if n >= 0 else size} elements on a storage of "
+                             f"{available} elements past offset {offset}")
 
 
 _ALLOWED_CACHE: Dict[Tuple[str, str], Any] = {}
@@ -195,11 +309,43 @@ def fix_imports(module: str, name: str) -> Tuple[str, str]:
     return _compat_pickle.IMPORT_MAPPING.get(module, module), name
 
 
+_BASE_PERSISTENT_LOAD = pickle.Unpickler.__dict__["persistent_load"]   # the C unpickler's slot
+
+
 class SafeUnpickler(pickle.Unpickler):
     """``pickle.Unpickler`` whose globals are allowlisted objects, refusals or placeholders;
-    ``placeholders`` collects the globals that became placeholders."""
+    ``placeholders`` collects the globals that became placeholders. ``budget`` (bytes, default
+    the stream's remaining length) bounds what the allowlisted constructors build;
+    ``records`` (``{key: bytes}``, a torch zip's storages by their ``data/<key>`` name) bounds
+    what a storage may declare: a persistent_load function assigned to the unpickler (as
+    ``torch.load`` assigns one) is wrapped so that it sees only ids that fit."""
 
     placeholders: Set[str]
+    budget: int = -1
+    records: Optional[Dict[str, int]] = None
+
+    def __init__(self, file, *args, budget: Optional[int] = None, records: Optional[Dict[str, int]] = None,
+                 **kwargs):
+        super().__init__(file, *args, **kwargs)
+        if budget is None:
+            budget = _remaining(file)
+        self.budget = budget + SLACK if budget >= 0 else -1
+        self.records = records
+
+    @property
+    def persistent_load(self):
+        return _BASE_PERSISTENT_LOAD.__get__(self)
+
+    @persistent_load.setter
+    def persistent_load(self, func):
+        records = self.records
+
+        def bounded(saved_id):
+            if records is not None:
+                _check_storage_id(saved_id, records)
+            return func(saved_id)
+
+        _BASE_PERSISTENT_LOAD.__set__(self, bounded)
 
     def find_class(self, module, name):
         if not isinstance(module, str) or not isinstance(name, str):
@@ -209,7 +355,8 @@ class SafeUnpickler(pickle.Unpickler):
         if found is not None:
             shielded = self.__dict__.setdefault("_shielded", {})
             if (module, name) not in shielded:
-                shielded[(module, name)] = _shielded(found)
+                real = _shielded(found)
+                shielded[(module, name)] = bounded_global(module, name, real, self.budget) if self.budget >= 0 else real
             return shielded[(module, name)]
         if is_refused(module, name):
             raise RefusedGlobal(module, name)
@@ -219,13 +366,52 @@ class SafeUnpickler(pickle.Unpickler):
         return placeholder_class(f"{module}.{name}")
 
 
-def pickle_module(unpickler: type = SafeUnpickler) -> Tuple[types.ModuleType, Set[str]]:
+def _remaining(file) -> int:
+    """Bytes left in a seekable stream, or -1."""
+    try:
+        here = file.tell()
+        end = file.seek(0, 2)
+        file.seek(here)
+        return end - here
+    except (AttributeError, OSError, ValueError):
+        return -1
+
+
+def _check_storage_id(saved_id, records: Dict[str, int]) -> None:
+    """torch's persistent id ``("storage", type, key, location, numel)``: the bytes it
+    declares must be the bytes its record holds (torch would allocate them first)."""
+    if not (isinstance(saved_id, tuple) and len(saved_id) == 5):
+        return   # torch refuses it itself
+    storage_type, key, numel = saved_id[1], str(saved_id[2]), saved_id[4]
+    dtype = getattr(storage_type, "dtype", None)
+    try:
+        import torch
+
+        size = 1 if dtype is None or storage_type is torch.UntypedStorage else torch._utils._element_size(dtype)
+    except Exception:  # noqa: BLE001
+        size = 1
+    if not isinstance(numel, int) or numel < 0:
+        raise PickleTooLarge(f"the pickle declares a storage data/{key} of {numel!r} elements")
+    held = records.get(key)
+    if held is None:
+        raise PickleTooLarge(f"the pickle names a storage data/{key} that the file does not hold")
+    if numel * size != held:
+        raise PickleTooLarge(f"the pickle declares a storage data/{key} of {_human(numel * size)}, "
+                             f"but the file holds {_human(held)} for it")
+
+
+def pickle_module(unpickler: type = SafeUnpickler, records: Optional[Dict[str, int]] = None
+                  ) -> Tuple[types.ModuleType, Set[str]]:
     """A module object for ``torch.load(pickle_module=...)`` whose ``Unpickler`` is
     ``unpickler`` (torch subclasses it, overriding only storage names), and the set every
-    unpickler it makes adds its placeholder names to."""
+    unpickler it makes adds its placeholder names to. ``records``: the sizes of the zip's
+    storage records by key (see :class:`SafeUnpickler`)."""
     seen: Set[str] = set()
 
     class _Unpickler(unpickler):
+        def __init__(self, file, *args, **kwargs):
+            super().__init__(file, *args, records=records, **kwargs)
+
         def find_class(self, module, name):
             self.placeholders = seen
             return super().find_class(module, name)
@@ -244,16 +430,23 @@ def pickle_module(unpickler: type = SafeUnpickler) -> Tuple[types.ModuleType, Se
     return module, seen
 
 
-def inert_copy(obj, _depth: int = 0):
+def inert_copy(obj, _depth: int = 0, _budget: Optional[list] = None):
     """Plain containers of ``obj`` copied with every placeholder replaced by its repr (for
-    metadata that is kept and may be printed or saved as JSON)."""
+    metadata that is kept and may be printed or saved as JSON). Raises :class:`PickleTooLarge`
+    past :data:`MAX_META_NODES` objects: shared references would otherwise expand a few
+    kilobytes of stream into gigabytes of copies."""
+    budget = [MAX_META_NODES] if _budget is None else _budget
+    budget[0] -= 1
+    if budget[0] < 0:
+        raise PickleTooLarge(f"the pickle's metadata expands to more than {MAX_META_NODES:,} objects "
+                             "(shared references copied over and over)")
     if _depth > 50:
         return "<nested too deep>"
     if isinstance(obj, Placeholder):
         return repr(obj)
     if isinstance(obj, dict):
-        return {inert_copy(k, _depth + 1): inert_copy(v, _depth + 1) for k, v in obj.items()}
+        return {inert_copy(k, _depth + 1, budget): inert_copy(v, _depth + 1, budget) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
-        return type(obj)(inert_copy(v, _depth + 1) for v in obj) if type(obj) in (list, tuple) \
-            else [inert_copy(v, _depth + 1) for v in obj]
+        return type(obj)(inert_copy(v, _depth + 1, budget) for v in obj) if type(obj) in (list, tuple) \
+            else [inert_copy(v, _depth + 1, budget) for v in obj]
     return obj

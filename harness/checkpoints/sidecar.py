@@ -25,6 +25,9 @@ from frameworks.spec.arch import PRESETS, I3DNLConfig, get_preset
 from harness.files import atomic_write_json
 
 SUFFIX = ".nlparity.json"
+CLASSES_FILE = "classes.txt"   # what harness.train writes beside its checkpoints (one name a line)
+# a labels file of more bytes than this is not a list of class names (100,000 classes x 64 bytes)
+MAX_LABELS_BYTES = 8 << 20
 
 
 def sidecar_path(path: str) -> str:
@@ -82,16 +85,96 @@ def sidecar_data_preset(path: str) -> Optional[str]:
     return doc.get("data_preset") if doc else None
 
 
-def data_preset_note(path: Optional[str], used: str) -> Optional[str]:
-    """One ``note:`` line when a run uses a data preset other than the one ``path``'s sidecar
-    records; None when they agree or nothing is recorded."""
-    recorded = sidecar_data_preset(path) if path and os.path.isfile(path) else None
-    if recorded and recorded != used:
-        from harness.text import printable
+def evaluation_presets_of(name: str) -> List[str]:
+    """The evaluation presets that match data preset ``name``: itself for an evaluation
+    preset; for a training pipeline (``seed_train``), the evaluation presets that sample,
+    resize, scale and order labels as it does (``seed_eval``)."""
+    from frameworks.spec.data_presets import PRESETS as EVAL, TRAIN_PRESETS
 
-        return (f"note: data preset {printable(used)} differs from {printable(recorded)}, the one "
-                f"{printable(os.path.basename(path))} was trained/evaluated on (its {SUFFIX} sidecar)")
-    return None
+    if name in EVAL:
+        return [name]
+    train = TRAIN_PRESETS.get(name)
+    if train is None:
+        return []
+    same = ("clip_len", "frame_interval", "short_edge", "interpolation", "value_scale", "mean", "std",
+            "normalize_op", "label_order", "channel_order")
+    return [e.name for e in EVAL.values() if all(getattr(e, f) == getattr(train, f) for f in same)]
+
+
+def recorded_data_preset(checkpoint: Optional[str]) -> "tuple[Optional[str], str]":
+    """(the data preset ``checkpoint`` was trained/evaluated on, where that is recorded): a
+    registry name's entry, else the file's sidecar; (None, "") when nothing is recorded."""
+    if not checkpoint:
+        return None, ""
+    from harness.checkpoints.registry import registry_entry
+
+    entry = registry_entry(checkpoint)
+    if entry is not None:
+        return (entry.data_preset or None), f"the registry entry {entry.name}"
+    if os.path.isfile(checkpoint):
+        preset = sidecar_data_preset(checkpoint)
+        return (preset, os.path.basename(sidecar_path(checkpoint))) if preset else (None, "")
+    return None, ""
+
+
+def data_preset_note(checkpoint: Optional[str], used: str) -> Optional[str]:
+    """One ``note:`` line when a run uses a data preset other than the one ``checkpoint`` (a
+    path or a registry name) was trained/evaluated on, as its sidecar or registry entry
+    records (a training pipeline recorded there matches its evaluation presets); None when
+    they agree or nothing is recorded."""
+    recorded, where = recorded_data_preset(checkpoint)
+    if not recorded or recorded == used or used in evaluation_presets_of(recorded):
+        return None
+    from harness.text import printable
+
+    matching = [p for p in evaluation_presets_of(recorded) if p != recorded]
+    also = f" (whose evaluation protocol is {', '.join(matching)})" if matching else ""
+    return (f"note: data preset {printable(used)} differs from {printable(recorded)}{also}, the one "
+            f"{printable(os.path.basename(checkpoint))} was trained/evaluated on ({printable(where)}); "
+            "pass --data-preset to match it")
+
+
+def read_labels(path: str, what: str = "--labels") -> List[str]:
+    """Class names from a text file, one a line (blank lines skipped): the one reader every
+    command uses. A folder, a missing or unreadable file, a file too large to be a list of
+    names, one that is not UTF-8, or one with no names is refused in one line (ValueError
+    subclasses that the commands map to exit 2)."""
+    from harness.checkpoints.io import CheckpointError
+    from harness.files import check_input_file, os_reason
+    from harness.text import printable
+
+    check_input_file(path, what)
+    try:
+        if os.path.getsize(path) > MAX_LABELS_BYTES:
+            raise CheckpointError(f"{what} {printable(path)} is {os.path.getsize(path):,} bytes: not a list of "
+                                  f"class names (at most {MAX_LABELS_BYTES:,})")
+        with open(path, "rb") as f:
+            text = f.read().decode("utf-8")
+    except OSError as exc:
+        raise CheckpointError(f"cannot read {what} {printable(path)}: {os_reason(exc)}") from None
+    except UnicodeDecodeError as exc:
+        raise CheckpointError(f"{what} {printable(path)} is not UTF-8 text (byte {exc.start}): not a list of "
+                              "class names") from None
+    names = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    if not names:
+        raise CheckpointError(f"{what} {printable(path)} holds no class names")
+    return names
+
+
+def known_classes(path: str, meta: Optional[dict] = None) -> "tuple[Optional[List[str]], str]":
+    """The class names a weight file is known to have, in its classifier's order, and where
+    they were found: its sidecar, then the ``classes`` of its metadata (``harness.train``'s
+    torch checkpoints), then the ``classes.txt`` beside it; (None, "") when none is known."""
+    names = sidecar_classes(path)
+    if names:
+        return names, os.path.basename(sidecar_path(path))
+    meta = meta or {}
+    if isinstance(meta.get("classes"), list) and meta["classes"] and all(isinstance(c, str) for c in meta["classes"]):
+        return list(meta["classes"]), "the checkpoint's metadata"
+    beside = os.path.join(os.path.dirname(os.path.abspath(path)), CLASSES_FILE)
+    if os.path.isfile(beside):
+        return read_labels(beside, "the class names file"), beside
+    return None, ""
 
 
 @dataclass
