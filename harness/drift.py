@@ -53,9 +53,12 @@ from frameworks.spec.data_presets import DRIFT_GROUP, PRESETS as DATA_PRESETS, D
 from harness import metrics
 from harness import scores as score_store
 from harness.cli import (CheckFailed, InputError, OneLineParser, add_device, add_ms_mode, add_verbose,
-                         nonnegative_int, positive_int, provenance, result_doc, run_main, setup_logging, utc_now)
+                         nonnegative_int, num_classes, positive_int, provenance, result_doc, run_main, setup_logging,
+                         utc_now)
 from harness.drift_data import SharedSampling, decode_views, sampling_key
-from harness.files import atomic_write_json, check_output_dir, check_output_path
+from harness.evaluate import MadeFolders, add_allow_outside_root, caveats_to_stdout, say, undone_on_failure
+from harness.files import atomic_write_json, check_input_file, check_output_dir, os_reason
+from harness.text import printable
 
 # a field named so is never a difference, metadata or not (the arch config carries no metadata)
 ALWAYS_DESCRIBES = ("name",)
@@ -344,7 +347,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--data-root", help="dataset root (the seed's Kinetics layout)")
     run.add_argument("--split", default="val", help="split name (default val)")
     run.add_argument("--annotations", help="annotation file: the split's CSV, or an mmaction2 list file (.txt)")
-    run.add_argument("--num-classes", type=positive_int, help="override the arch's number of classes")
+    add_allow_outside_root(run)
+    run.add_argument("--num-classes", type=num_classes, help="override the arch's number of classes")
     run.add_argument("--limit", type=positive_int, help="only the first N videos of the index")
     run.add_argument("--batch-size", type=positive_int, default=1, help="videos per forward pass (default 1)")
     run.add_argument("--workers", type=nonnegative_int, default=2, help="decoding processes (default 2; 0 = in process)")
@@ -375,6 +379,7 @@ class Context:
     steps_dir: str
     plot: Optional[str]
     num_classes: Optional[int] = None
+    inputs: List[Optional[str]] = field(default_factory=list)   # data root, checkpoint, annotations
 
 
 def _side(name: str, common: List[str], own: List[str], cfg: I3DNLConfig, flag: str) -> Side:
@@ -411,7 +416,7 @@ def sides_from_args(args) -> Tuple[Side, Side]:
 
 
 def context_from_args(args, plan: Plan) -> Context:
-    from harness.evaluate import EvaluationRequest, shard_from
+    from harness.evaluate import EvaluationRequest, check_inputs, shard_from
     from harness.runners import canonical_framework
 
     if not args.checkpoint or not args.data_root:
@@ -420,6 +425,7 @@ def context_from_args(args, plan: Plan) -> Context:
     if framework == "mmaction2":
         raise InputError("the drift audit runs our implementations: --framework torch or ms")
     rank, world = shard_from(args.shard)
+    checkpoint_file = check_inputs(args.data_root, args.checkpoint, args.annotations)
     out = args.out or os.path.join("runs", f"drift_{plan.a.preset_name}_to_{plan.b.preset_name}.json")
     stem = out[:-5] if out.endswith(".json") else out
     if world > 1:
@@ -430,18 +436,38 @@ def context_from_args(args, plan: Plan) -> Context:
                              annotations=args.annotations, checkpoint=args.checkpoint, trust=args.trust_checkpoint,
                              limit=args.limit, batch_size=args.batch_size, workers=args.workers, device=args.device,
                              ms_mode=args.ms_mode, threads=args.threads, rank=rank, world=world,
-                             chunk_videos=args.chunk_videos, resume=args.resume, quiet=args.quiet)
-    return Context(base, out, stem + ".steps", plot, args.num_classes)
+                             chunk_videos=args.chunk_videos, resume=args.resume, quiet=args.quiet,
+                             allow_outside_root=args.allow_outside_root)
+    return Context(base, out, stem + ".steps", plot, args.num_classes,
+                   inputs=[args.data_root, checkpoint_file, args.annotations])
 
 
-def check_outputs(ctx: Context) -> None:
-    """Before any long work: every file and folder the audit will write."""
-    check_output_path(ctx.out, "--out")
+def check_outputs(ctx: Context, made: Optional[MadeFolders] = None) -> None:
+    """Before any long work: every file and folder the audit will write (missing parent
+    folders created, as evaluate does; none of them one of the audit's inputs)."""
+    made = made if made is not None else MadeFolders()
+    if ctx.plot and not ctx.plot.lower().endswith(".png"):
+        raise InputError(f"--plot {ctx.plot}: the plot is a PNG; name it *.png")
+    made.check_path(ctx.out, "--out", inputs=ctx.inputs)
     if ctx.plot:
-        check_output_path(ctx.plot, "--plot")
-        if not ctx.plot.lower().endswith(".png"):
-            raise InputError(f"--plot {ctx.plot}: the plot is a PNG; name it *.png")
-    check_output_dir(ctx.steps_dir, "steps folder")
+        made.check_path(ctx.plot, "--plot", inputs=ctx.inputs + [ctx.out])
+    check_output_dir(ctx.steps_dir, "steps folder", inputs=ctx.inputs)
+
+
+def remove_temporaries(*paths: Optional[str]) -> None:
+    """The half-written temporary files (``.<name>.*.tmp``, :func:`harness.files.atomic_path`)
+    a killed run left beside these outputs."""
+    import glob
+
+    for path in paths:
+        if not path:
+            continue
+        folder, name = os.path.split(os.path.abspath(path))
+        for stale in glob.glob(os.path.join(glob.escape(folder), f".{glob.escape(name)}.*.tmp")):
+            try:
+                os.remove(stale)
+            except OSError:
+                pass
 
 
 # ----------------------------------------------------------------------------- running
@@ -465,59 +491,107 @@ class _Live:
     resumed: bool = False
 
 
-def execute(plan: Plan, ctx: Context) -> Tuple[List[dict], dict]:
-    """Score every run of the plan (what earlier sessions saved is kept); returns each run's
-    summary, and this session's decoding counts."""
-    from harness.checkpoints.io import arrays_sha256
+@dataclass
+class Session:
+    """An audit that has passed every check: its index, its weights, every step's store locked
+    and its identity written (a resume that does not match is refused before this exists)."""
+
+    live: List[_Live]
+    indexes: Dict[str, Any]
+    ids: List[str]
+    labels: Dict[str, Dict[str, int]]
+    loaded: Any
+    weights_sha: str
+    made_steps_dir: bool
+    steps_dir: str
+    notes: List[str] = field(default_factory=list)   # printed with the plan, once every check has passed
+
+    def give_up(self) -> None:
+        """A refused or failed audit leaves nothing it made and saved nothing into."""
+        for lv in self.live:
+            lv.store.abandon()
+        if self.made_steps_dir:
+            try:
+                os.rmdir(self.steps_dir)
+            except OSError:
+                pass
+
+    def unlock(self) -> None:
+        for lv in self.live:
+            lv.store.unlock()
+
+
+def _indexes(plan: Plan, ctx: Context) -> Tuple[Dict[str, Any], Dict[str, int]]:
+    """One index per label order the steps use; every one must list the same videos."""
     from harness.data import build_index
-    from harness.evaluate import _identity, _runner, checkpoint_weights
-    from harness.scores import Chunk, ScoreStore
 
     indexes = {}
     for order in dict.fromkeys(r.preset.label_order for r in plan.runs):
         indexes[order] = build_index(ctx.base.data_root, ctx.base.split, annotations=ctx.base.annotations,
-                                     label_order=order)
+                                     label_order=order, allow_outside_root=ctx.base.allow_outside_root
+                                     ).require_videos()
     n_index = {o: len(ix) for o, ix in indexes.items()}
     indexes = {o: ix.limit(ctx.base.limit) for o, ix in indexes.items()}
-    first = next(iter(indexes.values()))
-    ids = [r.video_id for r in first.records]
+    ids = [r.video_id for r in next(iter(indexes.values())).records]
     for order, ix in indexes.items():
         if [r.video_id for r in ix.records] != ids:
             raise InputError(f"label orders {next(iter(indexes))} and {order} index different videos of "
-                             f"{ctx.base.data_root}; the audit needs one list of videos")
-    labels = {o: {r.video_id: r.label for r in ix.records} for o, ix in indexes.items()}
+                             f"{printable(ctx.base.data_root)}; the audit needs one list of videos")
+    return indexes, n_index
 
+
+def prepare(plan: Plan, ctx: Context, indexed: Optional[Tuple[Dict[str, Any], Dict[str, int]]] = None) -> Session:
+    """Every check that needs the data, the weights or the saved steps, before anything is
+    printed or run: the index, the checkpoint, each step's lock, saved files and identity
+    (``--resume``). What a killed session left half-written is removed once the locks are held."""
+    from harness.checkpoints.io import arrays_sha256
+    from harness.evaluate import _identity, checkpoint_weights
+    from harness.scores import Chunk, ScoreStore
+
+    indexes, n_index = indexed or _indexes(plan, ctx)
+    first = next(iter(indexes.values()))
+    ids = [r.video_id for r in first.records]
+    labels = {o: {r.video_id: r.label for r in ix.records} for o, ix in indexes.items()}
     live = [_Live(r, _request(ctx, r), ScoreStore(os.path.join(ctx.steps_dir, r.slug + ".json")))
             for r in plan.runs]
-    locked: List[_Live] = []
-    made_steps_dir = not os.path.isdir(ctx.steps_dir)
-
-    def give_up() -> None:   # a refused or failed audit leaves nothing it made and saved nothing into
-        for lv in locked:
-            lv.store.abandon()
-        if made_steps_dir:
-            try:
-                os.rmdir(ctx.steps_dir)
-            except OSError:
-                pass
-
+    session = Session([], indexes, ids, labels, None, "", not os.path.isdir(ctx.steps_dir), ctx.steps_dir)
     try:
         os.makedirs(ctx.steps_dir, exist_ok=True)
         for lv in live:
-            lv.store.lock()
-            locked.append(lv)
+            lv.store.lock()            # also removes the temporaries a killed session left in its folder
+            session.live.append(lv)
             lv.store.check(ctx.base.resume)
-        loaded = checkpoint_weights(ctx.base.checkpoint, plan.a.cfg, ctx.base.trust)
-        weights_sha = arrays_sha256(loaded.arrays)      # once: every run scores the same weights
-        runners: Dict[str, Any] = {}
-        for lv in live:   # every framework starts before anything decodes (MindSpore and decord)
+        remove_temporaries(ctx.out, ctx.plot)
+        session.loaded = checkpoint_weights(ctx.base.checkpoint, plan.a.cfg, ctx.base.trust,
+                                            report=session.notes.append)   # printed with the plan
+        session.weights_sha = arrays_sha256(session.loaded.arrays)   # once: every run scores the same weights
+        for lv in live:
             ix = indexes[lv.spec.preset.label_order]
-            lv.identity = _identity(lv.req, n_index[lv.spec.preset.label_order], ix.annotation, loaded.sha256,
-                                    weights_sha)
+            lv.identity = _identity(lv.req, n_index[lv.spec.preset.label_order], ix.annotation,
+                                    session.loaded.sha256, session.weights_sha)
             done = lv.store.begin(lv.identity, ctx.base.resume, lv.spec.cfg.num_classes)
             lv.resumed = bool(done.n_chunks)
             lv.needed = {p for p in range(ctx.base.rank, len(ids), ctx.base.world) if p not in done.covered}
             lv.chunk = Chunk()
+    except OSError as exc:
+        session.give_up()
+        raise InputError(f"cannot write under {printable(ctx.steps_dir)}: {os_reason(exc)}") from None
+    except BaseException:
+        session.give_up()
+        raise
+    return session
+
+
+def execute(plan: Plan, ctx: Context, session: Optional[Session] = None) -> Tuple[List[dict], dict]:
+    """Score every run of the plan (what earlier sessions saved is kept); returns each run's
+    summary, and this session's decoding counts."""
+    from harness.evaluate import _runner
+
+    session = session or prepare(plan, ctx)
+    live, indexes, loaded = session.live, session.indexes, session.loaded
+    try:
+        runners: Dict[str, Any] = {}
+        for lv in live:   # every framework starts before anything decodes (MindSpore and decord)
             key = behaviour(lv.spec.cfg)
             if key not in runners:
                 runners[key] = _runner(lv.req, loaded.arrays)
@@ -530,10 +604,11 @@ def execute(plan: Plan, ctx: Context) -> Tuple[List[dict], dict]:
         decoding["samplings"] = len(groups)
         from tqdm import tqdm
 
+        first = next(iter(indexes.values()))
         with tqdm(total=total, unit="video", disable=ctx.base.quiet, dynamic_ncols=True, desc="drift") as bar:
             for g, group in enumerate(groups.values()):
                 bar.set_description(f"drift: sampling {g + 1}/{len(groups)} ({len(group)} runs)")
-                decodes = _score_group(ctx, group, first, labels, bar)
+                decodes = _score_group(ctx, group, first, session.labels, bar)
                 decoding["video_decodes"] += decodes[0]
                 decoding["step_videos"] += decodes[1]
         summaries = []
@@ -552,13 +627,15 @@ def execute(plan: Plan, ctx: Context) -> Tuple[List[dict], dict]:
             summary["_path"] = lv.store.summary_path
             summaries.append(summary)
     except OSError as exc:
-        give_up()
-        raise InputError(f"cannot write under {ctx.steps_dir}: {exc.strerror or exc}") from None
+        session.give_up()
+        name = exc.filename if isinstance(exc.filename, str) else ctx.steps_dir
+        kept = "; the steps' scores saved so far are kept: run again with --resume" \
+            if any(lv.store.next_chunk for lv in live) else ""
+        raise InputError(f"cannot write {printable(name)}: {os_reason(exc)}{kept}") from None
     except BaseException:
-        give_up()
+        session.give_up()
         raise
-    for lv in locked:
-        lv.store.unlock()
+    session.unlock()
     return summaries, decoding
 
 
@@ -596,7 +673,8 @@ def _score_group(ctx: Context, group: List[_Live], index, labels: Dict[str, Dict
             lv.chunk = Chunk()
 
     def fault(lv: _Live, p: int, vid: str, kind: str, reason: str, skipped: bool = True) -> None:
-        lv.chunk.faults.append({"id": vid, "kind": kind, "reason": reason, "skipped": skipped, "position": p})
+        lv.chunk.faults.append({"id": vid, "kind": kind, "reason": printable(reason), "skipped": skipped,
+                                "position": p})
 
     seen = 0
     position_of = {r.video_id: p for r, p in zip(sub.records, positions)}
@@ -778,20 +856,26 @@ def format_table(rows: List[dict]) -> str:
 
 
 # ----------------------------------------------------------------------------- the commands
-def audit(args) -> int:
+def audit(args, made: MadeFolders) -> int:
     a, b = sides_from_args(args)
     plan = build_plan(a, b, [x for x in (args.order or "").split(",") if x] or None)
-    print(format_differences(plan), flush=True)
     if args.list:
-        print(format_plan(plan))
+        say(format_differences(plan))
+        say(format_plan(plan))
         return 0
+    # every input and output is checked (and a --resume matched) before the plan is printed
     ctx = context_from_args(args, plan)
-    check_outputs(ctx)
-    print(format_plan(plan), flush=True)
+    check_outputs(ctx, made)     # the folders it makes go again if anything below refuses the audit
+    indexes = _indexes(plan, ctx)
+    session = prepare(plan, ctx, indexes)
+    for note in session.notes:
+        say(note)
+    say(format_differences(plan))
+    say(format_plan(plan))
     if ctx.base.world > 1:
-        print(f"shard {ctx.base.rank} of {ctx.base.world}: this result covers that shard's videos only; "
-              f"--merge the shards for the audit", file=sys.stderr, flush=True)
-    summaries, decoding = execute(plan, ctx)
+        say(f"note: shard {ctx.base.rank} of {ctx.base.world}: this result covers that shard's videos only; "
+            f"--merge the shards for the audit")
+    summaries, decoding = execute(plan, ctx, session)
     return finish(plan_to_doc(plan, ctx), ctx.out, ctx.plot,
                   {"framework": ctx.base.framework, "checkpoint": ctx.base.checkpoint,
                    "checkpoint_sha256": summaries[0].get("checkpoint_sha256") if summaries else None,
@@ -806,7 +890,7 @@ def audit(args) -> int:
 def finish(plan_doc: dict, out: str, plot: Optional[str], facts: dict) -> int:
     folder = os.path.dirname(os.path.abspath(out))
     rows = tabulate(plan_doc, folder)
-    print(format_table(rows))
+    say(format_table(rows))
     end = next(r for r in rows if r["kind"] == "to")
     path_end = [r for r in rows if r["kind"] == "path"]
     body = {**facts, **plan_doc, "table": rows,
@@ -824,36 +908,51 @@ def finish(plan_doc: dict, out: str, plot: Optional[str], facts: dict) -> int:
                   + (f" ({facts.get('framework')}, {facts.get('checkpoint')})" if facts.get("checkpoint") else ""))
         body["plot"] = os.path.relpath(os.path.abspath(plot), folder)
     atomic_write_json(out, result_doc("drift", body))
-    print(f"result: {out}" + (f"; plot: {plot}" if plot else ""))
+    say(f"result: {printable(out)}" + (f"; plot: {printable(plot)}" if plot else ""))
     bad = [r["label"] for r in rows if r.get("n_non_finite")]
     if bad:
-        raise CheckFailed(f"non-finite scores (NaN or inf) in steps {', '.join(bad)}; result {out}")
+        raise CheckFailed(f"non-finite scores (NaN or inf) in steps {', '.join(bad)}; result {printable(out)}")
+    start = rows[0]
+    if start["kind"] == "from" and not start.get("n_videos"):   # no baseline: every delta of the audit is void
+        if (facts.get("shard") or [0, 1])[1] > 1:
+            say("note: this shard scored no video on FROM; --merge the shards for the audit")
+        else:
+            raise CheckFailed(f"no video was scored on FROM ({start.get('invalid') or 'every video failed'}): the "
+                              f"audit has no baseline; result {printable(out)}")
     return 0
 
 
-def merge(args) -> int:
+def merge(args, made: MadeFolders) -> int:
     """Merge drift shards: each step's run is merged as harness.evaluate merges, then the table."""
     if not args.out:
         raise InputError("--merge needs --out")
     out = args.out if args.out.endswith(".json") else args.out + ".json"
-    check_output_path(out, "--out")
     stem = out[:-5]
     plot = None if args.no_plot else (args.plot or stem + ".png")
-    if plot:
-        check_output_path(plot, "--plot")
     steps_dir = stem + ".steps"
-    check_output_dir(steps_dir, "steps folder")
     docs = []
     for path in score_store.summary_files(args.merge):
+        check_input_file(path, "shard result")
         try:
             with open(path) as f:
                 doc = json.load(f)
-        except (OSError, ValueError) as exc:
-            raise InputError(f"cannot read {path}: {exc}") from None
+        except OSError as exc:
+            raise InputError(f"cannot read {printable(path)}: {os_reason(exc)}") from None
+        except ValueError as exc:
+            raise InputError(f"{printable(path)} is not a harness.drift result (not JSON: {exc})") from None
         if not isinstance(doc, dict) or doc.get("kind") != "drift":
-            raise InputError(f"{path} is not a harness.drift result")
+            raise InputError(f"{printable(path)} is not a harness.drift result")
         doc["_path"] = path
         docs.append(doc)
+    inputs = [d["_path"] for d in docs] + [os.path.join(os.path.dirname(os.path.abspath(d["_path"])),
+                                                        os.path.dirname(r["summary"]))
+                                           for d in docs for r in d.get("runs", [])[:1] if isinstance(r, dict)]
+    if plot and not plot.lower().endswith(".png"):
+        raise InputError(f"--plot {plot}: the plot is a PNG; name it *.png")
+    made.check_path(out, "--out", inputs=inputs)
+    if plot:
+        made.check_path(plot, "--plot", inputs=inputs + [out])
+    check_output_dir(steps_dir, "steps folder", inputs=inputs)
     first = docs[0]
     shape = lambda d: ([r["behaviour"] for r in d["runs"]], [r["slug"] for r in d["runs"]], d["differences"])  # noqa: E731
     for d in docs[1:]:
@@ -884,11 +983,11 @@ def merge(args) -> int:
 def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging(args.verbose)
+    caveats_to_stdout()
 
     def body() -> int:
-        if args.merge:
-            return merge(args)
-        return audit(args)
+        with undone_on_failure(MadeFolders()) as made:   # a refused audit leaves no empty folder either
+            return merge(args, made) if args.merge else audit(args, made)
 
     return run_main(body, args.verbose)
 

@@ -20,15 +20,42 @@ Sharding follows the launcher: ``RANK``/``WORLD_SIZE`` (torchrun), ``RANK_ID``/`
 
 Without ``--checkpoint`` the weights are seeded random ones (made by the torch runner,
 BN statistics calibrated on clips of the dataset), labelled as such in the summary: useful to
-compare frameworks, meaningless as accuracy. Exit status: 0 ok, 1 a video's scores are not
-finite, 2 bad input (one line).
+compare frameworks, meaningless as accuracy.
+
+Videos are read from under ``--data-root`` only: a row whose video lies outside it (an id
+such as ``../../x``, an absolute list-file path, a symbolic link out of it) is an
+``outside_root`` fault of that video, never opened; ``--allow-outside-root`` reads them
+(see :mod:`harness.data.index`).
+
+Exit status (one line on stderr for 1 and 2, never a traceback):
+
+* 0: the run scored videos (an unlabelled split gives scores and no accuracy; that is a
+  result). A shard (``WORLD_SIZE`` > 1) that scored nothing also exits 0, with a note: a
+  non-zero exit would make torchrun stop the other shards; ``--merge`` judges the whole run.
+* 1: the run happened and what it exists to produce is not there: no video was scored
+  (every listed video failed to decode, timed out or crashed its worker; the summary with
+  every fault is written and named), or some video's scores are not finite (NaN or inf).
+  ``--merge`` of shards that scored no video is 1 too.
+* 2: bad input, refused before any work where it can be: arguments, paths, the checkpoint,
+  a resume that does not match, and an index with no video to run (a CSV with only its
+  header, or every row refused while indexing: unknown labels, missing or empty files,
+  bad rows, paths outside the root); also a write that fails (full disk, ``ulimit -f``):
+  every file is written atomically, so nothing half-written is left, and the score chunks
+  already saved are kept for ``--resume``.
+
+stdout carries what is run and its results (arch, weights, notes and caveats, the
+summary); stderr carries the progress bar and, on failure, the one error line. Names that
+come from files (class names, video ids, paths) are printed through
+:func:`harness.text.printable`: a terminal escape in a CSV prints as its characters.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import os
+import re
 import sys
 import tempfile
 import time
@@ -42,10 +69,12 @@ from frameworks.spec.data_presets import DEFAULT_DATA_PRESET, PRESETS as DATA_PR
 from frameworks.spec.data_presets import DECODERS, DataPreset, data_preset_hash, get_data_preset, spec_hash
 from harness import scores as score_store
 from harness.cli import (CheckFailed, InputError, OneLineParser, add_device, add_ms_mode, add_verbose,
-                         nonnegative_int, positive_int, provenance, result_doc, run_main, setup_logging, tolerance,
-                         utc_now)
-from harness.files import atomic_path, atomic_write_json, check_output_dir, check_output_path
+                         nonnegative_int, num_classes, positive_int, provenance, result_doc, run_main, setup_logging,
+                         tolerance, utc_now)
+from harness.files import (atomic_path, atomic_write_json, check_input_file, check_output_dir, check_output_path,
+                           os_reason)
 from harness.scores import Chunk, ScoreStore, read_scores  # noqa: F401 - read_scores: public here too
+from harness.text import printable
 
 
 # ----------------------------------------------------------------------------- CLI
@@ -71,11 +100,12 @@ def build_parser() -> argparse.ArgumentParser:
                      help="change one field of the data preset (e.g. crop_size=64 for a test-sized run); recorded")
     run.add_argument("--split", default="val", help="split name: <root>/kinetics-400_<split>.csv (default val)")
     run.add_argument("--annotations", help="annotation file: the split's CSV, or an mmaction2 list file (.txt)")
+    add_allow_outside_root(run)
     run.add_argument("--checkpoint", help="weights (any format harness.convert reads, or a registry name); "
                                           "default: seeded random weights")
     run.add_argument("--trust-checkpoint", action="store_true", help=TRUST_HELP.replace("the weights file", "--checkpoint"))
     run.add_argument("--seed", type=int, default=0, help="seed of the random weights (default 0)")
-    run.add_argument("--num-classes", type=positive_int, help="override the preset's number of classes")
+    run.add_argument("--num-classes", type=num_classes, help="override the preset's number of classes")
     run.add_argument("--limit", type=positive_int, help="only the first N videos of the index")
     run.add_argument("--batch-size", type=positive_int, default=1, help="videos per forward pass (default 1)")
     run.add_argument("--workers", type=nonnegative_int, default=2,
@@ -95,6 +125,52 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     add_verbose(p)
     return p
+
+
+def add_allow_outside_root(group) -> None:
+    group.add_argument("--allow-outside-root", action="store_true",
+                       help="read videos that lie outside --data-root (an id with '..', an absolute list-file path, "
+                            "a symbolic link out of the root); without it each is an outside_root fault, never opened")
+
+
+def say(text: str = "") -> None:
+    """A line of what the command does or found (stdout: stderr is kept for the error line)."""
+    print(text, flush=True)
+
+
+def caveats_to_stdout() -> None:
+    """Library warnings (a preset's known quirk) print as one ``warning:`` line each, once, on
+    stdout with the rest of what the run is, so that a refused run's stderr is its error line alone."""
+    import warnings
+
+    shown = set()
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        text = printable(str(message).strip())
+        if text not in shown:
+            shown.add(text)
+            say(f"warning: {text}")
+
+    warnings.showwarning = show
+
+
+def check_inputs(data_root: Optional[str], checkpoint: Optional[str], annotations: Optional[str]) -> Optional[str]:
+    """The inputs of a run, refused in one line before any output is made: the data root is
+    a folder, the annotation file a readable file, the checkpoint a readable file or a
+    registry name already fetched. Returns the checkpoint's file."""
+    from harness.checkpoints.registry import resolve
+
+    if data_root is not None:
+        if not os.path.exists(data_root):
+            raise InputError(f"--data-root {data_root}: no such folder")
+        if not os.path.isdir(data_root):
+            raise InputError(f"--data-root {data_root} is a file, not a folder")
+    if annotations:
+        check_input_file(annotations, "--annotations")
+    if not checkpoint:
+        return None
+    path = resolve(checkpoint, verify_digest=False)
+    return check_input_file(path, "--checkpoint")
 
 
 def shard_from(shard: Optional[str], env=os.environ) -> Tuple[int, int]:
@@ -191,9 +267,10 @@ class EvaluationRequest:
     chunk_videos: int = 32
     resume: bool = False
     quiet: bool = False
+    allow_outside_root: bool = False
 
     @classmethod
-    def from_args(cls, args) -> "EvaluationRequest":
+    def from_args(cls, args, made: Optional[MadeFolders] = None) -> "EvaluationRequest":
         from harness.checkpoints.registry import registry_entry
         from harness.checkpoints.sidecar import choose_arch
         from harness.runners import canonical_framework
@@ -204,17 +281,17 @@ class EvaluationRequest:
         if framework == "mmaction2":
             raise InputError("evaluate runs our implementations: --framework torch or ms")
         rank, world = shard_from(args.shard)
+        check_inputs(args.data_root, args.checkpoint, args.annotations)
         choice = choose_arch(args.arch, args.checkpoint, DEFAULT_PRESET, num_classes=args.num_classes)
         cfg = choice.cfg
         entry = registry_entry(args.checkpoint) if args.checkpoint else None
         preset_name = args.data_preset or (entry.data_preset if entry else DEFAULT_DATA_PRESET)
-        print(f"arch: {cfg.name} (from {choice.source}); data preset: {preset_name} (from "
-              f"{'--data-preset' if args.data_preset else f'the registry entry {entry.name}' if entry else 'the default'})",
-              flush=True)
+        notes = [f"arch: {cfg.name} (from {printable(choice.source)}); data preset: {preset_name} (from "
+                 f"{'--data-preset' if args.data_preset else f'the registry entry {entry.name}' if entry else 'the default'})"]
         for note in (choice.note(), f"note: --data-preset {preset_name} differs from the published protocol of this "
                      f"checkpoint ({entry.data_preset})" if entry and preset_name != entry.data_preset else None):
             if note:
-                print(note, file=sys.stderr, flush=True)
+                notes.append(printable(note))
         preset = get_data_preset(preset_name)
         overrides = parse_overrides(args.data_override, preset)
         if args.decoder:
@@ -224,10 +301,57 @@ class EvaluationRequest:
         if world > 1:
             stem = out[:-5] if out.endswith(".json") else out
             out = f"{stem}.shard{rank}of{world}.json"
-        check_output_dir(os.path.dirname(os.path.abspath(score_store.paths(out)[0])), "--out folder")
+        check_run_outputs(out, [args.data_root, check_inputs(None, args.checkpoint, None), args.annotations],
+                          made)
+        for note in notes:
+            say(note)
         return cls(framework, cfg, preset, args.data_root, out, overrides, args.split, args.annotations,
                    args.checkpoint, args.trust_checkpoint, args.seed, args.limit, args.batch_size, args.workers,
-                   args.device, args.ms_mode, args.threads, rank, world, args.chunk_videos, args.resume, args.quiet)
+                   args.device, args.ms_mode, args.threads, rank, world, args.chunk_videos, args.resume, args.quiet,
+                   args.allow_outside_root)
+
+
+class MadeFolders(list):
+    """The folders an output check created (the missing parents of an output path), so
+    that a run refused or failed afterwards removes them again when they are still empty:
+    a refused run leaves no trace, not even an empty folder."""
+
+    def check_path(self, path: str, what: str, inputs=()) -> str:
+        self._note(os.path.dirname(os.path.abspath(path)))
+        return check_output_path(path, what, inputs=inputs)
+
+    def _note(self, folder: str) -> None:
+        chain = []
+        while folder and not os.path.exists(folder) and folder != os.path.dirname(folder):
+            chain.append(folder)
+            folder = os.path.dirname(folder)
+        self.extend(reversed(chain))   # parents first
+
+    def remove_empty(self) -> None:
+        for folder in reversed(self):
+            try:
+                os.rmdir(folder)   # only if empty: never a file of anyone's
+            except OSError:
+                pass
+        self.clear()
+
+
+@contextlib.contextmanager
+def undone_on_failure(made: MadeFolders):
+    """Run the block; if it raises, remove the (still empty) folders its checks made."""
+    try:
+        yield made
+    except BaseException:
+        made.remove_empty()
+        raise
+
+
+def check_run_outputs(out: str, inputs: List[Optional[str]], made: Optional[MadeFolders] = None) -> None:
+    """A run's summary file and scores folder: writable, never one of its inputs (the data
+    root, the checkpoint, the annotation file), missing parent folders created."""
+    summary_path, scores_dir = score_store.paths(out)
+    (made if made is not None else MadeFolders()).check_path(summary_path, "--out", inputs=inputs)
+    check_output_dir(scores_dir, "--out scores folder", inputs=inputs)
 
 
 # ----------------------------------------------------------------------------- weights
@@ -247,14 +371,16 @@ def seeded_weights_for(req: EvaluationRequest, index, calibration_videos: int = 
 
     from harness.checkpoints.registry import cache_dir
     from harness.data import ClipLoader, DatasetIndex
-    from harness.runners.child import Job, run_job, save_clip
+    from harness.runners import RunnerError
+    from harness.runners.child import Job, run_job
 
     step = max(1, len(index.records) // calibration_videos)
     picked = DatasetIndex(index.records[::step][: 2 * calibration_videos], index.label_map, type(index.faults)())
     loader = ClipLoader(picked, req.preset, workers=1)
     clips = [item.clips[:1] for _, item in zip(range(calibration_videos), loader)]
-    if not clips:
-        raise InputError("random weights are calibrated on videos, and no video of the index decodes")
+    if not clips:   # the run started, and not one video decodes: nothing scored (exit 1)
+        raise CheckFailed(f"no video was scored: none of the {len(picked)} videos read to calibrate the random "
+                          f"weights decodes ({_fault_line(f.to_dict() for f in loader.faults.faults)})")
     clip = np.ascontiguousarray(np.concatenate(clips), dtype=np.float32)
     key = hashlib.sha256(f"{arch_hash(req.cfg)}:{req.seed}:{clip.shape}".encode() + clip.tobytes()).hexdigest()[:24]
     folder = os.path.join(cache_dir(), "seeded")
@@ -264,20 +390,59 @@ def seeded_weights_for(req: EvaluationRequest, index, calibration_videos: int = 
     try:
         os.makedirs(folder, exist_ok=True)
     except OSError as exc:
-        raise InputError(f"cannot keep seeded weights in {folder}: {exc.strerror} (set NLPARITY_CACHE)") from None
-    with tempfile.TemporaryDirectory() as tmp, atomic_path(path, suffix=".npz") as partial:
-        clip_path = save_clip(os.path.join(tmp, "clip.npy"), clip)
-        run_job(Job("torch", req.cfg, seed=req.seed, save_weights=partial, input=clip_path), tmp, "weights")
+        raise InputError(f"cannot keep seeded weights in {folder}: {os_reason(exc)} (set NLPARITY_CACHE)") from None
+    with tempfile.TemporaryDirectory() as tmp:
+        clip_path = os.path.join(tmp, "clip.npy")
+        try:
+            _save_clip(clip_path, clip)
+        except OSError as exc:
+            raise InputError(f"cannot write the calibration clip {clip_path}: {os_reason(exc)}") from None
+        try:
+            with atomic_path(path, suffix=".npz") as partial:
+                run_job(Job("torch", req.cfg, seed=req.seed, save_weights=partial, input=clip_path), tmp, "weights")
+        except (OSError, RunnerError) as exc:
+            # the child reports its OSError as "[Errno 27] File too large: '<the temporary file>'"
+            code = exc.errno if isinstance(exc, OSError) else re.search(r"\[Errno (\d+)\]", str(exc))
+            if code is None:
+                raise
+            reason = os_reason(OSError(code if isinstance(code, int) else int(code[1]), str(exc)))
+            raise InputError(f"cannot write the seeded weights {path}: {reason} (they are kept under "
+                             f"$NLPARITY_CACHE)") from None
     return path
 
 
-def checkpoint_weights(checkpoint: str, cfg: I3DNLConfig, trust: bool):
-    """A checkpoint's weights, loaded, checked runnable and named on stderr."""
+def _save_clip(path: str, clip: np.ndarray) -> str:
+    """``np.save`` through ``write``: numpy's own writer of a real file fails without an errno
+    ("393216 requested and 16352 written"), this one with the reason (full disk, ``ulimit -f``)."""
+    import io
+
+    buf = io.BytesIO()
+    np.save(buf, np.ascontiguousarray(clip, dtype=np.float32))
+    with open(path, "wb") as f:
+        f.write(buf.getbuffer())
+    return path
+
+
+def _fault_line(faults) -> str:
+    """Faults counted by kind, and the first one's video and reason: one printable line."""
+    faults = list(faults)
+    if not faults:
+        return "no fault recorded"
+    counts: Dict[str, int] = {}
+    for f in faults:
+        counts[f["kind"]] = counts.get(f["kind"], 0) + 1
+    first = faults[0]
+    return (", ".join(f"{k} {v}" for k, v in counts.items())
+            + f"; first: {printable(first.get('id'), 80)}: {printable(first.get('reason'), 200)}")
+
+
+def checkpoint_weights(checkpoint: str, cfg: I3DNLConfig, trust: bool, report=None):
+    """A checkpoint's weights, loaded, checked runnable and named (on stdout, or to ``report``)."""
     from harness.checkpoints import check_runnable, load_weights
 
     loaded = load_weights(checkpoint, cfg, trust=trust)
     check_runnable(loaded.arrays, checkpoint)
-    print(f"weights: {loaded.describe()}", file=sys.stderr, flush=True)
+    (report or say)(f"weights: {printable(loaded.describe())}")
     return loaded
 
 
@@ -293,8 +458,7 @@ def _weights(req: EvaluationRequest, index, store: ScoreStore) -> Tuple[Dict[str
     with np.load(store.weights_file, allow_pickle=False) as z:
         arrays = {k: z[k] for k in z.files}
     check_runnable(arrays, "random weights")
-    print(f"weights: seeded random (seed {req.seed}) - a framework comparison, not an accuracy",
-          file=sys.stderr, flush=True)
+    say(f"weights: seeded random (seed {req.seed}) - a framework comparison, not an accuracy")
     label = f"random (seed {req.seed}; BN statistics calibrated on clips of this dataset)"
     return arrays, label, arrays_sha256(arrays)  # no file to name: the weights' own digest
 
@@ -305,11 +469,11 @@ def evaluate(req: EvaluationRequest) -> dict:
     from harness.checkpoints.io import arrays_sha256
     from harness.data import build_index
 
-    index = build_index(req.data_root, req.split, annotations=req.annotations, label_order=req.preset.label_order)
+    index = build_index(req.data_root, req.split, annotations=req.annotations, label_order=req.preset.label_order,
+                        allow_outside_root=req.allow_outside_root).require_videos()
     n_index = len(index)
     index = index.limit(req.limit)
     store = ScoreStore(req.out)
-    os.makedirs(os.path.dirname(os.path.abspath(store.summary_path)), exist_ok=True)
     store.lock()
     try:
         store.check(req.resume)  # damaged files and an unasked-for resume: refused before any work
@@ -332,13 +496,22 @@ def evaluate(req: EvaluationRequest) -> dict:
         atomic_write_json(store.summary_path, summary)
     except OSError as exc:
         store.abandon()
-        raise InputError(f"cannot write {store.summary_path}: {exc.strerror or exc}") from None
+        raise InputError(write_failure(exc, store)) from None
     except BaseException:
         store.abandon()
         raise
     store.unlock()
     summary["_path"] = store.summary_path
     return summary
+
+
+def write_failure(exc: OSError, store: ScoreStore) -> str:
+    """The one line of a write that failed: the file it names (or the summary), the reason in
+    words, and what was kept."""
+    name = exc.filename if isinstance(exc.filename, str) else store.summary_path
+    kept = (f"; the scores saved so far are kept in {store.dir}: run again with --resume" if store.next_chunk
+            else "")
+    return f"cannot write {printable(name)}: {os_reason(exc)}{kept}"
 
 
 def _identity(req: EvaluationRequest, n_index: int, annotation: str, checkpoint_sha: str, weights_sha: str) -> dict:
@@ -422,46 +595,65 @@ def _pct(x) -> str:
 
 def print_summary(s: dict) -> None:
     fmt = lambda x: "-" if x is None else f"{x:.2f}"  # noqa: E731
+    P = printable  # noqa: N806 - every name below may come from a file
     acc = (f"top1 {_pct(s['top1'])}  top5 {_pct(s['top5'])}  mean class {_pct(s['mean_class_accuracy'])}"
-           if s.get("top1") is not None else f"no accuracy ({s.get('accuracy_note', 'no labels')})")
-    print(f"{s['framework']} {s['arch']} {s['data_preset']} ({s.get('protocol', '')}): {acc}  "
-          f"on {s['n_videos']} videos ({s['n_missing']} missing or unreadable)")
+           if s.get("top1") is not None else f"no accuracy ({P(s.get('accuracy_note', 'no labels'))})")
+    say(f"{P(s['framework'])} {P(s['arch'])} {P(s['data_preset'])} ({P(s.get('protocol', ''))}): {acc}  "
+        f"on {s['n_videos']} videos ({s['n_missing']} missing or unreadable)")
     if s.get("top1_listed") is not None and s["n_missing"]:
-        print(f"over all {s['n_listed']} listed videos (missing counted wrong): top1 {_pct(s['top1_listed'])}  "
-              f"top5 {_pct(s['top5_listed'])}")
+        say(f"over all {s['n_listed']} listed videos (missing counted wrong): top1 {_pct(s['top1_listed'])}  "
+            f"top5 {_pct(s['top5_listed'])}")
     if s.get("clips_per_s") is not None:
-        print(f"throughput: {fmt(s['clips_per_s'])} clips/s end to end, {fmt(s.get('model_clips_per_s'))} "
-              f"model-only, data wait {_pct(s.get('data_wait_share'))}% of the time")
+        say(f"throughput: {fmt(s['clips_per_s'])} clips/s end to end, {fmt(s.get('model_clips_per_s'))} "
+            f"model-only, data wait {_pct(s.get('data_wait_share'))}% of the time")
     counts = {k: v for k, v in s["faults"]["counts"].items() if v}
     if counts:
-        print("faults: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
+        say("faults: " + ", ".join(f"{P(k)} {v}" for k, v in counts.items()))
     if s.get("data_override"):
-        print("data preset overridden: " + ", ".join(f"{k}={v}" for k, v in s["data_override"].items())
-              + " (not the published protocol)")
+        say("data preset overridden: " + ", ".join(f"{P(k)}={P(v)}" for k, v in s["data_override"].items())
+            + " (not the published protocol)")
     if s.get("limit"):
-        print(f"limited to the first {s['limit']} of {s.get('n_index')} listed videos (--limit)")
+        say(f"limited to the first {s['limit']} of {s.get('n_index')} listed videos (--limit)")
     if str(s.get("checkpoint", "")).startswith("random"):
-        print("WEIGHTS: SEEDED RANDOM - these numbers compare frameworks; they are not an accuracy")
+        say("WEIGHTS: SEEDED RANDOM - these numbers compare frameworks; they are not an accuracy")
     else:
-        print(f"weights: {s.get('checkpoint')} (sha256 {str(s.get('checkpoint_sha256'))[:12]})")
-    print(f"summary: {s['_path']}")
+        say(f"weights: {P(s.get('checkpoint'))} (sha256 {P(str(s.get('checkpoint_sha256'))[:12])})")
+    say(f"summary: {P(s['_path'])}")
 
 
-def _compare(args) -> None:
+def check_scored(summary: dict, shard: bool = False) -> None:
+    """"No accuracy" is a failed run: a summary that scored no video is exit 1 (its faults
+    named), except one shard of several (a non-zero exit would stop the others: the merge judges)."""
+    if summary.get("n_videos"):
+        return
+    where = f"summary {printable(summary['_path'])}"
+    listed = [f for f in summary["faults"]["list"] if f.get("skipped", True) and f["kind"] != "duplicate_row"]
+    if shard:
+        say(f"note: this shard scored no video ({_fault_line(listed)}); --merge the shards for the run")
+        return
+    raise CheckFailed(f"no video was scored: every one of the {summary.get('n_listed', 0)} listed videos failed "
+                      f"({_fault_line(listed)}); {where}")
+
+
+def _compare(args, made: MadeFolders) -> None:
     if args.json:
-        check_output_path(args.json, "--json")
+        made.check_path(args.json, "--json", inputs=args.compare)
+    docs = [score_store.load_summary(p) for p in args.compare]
+    if args.json:   # nor into either run's scores
+        made.check_path(args.json, "--json", inputs=[d["_scores_dir"] for d in docs])
     result = score_store.compare_runs(*args.compare, tie_margin=args.tie_margin)
-    print(f"{result['a']['framework']} vs {result['b']['framework']} over {result['n_common']} videos: "
-          f"top-1 agreement {100 * result['top1_agreement']:.2f}%, top-5 set agreement "
-          f"{100 * result['top5_set_agreement']:.2f}%, max |delta score| {result['max_abs_delta']:.3g}, "
-          f"mean {result['mean_abs_delta']:.3g}; {result['n_top1_differ']} top-1 flips "
-          f"({result['n_near_ties']} near-ties)")
+    P = printable  # noqa: N806
+    say(f"{P(result['a']['framework'])} vs {P(result['b']['framework'])} over {result['n_common']} videos: "
+        f"top-1 agreement {100 * result['top1_agreement']:.2f}%, top-5 set agreement "
+        f"{100 * result['top5_set_agreement']:.2f}%, max |delta score| {result['max_abs_delta']:.3g}, "
+        f"mean {result['mean_abs_delta']:.3g}; {result['n_top1_differ']} top-1 flips "
+        f"({result['n_near_ties']} near-ties)")
     for what in ("weights", "protocol"):
         if not result[f"same_{what}"]:
-            print(f"warning: the two runs used different {what}", file=sys.stderr)
+            say(f"warning: the two runs used different {what}")
     for d in result["top1_differ"]:
-        print(f"  {d['video']}: {d['top1_a']} vs {d['top1_b']} (top-2 gaps {d['top2_gap_a']:.2g}, "
-              f"{d['top2_gap_b']:.2g})")
+        say(f"  {P(d['video'], 120)}: {P(d['top1_a'])} vs {P(d['top1_b'])} (top-2 gaps {d['top2_gap_a']:.2g}, "
+            f"{d['top2_gap_b']:.2g})")
     if args.json:
         atomic_write_json(args.json, result_doc("agreement", result))
 
@@ -469,21 +661,30 @@ def _compare(args) -> None:
 def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging(args.verbose)
+    caveats_to_stdout()
 
     def body() -> int:
+        with undone_on_failure(MadeFolders()) as made:
+            return run(made)
+
+    def run(made: MadeFolders) -> int:
         if args.compare:
-            _compare(args)
+            _compare(args, made)
             return 0
         if args.merge:
             if not args.out:
                 raise InputError("--merge needs --out")
-            print_summary(score_store.merge(args.merge, args.out))
+            made.check_path(score_store.paths(args.out)[0], "--out")
+            summary = score_store.merge(args.merge, args.out)
+            print_summary(summary)
+            check_scored(summary)
             return 0
-        summary = evaluate(EvaluationRequest.from_args(args))
+        summary = evaluate(EvaluationRequest.from_args(args, made))
         print_summary(summary)
+        check_scored(summary, shard=summary.get("shard", [0, 1])[1] > 1)
         if summary.get("n_non_finite"):
             raise CheckFailed(f"{summary['n_non_finite']} of {summary['n_videos']} videos got non-finite scores "
-                              f"(NaN or inf): the weights or the input overflow; summary {summary['_path']}")
+                              f"(NaN or inf): the weights or the input overflow; summary {printable(summary['_path'])}")
         return 0
 
     return run_main(body, args.verbose)

@@ -8,7 +8,8 @@ A run writes ``<out>.json`` (the summary) and ``<out>.scores/``::
     .lock                 held (flock) while a process writes into the folder
 
 Chunks are replaced atomically, so an interrupted run loses at most the chunk in
-progress; ``--resume`` re-scores exactly the videos no chunk holds, and refuses a run
+progress (a process killed while writing leaves a ``.chunk-*.tmp``: the next process that
+takes the lock removes it, and the summary's own temporary beside it); ``--resume`` re-scores exactly the videos no chunk holds, and refuses a run
 whose identity differs (another checkpoint, preset, data root, decoder, device ...).
 Metrics are computed from the saved scores by :mod:`harness.metrics`, so the report
 recomputes them from the same files instead of trusting a summary.
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import errno
 import glob
+import io
 import json
 import os
 import zipfile
@@ -27,7 +29,8 @@ import numpy as np
 
 from harness import metrics
 from harness.cli import InputError, provenance, utc_now
-from harness.files import atomic_path, atomic_write_json, json_safe
+from harness.files import (atomic_path, atomic_write_json, check_input_file, check_output_dir,
+                           check_output_path, describe_os_error, json_safe, os_reason)
 
 SUMMARY_VERSION = 2
 # What must be equal for two sessions (a resume) or two shards (a merge) to be one run:
@@ -73,13 +76,17 @@ def write_chunk(scores_dir: str, number: int, chunk: Chunk, num_classes: int) ->
     path = os.path.join(scores_dir, f"chunk-{number:06d}.npz")
     scores = (np.stack(chunk.scores).astype(np.float32) if chunk.scores
               else np.zeros((0, num_classes), np.float32))
+    # made in memory, then written in one call: a write that fails (full disk, ulimit -f) is
+    # one OSError, not a half-closed zip file complaining when it is collected
+    buf = io.BytesIO()
+    np.savez(buf, positions=np.asarray(chunk.positions, np.int64),
+             video_ids=np.asarray(chunk.video_ids, dtype=str).reshape(-1),
+             labels=np.asarray(chunk.labels, np.int64), scores=scores,
+             faults=np.asarray(json.dumps(chunk.faults)),
+             seconds=np.asarray(json.dumps(chunk.seconds)))
     with atomic_path(path, suffix=".npz") as tmp:
         with open(tmp, "wb") as f:
-            np.savez(f, positions=np.asarray(chunk.positions, np.int64),
-                     video_ids=np.asarray(chunk.video_ids, dtype=str).reshape(-1),
-                     labels=np.asarray(chunk.labels, np.int64), scores=scores,
-                     faults=np.asarray(json.dumps(chunk.faults)),
-                     seconds=np.asarray(json.dumps(chunk.seconds)))
+            f.write(buf.getbuffer())
             f.flush()
             os.fsync(f.fileno())
     return path
@@ -160,7 +167,7 @@ class ScoreStore:
             os.makedirs(self.dir, exist_ok=True)
             fd = os.open(os.path.join(self.dir, ".lock"), os.O_RDWR | os.O_CREAT, 0o644)
         except OSError as exc:
-            raise InputError(f"cannot write scores to {self.dir}: {exc.strerror}") from None
+            raise InputError(f"cannot write scores to {self.dir}: {os_reason(exc)}") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as exc:
@@ -174,6 +181,23 @@ class ScoreStore:
         os.ftruncate(fd, 0)
         os.write(fd, str(os.getpid()).encode())
         self._lock_fd = fd
+        self.remove_temporaries()
+
+    def remove_temporaries(self) -> List[str]:
+        """Remove what a killed writer of this run left half-written: the temporary files of
+        its chunks and run record (``.*.tmp`` in the folder) and of its summary (beside it).
+        Only the holder of the lock writes them, so none is in use."""
+        folder, name = os.path.split(os.path.abspath(self.summary_path))
+        stale = glob.glob(os.path.join(glob.escape(self.dir), ".*.tmp")) + glob.glob(
+            os.path.join(glob.escape(folder), f".{glob.escape(name)}.*.tmp"))
+        removed = []
+        for path in stale:
+            try:
+                os.remove(path)
+                removed.append(path)
+            except OSError:
+                pass
+        return removed
 
     def unlock(self) -> None:
         if self._lock_fd is not None:
@@ -228,7 +252,7 @@ class ScoreStore:
         try:
             atomic_write_json(self.run_file, identity)
         except OSError as exc:
-            raise InputError(f"cannot write scores to {self.dir}: {exc.strerror}") from None
+            raise InputError(f"cannot write scores to {self.dir}: {os_reason(exc)}") from None
         self.next_chunk = max([int(os.path.basename(p)[6:12]) + 1
                                for p in glob.glob(os.path.join(self.dir, "chunk-*.npz"))], default=0)
         return done
@@ -237,8 +261,9 @@ class ScoreStore:
         try:
             write_chunk(self.dir, self.next_chunk, chunk, num_classes)
         except OSError as exc:
-            raise InputError(f"cannot write scores to {self.dir} ({exc.strerror}); the videos saved so far "
-                             "are kept: fix it and run again with --resume") from None
+            kept = ("the videos saved so far are kept: fix it and run again with --resume" if self.next_chunk
+                    else "no video's scores were saved")
+            raise InputError(f"cannot write scores to {self.dir}: {os_reason(exc)}; {kept}") from None
         self.next_chunk += 1
 
 
@@ -310,11 +335,14 @@ def summarize(scores_dir: str, identity: dict, index_faults: List[dict], extra: 
 
 # ----------------------------------------------------------------------------- loading summaries
 def load_summary(path: str) -> dict:
+    check_input_file(path, "summary")
     try:
         with open(path) as f:
             doc = json.load(f)
-    except (OSError, ValueError) as exc:
-        raise InputError(f"cannot read summary {path}: {exc}") from None
+    except OSError as exc:
+        raise InputError(f"cannot read summary {path}: {os_reason(exc)}") from None
+    except ValueError as exc:
+        raise InputError(f"{path} is not a harness.evaluate summary (not JSON: {exc})") from None
     if not isinstance(doc, dict) or "summary_version" not in doc or "scores" not in doc:
         raise InputError(f"{path} is not a harness.evaluate summary")
     doc["_scores_dir"] = os.path.join(os.path.dirname(os.path.abspath(path)), doc["scores"])
@@ -328,7 +356,10 @@ def summary_files(items: List[str]) -> List[str]:
     files = []
     for item in items:
         if os.path.isdir(item):
-            files += sorted(glob.glob(os.path.join(item, "*.shard*of*.json")))
+            found = sorted(glob.glob(os.path.join(glob.escape(item), "*.shard*of*.json")))
+            if not found:
+                raise InputError(f"nothing to merge in the folder {item}: it holds no *.shard<i>of<n>.json")
+            files += found
         else:
             files.append(item)
     if not files:
@@ -344,6 +375,9 @@ def merge(items: List[str], out: str) -> dict:
         if os.path.abspath(f) == os.path.abspath(summary_path):
             raise InputError(f"--out {out} is one of the shards being merged; choose another --out")
     docs = [load_summary(p) for p in files]
+    inputs = files + [d["_scores_dir"] for d in docs]
+    check_output_path(summary_path, "--out", inputs=inputs)
+    check_output_dir(scores_dir, "--out scores folder", inputs=inputs)
     first = docs[0]
     for d in docs[1:]:
         changed = [k for k in IDENTITY_KEYS if d.get(k) != first.get(k)]
@@ -360,6 +394,8 @@ def merge(items: List[str], out: str) -> dict:
         raise InputError(f"--out {out} would overwrite a shard's scores; choose another --out")
     store.lock()
     try:
+        if os.path.exists(summary_path):   # never a summary beside chunks it did not come from
+            os.remove(summary_path)
         for old in glob.glob(os.path.join(store.dir, "chunk-*.npz")):
             os.remove(old)
         num_classes = first.get("num_classes", 0)
@@ -387,7 +423,8 @@ def merge(items: List[str], out: str) -> dict:
                             walls=walls)
         atomic_write_json(summary_path, summary)
     except OSError as exc:
-        raise InputError(f"cannot write {out}: {exc.strerror or exc}") from None
+        raise InputError(f"cannot write {describe_os_error(exc) if exc.filename else f'{out}: {os_reason(exc)}'}") \
+            from None
     finally:
         store.unlock()
     summary["_path"] = summary_path

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import unicodedata
 
 import numpy as np
 import pytest
@@ -44,8 +45,29 @@ def files(tmp_path_factory):
     write_npz(str(root / "f16.npz"), _weights(np.float16))
     write_npz(str(root / "i32.npz"), _weights(np.int32))
     write_npz(str(root / "nan.npz"), _weights(poison=("res3.1.non_local.g.weight", np.nan)))
+    write_npz(str(root / "zeros.npz"), _weights())     # runnable weights: a refusal is the data's, not theirs
     (root / "list.json").write_text("[1, 2, 3]")
     (root / "adir").mkdir()
+    # a dataset whose every row names a class the label map lacks, one with a terminal escape in it
+    (root / "unknown_k400" / "val").mkdir(parents=True)
+    (root / "unknown_k400" / "kinetics-400_val.csv").write_text(
+        CSV_HEADER + '"\x1b[2J\x1b[31mred",aaaaaaaaaaa,0,10,val\n' + "juggling chainsaws,bbbbbbbbbbb,0,10,val\n")
+    # one listed video (not decoded by a refused run)
+    (root / "one_k400" / "val").mkdir(parents=True)
+    (root / "one_k400" / "kinetics-400_val.csv").write_text(CSV_HEADER + "abseiling,aaaaaaaaaaa,0,10,val\n")
+    (root / "one_k400" / "val" / "aaaaaaaaaaa_000000_000010.mp4").write_bytes(b"x")
+    for vid in ("aaaaaaaaaaa", "bbbbbbbbbbb"):
+        (root / "unknown_k400" / "val" / f"{vid}_000000_000010.mp4").write_bytes(b"x")
+    # a dataset whose rows reach outside its root: by '..' in an id, and by a symbolic link
+    (root / "outside").mkdir()
+    (root / "outside" / "x_000000_000010.mp4").write_bytes(b"a file that is not the dataset's")
+    (root / "escape_k400" / "val").mkdir(parents=True)
+    (root / "escape_k400" / "kinetics-400_val.csv").write_text(
+        CSV_HEADER + "abseiling,../../outside/x,0,10,val\n" + "abseiling,linkaaaaaaa,0,10,val\n")
+    os.symlink(root / "outside" / "x_000000_000010.mp4", root / "escape_k400" / "val" / "linkaaaaaaa_000000_000010.mp4")
+    # a CSV whose header holds a terminal escape
+    (root / "escape_header").mkdir()
+    (root / "escape_header" / "kinetics-400_val.csv").write_text("label,\x1b]0;owned\x07youtube_id\n")
     registry = root / "registry.toml"
     registry.write_text('[evil]\norigin = "x"\nurl = "http://127.0.0.1:9/x"\nfilename = "../x.pth"\n'
                         'format = "mmaction2"\narch = "i3d_r50"\ndata_preset = "mmaction2_val"\n'
@@ -54,7 +76,17 @@ def files(tmp_path_factory):
 
 
 def _tree(path):
-    return sorted(os.path.relpath(os.path.join(d, f), path) for d, _, fs in os.walk(path) for f in fs)
+    """Every file and folder under ``path``, with its size: a refused run may neither add,
+    remove nor change any of them (an empty folder made on the way counts too)."""
+    out = []
+    for d, dirs, fs in os.walk(path):
+        out += [os.path.relpath(os.path.join(d, x), path) + "/" for x in dirs]
+        out += [(os.path.relpath(os.path.join(d, f), path), os.lstat(os.path.join(d, f)).st_size) for f in fs]
+    return sorted(out, key=str)
+
+
+EV = ["harness.evaluate", "--framework", "torch", "-q"]
+DR = ["--from", "mmaction2_val", "--to", "mmaction2_test_10x3", "-q"]
 
 
 # (command, argv with {in}/{tmp} placeholders, extra env, expected exit, text in the error line)
@@ -79,27 +111,79 @@ CASES = [
     ("harness.evaluate", ["--framework", "torch", "--data-root", "{in}/empty_k400", "--out",
                           "{in}/list.json/x.json"], {}, 2, "is a file"),
     # evaluate: weights the models cannot run
-    ("harness.evaluate", ["--framework", "torch", "--data-root", "{in}/empty_k400", "--checkpoint", "{in}/f16.npz",
+    ("harness.evaluate", ["--framework", "torch", "--data-root", "{in}/one_k400", "--checkpoint", "{in}/f16.npz",
                           "--out", "{tmp}/r.json"], {}, 2, "float16"),
-    ("harness.evaluate", ["--framework", "torch", "--data-root", "{in}/empty_k400", "--checkpoint", "{in}/i32.npz",
-                          "--out", "{tmp}/r.json"], {}, 2, "int32"),
-    ("harness.evaluate", ["--framework", "torch", "--data-root", "{in}/empty_k400", "--checkpoint", "{in}/nan.npz",
+    ("harness.evaluate", ["--framework", "torch", "--data-root", "{in}/one_k400", "--checkpoint", "{in}/i32.npz",
+                          "--out", "{tmp}/sub/r.json"], {}, 2, "int32"),
+    ("harness.evaluate", ["--framework", "torch", "--data-root", "{in}/one_k400", "--checkpoint", "{in}/nan.npz",
                           "--out", "{tmp}/r.json"], {}, 2, "non-finite"),
     # evaluate: merge and compare
     ("harness.evaluate", ["--merge", "{in}/list.json", "--out", "{tmp}/m.json"], {}, 2, "not a harness.evaluate"),
     ("harness.evaluate", ["--compare", "{in}/list.json", "{in}/list.json"], {}, 2, "not a harness.evaluate"),
+    ("harness.evaluate", ["--compare", "{in}/adir", "{in}/list.json"], {}, 2, "adir is a folder, not a file"),
+    ("harness.evaluate", ["--merge", "{in}/adir", "--out", "{tmp}/m.json"], {}, 2, "holds no *.shard"),
+    ("harness.evaluate", ["--merge", "{in}/nothing.json", "--out", "{tmp}/m.json"], {}, 2, "no such file"),
+    # evaluate: nothing to run is a failed run (exit 2: the input has no video), refused before any file
+    ("harness.evaluate", ["--framework", "torch", "--data-root", "{in}/empty_k400", "--checkpoint", "{in}/zeros.npz",
+                          "--out", "{tmp}/sub/r.json"], {}, 2, "lists no video"),
+    ("harness.evaluate", ["--framework", "torch", "--data-root", "{in}/unknown_k400", "--checkpoint", "{in}/zeros.npz",
+                          "--out", "{tmp}/sub/r.json"], {}, 2, "unknown_label=2"),
+    ("harness.evaluate", ["--framework", "torch", "--data-root", "{in}/unknown_k400", "--out", "{tmp}/r.json"], {}, 2,
+     "\\x1b[2J\\x1b[31mred"),
+    ("harness.evaluate", ["--framework", "torch", "--data-root", "{in}/escape_header"], {}, 2, "\\x1b]0;owned\\x07"),
+    # evaluate: nothing is read from outside --data-root, by '..' or by a link
+    ("harness.evaluate", ["--framework", "torch", "--data-root", "{in}/escape_k400", "--checkpoint", "{in}/zeros.npz",
+                          "--out", "{tmp}/r.json"], {}, 2, "outside_root=2"),
+    ("harness.evaluate", ["--framework", "torch", "--data-root", "{in}/escape_k400", "--out", "{tmp}/r.json"], {}, 2,
+     "--allow-outside-root"),
+    # evaluate: paths named for what they are
+    ("harness.evaluate", ["--framework", "torch", "--data-root", "{in}/list.json"], {}, 2, "is a file, not a folder"),
+    ("harness.evaluate", ["--framework", "torch", "--data-root", "{in}/nope"], {}, 2, "no such folder"),
+    ("harness.evaluate", ["--framework", "torch", "--data-root", "{in}/empty_k400", "--annotations", "{in}/adir"], {},
+     2, "--annotations {in}/adir is a folder, not a file"),
+    ("harness.evaluate", ["--framework", "torch", "--data-root", "{in}/empty_k400", "--checkpoint", "{in}/adir"], {},
+     2, "{in}/adir is a folder, not a file"),
+    ("harness.evaluate", ["--framework", "torch", "--data-root", "{in}/empty_k400", "--checkpoint", "{in}/nope.npz"],
+     {}, 2, "no such checkpoint"),
+    ("harness.evaluate", ["--compare", "{in}/list.json", "{in}/list.json", "--json", "{in}/adir"], {}, 2,
+     "is a folder, not a file"),
+    # evaluate: an absurd classifier is refused by the parser, not by the allocator
+    ("harness.evaluate", ["--framework", "torch", "--data-root", "{in}/empty_k400", "--num-classes", "1000000000"], {},
+     2, "--num-classes"),
+    ("harness.evaluate", ["--framework", "torch", "--data-root", "{in}/empty_k400", "--num-classes", "0"], {}, 2,
+     "--num-classes"),
+    # drift: inputs and outputs, checked before the plan is printed
+    ("harness.drift", [*DR, "--checkpoint", "{in}/zeros.npz", "--data-root", "{in}/empty_k400", "--out",
+                       "{tmp}/sub/d.json"], {}, 2, "lists no video"),
+    ("harness.drift", [*DR, "--checkpoint", "{in}/zeros.npz", "--data-root", "{in}/escape_k400", "--out",
+                       "{tmp}/d.json"], {}, 2, "--allow-outside-root"),
+    ("harness.drift", [*DR, "--checkpoint", "{in}/adir", "--data-root", "{in}/empty_k400", "--out", "{tmp}/d.json"],
+     {}, 2, "is a folder, not a file"),
+    ("harness.drift", [*DR, "--checkpoint", "{in}/nope.npz", "--data-root", "{in}/empty_k400"], {}, 2,
+     "no such checkpoint"),
+    ("harness.drift", [*DR, "--checkpoint", "{in}/zeros.npz", "--data-root", "{in}/list.json"], {}, 2,
+     "is a file, not a folder"),
+    ("harness.drift", [*DR, "--checkpoint", "{in}/zeros.npz", "--data-root", "{in}/unknown_k400", "--out",
+                       "{tmp}/d.json"], {}, 2, "\\x1b[2J"),
+    ("harness.drift", [*DR, "--checkpoint", "{in}/zeros.npz", "--data-root", "{in}/empty_k400", "--out",
+                       "{in}/list.json/d.json"], {}, 2, "is a file, not a folder"),
+    ("harness.drift", [*DR, "--checkpoint", "{in}/zeros.npz", "--data-root", "{in}/empty_k400", "--out",
+                       "{tmp}/d.json", "--plot", "{tmp}/d.svg"], {}, 2, "*.png"),
+    ("harness.drift", [*DR, "--num-classes", "1000000000", "--list"], {}, 2, "--num-classes"),
+    ("harness.drift", ["--merge", "{in}/adir", "--out", "{tmp}/m.json"], {}, 2, "holds no *.shard"),
+    ("harness.drift", ["--merge", "{in}/list.json", "--out", "{tmp}/m.json"], {}, 2, "not a harness.drift result"),
     # parity
     ("harness.parity", ["--atol", "nan"], {}, 2, "--atol"),
     ("harness.parity", ["--atol", "inf"], {}, 2, "--atol"),
     ("harness.parity", ["--rtol", "nan"], {}, 2, "--rtol"),
     ("harness.parity", ["--atol", "-1"], {}, 2, "--atol"),
     ("harness.parity", ["--input-shape", "1,3,100000,224,224"], {}, 2, "limit"),
-    ("harness.parity", ["--json", "{tmp}/missing/dir/x.json"], {}, 2, "no such directory"),
+    ("harness.parity", ["--json", "{in}/list.json/dir/x.json"], {}, 2, "is a file, not a folder"),
     ("harness.parity", ["--frameworks", "torch", "--reference", "mmaction2", "--checkpoint", "{in}/adir"], {}, 2,
      "adir"),
     # convert
-    ("harness.convert", ["{in}/nan.npz", "{in}/adir"], {}, 2, "is a directory"),
-    ("harness.convert", ["{in}/nan.npz", "{tmp}/missing/x.ckpt"], {}, 2, "no such directory"),
+    ("harness.convert", ["{in}/nan.npz", "{in}/adir"], {}, 2, "is a folder, not a file"),
+    ("harness.convert", ["{in}/nan.npz", "{in}/list.json/x.ckpt"], {}, 2, "is a file, not a folder"),
     # checkpoints
     ("harness.checkpoints", ["fetch", "evil"], {"NLPARITY_REGISTRY": "{in}/registry.toml"}, 2, "plain file name"),
     ("harness.checkpoints", ["fetch", "i3d_r50_mmaction2"], {"NLPARITY_CACHE": "{in}/list.json/cache"}, 2,
@@ -108,19 +192,31 @@ CASES = [
     ("harness.checkpoints", ["verify"], {}, 2, "path"),
     ("harness.checkpoints", ["bogus"], {}, 2, "invalid choice"),
     # report
-    ("harness.report", ["--results", "{in}", "--out", "{tmp}/missing/r.md"], {}, 2, "no such directory"),
+    ("harness.report", ["--results", "{in}", "--out", "{in}/list.json/r.md"], {}, 2, "is a file, not a folder"),
     ("harness.report", ["--results", "{tmp}/none"], {}, 2, "no results folder"),
     ("harness.report", ["--format", "pdf"], {}, 2, "--format"),
     # device_check (refused before it looks for a GPU)
     ("harness.device_check", ["--frames", "100000"], {}, 2, "limit"),
     ("harness.device_check", ["--frames", "-1"], {}, 2, "--frames"),
-    ("harness.device_check", ["--out", "{tmp}/missing/x.json"], {}, 2, "no such directory"),
+    ("harness.device_check", ["--out", "{in}/list.json/x.json"], {}, 2, "is a file, not a folder"),
     # make_dataset
     ("harness.make_dataset", ["{tmp}/ds", "--size", "100000x100000"], {}, 2, "--size"),
     ("harness.make_dataset", ["{tmp}/ds", "--seconds", "inf"], {}, 2, "--seconds"),
     ("harness.make_dataset", ["{tmp}/ds", "--classes", "0"], {}, 2, "--classes"),
+    ("harness.make_dataset", ["{tmp}/ds", "--size", "4096x4096", "--seconds", "600"], {}, 2, "GiB"),
+    ("harness.make_dataset", ["{in}/list.json"], {}, 2, "is a file, not a folder"),
+    ("harness.make_dataset", ["{tmp}/ds", "--json", "{in}/adir"], {}, 2, "is a folder, not a file"),
+    ("harness.make_dataset", ["{tmp}/ds", "--json", "{tmp}/ds/kinetics-400_val.csv"], {}, 2, "dataset itself"),
+    # bench data: sizes refused by the parser, before any allocation
+    ("harness.bench", ["data", "--size", "100000x100000"], {}, 2, "--size"),
+    ("harness.bench", ["data", "--size", "0"], {}, 2, "--size"),
+    ("harness.bench", ["data", "--size", "4096x4096", "--seconds", "600"], {}, 2, "GiB"),
+    ("harness.bench", ["data", "--seconds", "100000"], {}, 2, "--seconds"),
+    ("harness.bench", ["data", "--video", "{in}/adir"], {}, 2, "is a folder, not a file"),
+    ("harness.bench", ["data", "--video", "{in}/list.json"], {}, 2, "cannot use video"),
+    ("harness.bench", ["data", "--json", "{in}/adir"], {}, 2, "is a folder, not a file"),
     # bench
-    ("harness.bench", ["--json", "{tmp}/missing/x.json"], {}, 2, "no such directory"),
+    ("harness.bench", ["--json", "{in}/list.json/x.json"], {}, 2, "is a file, not a folder"),
     ("harness.bench", ["--frameworks", "tf"], {}, 2, "unknown framework"),
     # demo
     ("harness.demo", ["--frameworks", "bogus"], {}, 2, "unknown framework"),
@@ -128,7 +224,7 @@ CASES = [
 # every command answers an unknown flag the same way
 COMMANDS = ["harness.evaluate", "harness.parity", "harness.convert", "harness.checkpoints", "harness.report",
             "harness.device_check", "harness.make_dataset", "harness.bench", "harness.demo",
-            "harness.train", "harness.infer", "harness.train_bench"]
+            "harness.train", "harness.infer", "harness.train_bench", "harness.drift", "harness.bench_data"]
 CASES += [(cmd, ["--no-such-flag"], {}, 2, "error:") for cmd in COMMANDS]
 
 
@@ -142,8 +238,14 @@ def test_bad_input_is_one_line_and_leaves_nothing(module, argv, env, code, needl
     assert proc.returncode == code, (proc.returncode, proc.stderr[-2000:])
     assert "Traceback" not in proc.stderr, proc.stderr[-2000:]
     assert len(lines) == 1, proc.stderr
-    assert needle in lines[0], lines[0]
-    assert _tree(files) == before_in and _tree(tmp_path) == before_tmp, "a refused run left files behind"
+    assert lines[0].startswith("error: ") and "[Errno" not in lines[0], lines[0]
+    assert fill(needle) in lines[0], lines[0]
+    # a name from a file never reaches the terminal raw: no control character at all
+    assert not [c for c in proc.stderr + proc.stdout if unicodedata.category(c) == "Cc" and c != "\n"], proc.stderr
+    if module == "harness.drift":   # refused before its plan is printed
+        assert "distinct runs" not in proc.stdout and "differences (" not in proc.stdout, proc.stdout
+    assert _tree(files) == before_in, "a refused run changed its inputs"
+    assert _tree(tmp_path) == before_tmp, "a refused run left files or folders behind"
 
 
 # ------------------------------------------------------------------ the same code, in process
@@ -181,7 +283,7 @@ def test_a_scores_folder_that_turns_read_only_stops_the_run_in_one_line(tmp_path
         raise PermissionError(13, "Permission denied")
 
     monkeypatch.setattr(os, "replace", refuse)
-    with pytest.raises(InputError, match="Permission denied.*--resume"):
+    with pytest.raises(InputError, match="permission denied.*--resume"):
         store.write(chunk, 3)
     monkeypatch.undo()
     assert sorted(os.listdir(store.dir)) == [".lock", "chunk-000000.npz", "run.json"]  # no temp file left
@@ -193,7 +295,7 @@ def test_a_second_writer_of_one_scores_folder_is_refused(tmp_path, files):
     out = tmp_path / "r.json"
     holder = ScoreStore(str(out))
     holder.lock()
-    proc = run_cli("harness.evaluate", "--framework", "torch", "--data-root", files / "empty_k400",
+    proc = run_cli("harness.evaluate", "--framework", "torch", "--data-root", files / "one_k400",
                    "--out", out)
     assert proc.returncode == 2 and f"pid {os.getpid()}" in proc.stderr and "another run" in proc.stderr
     holder.unlock()
@@ -204,12 +306,12 @@ def test_damaged_run_files_are_refused_on_resume_before_any_work(tmp_path, files
     scores = tmp_path / "r.scores"
     scores.mkdir()
     (scores / "run.json").write_text("{not json")
-    proc = run_cli("harness.evaluate", "--framework", "torch", "--data-root", files / "empty_k400",
+    proc = run_cli("harness.evaluate", "--framework", "torch", "--data-root", files / "one_k400",
                    "--out", out, "--resume")
     assert proc.returncode == 2 and "damaged" in proc.stderr and "Traceback" not in proc.stderr
     (scores / "run.json").write_text("{}")
     (scores / "chunk-000000.npz").write_bytes(b"PK\x03\x04 not really a zip")
-    proc = run_cli("harness.evaluate", "--framework", "torch", "--data-root", files / "empty_k400",
+    proc = run_cli("harness.evaluate", "--framework", "torch", "--data-root", files / "one_k400",
                    "--out", out, "--resume")
     assert proc.returncode == 2 and "chunk-000000.npz is damaged" in proc.stderr
 

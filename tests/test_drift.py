@@ -113,8 +113,10 @@ def test_list_and_bad_input(cli):
         (["--from", "seed_eval", "--to", "mmaction2_val"], "--checkpoint"),
         (["--from", "seed_eval", "--to", "nope"], "invalid choice"),
         (["--from", "seed_eval", "--to", "mmaction2_val", "--to-override", "crop_size=999", "--list"], "crop_size"),
-        (["--from", "seed_eval", "--to", "mmaction2_val", "--checkpoint", "x.npz", "--data-root", ".",
-          "--out", "/no/such/dir/d.json"], "/no/such/dir"),
+        (["--from", "seed_eval", "--to", "mmaction2_val", "--checkpoint", "x.npz", "--data-root", "."],
+         "no such checkpoint file or registry name: x.npz"),
+        (["--from", "seed_eval", "--to", "mmaction2_val", "--checkpoint", "README.md", "--data-root", ".",
+          "--out", "README.md/d.json"], "README.md is a file, not a folder"),
         (["--merge", "nothing.json", "--out", "/tmp/x.json"], "nothing.json"),
     ]:
         proc = cli("harness.drift", *argv)
