@@ -29,7 +29,9 @@ import numpy as np
 
 from frameworks.spec.arch import PRESETS, I3DNLConfig, get_preset, parameter_specs
 from harness.cli import InputError, OneLineParser, add_verbose, result_doc, run_main, setup_logging, tolerance
+from harness.checkpoints.io import describe_integrity
 from harness.files import atomic_write_json, check_output_path
+from harness.text import printable
 
 DEFAULT_ATOL = 1e-6   # a conversion is lossless; float32 -> float16 -> float32 is ~5e-4
 DEFAULT_RTOL = 1e-6
@@ -49,6 +51,7 @@ class CanonicalView:
     ignored: Dict[str, int]             # optimiser state / counters, by family
     complete: bool                      # every canonical name of cfg present, nothing extra
     sha256: str = ""
+    integrity: str = ""                 # the file's own check as read ("crc32 ok", "none in file", ...)
 
 
 def _mapping(cfg: I3DNLConfig, scheme: str) -> Optional[Dict[str, str]]:
@@ -61,13 +64,14 @@ def _mapping(cfg: I3DNLConfig, scheme: str) -> Optional[Dict[str, str]]:
         return None
 
 
-def canonical_view(path: str, arch: Optional[str] = None, trust: bool = False) -> CanonicalView:
+def canonical_view(path: str, arch: Optional[str] = None, trust: bool = False, what: str = "checkpoint"
+                   ) -> CanonicalView:
     from harness.checkpoints import SCHEMES, CheckpointError, detect_scheme, ignored_entries
     from harness.checkpoints.io import read_raw, sha256_file
     from harness.checkpoints.registry import resolve
     from harness.convert import read_source
 
-    path = resolve(path)
+    path = resolve(path, what=what)
     try:  # the strict reading: the file fits a preset, with each scheme's value transforms applied
         source = read_source(path, None, arch, trust=trust)
     except InputError:
@@ -77,7 +81,7 @@ def canonical_view(path: str, arch: Optional[str] = None, trust: bool = False) -
         mapping = _mapping(source.cfg, source.scheme) or {}
         return CanonicalView(path, raw.container, source.scheme, source.cfg, source.arrays,
                              {c: f for f, c in mapping.items()}, [], ignored_entries(raw.arrays, source.scheme),
-                             True, source.sha256)
+                             True, source.sha256, raw.integrity)
     # not a complete fit: map what maps, with the scheme and onto the preset that explain most of it
     try:
         schemes = [detect_scheme(raw.arrays)]
@@ -99,11 +103,11 @@ def canonical_view(path: str, arch: Optional[str] = None, trust: bool = False) -
             if best is None or score < best[0]:
                 best = (score, scheme, cfg, mapping, extra)
     if best is None or best[0][1] == 0:
-        raise InputError(f"{path}: no naming scheme maps its names onto {arch or 'an arch preset'}")
+        raise InputError(f"{printable(path)}: no naming scheme maps its names onto {arch or 'an arch preset'}")
     _, scheme, cfg, mapping, extra = best
     arrays = {c: np.asarray(raw.arrays[f]) for f, c in mapping.items() if f in raw.arrays}
     return CanonicalView(path, raw.container, scheme, cfg, arrays, {c: f for f, c in mapping.items()}, extra,
-                         ignored_entries(raw.arrays, scheme), False, sha256_file(path))
+                         ignored_entries(raw.arrays, scheme), False, sha256_file(path), raw.integrity)
 
 
 @dataclass
@@ -181,8 +185,9 @@ def format_diff(a: CanonicalView, b: CanonicalView, rows: List[ParameterDiff], s
         fit = "fits" if view.complete else "comes closest to"
         ignored = (f"; ignored {sum(view.ignored.values())} optimiser/counter entries "
                    f"({', '.join(f'{k} {v}' for k, v in view.ignored.items())})" if view.ignored else "")
-        lines.append(f"{tag}: {view.path} ({view.scheme} names in a {view.container} file, sha256 {view.sha256[:12]}; "
-                     f"{fit} {view.cfg.name}){ignored}")
+        lines.append(f"{tag}: {printable(view.path)} ({view.scheme} names in a {view.container} file, sha256 "
+                     f"{view.sha256[:12]}, integrity: {describe_integrity(view.integrity)}; {fit} {view.cfg.name})"
+                     f"{printable(ignored)}")
     lines.append(f"an element differs if |B - A| > {atol:g} x max|A's tensor| and > {rtol:g} x |A's element| "
                  "(scaled tolerance)")
     head = f"{'parameter':<42} {'shape':<20} {'max|A|':>9} {'max abs':>9} {'abs/max':>9} {'max rel':>9}  verdict"
@@ -195,12 +200,13 @@ def format_diff(a: CanonicalView, b: CanonicalView, rows: List[ParameterDiff], s
                  else f"{'':>9} {'':>9} {'':>9} {'':>9}")
         extra = [f"{r.n_differ} elements differ"] if r.verdict == "DIFFERS" else []
         extra += [r.note] if r.note else []
-        extra += [f"{k}: {v}" for k, v in r.names.items()] if r.verdict != "identical" else []
-        lines.append(f"{r.name:<42} {'x'.join(map(str, r.shape)):<20} {stats}  {r.verdict}"
+        extra += [f"{k}: {printable(v)}" for k, v in r.names.items()] if r.verdict != "identical" else []
+        lines.append(f"{printable(r.name):<42} {'x'.join(map(str, r.shape)):<20} {stats}  {r.verdict}"
                      + (f"  ({'; '.join(extra)})" if extra else ""))
     for tag, view in (("A", a), ("B", b)):
         if view.extra:
-            shown = ", ".join(view.extra[:8]) + (f" (+{len(view.extra) - 8} more)" if len(view.extra) > 8 else "")
+            shown = ", ".join(printable(k) for k in view.extra[:8]) + \
+                (f" (+{len(view.extra) - 8} more)" if len(view.extra) > 8 else "")
             lines.append(f"only in {tag} (no canonical name): {shown}")
     counts: Dict[str, int] = {}
     for r in rows:
@@ -208,7 +214,8 @@ def format_diff(a: CanonicalView, b: CanonicalView, rows: List[ParameterDiff], s
     summary = ", ".join(f"{v} {k}" for k, v in counts.items())
     bad = [r for r in rows if not r.same] or a.extra or b.extra
     lines.append(f"{'DIFFERENT' if bad else 'SAME'}: {len(rows)} parameters: {summary}"
-                 + (f"; first: {next(r.name for r in rows if not r.same)}" if any(not r.same for r in rows) else ""))
+                 + (f"; first: {printable(next(r.name for r in rows if not r.same))}"
+                    if any(not r.same for r in rows) else ""))
     return "\n".join(lines)
 
 
@@ -240,21 +247,26 @@ def main(argv: Optional[List[str]] = None) -> int:
 
 
 def _main(args) -> int:
+    from harness.checkpoints.registry import resolve
+
+    paths = [resolve(args.a, what="A"), resolve(args.b, what="B")]   # a folder or an unreadable file: named
     if args.json:
-        check_output_path(args.json, "--json")
-    a = canonical_view(args.a, args.arch, args.trust_checkpoint)
-    b = canonical_view(args.b, args.arch or (a.cfg.name if a.complete else None), args.trust_checkpoint)
+        check_output_path(args.json, "--json", inputs=[args.a, args.b, *paths])
+    a = canonical_view(args.a, args.arch, args.trust_checkpoint, what="A")
+    b = canonical_view(args.b, args.arch or (a.cfg.name if a.complete else None), args.trust_checkpoint, what="B")
     if not a.complete and b.complete:   # compare on the arch the complete file fits
-        a = canonical_view(args.a, b.cfg.name, args.trust_checkpoint)
+        a = canonical_view(args.a, b.cfg.name, args.trust_checkpoint, what="A")
     rows = diff_views(a, b, args.atol, args.rtol)
     print(format_diff(a, b, rows, args.all, args.atol, args.rtol))
     same = all(r.same for r in rows) and not a.extra and not b.extra
     if args.json:
         atomic_write_json(args.json, result_doc("weights_diff", {
             "a": {"path": a.path, "sha256": a.sha256, "scheme": a.scheme, "container": a.container,
-                  "arch": a.cfg.name, "complete": a.complete, "extra": a.extra, "ignored": a.ignored},
+                  "arch": a.cfg.name, "complete": a.complete, "extra": a.extra, "ignored": a.ignored,
+                  "integrity": a.integrity},
             "b": {"path": b.path, "sha256": b.sha256, "scheme": b.scheme, "container": b.container,
-                  "arch": b.cfg.name, "complete": b.complete, "extra": b.extra, "ignored": b.ignored},
+                  "arch": b.cfg.name, "complete": b.complete, "extra": b.extra, "ignored": b.ignored,
+                  "integrity": b.integrity},
             "atol": args.atol, "rtol": args.rtol, "same": same,
             "first_difference": next((r.name for r in rows if not r.same), None),
             "parameters": [r.__dict__ for r in rows]}))

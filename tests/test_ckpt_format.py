@@ -48,6 +48,18 @@ def test_our_bytes_are_mindspore_save_checkpoint_bytes(tmp_path):
     assert serialize_ckpt(arrays) == theirs.read_bytes()
 
 
+def test_what_we_write_is_save_checkpoint_with_its_crc(tmp_path):
+    """write_ckpt adds MindSpore's own CRC trailer (save_checkpoint(..., crc_check=True)), so
+    that a bit flipped later is found by us and by load_checkpoint(..., crc_check=True)."""
+    arrays = _arrays(np.random.default_rng(3))
+    ms.save_checkpoint(dict(arrays), str(tmp_path / "theirs.ckpt"), crc_check=True)
+    write_ckpt(str(tmp_path / "ours.ckpt"), arrays)
+    assert (tmp_path / "ours.ckpt").read_bytes() == (tmp_path / "theirs.ckpt").read_bytes()
+    loaded = ms.load_checkpoint(str(tmp_path / "ours.ckpt"), crc_check=True)
+    _same(arrays, {k: loaded[k].asnumpy() for k in arrays})
+    assert read_ckpt(str(tmp_path / "ours.ckpt")).integrity == "crc32 ok"
+
+
 def test_mindspore_reads_what_we_write(tmp_path):
     arrays = _arrays(np.random.default_rng(1))
     write_ckpt(str(tmp_path / "ours.ckpt"), arrays)

@@ -2,10 +2,13 @@
 
 list     the public checkpoints the registry knows, with their published accuracy
 fetch    download one into the cache (progress bar) and verify its hash
-verify   check a file you already have: its sha256 against the registry (by --name, else by
-         file name or digest), then that it loads strictly onto the entry's arch preset
+verify   check a file you already have: its own integrity check (a MindSpore CRC, a zip's
+         CRC-32s; a file that carries none is said to), its sha256 against the registry (by
+         --name, else by file name or digest), then that it loads strictly onto the entry's
+         arch preset
 
-Exit status: 0 ok, 1 a hash or structure check failed, 2 bad input (one line).
+Exit status: 0 ok, 1 a hash or structure check failed, 2 bad input (a damaged file
+included: one line).
 """
 from __future__ import annotations
 
@@ -17,8 +20,10 @@ from typing import List, Optional
 from frameworks.spec.arch import get_preset
 from harness.checkpoints import WeightsDoNotFit, load_weights
 from harness.cli import OneLineParser, run_main
-from harness.checkpoints.io import CheckpointError, sha256_file
+from harness.checkpoints.io import CheckpointError, describe_integrity, integrity_of, sha256_file
 from harness.checkpoints.registry import cached_path, fetch, load_registry
+from harness.files import check_input_file
+from harness.text import printable
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -53,24 +58,26 @@ def _list() -> int:
         count = f"{e.val_videos:,} val videos" if e.val_videos else "val videos not stated"
         how = f"; {e.denominator} denominator" if e.denominator else ""
         how += f", {UNREADABLE_WORDS.get(e.unreadable, e.unreadable)}" if e.unreadable else ""
-        print(f"{e.name}  [{e.framework_row} row, {e.format}]")
-        print(f"  published: top1 {_pct(e.published.get('top1'))}, top5 {_pct(e.published.get('top5'))} on {count}{how}")
-        print(f"  protocol:  {e.published.get('protocol', '-')} (arch {e.arch}, data preset {e.data_preset})")
-        print(f"  file:      {e.filename} ({'cached at ' + path if os.path.isfile(path) else 'not fetched'})")
-        print(f"  url:       {e.url}" + ("" if e.direct_download else "  (a web page: download by hand)"))
+        print(printable(f"{e.name}  [{e.framework_row} row, {e.format}]"))
+        print(f"  published: top1 {_pct(e.published.get('top1'))}, top5 {_pct(e.published.get('top5'))} on "
+              f"{printable(count)}{printable(how)}")
+        print(printable(f"  protocol:  {e.published.get('protocol', '-')} (arch {e.arch}, data preset {e.data_preset})"))
+        print(printable(f"  file:      {e.filename} ({'cached at ' + path if os.path.isfile(path) else 'not fetched'})"))
+        print(printable(f"  url:       {e.url}") + ("" if e.direct_download else "  (a web page: download by hand)"))
         if e.aliases:
-            print(f"  aliases:   {', '.join(e.aliases)}")
+            print(printable(f"  aliases:   {', '.join(e.aliases)}"))
     return 0
 
 
 def _verify(path: str, name: Optional[str], hash_only: bool, trust: bool = False) -> int:
-    if not os.path.isfile(path):
-        raise CheckpointError(f"no such file: {path}")
+    check_input_file(path, "checkpoint")
     registry = load_registry()
+    integrity = integrity_of(path)     # a damaged file is one line, exit 2
+    print(f"{printable(path)}: integrity: {describe_integrity(integrity)}")
     digest = sha256_file(path)
     if name:
         if name not in registry:
-            raise CheckpointError(f"unknown registry name {name!r}; see: python -m harness.checkpoints list")
+            raise CheckpointError(f"unknown registry name {printable(repr(name))}; see: python -m harness.checkpoints list")
         entry = registry[name]
     else:
         by_name = [e for e in registry.values() if e.filename == os.path.basename(path)]
@@ -81,7 +88,7 @@ def _verify(path: str, name: Optional[str], hash_only: bool, trust: bool = False
             return 1
         entry = candidates[0]
     verdict = entry.check_digest(digest)
-    print(f"{path}: sha256 {digest}")
+    print(f"{printable(path)}: sha256 {digest}")
     if verdict is False:
         print(f"FAILED: {entry.name} expects {entry.sha256 or entry.sha256_prefix + '...'}")
         return 1
@@ -90,7 +97,7 @@ def _verify(path: str, name: Optional[str], hash_only: bool, trust: bool = False
         try:
             loaded = load_weights(path, get_preset(entry.arch), trust=trust)
         except WeightsDoNotFit as exc:
-            print(f"FAILED: structure: {exc}")
+            print(f"FAILED: structure: {printable(exc)}")
             return 1
         print(f"structure: {len(loaded.arrays)} tensors load strictly onto {entry.arch} ({loaded.scheme} names)")
     print("OK")

@@ -333,6 +333,25 @@ def read_safetensors(path: str, trust: bool = False) -> RawCheckpoint:
     return RawCheckpoint(path, "safetensors", dict(arrays), integrity=NO_CHECKSUM)
 
 
+def integrity_of(path: str) -> str:
+    """The file's own integrity check, made without reading its tensors: a MindSpore CRC
+    trailer or a zip's CRC-32s verified ("crc32 ok", "zip crc32 ok"), or :data:`NO_CHECKSUM`.
+    A mismatch is a one-line :class:`CheckpointError`."""
+    container = sniff_container(path)
+    if container in ("torch", "npz"):
+        check_zip_sizes(path)
+        return check_zip_crc(path)
+    if container == "ckpt":
+        from harness.checkpoints.mindspore_ckpt import DamagedCheckpoint, check_crc
+
+        try:
+            with open(path, "rb") as f:
+                return check_crc(f.read())[1]
+        except DamagedCheckpoint as exc:
+            raise CheckpointError(f"{path}: {exc}") from None
+    return NO_CHECKSUM
+
+
 def read_raw(path: str, trust: bool = False) -> RawCheckpoint:
     """``path``'s arrays under their own names. Reading runs no code from the file; ``trust``
     allows full unpickling (a pickle can run arbitrary code: only for files you trust).
