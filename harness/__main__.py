@@ -19,6 +19,7 @@ COMMANDS = {
     "checkpoints": "the public checkpoints: list, fetch, verify",
     "evaluate": "Kinetics-400 validation in one framework: resumable, shardable; merge and compare runs",
     "train": "fine-tune in torch or MindSpore with the seed's recipe",
+    "align": "training alignment: torch and MindSpore fine-tuned alike, judged against torch's own noise band",
     "infer": "top-5 classes of videos, and a GIF of what the network saw",
     "drift": "which protocol or graph difference costs how much accuracy",
     "bench": "speed: forward / training throughput per framework, and decoding",
