@@ -32,8 +32,18 @@ once per step; resizing, cropping, normalisation and the forward pass run per st
 the same identity, score chunks and summary under ``<out>.steps/``: ``--resume`` continues
 each from its saved chunks, shards follow the launcher (``RANK``/``WORLD_SIZE``,
 ``RANK_ID``/``RANK_SIZE``, SLURM arrays, ``--shard I/N``), and the evaluate command that
-reproduces a step's scores is printed with it. Exit status: 0 ok, 1 a step's scores are
-not finite, 2 bad input (one line).
+reproduces a step's scores is printed with it.
+
+Every input is checked before the plan is printed: the data root and its index (a CSV with
+no video to run is refused; a video outside the root is an ``outside_root`` fault unless
+``--allow-outside-root``), the checkpoint, the presets, every output path (missing parent
+folders are made, and removed again if the audit is refused; no output may be an input) and,
+with ``--resume``, every step's saved run. A killed session's half-written temporaries are
+removed when the next session takes the steps' locks. stdout carries the plan, the notes and
+caveats and the table; stderr the progress bar and, on failure, one error line.
+
+Exit status: 0 ok; 1 a step's scores are not finite, or FROM scored no video (every delta
+would be void; the result is written); 2 bad input (one line), a refused resume included.
 """
 from __future__ import annotations
 
