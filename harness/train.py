@@ -26,18 +26,29 @@ written atomically every ``--save-every`` steps and at each epoch's end (the las
 ``--keep`` are kept); ``state.json`` (the latest checkpoint, the loss and lr of every step
 so far, the run's identity); ``classes.txt``; and at the end ``train.json`` (a result
 with provenance). ``--resume`` continues from the latest checkpoint: the same steps, lrs
-and batches as an uninterrupted run. Exit status: 0 ok, 1 the loss became NaN or inf,
-2 bad input (one line).
+and batches as an uninterrupted run. Every checkpoint's ``.nlparity.json`` sidecar carries
+the arch, the class names (the label map's order) and the training data preset, so
+``harness.infer`` names the classes of a trained (and converted) checkpoint.
+
+One run writes a folder at a time: ``--out/.lock`` (a lock the kernel drops when its
+process dies) refuses a second run in one line. A run killed mid-write leaves a temporary
+(``.ckpt-*.pth.*.tmp``, MindSpore's ``.ckpt-*.ckpt.<pid>.partial.ckpt``); the next start or
+``--resume`` removes those of dead writers and says how many bytes. A video that fails to
+decode is left out of its batch and counted; a batch left with one clip (training-mode
+BatchNorm needs two) is filled from the next videos of the epoch's order
+(:mod:`harness.train_data`), the same way on ``--resume``. Exit status: 0 ok, 1 the loss
+became NaN or inf, 2 bad input (one line).
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
+import re
 import sys
 import time
 from dataclasses import dataclass, field
-from typing import List, Optional
+from typing import List, Optional, Tuple
 
 import numpy as np
 
@@ -47,8 +58,10 @@ from frameworks.spec.data_presets import (DEFAULT_TRAIN_PRESET, TRAIN_PRESETS, D
 from frameworks.spec.train import (BN_MODES, DEFAULT_RECIPE, PARAMETER_KINDS, RECIPES, TrainRecipe, get_recipe,
                                    initial_weights, lr_schedule, recipe_hash, steps_per_epoch)
 from harness.cli import (CheckFailed, InputError, OneLineParser, add_device, add_ms_mode, add_verbose,
-                         nonnegative_int, positive_int, result_doc, run_main, setup_logging, tolerance, utc_now)
-from harness.files import atomic_write_json, check_output_dir
+                         nonnegative_int, num_classes, positive_int, result_doc, run_main, setup_logging, tolerance,
+                         utc_now)
+from harness.files import (OutputPathError, atomic_path, atomic_write_json, check_input_file, check_output_dir,
+                           check_output_path, os_reason, refuse_overwriting_inputs)
 
 STATE_FILE = "state.json"
 SUMMARY_FILE = "train.json"
@@ -92,14 +105,14 @@ def build_parser() -> argparse.ArgumentParser:
     net = p.add_argument_group("network and initial weights")
     net.add_argument("--arch", default=DEFAULT_PRESET, choices=list(PRESETS), metavar="PRESET",
                      help=f"architecture preset (default {DEFAULT_PRESET})")
-    net.add_argument("--num-classes", type=positive_int, help="default: the classes of the dataset's label map")
+    net.add_argument("--num-classes", type=num_classes, help="default: the classes of the dataset's label map")
     net.add_argument("--checkpoint", help="initial weights (any format harness.convert reads, or a registry name); "
                                           "default: mmaction2's initialisation, seeded")
     net.add_argument("--trust-checkpoint", action="store_true", help=TRUST_HELP.replace("the weights file",
                                                                                         "--checkpoint"))
     net.add_argument("--reset-head", action="store_true",
                      help="give the classifier a fresh initialisation (fine-tuning to another number of classes)")
-    net.add_argument("--checkpoint-classes", type=positive_int, default=400,
+    net.add_argument("--checkpoint-classes", type=num_classes, default=400,
                      help="with --reset-head: the classes of --checkpoint's classifier (default 400)")
     rec = p.add_argument_group("recipe (default: the seed's)")
     rec.add_argument("--recipe", default=DEFAULT_RECIPE, choices=list(RECIPES),
@@ -174,6 +187,16 @@ class TrainRequest:
     resume: bool = False
     quiet: bool = False
 
+    @property
+    def inputs(self) -> List[str]:
+        """What this run reads: never written over, never pruned."""
+        from harness.checkpoints.registry import registry_entry
+
+        files = [self.data_root, self.annotations]
+        if self.checkpoint and registry_entry(self.checkpoint) is None:
+            files.append(self.checkpoint)
+        return [f for f in files if f]
+
     @classmethod
     def from_args(cls, args) -> "TrainRequest":
         from harness.evaluate import parse_overrides, with_overrides
@@ -191,7 +214,20 @@ class TrainRequest:
         preset = get_train_preset(args.train_preset)
         overrides = parse_overrides(args.data_override, preset)
         preset = with_overrides(preset, overrides)
-        check_output_dir(args.out, "--out folder")
+        checkpoint = args.checkpoint
+        if checkpoint:
+            from harness.checkpoints.registry import registry_entry, resolve
+
+            if registry_entry(checkpoint) is not None:     # a registry name: its cached file
+                checkpoint = resolve(checkpoint, verify_digest=False)
+            checkpoint = check_input_file(checkpoint, "--checkpoint")
+        if args.annotations:
+            check_input_file(args.annotations, "--annotations")
+        check_output_dir(args.out, "--out folder", inputs=[args.data_root, checkpoint, args.annotations])
+        if checkpoint and CHECKPOINT_NAME.match(os.path.basename(checkpoint)) and \
+                os.path.realpath(os.path.dirname(os.path.abspath(checkpoint))) == os.path.realpath(args.out):
+            raise InputError(f"--checkpoint {checkpoint} is inside --out {args.out}, where this run writes and prunes "
+                             "its checkpoints: copy it elsewhere, or use another --out")
         return cls(framework, get_preset(args.arch), recipe, preset, args.data_root, args.out, overrides,
                    args.split, args.annotations, args.checkpoint, args.trust_checkpoint, args.reset_head,
                    args.checkpoint_classes, args.num_classes, args.seed, args.workers, args.device, args.ms_mode,
@@ -219,20 +255,215 @@ def initial_arrays(req: TrainRequest, cfg: I3DNLConfig):
     return arrays, what, loaded.sha256
 
 
+# ----------------------------------------------------------------------------- the run folder
+LOCK_FILE = ".lock"
+CHECKPOINT_NAME = re.compile(r"ckpt-(\d{6})\.(pth|ckpt)\Z")
+# what this command writes into --out, each through a temporary beside it: atomic_path's
+# ``.<name>.<random><suffix>.tmp`` and MindSpore's ``.<name>.<pid>.partial.ckpt`` (written by
+# save_checkpoint as ``.<name>.<pid>.partial.tmp`` first)
+TEMPORARY = re.compile(r"\.(ckpt-\d{6}\.(?:pth|ckpt)(?:\.nlparity\.json)?|state\.json|train\.json|classes\.txt)"
+                       r"\..+(?:\.tmp|\.partial\.ckpt)\Z")
+WRITER_PID = re.compile(r"\.(\d+)\.partial\.(?:ckpt|tmp)\Z")
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _is_writer(pid: int) -> bool:
+    """Whether ``pid`` is a live process of this tool (a dead writer's pid may have been
+    reused by an unrelated process)."""
+    if pid == os.getpid() or not _pid_alive(pid):
+        return False
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return b"harness" in f.read()
+    except OSError:
+        return True            # no /proc: a live pid is taken as a writer (the file is left)
+
+
+class RunFolder:
+    """``--out``, locked (``.lock``, a POSIX record lock holding the pid) while this process
+    writes into it: the kernel drops the lock when its process dies, however it dies, and
+    a forked child never inherits it, so a SIGKILLed run never blocks the next start."""
+
+    def __init__(self, path: str):
+        self.path = path
+        self.fd: Optional[int] = None
+        self.created_folder = False
+        self.created_lock = False
+        self.made: List[str] = []     # files of this run that a failure before any checkpoint takes back
+
+    def _refuse(self, holder: str):
+        raise InputError(f"another training run (pid {holder or '?'}) is writing {self.path}; wait for it to "
+                         "end, or use another --out")
+
+    def lock(self) -> None:
+        import errno
+        import fcntl
+
+        lock_path = os.path.join(self.path, LOCK_FILE)
+        try:
+            self.created_folder = not os.path.isdir(self.path)
+            os.makedirs(self.path, exist_ok=True)
+            self.created_lock = not os.path.exists(lock_path)
+            fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        except OSError as exc:
+            raise OutputPathError(f"cannot write --out folder {self.path}: {os_reason(exc)}") from None
+        holder = os.pread(fd, 32, 0).decode(errors="replace").strip()
+        try:
+            fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            if exc.errno in (errno.EAGAIN, errno.EACCES):
+                os.close(fd)
+                self._refuse(holder)
+            if exc.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
+                os.close(fd)
+                raise
+            # a file system without record locks: the pid the file holds decides
+            if holder.isdigit() and _is_writer(int(holder)):
+                os.close(fd)
+                self._refuse(holder)
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        self.fd = fd
+
+    def release(self, failed: bool) -> None:
+        """Unlock; after a failure, a folder (or lock file) this process made and nothing was
+        written into is removed again: a refused run leaves nothing behind."""
+        if self.fd is None:
+            return
+        if failed and self.created_lock:
+            left = [n for n in os.listdir(self.path) if n != LOCK_FILE and n not in self.made]
+            if not left:
+                try:
+                    for name in self.made + [LOCK_FILE]:
+                        os.remove(os.path.join(self.path, name))
+                    if self.created_folder:
+                        os.rmdir(self.path)
+                except OSError:
+                    pass
+        os.close(self.fd)
+        self.fd = None
+
+    def clean_temporaries(self) -> Tuple[int, int]:
+        """Remove the temporaries a killed run left (a checkpoint's can be a GB); with the
+        lock held no other run writes here, and a MindSpore temporary whose writer (the pid
+        in its name) still runs is left. Returns (files, bytes) removed."""
+        count = size = 0
+        for name in sorted(os.listdir(self.path)):
+            if not TEMPORARY.match(name):
+                continue
+            writer = WRITER_PID.search(name)
+            if writer and _is_writer(int(writer.group(1))):
+                continue
+            path = os.path.join(self.path, name)
+            try:
+                nbytes = os.lstat(path).st_size
+                os.remove(path)
+            except OSError:
+                continue
+            count, size = count + 1, size + nbytes
+        return count, size
+
+
 # ----------------------------------------------------------------------------- state
 def checkpoint_name(framework: str, step: int) -> str:
     return f"ckpt-{step:06d}.{'pth' if framework == 'torch' else 'ckpt'}"
 
 
+def _is_int(x) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+def state_problem(doc) -> Optional[str]:
+    """What makes ``doc`` not a state.json this command wrote, or None."""
+    if not isinstance(doc, dict):
+        return f"a JSON {type(doc).__name__}, not an object"
+    missing = [k for k in ("step", "epoch", "checkpoint", "identity", "curve") if k not in doc]
+    if missing:
+        return f"no {', '.join(repr(k) for k in missing)}"
+    if not _is_int(doc["step"]) or doc["step"] < 1:
+        return f"step {doc['step']!r} is not a positive integer"
+    name = doc["checkpoint"]
+    match = CHECKPOINT_NAME.match(name) if isinstance(name, str) else None
+    if match is None:
+        return f"checkpoint {name!r} is not a checkpoint name of this folder (ckpt-NNNNNN.pth or .ckpt)"
+    if int(match.group(1)) != doc["step"]:
+        return f"checkpoint {name} is not the one of step {doc['step']}"
+    if not isinstance(doc["identity"], dict):
+        return "identity is not an object"
+    curve = doc["curve"]
+    if not isinstance(curve, list) or not all(isinstance(r, dict) and _is_int(r.get("step")) for r in curve):
+        return "curve is not a list of steps"
+    if [r["step"] for r in curve] != list(range(len(curve))) or len(curve) < doc["step"]:
+        return f"curve holds steps {len(curve)} of {doc['step']}, or out of order"
+    return None
+
+
 def read_state(out: str) -> Optional[dict]:
+    """The run state.json describes, None for a folder without one; a damaged or foreign
+    file is one line of bad input naming it."""
     path = os.path.join(out, STATE_FILE)
-    if not os.path.isfile(path):
+    if not os.path.lexists(path):
         return None
     try:
-        with open(path) as f:
-            return json.load(f)
-    except (OSError, ValueError) as exc:
-        raise InputError(f"cannot read {path}: {exc}") from None
+        with open(path, encoding="utf-8") as f:
+            doc = json.load(f)
+    except OSError as exc:
+        raise InputError(f"cannot read {path}: {os_reason(exc)}") from None
+    except ValueError as exc:     # JSONDecodeError and UnicodeDecodeError
+        raise InputError(f"{path} is damaged (not valid JSON: {str(exc).splitlines()[0]}); it cannot be "
+                         "resumed: use another --out") from None
+    problem = state_problem(doc)
+    if problem:
+        raise InputError(f"{path} is not a training state written by harness.train ({problem}); it cannot be "
+                         "resumed: use another --out")
+    return doc
+
+
+def _load_problem(exc: BaseException) -> str:
+    """Why a trainer could not load a checkpoint, in words."""
+    text = (str(exc).strip().splitlines() or [""])[0]
+    if isinstance(exc, KeyError):
+        return f"is not a training checkpoint of harness.train (it has no {text} entry; a weights-only file?)"
+    if "central directory" in text or "zip archive" in text or "PytorchStreamReader" in text:
+        return "is truncated or damaged (not a complete torch zip archive)"
+    if "Failed to read the checkpoint file" in text or "cannot be parsed" in text:
+        return "is truncated or damaged (MindSpore cannot parse it)"
+    if "state_dict" in text or "does not fit" in text or "size mismatch" in text:
+        return f"does not fit this run's network ({text[:200]})"
+    return f"cannot be loaded ({type(exc).__name__}: {text[:200]})"
+
+
+def resume_trainer(trainer, out: str, state: dict, identity: dict) -> int:
+    """Load the checkpoint ``state`` names into ``trainer``; returns its step."""
+    path = os.path.join(out, state["checkpoint"])
+    if not os.path.isfile(path):
+        raise InputError(f"--resume: {os.path.join(out, STATE_FILE)} names {state['checkpoint']}, which is not "
+                         f"in {out}")
+    if not state["checkpoint"].endswith(".pth" if identity["framework"] == "torch" else ".ckpt"):
+        raise InputError(f"--resume: checkpoint {path} is not a {identity['framework']} checkpoint")
+    try:
+        meta = trainer.load(path)
+    except (KeyboardInterrupt, MemoryError):
+        raise
+    except Exception as exc:  # noqa: BLE001 - whatever the framework raises, the file is what is wrong
+        raise InputError(f"--resume: checkpoint {path} {_load_problem(exc)}") from None
+    if trainer.step_index != state["step"]:
+        raise InputError(f"--resume: checkpoint {path} holds step {trainer.step_index}, {STATE_FILE} says "
+                         f"{state['step']}")
+    theirs = (meta or {}).get("identity") if isinstance(meta, dict) else None
+    if isinstance(theirs, dict) and theirs != identity:
+        changed = sorted(k for k in identity if theirs.get(k) != identity[k])
+        raise InputError(f"--resume: checkpoint {path} belongs to another run (it differs in {', '.join(changed)})")
+    return trainer.step_index
 
 
 def _identity(req: TrainRequest, cfg: I3DNLConfig, index, init_sha: str, world) -> dict:
@@ -245,29 +476,46 @@ def _identity(req: TrainRequest, cfg: I3DNLConfig, index, init_sha: str, world) 
             "ms_mode": req.ms_mode if req.framework == "ms" else None}
 
 
-def _prune(out: str, framework: str, keep: int) -> None:
+def _prune(out: str, framework: str, keep: int, inputs: List[str]) -> None:
     from harness.checkpoints.sidecar import sidecar_path
+    from harness.files import same_file
 
     ext = ".pth" if framework == "torch" else ".ckpt"
-    done = sorted(f for f in os.listdir(out) if f.startswith("ckpt-") and f.endswith(ext))
+    done = sorted(f for f in os.listdir(out) if CHECKPOINT_NAME.match(f) and f.endswith(ext))
     for name in done[:-keep]:
-        for path in (os.path.join(out, name), sidecar_path(os.path.join(out, name))):
+        path = os.path.join(out, name)
+        if any(os.path.exists(i) and same_file(path, i) for i in inputs):
+            continue              # --checkpoint may be an earlier run's file: an input is never removed
+        for victim in (path, sidecar_path(path)):
             try:
-                os.remove(path)
+                os.remove(victim)
             except OSError:
                 pass
 
 
 # ----------------------------------------------------------------------------- the loop
-def train(req: TrainRequest) -> dict:
-    from tqdm import tqdm
+@dataclass
+class Setup:
+    """What a run needs before its first step, every input checked."""
 
+    cfg: I3DNLConfig
+    index: object
+    spe: int
+    total: int
+    stop: int
+    state: Optional[dict]
+    arrays: dict
+    init_label: str
+    init_sha: str
+    identity: dict
+    min_clips: int
+
+
+def prepare(req: TrainRequest, world) -> Setup:
+    """Read and check everything (dataset, classes, batch split, state.json, initial weights)
+    before any output is written."""
     from harness.data import build_index
-    from harness.data.index import FaultLog
-    from harness.train_data import TrainPlan
-    from harness.training import make_trainer, world_from_env
 
-    world = world_from_env(req.framework)
     index = build_index(req.data_root, req.split, annotations=req.annotations, label_order=req.preset.label_order)
     if not len(index):
         raise InputError(f"no usable video in {req.data_root} split {req.split}")
@@ -282,11 +530,8 @@ def train(req: TrainRequest) -> dict:
         spe = steps_per_epoch(len(index), recipe.batch_size)
     except ValueError as exc:
         raise InputError(str(exc)) from None
-    lrs = lr_schedule(recipe, spe)
-    total = len(lrs)
+    total = len(lr_schedule(recipe, spe))
     stop = total if req.max_steps is None else min(req.max_steps, total)
-    save_every = req.save_every or spe
-
     state = read_state(req.out)
     if state is not None and not req.resume:
         raise InputError(f"{req.out} holds a training run (step {state['step']}); pass --resume, or another --out")
@@ -294,48 +539,152 @@ def train(req: TrainRequest) -> dict:
     identity = _identity(req, cfg, index, init_sha, world)
     if state is not None and state["identity"] != identity:
         changed = sorted(k for k in identity if state["identity"].get(k) != identity[k])
-        raise InputError(f"--resume: the run in {req.out} differs in {', '.join(changed)}")
+        raise InputError(f"--resume: the run in {req.out} differs in {', '.join(changed) or 'its identity'}")
+    # training-mode BatchNorm normalises over the batch: a step never runs on one clip when
+    # the batch asks for more (a batch short of faulty videos is filled; see train_data)
+    local = recipe.batch_size // world.size
+    min_clips = min(2, local) if recipe.bn_mode == "train" else 1
+    return Setup(cfg, index, spe, total, stop, state, arrays, init_label, init_sha, identity, min_clips)
 
+
+def say(text: str) -> None:
+    """A line of what the run does or found (stdout: stderr is kept for the one error line)."""
+    print(text, flush=True)
+
+
+def class_names(index, num_classes: int) -> List[str]:
+    """The label map's names in its order, one per classifier output (an output past the
+    label map's classes is named as what it is)."""
+    names = list(index.label_map.names[:num_classes])
+    return names + [f"(no class: output {i})" for i in range(len(names), num_classes)]
+
+
+def train(req: TrainRequest) -> dict:
+    """The run, with ``--out`` locked for its whole length (by the process that writes it)."""
+    from harness.training import world_from_env
+
+    world = world_from_env(req.framework)
+    folder = RunFolder(req.out)
+    # msrun on several nodes may leave RANK_ID unset: the rank is known once the cluster is joined
+    rank_known = not (world.launcher == "msrun" and "RANK_ID" not in os.environ)
+    if world.is_main and rank_known:
+        folder.lock()
+    failed = True
+    try:
+        summary = _train(req, world, folder)
+        failed = False
+        return summary
+    finally:
+        folder.release(failed)
+
+
+# the messages of a step that cannot run on this input (one line, exit 2), not a bug
+_INPUT_STEP_ERRORS = ("Expected more than 1 value per channel", "Output size is too small",
+                      "can't allocate memory", "out of memory")
+
+
+def _step(trainer, batch):
+    try:
+        return trainer.step(batch.clips, batch.labels)
+    except (RuntimeError, ValueError) as exc:
+        text = (str(exc).strip().splitlines() or [""])[0]
+        if not any(m in text for m in _INPUT_STEP_ERRORS):
+            raise
+        shape = "x".join(map(str, batch.clips.shape))
+        raise InputError(f"step {batch.step}: the network cannot train on a batch of {shape} ({text[:160]}); "
+                         "use larger clips (--data-override crop_size / clip_len), a larger --batch-size "
+                         "or --bn-mode frozen") from None
+
+
+def _train(req: TrainRequest, world, folder: RunFolder) -> dict:
+    from tqdm import tqdm
+
+    from harness.data.index import Fault, FaultLog
+    from harness.train_data import TrainPlan
+    from harness.training import make_trainer
+
+    s = prepare(req, world)
+    cfg, recipe, spe, stop, state = s.cfg, req.recipe, s.spe, s.stop, s.state
     threads = req.threads or max(1, (os.cpu_count() or 1) // world.size)
-    trainer = make_trainer(req.framework, cfg, recipe, lrs, arrays, device=req.device, ms_mode=req.ms_mode,
-                           threads=threads, world=world, seed=req.seed, sync_bn=req.sync_bn)
+    trainer = make_trainer(req.framework, cfg, recipe, lr_schedule(recipe, spe), s.arrays, device=req.device,
+                           ms_mode=req.ms_mode, threads=threads, world=world, seed=req.seed, sync_bn=req.sync_bn)
     world = trainer.world
+    if world.is_main and folder.fd is None:
+        folder.lock()
     curve: List[dict] = []
+    faults, filled = FaultLog(), []      # this run's decode faults and filled steps, kept across --resume
     start = 0
     if state is not None:
-        trainer.load(os.path.join(req.out, state["checkpoint"]))
-        start = trainer.step_index
+        start = resume_trainer(trainer, req.out, state, s.identity)
         curve = [row for row in state["curve"] if row["step"] < start]
-        if world.is_main:
-            print(f"resumed from {state['checkpoint']} at step {start}", file=sys.stderr, flush=True)
+        faults.extend(Fault(f["id"], f["kind"], f["reason"], bool(f.get("skipped", True)))
+                      for f in state.get("faults", []) if isinstance(f, dict) and {"id", "kind", "reason"} <= set(f))
+        filled = [f for f in state.get("filled", []) if isinstance(f, dict) and f.get("step", stop) < start]
     if world.is_main:
-        os.makedirs(req.out, exist_ok=True)
-        with open(os.path.join(req.out, CLASSES_FILE), "w", encoding="utf-8") as f:
-            f.write("\n".join(index.label_map.names[:cfg.num_classes]) + "\n")
-        print(f"weights: {init_label}", file=sys.stderr, flush=True)
+        removed, nbytes = folder.clean_temporaries()
+        if removed:
+            say(f"removed {removed} temporary file{'s' * (removed != 1)} a killed run left in {req.out}: "
+                f"{nbytes:,} bytes ({nbytes / 2 ** 20:.1f} MiB)")
+        if state is not None:
+            say(f"resumed from {state['checkpoint']} at step {start}")
+        classes_path = check_output_path(os.path.join(req.out, CLASSES_FILE), "classes file", inputs=req.inputs)
+        with atomic_path(classes_path) as tmp:
+            with open(tmp, "w", encoding="utf-8") as f:
+                f.write("\n".join(class_names(s.index, cfg.num_classes)) + "\n")
+        folder.made.append(CLASSES_FILE)
+        say(f"weights: {s.init_label}")
         for quirk in req.preset.known_quirks:
-            print(f"data {req.preset.name}: {quirk}", file=sys.stderr, flush=True)
+            say(f"data {req.preset.name}: {quirk}")
 
-    plan = TrainPlan(index, recipe.batch_size, spe, recipe.epochs, req.seed, world.rank, world.size)
-    faults = FaultLog()
+    plan = TrainPlan(s.index, recipe.batch_size, spe, recipe.epochs, req.seed, world.rank, world.size,
+                     min_clips=s.min_clips)
     bar = tqdm(total=stop - start, disable=req.quiet or not world.is_main, unit="step", dynamic_ncols=True,
                desc=f"{req.framework} train")
-    epoch_t0, epoch_steps = time.perf_counter(), 0
     meta_base = {"framework": req.framework, "arch": cfg.to_dict(), "recipe": recipe.to_dict(),
-                 "data_preset": req.preset.to_dict(), "classes": list(index.label_map.names[:cfg.num_classes]),
-                 "identity": identity}
+                 "data_preset": req.preset.to_dict(), "classes": class_names(s.index, cfg.num_classes),
+                 "identity": s.identity}
+    try:
+        _loop(req, trainer, world, plan, bar, s, start, curve, faults, filled, meta_base)
+    except BaseException:
+        bar.leave = False        # an error is the only line on stderr: the bar goes
+        raise
+    finally:
+        bar.close()
+    all_faults = FaultLog(list(s.index.faults.faults) + list(faults.faults))
+    summary = {"framework": req.framework, "arch": cfg.name, "arch_hash": arch_hash(cfg),
+               "num_classes": cfg.num_classes, "recipe": recipe.to_dict(), "recipe_hash": recipe_hash(recipe),
+               "data_preset": req.preset.name, "data_preset_hash": data_preset_hash(req.preset),
+               "data_override": req.overrides, "init_weights": s.init_label, "init_weights_sha256": s.init_sha,
+               "steps_per_epoch": spe, "total_steps": s.total, "steps_done": trainer.step_index,
+               "resumed_from": start if state is not None else None, "world_size": world.size,
+               "launcher": world.launcher, "threads": threads, "checkpoint": checkpoint_name(req.framework, stop),
+               "curve": curve, "final_loss": curve[-1]["loss"] if curve else None,
+               "mean_step_ms": float(np.mean([r["step_ms"] for r in curve[1:]])) if len(curve) > 1 else None,
+               "faults": all_faults.to_dict(), "min_clips": s.min_clips, "filled_steps": filled,
+               "versions": trainer.runner.versions(), "hardware": trainer.runner.hardware(), "date": utc_now()}
+    if world.is_main:
+        path = check_output_path(os.path.join(req.out, SUMMARY_FILE), "summary", inputs=req.inputs)
+        atomic_write_json(path, result_doc("train", summary))
+    return summary
+
+
+def _loop(req, trainer, world, plan, bar, s: Setup, start: int, curve, faults, filled, meta_base) -> None:
+    """The steps from ``start``, each checkpointed as ``--save-every`` and the epochs say."""
+    spe, stop = s.spe, s.stop
+    epoch_t0, epoch_steps = time.perf_counter(), 0
     for batch in plan.batches(req.preset, start, stop, workers=req.workers, faults=faults):
         t0 = time.perf_counter()
-        loss, lr = trainer.step(batch.clips, batch.labels)
+        loss, lr = _step(trainer, batch)
         step_ms = 1000 * (time.perf_counter() - t0)
         step = batch.step + 1                 # steps done
         curve.append({"step": batch.step, "epoch": batch.epoch, "loss": loss, "lr": lr, "step_ms": step_ms,
-                      "clips": int(len(batch.labels))})
+                      "clips": int(len(batch.labels)), "filled": len(batch.filled)})
+        if batch.filled:
+            filled.append({"step": batch.step, "rank": world.rank, "videos": list(batch.filled)})
         bar.update(1)
         bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.3g}", step_ms=f"{step_ms:.0f}")
         epoch_steps += 1
         if not np.isfinite(loss):
-            bar.close()
             raise CheckFailed(f"step {batch.step}: the loss is {loss} (lr {lr:.3g}); the last checkpoint is kept")
         end_of_epoch = step % spe == 0
         if end_of_epoch and world.is_main:
@@ -344,26 +693,12 @@ def train(req: TrainRequest) -> dict:
             bar.write(f"epoch time: {elapsed:.0f} s, per step time: {1000 * elapsed / max(epoch_steps, 1):.0f} ms")
         if end_of_epoch:
             epoch_t0, epoch_steps = time.perf_counter(), 0
-        if step % save_every == 0 or end_of_epoch or step == stop:
-            _save(req, trainer, world, step, batch.epoch, curve, identity, meta_base)
-    bar.close()
-    summary = {"framework": req.framework, "arch": cfg.name, "arch_hash": arch_hash(cfg),
-               "num_classes": cfg.num_classes, "recipe": recipe.to_dict(), "recipe_hash": recipe_hash(recipe),
-               "data_preset": req.preset.name, "data_preset_hash": data_preset_hash(req.preset),
-               "data_override": req.overrides, "init_weights": init_label, "init_weights_sha256": init_sha,
-               "steps_per_epoch": spe, "total_steps": total, "steps_done": trainer.step_index,
-               "resumed_from": start if state is not None else None, "world_size": world.size,
-               "launcher": world.launcher, "threads": threads, "checkpoint": checkpoint_name(req.framework, stop),
-               "curve": curve, "final_loss": curve[-1]["loss"] if curve else None,
-               "mean_step_ms": float(np.mean([r["step_ms"] for r in curve[1:]])) if len(curve) > 1 else None,
-               "faults": faults.to_dict(), "versions": trainer.runner.versions(),
-               "hardware": trainer.runner.hardware(), "date": utc_now()}
-    if world.is_main:
-        atomic_write_json(os.path.join(req.out, SUMMARY_FILE), result_doc("train", summary))
-    return summary
+        if step % (req.save_every or spe) == 0 or end_of_epoch or step == stop:
+            _save(req, trainer, world, step, batch.epoch, curve, s.identity, meta_base,
+                  {"faults": [f.to_dict() for f in faults.faults], "filled": filled})
 
 
-def _save(req, trainer, world, step: int, epoch: int, curve, identity, meta_base) -> None:
+def _save(req, trainer, world, step: int, epoch: int, curve, identity, meta_base, data: dict) -> None:
     """Checkpoint, then the state that names it (so a kill between the two resumes from
     the previous checkpoint, which is still there)."""
     if not world.is_main:
@@ -372,15 +707,39 @@ def _save(req, trainer, world, step: int, epoch: int, curve, identity, meta_base
 
     name = checkpoint_name(req.framework, step)
     path = os.path.join(req.out, name)
+    # (not check_output_path: MindSpore leaves its checkpoints read-only, and a resumed run
+    # writes the step a killed one had reached again)
+    refuse_overwriting_inputs(path, "checkpoint", req.inputs)
     trainer.save(path, dict(meta_base, epoch=epoch))
-    # the arch and class count beside the weights, as harness.convert writes them: evaluate,
-    # infer and convert then need no --arch / --num-classes for this file
+    # the arch, the class names and the data preset beside the weights, as harness.convert
+    # writes them: evaluate, infer and convert need no --arch / --num-classes / --labels
     write_sidecar(path, trainer.cfg, source=f"harness.train step {step}",
-                  source_sha256=identity["init_weights_sha256"])
-    atomic_write_json(os.path.join(req.out, STATE_FILE),
-                      {"step": step, "epoch": epoch, "checkpoint": name, "identity": identity, "curve": curve,
-                       "date": utc_now()})
-    _prune(req.out, req.framework, req.keep)
+                  source_sha256=identity["init_weights_sha256"], classes=meta_base["classes"],
+                  data_preset=req.preset.name)
+    state_path = check_output_path(os.path.join(req.out, STATE_FILE), "state file", inputs=req.inputs)
+    atomic_write_json(state_path, {"step": step, "epoch": epoch, "checkpoint": name, "identity": identity,
+                                   "curve": curve, **data, "date": utc_now()})
+    _prune(req.out, req.framework, req.keep, req.inputs)
+
+
+def _fault_line(summary: dict) -> Optional[str]:
+    """One line on what the data did to the run: videos left out, used with a note, steps filled."""
+    faults = summary["faults"]
+    left = {k: 0 for k in faults["counts"]}
+    used = dict(left)
+    for f in faults["faults"]:
+        (left if f.get("skipped", True) else used)[f["kind"]] += 1
+    left = {k: v for k, v in left.items() if v}
+    used = {k: v for k, v in used.items() if v}
+    if not (left or used or summary["filled_steps"]):
+        return None
+    parts = [f"{sum(left.values())} left out ({', '.join(f'{k} {v}' for k, v in left.items()) or 'none'})"]
+    if used:
+        parts.append(f"{sum(used.values())} used as they are ({', '.join(f'{k} {v}' for k, v in used.items())})")
+    n = len(summary["filled_steps"])
+    if n:
+        parts.append(f"{n} step{'s' * (n != 1)} filled to {summary['min_clips']} clips from the next videos")
+    return "faults: " + "; ".join(parts) + f" ({SUMMARY_FILE} lists each)"
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -394,6 +753,9 @@ def main(argv: Optional[List[str]] = None) -> int:
             print(f"{summary['framework']} {summary['arch']}: steps {first['step'] + 1}-{last['step'] + 1} of "
                   f"{summary['total_steps']}, loss {first['loss']:.4f} -> {last['loss']:.4f}, "
                   f"{summary['mean_step_ms'] or 0:.0f} ms/step; checkpoint {os.path.join(args.out, summary['checkpoint'])}")
+        line = _fault_line(summary)
+        if line:
+            print(line)
         return 0
 
     return run_main(body, args.verbose)

@@ -189,7 +189,8 @@ def test_sigkill_then_resume_gives_the_uninterrupted_run(dataset, uninterrupted,
     killed_at = json.loads(state.read_text())["step"]
     assert 2 <= killed_at < 5, "the kill must land mid-run"
     assert not (out / "train.json").exists()
-    assert not [p for p in os.listdir(out) if p.startswith(".")], "no partial file left behind"
+    assert not [p for p in os.listdir(out) if p.startswith(".") and p != ".lock"], "no partial file left behind"
+    assert int((out / ".lock").read_text()) > 0          # the dead run's lock file: it must not block --resume
     again = run_cli("harness.train", *_train_args(dataset, out, "--save-every", "1", "--max-steps", "5"))
     assert again.returncode == 2 and "--resume" in again.stderr          # no silent restart over a run
     resumed = run_cli("harness.train", *_train_args(dataset, out, "--save-every", "1", "--max-steps", "5",
