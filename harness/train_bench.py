@@ -1,7 +1,7 @@
 """Training step time: PyTorch, MindSpore graph and PyNative, one process each, one JSON.
 
     python -m harness.train_bench                      # batch 2 x 3x8x112x112, then the seed's 6 x 3x32x224x224
-    python -m harness.train_bench --shapes 2,3,8,112,112 --out results/train_step_cpu.json
+    python -m harness.train_bench --shapes 2,3,8,112,112 --json results/train_step_cpu.json
 
 A step is the recipe's whole training step (forward in training mode, cross entropy,
 backward, SGD with momentum and weight decay, the lr written for the step), timed from
@@ -17,7 +17,13 @@ elements and compared with the memory available now; a shape that would not fit 
 that fails) is recorded with the reason instead of a time. (Scaling from the smallest shape
 over-estimates: its fixed costs, optimiser state and allocator arenas, are scaled with it;
 2x3x8x112x112 predicted 21 GiB for torch at 6x3x32x224x224, 1x3x32x224x224 predicts 7.)
-Exit status: 0 ok, 2 bad input.
+
+The result goes to ``runs/train_step_<device>.json`` unless ``--json`` names a file (the
+committed ``results/`` files are written only when named). A run in which no configuration
+could be timed (no GPU for ``--device gpu``, a shape the network cannot train on) is a
+failed run: one line, exit 2, and no file written, so a good result is never replaced by
+one holding only errors. Exit status: 0 ok (at least one configuration timed), 2 bad input
+or nothing timed.
 """
 from __future__ import annotations
 
@@ -33,7 +39,7 @@ import numpy as np
 from frameworks.spec.arch import DEFAULT_PRESET, PRESETS, get_preset
 from frameworks.spec.train import get_recipe, initial_weights, lr_schedule
 from harness.cli import (InputError, OneLineParser, add_device, add_verbose, clip_shape, nonnegative_int,
-                         positive_int, result_doc, run_main, setup_logging, utc_now)
+                         num_classes, positive_int, result_doc, run_main, setup_logging, utc_now)
 from harness.files import atomic_write_json, check_output_path
 
 DEFAULT_SHAPES = ((2, 3, 8, 112, 112), (6, 3, 32, 224, 224))
@@ -48,17 +54,28 @@ def build_parser() -> argparse.ArgumentParser:
                    help="batch shapes, smallest first (default 2,3,8,112,112 6,3,32,224,224)")
     p.add_argument("--arch", default=DEFAULT_PRESET, choices=list(PRESETS), metavar="PRESET",
                    help="the architecture preset (default %s)" % DEFAULT_PRESET)
-    p.add_argument("--num-classes", type=positive_int, default=400, help="classifier outputs (default 400)")
+    p.add_argument("--num-classes", type=num_classes, default=400, help="classifier outputs (default 400)")
     p.add_argument("--variants", default="torch,ms:graph,ms:pynative",
                    help="comma-separated framework[:ms mode] (default torch,ms:graph,ms:pynative)")
     p.add_argument("--steps", type=positive_int, default=3, help="timed steps per run (default 3)")
-    p.add_argument("--warmup", type=nonnegative_int, default=1, help="untimed steps first (default 1)")
+    p.add_argument("--warmup", type=nonnegative_int, default=1,
+                   help="untimed steps first (default 1; 0 times the first step too, MindSpore's graph compile "
+                        "included)")
     p.add_argument("--threads", type=positive_int, help="framework threads (default: all cores)")
     add_device(p)
-    p.add_argument("--json", "--out", dest="out", metavar="FILE", default=os.path.join("results", "train_step_cpu.json"),
-                   help="result JSON (default results/train_step_cpu.json; --out is its older name)")
+    p.add_argument("--json", "--out", dest="out", metavar="FILE",
+                   help="result JSON (default runs/train_step_<device>.json; --out is its older name)")
     add_verbose(p)
     return p
+
+
+def output_path(args) -> str:
+    """``--json``, or ``runs/train_step_<device>.json``: a run never writes into results/ unasked."""
+    return args.out or os.path.join("runs", f"train_step_{args.device}.json")
+
+
+def timed_rows(doc: dict) -> int:
+    return sum(1 for r in doc.get("rows", []) if "median_step_ms" in r)
 
 
 def _variants(text: str):
@@ -186,14 +203,26 @@ def run_bench(shapes, variants, arch: str, num_classes: int, steps: int, warmup:
                         loss=run["loss"])
                 if "error" not in row and (label not in measured or elements > measured[label][0]):
                     measured[label] = (elements, max(result["peak_rss_bytes"] - result["rss_after_build_bytes"], 0))
-                print(f"{label:12s} {'x'.join(map(str, shape)):16s} "
-                      + (f"{row['median_step_ms']:9.0f} ms/step  (first step {row['first_step_s']:.1f} s, "
-                         f"peak {row['peak_rss_bytes'] / 2**30:.1f} GiB)" if "median_step_ms" in row
-                         else f"error: {row.get('error')}"), flush=True)
+                print(f"{label:12s} {'x'.join(map(str, shape)):16s} " + _row_text(row), flush=True)
                 rows.append(row)
     return {"arch": cfg.name, "num_classes": num_classes, "recipe": recipe.to_dict(), "steps": steps,
             "warmup": warmup, "threads": threads or os.cpu_count(), "device": device, "rows": rows,
             "date": utc_now()}
+
+
+def _row_text(row: dict) -> str:
+    if "median_step_ms" not in row:
+        return f"error: {row.get('error')}"
+    first = f"first step {row['first_step_s']:.1f} s" if row.get("first_step_s") is not None else "no warm-up step"
+    return f"{row['median_step_ms']:9.0f} ms/step  ({first}, peak {row['peak_rss_bytes'] / 2**30:.1f} GiB)"
+
+
+def failed_run(doc: dict, out: str) -> str:
+    """The one line of a run in which nothing could be timed."""
+    reasons = "; ".join(f"{r['variant']} {'x'.join(map(str, r['shape']))}: "
+                        f"{(r.get('error') or r.get('skipped') or '?')[:160]}" for r in doc["rows"][:4])
+    return (f"no configuration could be timed on --device {doc['device']} (nothing written to {out}): {reasons}"
+            + (f" (and {len(doc['rows']) - 4} more)" if len(doc["rows"]) > 4 else ""))
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -201,11 +230,13 @@ def main(argv: Optional[List[str]] = None) -> int:
     setup_logging(args.verbose)
 
     def body() -> int:
-        check_output_path(args.out, "--json")
+        out = check_output_path(output_path(args), "--json")
         doc = run_bench(args.shapes, _variants(args.variants), args.arch, args.num_classes, args.steps, args.warmup,
                         args.threads, args.device)
-        atomic_write_json(args.out, result_doc("bench_train", doc))
-        print(f"result: {args.out}")
+        if not timed_rows(doc):      # a failed run never replaces a result file (nor writes one)
+            raise InputError(failed_run(doc, out))
+        atomic_write_json(out, result_doc("bench_train", doc))
+        print(f"result: {out} ({timed_rows(doc)} of {len(doc['rows'])} configurations timed)")
         return 0
 
     return run_main(body, args.verbose)
