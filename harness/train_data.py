@@ -130,7 +130,7 @@ class TrainPlan:
             filled: List[str] = []
             if len(group) < self.min_clips:
                 note_faults(loader.faults)
-                filled = self._fill(step, group, preset, workers, note_faults)
+                filled = self._fill(step, group, preset, workers, note_faults, log)
             return TrainBatch(step, step // self.steps_per_epoch, np.stack([g.clips[0] for g in group]),
                               np.asarray([g.label for g in group], dtype=np.int64), [g.video_id for g in group],
                               filled)
@@ -151,7 +151,7 @@ class TrainPlan:
         return DatasetIndex(records, self.index.label_map, FaultLog(), self.index.split, self.index.root,
                             self.index.annotation, self.index.source)
 
-    def _fill(self, step: int, group: list, preset: DataPreset, workers: int, note_faults) -> List[str]:
+    def _fill(self, step: int, group: list, preset: DataPreset, workers: int, note_faults, log: FaultLog) -> List[str]:
         """Add the next decodable videos of the epoch's order to ``group`` until it holds
         ``min_clips``; returns their keys. Every candidate is decoded under its own key, as
         in its own step, so the fill does not depend on what else the run decoded."""
@@ -173,5 +173,5 @@ class TrainPlan:
             have = len(group)
             raise DatasetError(f"step {step}: {have} clip{'s' * (have != 1)} decoded, fewer than the "
                                f"{self.min_clips} a step needs, and no other video of the split decodes "
-                               f"(faults: {loader.faults.summary()})")
+                               f"(faults: {log.summary()})")
         return filled
