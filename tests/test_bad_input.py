@@ -182,7 +182,7 @@ CASES = [
     ("harness.parity", ["--frameworks", "torch", "--reference", "mmaction2", "--checkpoint", "{in}/adir"], {}, 2,
      "adir"),
     # convert
-    ("harness.convert", ["{in}/nan.npz", "{in}/adir"], {}, 2, "is a folder, not a file"),
+    ("harness.convert", ["{in}/nan.npz", "{in}/adir", "--to", "npz"], {}, 2, "is a folder, not a file"),
     ("harness.convert", ["{in}/nan.npz", "{in}/list.json/x.ckpt"], {}, 2, "is a file, not a folder"),
     # checkpoints
     ("harness.checkpoints", ["fetch", "evil"], {"NLPARITY_REGISTRY": "{in}/registry.toml"}, 2, "plain file name"),
