@@ -210,6 +210,8 @@ def convert(src: str, dst: str, src_format: Optional[str] = None, dst_format: Op
     ``mismatched``, for the caller to judge. ``labels``: a file of class names to record."""
     if arch is not None and arch not in PRESETS:
         raise InputError(f"unknown arch preset {arch!r}; choose from {', '.join(PRESETS)}")
+    if os.path.isdir(dst):               # named for what it is, before its (missing) extension is
+        check_output_path(dst, "DST")
     source_format = find_format(src_format) if src_format else None
     target = find_format(dst_format) if dst_format else format_for_path(dst)
     original_src = src
