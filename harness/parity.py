@@ -47,6 +47,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from frameworks.spec.arch import DEFAULT_PRESET, PRESETS, I3DNLConfig, arch_hash, layer_names, subop_names
+from frameworks.spec.train import DEFAULT_RECIPE, RECIPES
 from harness.cli import (InputError, OneLineParser, add_device, add_ms_mode, add_verbose, clip_shape, positive_int,
                          result_doc, run_main, setup_logging, tolerance, utc_now)
 from harness.comparator import (COLUMNS, DEFAULT_RTOL, DEFAULT_STAGE_ATOL, ParityReport, compare_arrays,
@@ -126,11 +127,17 @@ def build_parser() -> argparse.ArgumentParser:
                           "or the checkpoint's; any command that takes --checkpoint reads them")
     train = p.add_argument_group("training-step parity (harness.train_parity)")
     train.add_argument("--train-steps", type=positive_int, metavar="K",
-                       help="compare K SGD steps instead of a forward pass: the loss at every step, every "
-                            "gradient at step 1, every parameter, momentum buffer and BN statistic after K steps, "
-                            "the lr and weight decay each framework applied, against torch float64's floor; "
-                            "--input-shape is each step's batch (default 2,3,8,64,64)")
-    train.add_argument("--train-plant", help=argparse.SUPPRESS)   # tests: wd_on_bn, bn_momentum, lr_off_by_one
+                       help="training parity instead of a forward pass: the loss, first BN and dropout alone; "
+                            "the optimiser alone on given gradients; each of K steps from the same state (loss, "
+                            "every gradient and BN statistic, against torch float64, kinks named); the K-step "
+                            "trajectory against the float32 floor band; --input-shape is each step's batch "
+                            "(default 2,3,8,64,64); see harness/train_parity.py")
+    train.add_argument("--recipe", choices=list(RECIPES), metavar="RECIPE",
+                       help=f"with --train-steps: the training recipe, one of {', '.join(RECIPES)} "
+                            f"(default {DEFAULT_RECIPE})")
+    train.add_argument("--threads", type=positive_int, default=1,
+                       help="with --train-steps: threads of each framework process (default 1: repeatable, "
+                            "and steady on a shared machine)")
     p.add_argument("-q", "--quiet", action="store_true", help="only the verdicts (default: the tables)")
     add_verbose(p)
     return p

@@ -606,7 +606,7 @@ def _train(req: TrainRequest, world, folder: RunFolder) -> dict:
     s = prepare(req, world)
     cfg, recipe, spe, stop, state = s.cfg, req.recipe, s.spe, s.stop, s.state
     threads = req.threads or max(1, (os.cpu_count() or 1) // world.size)
-    trainer = make_trainer(req.framework, cfg, recipe, lr_schedule(recipe, spe), s.arrays, device=req.device,
+    trainer = make_trainer(req.framework, cfg, recipe, s.arrays, steps_per_epoch=spe, device=req.device,
                            ms_mode=req.ms_mode, threads=threads, world=world, seed=req.seed, sync_bn=req.sync_bn)
     world = trainer.world
     if world.is_main and folder.fd is None:

@@ -113,7 +113,8 @@ def time_training(job, task, weights: Dict[str, np.ndarray], recipe, lrs: np.nda
 
     baseline = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     t0 = time.perf_counter()
-    trainer = make_trainer(job.framework, job.config, recipe, lrs, weights, device=job.device,
+    trainer = make_trainer(job.framework, job.config, recipe, weights, steps_per_epoch=len(lrs), total_steps=len(lrs),
+                           device=job.device,
                            ms_mode=job.options.get("mode", "graph"), threads=job.threads)
     build_s = time.perf_counter() - t0
     after_build = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024

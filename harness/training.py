@@ -2,7 +2,7 @@
 group joined when a launcher started several, then :class:`frameworks.torch.train.TorchTrainer`
 or :class:`frameworks.mindspore.train.MindSporeTrainer`, which share one interface::
 
-    trainer = make_trainer("ms", cfg, recipe, lrs, weights, ms_mode="graph")
+    trainer = make_trainer("ms", cfg, recipe, weights, steps_per_epoch=spe, ms_mode="graph")
     loss, lr = trainer.step(x, y)          # one SGD step
     trainer.weights(); trainer.gradients(); trainer.momentum_buffers()   # canonical names
     trainer.save(path, meta); trainer.load(path)
@@ -15,31 +15,13 @@ cap must precede ``import mindspore``).
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 from typing import Dict, Optional
 
 import numpy as np
 
 from frameworks.spec.arch import I3DNLConfig
 from frameworks.spec.train import TrainRecipe
-from harness.runners import RunnerError, canonical_framework, make_runner, runner_options
-
-
-@dataclass(frozen=True)
-class World:
-    """This process's place among the data-parallel processes a launcher started."""
-
-    rank: int = 0
-    size: int = 1
-    launcher: str = ""   # torchrun | msrun | ""
-
-    @property
-    def distributed(self) -> bool:
-        return self.size > 1
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
+from harness.runners import RunnerError, World, canonical_framework, make_runner, runner_options
 
 
 def world_from_env(framework: str, env=os.environ) -> World:
@@ -60,37 +42,20 @@ def world_from_env(framework: str, env=os.environ) -> World:
     return World()
 
 
-def make_trainer(framework: str, cfg: I3DNLConfig, recipe: TrainRecipe, lrs: np.ndarray,
-                 weights: Dict[str, np.ndarray], *, device: str = "cpu", ms_mode: str = "graph",
-                 threads: Optional[int] = None, float64: bool = False, return_grads: bool = False,
-                 world: Optional[World] = None, seed: int = 0, sync_bn: bool = False):
-    """A trainer for ``framework``, with ``trainer.runner`` (versions, hardware) and
-    ``trainer.world`` set."""
+def make_trainer(framework: str, cfg: I3DNLConfig, recipe: TrainRecipe, weights: Dict[str, np.ndarray], *,
+                 steps_per_epoch: int, total_steps: Optional[int] = None, device: str = "cpu",
+                 ms_mode: str = "graph", threads: Optional[int] = None, float64: bool = False,
+                 return_grads: bool = False, world: Optional[World] = None, seed: int = 0, sync_bn: bool = False):
+    """The framework's trainer (:meth:`harness.runners.Runner.trainer`) for ``recipe``'s
+    schedule over ``total_steps`` (default: the recipe's epochs) of ``steps_per_epoch``,
+    with ``trainer.runner`` (versions, hardware) and ``trainer.world`` set."""
     framework = canonical_framework(framework)
-    world = world or World()
-    if framework == "mmaction2":
-        raise RunnerError("training runs our implementations: torch or ms")
     runner = make_runner(framework, device=device, threads=threads, **runner_options(framework, ms_mode))
     try:
-        if framework == "torch":
-            from frameworks.torch.train import TorchTrainer, join_process_group
-
-            if world.distributed:
-                join_process_group(world.size, device)
-            trainer = TorchTrainer(cfg, recipe, lrs, weights, device=device, float64=float64,
-                                   distributed=world.distributed, rank=world.rank, seed=seed, sync_bn=sync_bn)
-        else:
-            if float64:
-                raise RunnerError("float64 training runs in torch only (it is the float32 noise floor)")
-            if sync_bn:
-                raise RunnerError("--sync-bn: MindSpore's SyncBatchNorm runs on Ascend only")
-            from frameworks.mindspore.train import MindSporeTrainer, join_cluster
-
-            if world.distributed:
-                world = World(*join_cluster(), "msrun")
-            trainer = MindSporeTrainer(cfg, recipe, lrs, weights, return_grads=return_grads, seed=seed)
+        trainer = runner.trainer(cfg, recipe, weights, steps_per_epoch=steps_per_epoch, total_steps=total_steps,
+                                 float64=float64, return_grads=return_grads, world=world or World(), seed=seed,
+                                 sync_bn=sync_bn)
     except (ValueError, TypeError) as exc:
         raise RunnerError(f"{framework}: {str(exc).splitlines()[0]}") from None
     trainer.runner = runner
-    trainer.world = world
     return trainer

@@ -7,7 +7,8 @@ explicit here:
   contains ``beta`` or ``gamma`` and decay all others (the seed's behaviour, by accident
   of naming); here the optimiser gets one parameter group per decay value of
   :func:`frameworks.spec.train.decay_groups`, and MindSpore then applies exactly those;
-* learning rate: the spec's float32 array is the optimiser's dynamic learning rate
+* learning rate: the spec's float32 array (:func:`frameworks.spec.train.lr_schedule` of the
+  recipe and the run's steps per epoch) is the optimiser's dynamic learning rate
   (``learning_rate=Tensor(lrs)``); step ``i`` reads ``lrs[global_step]`` and the
   optimiser's ``global_step`` travels in the checkpoint, so a resumed run continues it;
 * BN momentum: MindSpore's is ``1 - PyTorch's``; the model converts the recipe's
@@ -18,6 +19,11 @@ The step (:class:`TrainStep`) is one Cell: ``value_and_grad`` of the loss with r
 the optimiser's parameters, the data-parallel gradient mean when the parallel context asks
 for it (``msrun``; ``DistributedGradReducer``), then the optimiser. It compiles to one graph
 in GRAPH_MODE and runs op by op in PYNATIVE_MODE.
+
+For training parity (:mod:`harness.runners.training`), the trainer also applies given
+gradients (``apply_gradients``: the optimiser in isolation), starts a step from given
+weights (``set_state``), and lets its loss, first BatchNorm and dropout be measured alone
+(``probe_loss``, ``probe_bn``, ``probe_dropout``).
 
 Checkpoints are ``save_checkpoint`` of that Cell: the weights, the optimiser's ``accum.*``
 (momentum buffers) and ``stat.*``, ``global_step``, ``learning_rate``, ``momentum``, and
@@ -36,7 +42,7 @@ from mindspore import nn, ops
 
 from frameworks.spec.arch import I3DNLConfig
 from frameworks.spec.naming import mindspore_names
-from frameworks.spec.train import TrainRecipe, decay_groups
+from frameworks.spec.train import TrainRecipe, decay_groups, lr_schedule
 
 from .model import build_model
 from .weights import load_canonical, to_canonical
@@ -66,9 +72,9 @@ class TrainStep(nn.Cell):
     """``construct(x, y)`` -> ``loss`` (and the gradients with ``return_grads``), after one
     optimiser step; the loss is the mean softmax cross entropy over the batch."""
 
-    def __init__(self, net: nn.Cell, optimizer: nn.Optimizer, return_grads: bool = False):
+    def __init__(self, net: nn.Cell, criterion: nn.Cell, optimizer: nn.Optimizer, return_grads: bool = False):
         super().__init__(auto_prefix=False)
-        self.network = nn.WithLossCell(net, nn.SoftmaxCrossEntropyWithLogits(sparse=True, reduction="mean"))
+        self.network = nn.WithLossCell(net, criterion)
         self.optimizer = optimizer
         self.weights = optimizer.parameters
         self.value_and_grad = ops.value_and_grad(self.network, None, self.weights)
@@ -101,11 +107,12 @@ class MindSporeTrainer:
 
     framework = "ms"
 
-    def __init__(self, cfg: I3DNLConfig, recipe: TrainRecipe, lrs: np.ndarray, weights: Dict[str, np.ndarray], *,
-                 return_grads: bool = False, seed: int = 0):
+    def __init__(self, cfg: I3DNLConfig, recipe: TrainRecipe, weights: Dict[str, np.ndarray], *,
+                 steps_per_epoch: int, total_steps: Optional[int] = None, return_grads: bool = False,
+                 seed: int = 0):
         self.cfg = recipe.arch(cfg)
         self.recipe = recipe
-        self.lrs = np.asarray(lrs, dtype=np.float32)
+        self.lrs = lr_schedule(recipe, steps_per_epoch, total_steps)
         ms.set_seed(int(seed))   # dropout masks (MindSpore's generator: not re-drawn identically on resume)
         self.net = build_model(self.cfg)
         load_canonical(self.net, weights, self.cfg)
@@ -117,7 +124,8 @@ class MindSporeTrainer:
             groups.append({"params": [params[by_canonical[n]] for n in names], "weight_decay": float(decay)})
         self.optimizer = nn.SGD(groups, learning_rate=ms.Tensor(self.lrs), momentum=float(recipe.momentum),
                                 dampening=0.0, nesterov=False)
-        self.train_step = TrainStep(self.net, self.optimizer, return_grads=return_grads)
+        self.criterion = nn.SoftmaxCrossEntropyWithLogits(sparse=True, reduction="mean")
+        self.train_step = TrainStep(self.net, self.criterion, self.optimizer, return_grads=return_grads)
         self.step_index = 0
         self._grads: Optional[tuple] = None
         self.train_mode()
@@ -150,6 +158,67 @@ class MindSporeTrainer:
             loss = out
         self.step_index += 1
         return float(loss.asnumpy()), lr
+
+    def apply_gradients(self, grads: Dict[str, np.ndarray]) -> float:
+        """The optimiser alone: one step on the given gradients (canonical names, every
+        trainable parameter); returns the learning rate it used."""
+        missing = [self.ms_names[p.name] for p in self.optimizer.parameters if self.ms_names[p.name] not in grads]
+        if missing:
+            raise ValueError(f"no gradient given for {missing[0]} (and {len(missing) - 1} more)")
+        lr = self.lr()
+        self.optimizer(tuple(ms.Tensor(np.ascontiguousarray(grads[self.ms_names[p.name]], dtype=np.float32))
+                             for p in self.optimizer.parameters))
+        self.step_index += 1
+        return lr
+
+    def set_state(self, arrays: Dict[str, np.ndarray]) -> None:
+        """Weights and BN statistics from canonical arrays, in place (the optimiser keeps its
+        state): the start of an isolated step."""
+        load_canonical(self.net, arrays, self.cfg)
+
+    def lr_table(self) -> np.ndarray:
+        """The learning rate of every step of the run, as the optimiser holds it."""
+        return self.optimizer.learning_rate.learning_rate.asnumpy().astype(np.float32).copy()
+
+    # ------------------------------------------------------------------ components, measured alone
+    def probe_loss(self, logits: np.ndarray, labels: np.ndarray) -> float:
+        """The trainer's loss of given logits and labels."""
+        return float(self.criterion(ms.Tensor(np.ascontiguousarray(logits, dtype=np.float32)),
+                                    ms.Tensor(np.asarray(labels, dtype=np.int32))).asnumpy())
+
+    def probe_bn(self, x: np.ndarray) -> Dict[str, np.ndarray]:
+        """The network's first BatchNorm (``stem.bn``) on ``x``: its training-mode output and
+        running statistics after that one batch, then its inference-mode output; the cell
+        is left as it was."""
+        bn = self.net.stem.bn
+        params = list(bn.get_parameters())
+        saved = [p.asnumpy().copy() for p in params]
+        was_training = bn.training
+        stats = {p.name.rpartition(".")[2]: p for p in params}
+        try:
+            bn.set_train(True)
+            out = {"train_output": bn(ms.Tensor(np.ascontiguousarray(x, dtype=np.float32))).asnumpy()}
+            out.update(running_mean=stats["moving_mean"].asnumpy().copy(),
+                       running_var=stats["moving_variance"].asnumpy().copy())
+            bn.set_train(False)
+            out["eval_output"] = bn(ms.Tensor(np.ascontiguousarray(x, dtype=np.float32))).asnumpy()
+            return {k: np.asarray(v, dtype=np.float64) for k, v in out.items()}
+        finally:
+            for p, value in zip(params, saved):
+                p.set_data(ms.Tensor(value))
+            bn.set_train(was_training)
+
+    def probe_dropout(self, n: int) -> np.ndarray:
+        """The classifier's dropout, in training mode, applied to ``n`` ones."""
+        head = self.net.head
+        if not head.has_dropout:
+            return np.ones(n)
+        was_training = head.dropout.training
+        try:
+            head.dropout.set_train(True)
+            return head.dropout(ms.Tensor(np.ones(n, dtype=np.float32))).asnumpy().astype(np.float64)
+        finally:
+            head.dropout.set_train(was_training)
 
     def sync(self) -> None:
         synchronize = getattr(getattr(ms, "runtime", None), "synchronize", None)

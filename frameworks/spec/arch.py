@@ -454,6 +454,47 @@ def subop_names(cfg: I3DNLConfig, name: str) -> List[str]:
     return steps + ["add", "relu"]
 
 
+def kink_sites(cfg: I3DNLConfig) -> Dict[str, List[str]]:
+    """Every ReLU and max-pool of the network (a *kink*: float32 can decide it the other way)
+    -> the parameters whose rows (axis 0: the site's channels) its decision touches first.
+
+    A ReLU after a BN (``stem:relu``, ``res3.1:relu1``, ``:relu2``) touches that BN's scale
+    and shift and the convolution before it, channel by channel; the ReLU after a block's
+    sum (``res3.1:relu``) touches ``bn3``, ``conv3`` and the downsample path's BN and
+    convolution; ``pool1`` and ``pool2`` route the gradient of the ReLU before them; a
+    non-local block's sub-sampling pools (``res3.1.non_local.pool:phi``, ``:g``) that of
+    the convolution they follow (or, pooling first, the block's input: the bottleneck's
+    sum). Names as :class:`frameworks.torch.kinks.Watch` records them."""
+    def after_sum(blk: BlockSpec) -> List[str]:
+        names = [f"{blk.name}.bn3.weight", f"{blk.name}.bn3.bias", f"{blk.name}.conv3.weight"]
+        if blk.downsample_stride is not None:
+            names += [f"{blk.name}.downsample.bn.weight", f"{blk.name}.downsample.bn.bias",
+                      f"{blk.name}.downsample.conv.weight"]
+        return names
+
+    stem = ["stem.bn.weight", "stem.bn.bias", "stem.conv.weight"]
+    sites: Dict[str, List[str]] = {"stem:relu": stem, "pool1": stem}
+    last: Optional[BlockSpec] = None
+    nl = cfg.nonlocal_cfg
+    for stage in stage_plan(cfg):
+        blk = stage.block
+        if stage.kind == "block":
+            for k in ("1", "2"):
+                sites[f"{blk.name}:relu{k}"] = [f"{blk.name}.bn{k}.weight", f"{blk.name}.bn{k}.bias",
+                                                f"{blk.name}.conv{k}.weight"]
+            sites[f"{blk.name}:relu"] = after_sum(blk)
+            last = blk
+        elif stage.kind == "pool2" and last is not None:
+            sites["pool2"] = after_sum(last)
+        elif stage.kind == "non_local" and nl.sub_sample:
+            for path in ("phi", "g"):
+                pooled_first = nl.pool_before_conv or (path == "phi" and nl.mode == "gaussian")
+                sites[f"{blk.name}.non_local.pool:{path}"] = (
+                    after_sum(blk) if pooled_first else [f"{blk.name}.non_local.{path}.weight",
+                                                         f"{blk.name}.non_local.{path}.bias"])
+    return sites
+
+
 def feature_info(cfg: I3DNLConfig) -> List[dict]:
     """timm's ``feature_info``: per stage res2..res5, the channels of its output
     (``num_chs``), its spatial stride against the input (``reduction``), the module that

@@ -62,8 +62,10 @@ class TrainRecipe:
     """
 
     name: str = "seed_finetune"
-    source: str = ("ZJUT-ERCISS/zjut_mindvideo mindvideo/config/nonlocal/nonlocal.yaml (optimizer, "
-                   "learning_rate, loss, train, model.keep_prob); tools/classification/train.py")
+    source: str = ("ZJUT-ERCISS/zjut_mindvideo mindvideo/config/nonlocal/nonlocal.yaml (optimizer, learning_rate, "
+                   "loss, train); tools/classification/train.py; dropout 0.5 is model.keep_prob 0.5 of the yaml the "
+                   "seed's README prints (the committed nonlocal.yaml says keep_prob 1.0: recipe "
+                   "seed_finetune_repo_yaml)")
     optimizer: str = "sgd"
     lr: float = 3e-4
     momentum: float = 0.9
@@ -129,7 +131,18 @@ class TrainRecipe:
         return cfg.replace(dropout=float(self.dropout), bn_momentum=float(self.bn_momentum))
 
 
-RECIPES: Dict[str, TrainRecipe] = {"seed_finetune": TrainRecipe()}
+# The seed states its dropout twice, differently: the yaml its README prints has
+# ``model.keep_prob: 0.5`` (dropout 0.5, the published checkpoint's recipe as documented),
+# the nonlocal.yaml committed in its repository ``keep_prob: 1.0`` (no dropout). Both are
+# here, by name; the README's is the default.
+RECIPES: Dict[str, TrainRecipe] = {
+    "seed_finetune": TrainRecipe(),
+    "seed_finetune_repo_yaml": TrainRecipe(
+        name="seed_finetune_repo_yaml", dropout=0.0,
+        source=("ZJUT-ERCISS/zjut_mindvideo mindvideo/config/nonlocal/nonlocal.yaml as committed (model.keep_prob "
+                "1.0: no dropout); everything else as seed_finetune, which follows the yaml the seed's README "
+                "prints (keep_prob 0.5)")),
+}
 DEFAULT_RECIPE = "seed_finetune"
 
 
@@ -180,6 +193,25 @@ def parameter_kind(name: str) -> str:
     if _BN_MODULE.search(module):
         return "bn"
     return "bias" if field_name == "bias" else "weight"
+
+
+# parameter families, the unit a training-parity verdict names (in the order a report lists them)
+PARAMETER_FAMILIES = ("conv", "nonlocal", "fc", "bias", "bn", "bn_stat")
+
+
+def parameter_family(name: str) -> str:
+    """``conv`` (a backbone convolution's kernel), ``nonlocal`` (a non-local block's
+    theta / phi / g / out kernel), ``fc`` (the classifier's weight), ``bias`` (any bias),
+    ``bn`` (a BatchNorm's scale or shift) or ``bn_stat`` (its running mean or variance)."""
+    if is_running_statistic(name):
+        return "bn_stat"
+    kind = parameter_kind(name)
+    if kind != "weight":
+        return kind
+    module = name.rpartition(".")[0]
+    if module == "head.fc":
+        return "fc"
+    return "nonlocal" if ".non_local." in f".{module}." else "conv"
 
 
 def is_running_statistic(name: str) -> bool:
@@ -261,4 +293,29 @@ def parity_weights(cfg: I3DNLConfig, seed: int = 0) -> Dict[str, np.ndarray]:
             out[name] = new.astype(np.float32)
         elif field_name == "bias":
             out[name] = (0.01 * rng.standard_normal(value.shape)).astype(np.float32)
+    return out
+
+
+# --------------------------------------------------------------------- the optimiser, exactly
+def sgd_reference(params: Dict[str, np.ndarray], grads: list, lrs, recipe: TrainRecipe,
+                  decay: Dict[str, float]) -> list:
+    """The recipe's SGD in float64, the oracle both frameworks' optimisers are held to: for
+    each step ``k`` (``grads[k]``: ``{name: gradient}``, ``lrs[k]``), per parameter::
+
+        d = g + wd * p          (wd = decay[name])
+        buf = d                 (first step)      buf = momentum * buf + d   (later steps)
+        p = p - lr * buf
+
+    (no dampening, no Nesterov: torch.optim.SGD and mindspore.nn.SGD as both trainers
+    configure them). Returns, per step, ``{name: (p, buf)}`` after the step."""
+    p = {n: np.asarray(v, dtype=np.float64) for n, v in params.items()}
+    buf: Dict[str, np.ndarray] = {}
+    out = []
+    for k, g_k in enumerate(grads):
+        lr = float(lrs[k])
+        for n in p:
+            d = np.asarray(g_k[n], dtype=np.float64) + float(decay[n]) * p[n]
+            buf[n] = d if n not in buf else float(recipe.momentum) * buf[n] + d
+            p[n] = p[n] - lr * buf[n]
+        out.append({n: (p[n].copy(), buf[n].copy()) for n in p})
     return out

@@ -91,6 +91,7 @@ def _conv(cin: int, cout: int, kernel, stride=(1, 1, 1), padding=(0, 0, 0), bias
 
 
 def _relu(x: torch.Tensor, inplace: bool) -> torch.Tensor:
+    # every ReLU of the network goes through here (frameworks.torch.kinks watches them)
     return F.relu_(x) if inplace else F.relu(x)
 
 
@@ -222,9 +223,7 @@ class Bottleneck(nn.Module):
         out = _relu(self.bn2(self.conv2(out)), self.inplace)
         out = self.bn3(self.conv3(out))
         identity = self.downsample(x) if self.downsample is not None else x
-        if self.inplace:
-            return F.relu_(out.add_(identity))
-        return F.relu(out + identity)
+        return _relu(out.add_(identity) if self.inplace else out + identity, self.inplace)
 
 
 class Head(nn.Module):

@@ -4,13 +4,20 @@ The recipe's rules, made explicit here (PyTorch's defaults would differ):
 
 * weight decay: one ``SGD`` parameter group per decay value of
   :func:`frameworks.spec.train.decay_groups` (PyTorch would decay every parameter);
-* learning rate: the spec's float32 array, one value per step, written into every group
+* learning rate: the spec's float32 array (:func:`frameworks.spec.train.lr_schedule` of the
+  recipe and the run's steps per epoch), one value per step, written into every group
   before the step (no ``lr_scheduler``: its ``last_epoch`` bookkeeping is a classic
   off-by-one);
+* loss: ``nn.CrossEntropyLoss()`` (mean over the batch, no label smoothing);
 * BN momentum: the recipe's, PyTorch's convention, through the model's config;
   ``bn_mode="frozen"`` puts every BN in eval mode after ``model.train()``;
 * dropout masks: the global generator is re-seeded from ``(seed, rank, step)`` before each
   step, so a resumed run draws the masks an uninterrupted one drew.
+
+For training parity (:mod:`harness.runners.training`), the trainer also applies given
+gradients (``apply_gradients``: the optimiser in isolation), starts a step from given
+weights (``set_state``), and lets its loss, first BatchNorm and dropout be measured alone
+(``probe_loss``, ``probe_bn``, ``probe_dropout``).
 
 Checkpoints are ``torch.save({"state_dict", "optimizer", "meta"})``: the layout mmengine
 writes, so the weights load anywhere a ``.pth`` does (the optimiser state is skipped by
@@ -22,11 +29,10 @@ from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from frameworks.spec.arch import I3DNLConfig
-from frameworks.spec.train import TrainRecipe, decay_groups
+from frameworks.spec.train import TrainRecipe, decay_groups, lr_schedule
 
 from .model import I3DNL
 from .weights import load_canonical, to_canonical
@@ -52,12 +58,13 @@ class TorchTrainer:
 
     framework = "torch"
 
-    def __init__(self, cfg: I3DNLConfig, recipe: TrainRecipe, lrs: np.ndarray, weights: Dict[str, np.ndarray], *,
-                 device: str = "cpu", float64: bool = False, distributed: bool = False, rank: int = 0,
-                 seed: int = 0, sync_bn: bool = False):
+    def __init__(self, cfg: I3DNLConfig, recipe: TrainRecipe, weights: Dict[str, np.ndarray], *,
+                 steps_per_epoch: int, total_steps: Optional[int] = None, device: str = "cpu",
+                 float64: bool = False, distributed: bool = False, rank: int = 0, seed: int = 0,
+                 sync_bn: bool = False):
         self.cfg = recipe.arch(cfg)
         self.recipe = recipe
-        self.lrs = np.asarray(lrs, dtype=np.float32)
+        self.lrs = lr_schedule(recipe, steps_per_epoch, total_steps)
         self.seed, self.rank = int(seed), int(rank)
         self.dev = torch.device("cuda" if device == "gpu" else "cpu")
         self.dtype = torch.float64 if float64 else torch.float32
@@ -84,6 +91,7 @@ class TorchTrainer:
             groups.append({"params": [params[n] for n in names], "weight_decay": decay})
         self.optimizer = torch.optim.SGD(groups, lr=float(self.lrs[0]) if len(self.lrs) else recipe.lr,
                                          momentum=recipe.momentum, dampening=0.0, nesterov=False)
+        self.criterion = nn.CrossEntropyLoss()
         self.step_index = 0
         self.train_mode()
 
@@ -107,21 +115,46 @@ class TorchTrainer:
 
     def step(self, x: np.ndarray, y: np.ndarray) -> Tuple[float, float]:
         """One SGD step on a batch; returns (loss, the learning rate the step used)."""
-        lr = self.lr()
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr
         torch.manual_seed(step_seed(self.seed, self.rank, self.step_index))
         self.optimizer.zero_grad(set_to_none=True)
         logits = self.net(self.tensor(x))
-        loss = F.cross_entropy(logits, torch.from_numpy(np.asarray(y, dtype=np.int64)).to(self.dev))
+        loss = self.criterion(logits, torch.from_numpy(np.asarray(y, dtype=np.int64)).to(self.dev))
         loss.backward()
-        self.optimizer.step()
-        self.step_index += 1
+        lr = self._update()
         value = loss.detach()
         if self.distributed:   # the global batch's loss, as one process would report it
             torch.distributed.all_reduce(value)
             value = value / torch.distributed.get_world_size()
-        return float(value), float(self.optimizer.param_groups[0]["lr"])
+        return float(value), lr
+
+    def _update(self) -> float:
+        """The optimiser's step with this step's learning rate, on the gradients in ``.grad``."""
+        lr = self.lr()
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        self.optimizer.step()
+        self.step_index += 1
+        return float(self.optimizer.param_groups[0]["lr"])
+
+    def apply_gradients(self, grads: Dict[str, np.ndarray]) -> float:
+        """The optimiser alone: one step on the given gradients (canonical names, every
+        trainable parameter); returns the learning rate it used."""
+        params = dict(self.model.named_parameters())
+        missing = [n for n in params if n not in grads]
+        if missing:
+            raise ValueError(f"no gradient given for {missing[0]} (and {len(missing) - 1} more)")
+        for name, p in params.items():
+            p.grad = torch.from_numpy(np.ascontiguousarray(grads[name])).to(device=self.dev, dtype=self.dtype)
+        return self._update()
+
+    def set_state(self, arrays: Dict[str, np.ndarray]) -> None:
+        """Weights and BN statistics from canonical arrays, in place (the optimiser keeps its
+        state): the start of an isolated step."""
+        load_canonical(self.model, arrays, self.cfg)
+
+    def lr_table(self) -> np.ndarray:
+        """The learning rate of every step of the run, as the trainer will apply it."""
+        return np.asarray(self.lrs, dtype=np.float32).copy()
 
     def sync(self) -> None:
         if self.dev.type == "cuda":
@@ -148,6 +181,43 @@ class TorchTrainer:
         """What the optimiser will apply, read back from its groups."""
         return {n: float(g["weight_decay"]) for names, g in zip(self.group_names, self.optimizer.param_groups)
                 for n in names}
+
+    # ------------------------------------------------------------------ components, measured alone
+    def probe_loss(self, logits: np.ndarray, labels: np.ndarray) -> float:
+        """The trainer's loss of given logits and labels."""
+        with torch.no_grad():
+            return float(self.criterion(self.tensor(logits), torch.from_numpy(np.asarray(labels, dtype=np.int64))
+                                        .to(self.dev)))
+
+    def probe_bn(self, x: np.ndarray) -> Dict[str, np.ndarray]:
+        """The network's first BatchNorm (``stem.bn``) on ``x``: its training-mode output and
+        running statistics after that one batch, then its inference-mode output; the module
+        is left as it was."""
+        bn = self.model.stem.bn
+        saved = {k: v.detach().clone() for k, v in bn.state_dict().items()}
+        was_training = bn.training
+        try:
+            with torch.no_grad():
+                bn.train()
+                out = {"train_output": bn(self.tensor(x))}
+                out.update(running_mean=bn.running_mean.clone(), running_var=bn.running_var.clone())
+                bn.eval()
+                out["eval_output"] = bn(self.tensor(x))
+            return {k: v.detach().cpu().numpy().astype(np.float64) for k, v in out.items()}
+        finally:
+            bn.load_state_dict(saved)
+            bn.train(was_training)
+
+    def probe_dropout(self, n: int) -> np.ndarray:
+        """The classifier's dropout, in training mode, applied to ``n`` ones."""
+        dropout = self.model.head.dropout
+        was_training = dropout.training
+        try:
+            dropout.train()
+            with torch.no_grad():
+                return dropout(torch.ones(n, dtype=self.dtype, device=self.dev)).cpu().numpy().astype(np.float64)
+        finally:
+            dropout.train(was_training)
 
     # ------------------------------------------------------------------ checkpoints
     def bn_momentum(self) -> dict:

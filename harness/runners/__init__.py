@@ -16,6 +16,7 @@ import importlib
 import os
 import platform
 from abc import ABC, abstractmethod
+from dataclasses import dataclass
 from typing import Dict, Optional, Type
 
 import numpy as np
@@ -32,6 +33,23 @@ RUNNERS: Dict[str, str] = {
     "mmaction2": "harness.runners.mmaction2_runner:MMAction2Runner",
 }
 FRAMEWORK_NAMES = {"torch": "PyTorch", "ms": "MindSpore", "mmaction2": "mmaction2"}
+
+
+@dataclass(frozen=True)
+class World:
+    """This process's place among the data-parallel processes a launcher started."""
+
+    rank: int = 0
+    size: int = 1
+    launcher: str = ""   # torchrun | msrun | ""
+
+    @property
+    def distributed(self) -> bool:
+        return self.size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
 
 
 class RunnerError(InputError):
@@ -80,6 +98,16 @@ class Runner(ABC):
     def forward_subops(self, name: str, x: np.ndarray) -> Dict[str, np.ndarray]:
         """Canonical layer ``name`` run on its input ``x``, every sub-operation kept, under
         :func:`frameworks.spec.arch.subop_names` (parity's drill-down)."""
+
+    def trainer(self, cfg: I3DNLConfig, recipe, weights: Dict[str, np.ndarray], *, steps_per_epoch: int,
+                total_steps: Optional[int] = None, float64: bool = False, return_grads: bool = False,
+                world=None, seed: int = 0, sync_bn: bool = False):
+        """The framework's trainer (one interface: ``step``, ``apply_gradients``, ``set_state``,
+        ``weights``, ``gradients``, ``momentum_buffers``, ``lr_table``, ``probe_*``, ``save``,
+        ``load``) for ``recipe`` over a run of ``total_steps`` (default: the recipe's epochs)
+        of ``steps_per_epoch``; ``world`` joins the data-parallel processes a launcher
+        started (:class:`harness.training.World`)."""
+        raise RunnerError(f"{self.name} does not train: training runs our implementations, torch or ms")
 
     def forward_intermediates_float64(self, clip: np.ndarray) -> Dict[str, np.ndarray]:
         """:meth:`forward_intermediates` in float64: only the torch runner can (the noise floor)."""

@@ -22,11 +22,11 @@ Tasks:
 ``candidate``      the user's own network (``plugin``, see :mod:`harness.runners.plugin`) on the
                    input, its hooked layers and ``logits`` to ``out``
                    (``intermediates`` with ``float64``: torch in float64, the noise floor)
-``train_steps``    ``steps`` SGD steps on ``batches`` with ``recipe`` and ``lrs`` (torch: also
-                   ``float64``), every parameter's gradient, update and momentum to ``out``
-                   (:mod:`harness.train_parity`)
+``train_parity``   training parity's measurements (``parts``: components, optimizer,
+                   trajectory, isolated, judge) on ``batches`` with ``recipe``
+                   (:mod:`harness.runners.training`)
 ``train_time``     training steps timed per batch size on seeded clips of ``input_shape``
-                   (:mod:`harness.train_bench`)
+                   (:mod:`harness.runners.training`, for :mod:`harness.train_bench`)
 
 Warm mode (:class:`WarmChild`, ``python -m harness.runners.child --serve JOB.json``): the
 child builds and loads once, then answers one JSON request per line on its stdin with one
@@ -56,8 +56,8 @@ import numpy as np
 from frameworks.spec.arch import I3DNLConfig
 from harness.runners import RunnerError
 
-TASKS = ("intermediates", "isolated", "subops", "candidate", "train_steps", "train_time")
-TRAIN_TASKS = ("train_steps", "train_time")   # run by harness.train_parity.run_train_task
+TASKS = ("intermediates", "isolated", "subops", "candidate", "train_parity", "train_time")
+TRAIN_TASKS = ("train_parity", "train_time")   # a trainer builds its own network (harness.runners.training)
 
 
 @dataclass
@@ -75,7 +75,10 @@ class Task:
     steps: int = 0                       # train_steps: SGD steps; train_time: timed steps per batch size
     batches: Optional[str] = None        # train_steps: .npz of x0, y0, x1, y1, ...
     recipe: Optional[dict] = None        # train_*: frameworks.spec.train.TrainRecipe.to_dict()
-    lrs: Optional[List[float]] = None    # train_*: the learning rate of every step
+    lrs: Optional[List[float]] = None    # train_time: the learning rate of every step
+    parts: List[str] = field(default_factory=list)   # train_parity: harness.runners.training.PARTS
+    candidate_outputs: Optional[str] = None          # train_parity judge: the candidate's arrays (.npz)
+    tolerance: Optional[float] = None                # train_parity judge: the step check's scaled tolerance
 
     def __post_init__(self) -> None:
         if self.op not in TASKS:
@@ -166,9 +169,10 @@ def _execute(job: Job) -> dict:
     if weights is None:
         raise RunnerError("a job with tasks needs weights or a seed")
     if all(task.op in TRAIN_TASKS for task in job.tasks):   # a trainer builds its own network
-        from harness.train_parity import run_train_task
+        from harness.runners import training
 
-        record["tasks"] = [run_train_task(job, task, weights) for task in job.tasks]
+        record["tasks"] = [training.run(job, task, weights) if task.op == "train_parity" else
+                           training.time_training(job, task, weights) for task in job.tasks]
         return record
     if all(task.op == "candidate" for task in job.tasks):   # the user's network, not ours
         from harness.runners import plugin

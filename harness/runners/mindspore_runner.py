@@ -212,18 +212,36 @@ class MindSporeRunner(Runner):
         """The training engineer's step (:class:`frameworks.mindspore.train.MindSporeTrainer`):
         its network, recipe and SGD groups as one compiled Cell, at a constant learning rate."""
         if self._trainer is None:
-            try:
-                from frameworks.mindspore.train import MindSporeTrainer
-                from frameworks.spec.train import get_recipe, lr_schedule
-            except ImportError as exc:
-                raise RunnerError(f"no training step here ({exc})") from None
+            from frameworks.spec.train import get_recipe
+
             recipe = get_recipe().replace(lr_schedule="constant")
-            trainer = MindSporeTrainer(self.cfg, recipe, lr_schedule(recipe, 1, total_steps=10_000), self._weights)
+            trainer = self.trainer(self.cfg, recipe, self._weights, steps_per_epoch=1, total_steps=10_000)
             trainer.net.set_execution(**self.execution)
             if self.jit_level:
                 trainer.train_step.set_jit_config(self.ms.JitConfig(jit_level=self.jit_level))
             self._trainer = trainer
         return self._trainer
+
+    def trainer(self, cfg: I3DNLConfig, recipe, weights: Dict[str, np.ndarray], *, steps_per_epoch: int,
+                total_steps: Optional[int] = None, float64: bool = False, return_grads: bool = False,
+                world=None, seed: int = 0, sync_bn: bool = False):
+        if float64:
+            raise RunnerError("float64 training runs in torch only (it is the float32 noise floor)")
+        if sync_bn:
+            raise RunnerError("--sync-bn: MindSpore's SyncBatchNorm runs on Ascend only")
+        try:
+            from frameworks.mindspore.train import MindSporeTrainer, join_cluster
+        except ImportError as exc:
+            raise RunnerError(f"no training step here ({exc})") from None
+        self._activate()
+        if world is not None and world.distributed:
+            from harness.runners import World
+
+            world = World(*join_cluster(), "msrun")
+        trainer = MindSporeTrainer(cfg, recipe, weights, steps_per_epoch=steps_per_epoch, total_steps=total_steps,
+                                   return_grads=return_grads, seed=seed)
+        trainer.world = world
+        return trainer
 
     def gemm_probe(self) -> Dict[str, float]:
         """GFLOP/s of MindSpore's own square matrix product in the timing dtype (best of 3)."""

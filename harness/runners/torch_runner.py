@@ -184,15 +184,27 @@ class TorchRunner(OnTorchDevice):
         model, recipe and SGD groups, at a constant learning rate."""
         if self._trainer is None:
             try:
-                from frameworks.spec.train import get_recipe, lr_schedule
-                from frameworks.torch.train import TorchTrainer
+                from frameworks.spec.train import get_recipe
             except ImportError as exc:
                 raise RunnerError(f"no training step here ({exc})") from None
             recipe = get_recipe().replace(lr_schedule="constant")
-            self._trainer = TorchTrainer(self.cfg, recipe, lr_schedule(recipe, 1, total_steps=16), self._weights,
-                                         device=self.device)
+            self._trainer = self.trainer(self.cfg, recipe, self._weights, steps_per_epoch=1, total_steps=16)
             self._trainer.model.set_execution(**{k: v for k, v in self.execution.items() if k != "direct_mkldnn"})
         return self._trainer
+
+    def trainer(self, cfg: I3DNLConfig, recipe, weights: Dict[str, np.ndarray], *, steps_per_epoch: int,
+                total_steps: Optional[int] = None, float64: bool = False, return_grads: bool = False,
+                world=None, seed: int = 0, sync_bn: bool = False):
+        from frameworks.torch.train import TorchTrainer, join_process_group
+
+        distributed = world is not None and world.distributed
+        if distributed:
+            join_process_group(world.size, self.device)
+        trainer = TorchTrainer(cfg, recipe, weights, steps_per_epoch=steps_per_epoch, total_steps=total_steps,
+                               device=self.device, float64=float64, distributed=distributed,
+                               rank=world.rank if distributed else 0, seed=seed, sync_bn=sync_bn)
+        trainer.world = world
+        return trainer
 
     def flop_count(self, shape) -> Optional[int]:
         """FLOPs of the *exact* network by torch's own counter (meta device: no arithmetic)."""

@@ -1,0 +1,206 @@
+"""Training parity's measurements, made in a framework's own process (task ``train_parity``).
+
+The parent (:mod:`harness.train_parity`) sends each framework the same inputs and gets
+numbers back; only the states the next process needs travel as arrays. ``parts`` says
+what a process does, in this order:
+
+``components``  the trainer's loss, its network's first BatchNorm and its dropout, each
+                measured alone on given inputs (the recipe as given: dropout on)
+``optimizer``   the optimiser alone: ``steps`` updates of designed parameters with designed
+                gradients (:func:`harness.train_compare.optimizer_inputs`), compared here with
+                the recipe's SGD in float64; and the learning rate of every step of a whole
+                run as the optimiser holds it
+``trajectory``  ``steps`` training steps from the weights on the batches (dropout off: the
+                masks come from each framework's own generator): the state before each step,
+                each step's loss, gradients and BN statistics, the final weights and momentum
+``isolated``    each step ``k`` again, from the reference's state before it (``states``)
+``judge``       (torch, float64) the float64 truth of every isolated step and of the
+                trajectory, the kinks of each step (:mod:`frameworks.torch.kinks`), and the
+                errors of torch float32, the reference and the candidate against it, each
+                after the ReLU / max-pool decisions it took differently are found and named
+"""
+from __future__ import annotations
+
+import time
+from typing import Dict
+
+import numpy as np
+
+from frameworks.spec.arch import I3DNLConfig, parameter_specs
+from frameworks.spec.train import TrainRecipe, decay_groups, is_running_statistic, trainable_names
+from harness import train_compare
+from harness.runners import RunnerError
+
+PARTS = ("components", "optimizer", "trajectory", "isolated", "judge")
+OPTIMIZER_SCHEDULE = (4, 3)   # the optimiser's lr table: 3 epochs of 4 steps (warm-up, then the cosine)
+DROPOUT_PROBE = 1 << 20       # elements through the dropout: its measured p is within 5e-4 (1 sigma)
+
+
+def run(job, task, weights: Dict[str, np.ndarray]) -> dict:
+    """The ``train_parity`` task: every part in ``task.parts``; arrays to ``task.out``,
+    numbers in the returned record."""
+    from harness.checkpoints.io import write_npz
+    from harness.runners.child import load_arrays
+
+    bad = [p for p in task.parts if p not in PARTS]
+    if bad or not task.out:
+        raise RunnerError(f"train_parity needs out and parts from {PARTS}; got {task.parts}")
+    recipe = TrainRecipe.from_dict(task.recipe)
+    inputs = load_arrays(task.batches) if task.batches else {}
+    work = _Work(job, recipe, weights, inputs, task)
+    record: Dict[str, object] = {"op": task.op, "out": task.out}
+    arrays: Dict[str, np.ndarray] = {}
+    for part in task.parts:
+        t0 = time.perf_counter()
+        part_arrays, part_record = getattr(work, part)()
+        arrays.update(part_arrays)
+        record[part] = part_record
+        record[f"{part}_s"] = time.perf_counter() - t0
+    write_npz(task.out, arrays)
+    record["versions"], record["hardware"] = work.runner.versions(), work.runner.hardware()
+    return record
+
+
+class _Work:
+    """One framework process's share of a training-parity run."""
+
+    def __init__(self, job, recipe: TrainRecipe, weights: Dict[str, np.ndarray], inputs: Dict[str, np.ndarray], task):
+        from harness.runners import make_runner
+
+        self.job, self.recipe, self.weights, self.inputs, self.task = job, recipe, weights, inputs, task
+        self.cfg: I3DNLConfig = job.config
+        self.steps = int(task.steps)
+        self.runner = make_runner(job.framework, device=job.device, threads=job.threads, **job.options)
+        self._stepper = self._full = None
+
+    def _trainer(self, recipe: TrainRecipe, steps_per_epoch: int, total_steps: int, float64: bool = False):
+        try:
+            return self.runner.trainer(self.cfg, recipe, self.weights, steps_per_epoch=steps_per_epoch,
+                                       total_steps=total_steps, float64=float64, return_grads=True)
+        except (ValueError, TypeError) as exc:
+            raise RunnerError(f"{self.job.framework}: {str(exc).splitlines()[0]}") from None
+
+    @property
+    def no_dropout(self) -> TrainRecipe:
+        return self.recipe.replace(dropout=0.0)
+
+    def stepper(self):
+        """The trainer the trajectory and the isolated steps share (one compilation)."""
+        if self._stepper is None:
+            self._stepper = self._trainer(self.no_dropout, self.steps, 2 * self.steps + 1)
+        return self._stepper
+
+    # ------------------------------------------------------------------ components
+    def full(self):
+        """The trainer of the recipe as given (dropout on) over the optimiser's schedule."""
+        if self._full is None:
+            spe, epochs = OPTIMIZER_SCHEDULE
+            self._full = self._trainer(self.recipe, spe, spe * epochs)
+        return self._full
+
+    def components(self):
+        trainer = self.full()
+        i = self.inputs
+        loss = trainer.probe_loss(i["probe/logits"], i["probe/labels"])
+        bn = trainer.probe_bn(i["probe/bn_input"])
+        dropped = trainer.probe_dropout(DROPOUT_PROBE)
+        kept = dropped[dropped != 0]
+        arrays = {f"components/bn/{k}": v for k, v in bn.items()}
+        record = {"loss": loss, "dropout_zero_fraction": float(np.mean(dropped == 0)),
+                  "dropout_kept_min": float(kept.min()) if kept.size else float("nan"),
+                  "dropout_kept_max": float(kept.max()) if kept.size else float("nan"),
+                  "dropout_elements": int(dropped.size), "bn_momentum": trainer.bn_momentum()}
+        return arrays, record
+
+    # ------------------------------------------------------------------ the optimiser alone
+    def optimizer(self):
+        trainer = self.full()
+        names = trainable_names(self.cfg)
+        k_steps = int(self.inputs["optimizer/steps"])
+        params, grads = train_compare.optimizer_inputs({n: self.weights[n].shape for n in names}, k_steps,
+                                                       int(self.inputs["optimizer/seed"]))
+        trainer.set_state({**self.weights, **params})
+        got, used = [], []
+        for k in range(k_steps):
+            used.append(trainer.apply_gradients(grads[k]))
+            weights, buffers = trainer.weights(), trainer.momentum_buffers()
+            got.append({n: (weights[n], buffers[n]) for n in names})
+        decay = {n: d for d, group in decay_groups(self.recipe, self.cfg).items() for n in group}
+        errors = train_compare.optimizer_errors(params, grads, trainer.lr_table()[:k_steps], self.recipe, decay, got)
+        errors["__lr__"]["used"] = used
+        return {"optimizer/lr_table": trainer.lr_table()}, errors
+
+    # ------------------------------------------------------------------ training steps
+    def trajectory(self):
+        trainer = self.stepper()
+        trainer.set_state(self.weights)
+        arrays: Dict[str, np.ndarray] = {}
+        losses = []
+        for k in range(self.steps):
+            if k:
+                arrays.update({f"trajectory/state{k}/{n}": v for n, v in trainer.weights().items()})
+            loss, _ = trainer.step(self.inputs[f"x{k}"], self.inputs[f"y{k}"])
+            losses.append(loss)
+            arrays.update(_step_arrays(f"trajectory/{k + 1}", trainer, loss))
+        arrays.update({f"trajectory/final/{n}": v for n, v in trainer.weights().items()})
+        arrays.update({f"trajectory/momentum/{n}": v for n, v in trainer.momentum_buffers().items()})
+        return arrays, {"losses": losses, "lr_used": [float(x) for x in trainer.lr_table()[:self.steps]],
+                        "bn_momentum": trainer.bn_momentum()}
+
+    def isolated(self):
+        from harness.runners.child import load_arrays
+
+        trainer = self.stepper()
+        states = load_arrays(self.task.reference) if self.task.reference else {}
+        arrays: Dict[str, np.ndarray] = {}
+        losses = []
+        for k in range(self.steps):
+            trainer.set_state(_state(states, self.weights, k))
+            loss, _ = trainer.step(self.inputs[f"x{k}"], self.inputs[f"y{k}"])
+            losses.append(loss)
+            arrays.update(_step_arrays(f"isolated/{k + 1}", trainer, loss))
+        return arrays, {"losses": losses}
+
+    # ------------------------------------------------------------------ the float64 judge (torch)
+    def judge(self):
+        from harness.runners.child import load_arrays
+        from harness.runners.torch_judge import Judge
+
+        if self.job.framework != "torch":
+            raise RunnerError("the float64 judge runs in torch")
+        judge = Judge(self, load_arrays(self.task.reference), load_arrays(self.task.candidate_outputs),
+                      tolerance=float(self.task.tolerance or 0.0))
+        return {}, judge.run()
+
+
+def _state(states: Dict[str, np.ndarray], start: Dict[str, np.ndarray], k: int) -> Dict[str, np.ndarray]:
+    """The reference's weights and BN statistics before step ``k + 1`` (0-based ``k``)."""
+    if k == 0:
+        return start
+    prefix = f"trajectory/state{k}/"
+    return {n[len(prefix):]: v for n, v in states.items() if n.startswith(prefix)}
+
+
+def _step_arrays(prefix: str, trainer, loss: float) -> Dict[str, np.ndarray]:
+    """A step's loss, every gradient and the BN statistics after it."""
+    out = {f"{prefix}/loss": np.array(loss)}
+    out.update({f"{prefix}/grad/{n}": v for n, v in trainer.gradients().items()})
+    out.update({f"{prefix}/stat/{n}": v for n, v in trainer.weights().items() if is_running_statistic(n)})
+    return out
+
+
+def step_arrays(arrays: Dict[str, np.ndarray], prefix: str, cfg: I3DNLConfig) -> dict:
+    """``{"loss", "grad": {name: array}, "stat": {name: array}}`` of one step saved by
+    :func:`_step_arrays` under ``prefix``."""
+    names = parameter_specs(cfg)
+    return {"loss": float(arrays[f"{prefix}/loss"]),
+            "grad": {n: arrays[f"{prefix}/grad/{n}"] for n in names if not is_running_statistic(n)},
+            "stat": {n: arrays[f"{prefix}/stat/{n}"] for n in names if is_running_statistic(n)}}
+
+
+def time_training(job, task, weights: Dict[str, np.ndarray]) -> dict:
+    """The ``train_time`` task (:mod:`harness.train_bench`)."""
+    from harness.train_bench import time_training as timed
+
+    recipe = TrainRecipe.from_dict(task.recipe)
+    return timed(job, task, weights, recipe, np.asarray(task.lrs, dtype=np.float32))
