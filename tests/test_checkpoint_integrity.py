@@ -260,12 +260,16 @@ def test_one_flipped_bit_in_a_crc_file_is_one_line_exit_2(ms_files, tmp_path, cl
     data_len = (ms_files / "crc.ckpt").stat().st_size
     bad = tmp_path / "bad.ckpt"
     _flip(ms_files / "crc.ckpt", where % data_len, bad)
-    for argv in (["harness.convert", bad, tmp_path / "out.npz"], ["harness.checkpoints", "verify", bad],
-                 ["harness.diff", bad, ms_files / "crc.ckpt"]):
+    for argv in (["harness.convert", bad, tmp_path / "out.npz"], ["harness.diff", bad, ms_files / "crc.ckpt"],
+                 ["harness.infer", "--framework", "torch", "--checkpoint", bad, ms_files / "crc.ckpt"]):
         proc = cli(*argv)
         lines = _lines(proc.stderr)
         assert proc.returncode == 2 and len(lines) == 1 and needle in lines[0], (argv, proc.stderr[-2000:])
     assert not (tmp_path / "out.npz").exists()
+    # verify's job is this check: a failed one is its exit 1, said on stdout
+    proc = cli("harness.checkpoints", "verify", bad)
+    assert proc.returncode == 1 and f"FAILED: integrity: {bad} is damaged: " in proc.stdout, proc.stdout + proc.stderr
+    assert needle.replace("damaged: ", "") in proc.stdout
 
 
 @pytest.mark.mindspore

@@ -7,8 +7,7 @@ verify   check a file you already have: its own integrity check (a MindSpore CRC
          --name, else by file name or digest), then that it loads strictly onto the entry's
          arch preset
 
-Exit status: 0 ok, 1 a hash or structure check failed, 2 bad input (a damaged file
-included: one line).
+Exit status: 0 ok, 1 an integrity, hash or structure check failed, 2 bad input (one line).
 """
 from __future__ import annotations
 
@@ -20,7 +19,7 @@ from typing import List, Optional
 from frameworks.spec.arch import get_preset
 from harness.checkpoints import WeightsDoNotFit, load_weights
 from harness.cli import OneLineParser, run_main
-from harness.checkpoints.io import CheckpointError, describe_integrity, integrity_of, sha256_file
+from harness.checkpoints.io import CheckpointError, DamagedFile, describe_integrity, integrity_of, sha256_file
 from harness.checkpoints.registry import cached_path, fetch, load_registry
 from harness.files import check_input_file
 from harness.text import printable
@@ -72,8 +71,12 @@ def _list() -> int:
 def _verify(path: str, name: Optional[str], hash_only: bool, trust: bool = False) -> int:
     check_input_file(path, "checkpoint")
     registry = load_registry()
-    integrity = integrity_of(path)     # a damaged file is one line, exit 2
-    print(f"{printable(path)}: integrity: {describe_integrity(integrity)}")
+    try:               # the file's own check first: a damaged file fails verification (exit 1)
+        print(f"{printable(path)}: integrity: {describe_integrity(integrity_of(path))}")
+        damaged = ""
+    except DamagedFile as exc:
+        damaged = exc.reason
+        print(f"FAILED: integrity: {printable(path)} is damaged: {printable(damaged)}")
     digest = sha256_file(path)
     if name:
         if name not in registry:
@@ -93,6 +96,8 @@ def _verify(path: str, name: Optional[str], hash_only: bool, trust: bool = False
         print(f"FAILED: {entry.name} expects {entry.sha256 or entry.sha256_prefix + '...'}")
         return 1
     print(f"hash: {'matches ' + entry.name if verdict else 'not pinned by ' + entry.name + ' (recorded above)'}")
+    if damaged:
+        return 1
     if not hash_only:
         try:
             loaded = load_weights(path, get_preset(entry.arch), trust=trust)

@@ -15,6 +15,7 @@ import logging
 import os
 import struct
 import zipfile
+import zlib
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional
 
@@ -27,6 +28,14 @@ log = logging.getLogger(__name__)
 
 class CheckpointError(ValueError):
     """A weight file that cannot be read or does not fit: always a one-line reason."""
+
+
+class DamagedFile(CheckpointError):
+    """A file whose bytes do not match the checksum it carries (``reason`` says how)."""
+
+    def __init__(self, path: str, reason: str):
+        super().__init__(f"{path}: damaged: {reason}")
+        self.path, self.reason = path, reason
 
 
 @dataclass
@@ -118,17 +127,21 @@ def check_zip_sizes(path: str) -> Dict[str, int]:
 def check_zip_crc(path: str) -> str:
     """Every member's bytes against the CRC-32 the zip records for it (torch.load does not
     check them): ``"zip crc32 ok"``, or a one-line CheckpointError naming the member."""
+    name = ""
     try:
         with zipfile.ZipFile(path) as z:
             for info in z.infolist():
+                name = info.filename.split("/", 1)[-1] if "/" in info.filename else info.filename
                 with z.open(info) as member:
                     while member.read(1 << 22):
                         pass
     except zipfile.BadZipFile as exc:
-        what = str(exc).replace("Bad CRC-32 for file", "the CRC-32 does not match the content of")
-        raise CheckpointError(f"{path}: damaged: {what} (a flipped bit or a bad copy)") from None
-    except (OSError, EOFError, ValueError) as exc:  # zlib errors of a damaged deflated member
-        raise CheckpointError(f"{path}: damaged zip archive ({exc})") from None
+        if "CRC" in str(exc):
+            raise DamagedFile(path, f"the CRC-32 does not match the content of {name} "
+                                    "(a flipped bit or a bad copy)") from None
+        raise CheckpointError(f"{path} is a damaged zip archive ({exc})") from None
+    except (OSError, EOFError, ValueError, zlib.error) as exc:  # a damaged deflated member
+        raise CheckpointError(f"{path}: damaged zip archive ({name}: {exc})") from None
     return "zip crc32 ok"
 
 
@@ -348,7 +361,7 @@ def integrity_of(path: str) -> str:
             with open(path, "rb") as f:
                 return check_crc(f.read())[1]
         except DamagedCheckpoint as exc:
-            raise CheckpointError(f"{path}: {exc}") from None
+            raise DamagedFile(path, str(exc)) from None
     return NO_CHECKSUM
 
 

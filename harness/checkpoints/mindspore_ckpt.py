@@ -45,7 +45,7 @@ import numpy as np
 
 from frameworks.spec.arch import I3DNLConfig
 from frameworks.spec.naming import MINDSPORE_RENAME
-from harness.checkpoints.io import NO_CHECKSUM, CheckpointError, RawCheckpoint
+from harness.checkpoints.io import NO_CHECKSUM, CheckpointError, DamagedFile, RawCheckpoint
 from harness.files import atomic_path
 
 # tensor_type strings, as MindSpore's serialization.py spells them.
@@ -168,11 +168,11 @@ def check_crc(data: bytes) -> Tuple[bytes, str]:
             stored, content = int.from_bytes(data[-10:], "big"), data[:-_TRAILER]
             computed = binascii.crc32(content)
             if computed != stored:
-                raise DamagedCheckpoint(f"damaged: its CRC-32 is {computed:08x} but the file records {stored:08x} "
+                raise DamagedCheckpoint(f"its CRC-32 is {computed:08x} but the file records {stored:08x} "
                                         "(a flipped bit or a bad copy)")
             return content, "crc32 ok"
         if sum(a == b for a, b in zip(mark, _CRC_MARK)) >= len(_CRC_MARK) - 2:
-            raise DamagedCheckpoint(f"damaged: its CRC trailer reads {mark!r}, not {_CRC_MARK!r}")
+            raise DamagedCheckpoint(f"its CRC trailer reads {mark!r}, not {_CRC_MARK!r}")
     return data, NO_CHECKSUM
 
 
@@ -236,7 +236,7 @@ def read_ckpt(path: str, trust: bool = False) -> RawCheckpoint:
     try:
         data, integrity = check_crc(data)
     except DamagedCheckpoint as exc:
-        raise CheckpointError(f"{path}: {exc}") from None
+        raise DamagedFile(path, str(exc)) from None
     try:
         arrays, strings = _parse_values(data)
     except (ValueError, UnicodeDecodeError) as exc:
