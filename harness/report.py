@@ -277,8 +277,11 @@ def columns_of(name: str, rows: List[dict], compact: bool = False) -> List[Colum
     if name == "parity":
         return parity_columns(rows, compact)
     base = "accuracy_other" if name.startswith("accuracy_") else name
-    full = {"accuracy": ACCURACY_COLUMNS, "accuracy_other": ACCURACY_COLUMNS, "random": RANDOM_COLUMNS,
-            "speed": SPEED_COLUMNS, "training": TRAINING_COLUMNS}[base]
+    full = {"accuracy": ACCURACY_COLUMNS, "random": RANDOM_COLUMNS, "speed": SPEED_COLUMNS,
+            "training": TRAINING_COLUMNS,
+            # nothing is published for a dataset other than Kinetics-400: no published or delta columns
+            "accuracy_other": [c for c in ACCURACY_COLUMNS if not c[0].startswith(("type", "published", "delta"))]
+            }[base]
     return _pick(full, COMPACT[base]) if compact and base in COMPACT else full
 
 

@@ -152,7 +152,7 @@ def test_every_number_of_a_measured_row_is_recomputed_from_the_chunks(runs, repo
     report = report_of()
     res = runs["results"]
     mine = {fw: independent(res / f"{fw}_seeded.json") for fw in runs["frameworks"]}
-    text = render(report, "github")
+    text = render(report, "github", wide=True)
     for fw, name in (("torch", "PyTorch"), ("ms", "MindSpore")):
         if fw not in mine:
             continue
@@ -193,7 +193,7 @@ def test_published_numbers_appear_as_the_registry_holds_them(runs, report_of):
     from harness.checkpoints.registry import load_registry
 
     report = report_of()
-    text = render(report, "github")
+    text = render(report, "github", wide=True)
     registry = load_registry(str(runs["registry"]))
     for entry in registry.values():
         rows = [r for r in report["tables"]["accuracy"]["rows"] if r["checkpoint"] == entry.name]
@@ -233,7 +233,7 @@ def test_a_seeded_run_is_flagged_against_the_published_protocol(runs, report_of)
     delta_flags = [f.text for f in row["flags"] if f.on == "delta"]
     assert any("overridden (clip_len=8, short_edge=72, crop_size=64)" in t for t in delta_flags), delta_flags
     assert not any("val set" in t for t in delta_flags)  # the test entry's val count is this run's
-    text = render(report_of(), "github")
+    text = render(report_of(), "github", wide=True)
     line = _line(text, "seeded_test_weights", "PyTorch")
     assert re.search(r"[+-]\d+\.\d\d / [+-]\d+\.\d\d \[\d", line), line  # the delta carries its note number
     assert "mmaction2_val*" in line
@@ -259,7 +259,7 @@ def test_mixed_spec_hashes_presets_denominators_and_val_sets_are_flagged(runs, r
     assert ms_row["measured_on"] == "scored"
     assert any("measured with data preset seed_eval" in f.text for f in ms_row["flags"] if f.on == "delta")
     assert any("not the same val set" in f.text for f in ms_row["flags"] if f.on == "delta")
-    text = render(report, "github")
+    text = render(report, "github", wide=True)
     assert "mix 2 spec hashes" in text and "across spec hashes" in text
 
 
@@ -317,7 +317,7 @@ def test_accuracy_over_hand_made_scores_and_every_format(tmp_path):
     assert (row["measured_top1"], row["measured_top5"], row["published_top1"]) == (75.0, 100.0, 74.80)
     assert row["delta_top1"] == pytest.approx(0.2) and any("disagrees" in f.text for f in row["flags"])
     for fmt in ("github", "markdown"):
-        text = render(report, fmt)
+        text = render(report, fmt, wide=True)
         assert "| i3d_nlnet_pytorch " in text and "75.00 / 100.00" in text and "+0.20 / +7.93" in text
     latex = render(report, "latex")
     assert r"i3d\_nl\_dot\_product\_r50\_mindvideo" in latex and r"\begin{tabular}" in latex
