@@ -60,3 +60,40 @@ def test_printable_escapes_every_control_character(raw, shown):
     out = printable(raw)
     assert out == shown
     assert all(ch.isprintable() for ch in out)
+
+
+def test_read_labels_names_what_is_wrong_in_one_line(tmp_path):
+    from harness.checkpoints.io import CheckpointError
+    from harness.checkpoints.sidecar import MAX_LABELS_BYTES, read_labels
+    from harness.files import OutputPathError
+
+    (tmp_path / "ok.txt").write_text("a\n\n b \n", encoding="utf-8")
+    assert read_labels(str(tmp_path / "ok.txt")) == ["a", "b"]
+    (tmp_path / "latin.txt").write_bytes(b"caf\xe9\n")
+    (tmp_path / "empty.txt").write_text("\n \n")
+    with open(tmp_path / "big.txt", "wb") as f:
+        f.truncate(MAX_LABELS_BYTES + 1)
+    for name, needle, kind in (("latin.txt", "is not UTF-8 text", CheckpointError),
+                               ("empty.txt", "holds no class names", CheckpointError),
+                               ("big.txt", "not a list of class names", CheckpointError),
+                               ("missing.txt", "no such file", OutputPathError)):
+        with pytest.raises(kind) as info:
+            read_labels(str(tmp_path / name), "--labels")
+        assert needle in str(info.value) and "\n" not in str(info.value), str(info.value)
+    with pytest.raises(OutputPathError, match="is a folder, not a file"):
+        read_labels(str(tmp_path), "--labels")
+
+
+def test_known_classes_prefers_the_sidecar_then_metadata_then_classes_txt(tmp_path):
+    from harness.checkpoints.sidecar import known_classes
+
+    path = str(tmp_path / "w.pth")
+    (tmp_path / "w.pth").write_bytes(b"x")
+    assert known_classes(path, {}) == (None, "")
+    (tmp_path / "classes.txt").write_text("p\nq\n")
+    assert known_classes(path, {}) == (["p", "q"], str(tmp_path / "classes.txt"))
+    assert known_classes(path, {"classes": ["m", "n"]}) == (["m", "n"], "the checkpoint's metadata")
+    write_sidecar(path, get_preset("i3d_nl_dot_product_r50").replace(num_classes=2), "s", "", classes=["s", "t"])
+    assert known_classes(path, {"classes": ["m", "n"]}) == (["s", "t"], "w.pth.nlparity.json")
+    (tmp_path / "w.pth.nlparity.json").write_bytes(b"[" * 10)      # not ours: ignored, not fatal
+    assert read_sidecar(path) is None

@@ -28,6 +28,7 @@ SUFFIX = ".nlparity.json"
 CLASSES_FILE = "classes.txt"   # what harness.train writes beside its checkpoints (one name a line)
 # a labels file of more bytes than this is not a list of class names (100,000 classes x 64 bytes)
 MAX_LABELS_BYTES = 8 << 20
+MAX_SIDECAR_BYTES = 64 << 20
 
 
 def sidecar_path(path: str) -> str:
@@ -57,6 +58,8 @@ def read_sidecar(path: str) -> Optional[dict]:
     ours). ``classes`` and ``data_preset`` are present only where they are well formed: a list
     of strings as long as ``num_classes``, and a string."""
     try:
+        if os.path.getsize(sidecar_path(path)) > MAX_SIDECAR_BYTES:
+            return None    # not one we wrote: 100,000 class names are a few megabytes
         with open(sidecar_path(path), encoding="utf-8") as f:
             doc = json.load(f)
     except (OSError, ValueError):
