@@ -11,7 +11,10 @@ result), then one ``python -m harness.evaluate`` per trained checkpoint:
   reference   torch, ``--threads T`` (default 1)
   band        torch again, the same seed, data order, augmentation draws and initial weights,
               only ``--threads`` changed (``--band-threads``, default 2): a different summation
-              order in the kernels, float32 rounding, nothing else
+              order in some kernels, float32 rounding, nothing else; and, when the candidate ran
+              its oneDNN with another vector ISA than torch's (MindSpore's runner caps it at AVX2
+              on AVX-512 CPUs), torch with that same cap (``ONEDNN_MAX_CPU_ISA``): other
+              convolution kernels, float rounding again (``--no-isa-band``: none)
   candidate   MindSpore (``--ms-mode``, default graph), ``--threads T``
 
 ``--seed`` seeds the data order, the augmentation draws and the initial weights, which are
@@ -71,6 +74,7 @@ EVAL_PRESET = "seed_eval"
 DEFAULT_MULTIPLE = 4.0
 DEFAULT_FLOOR = 2e-6      # of the loss: 8-17 float32 ulps
 DROPOUT_SEED_OPTION = "--dropout-seed"
+ISA_VARIABLE = "ONEDNN_MAX_CPU_ISA"   # read by oneDNN in torch and MindSpore alike
 # a band at least this share of the mean loss cannot tell a port from noise
 WIDE_BAND = 0.5
 DROPOUT_NOTE = ("dropout masks come from each framework's own generator, so with dropout on torch and MindSpore "
@@ -189,6 +193,7 @@ class Run:
     threads: int
     extra: List[str] = field(default_factory=list)
     record: dict = field(default_factory=dict)
+    env: Dict[str, str] = field(default_factory=dict)   # set for this run's processes only
 
 
 @dataclass
@@ -213,6 +218,7 @@ class AlignRequest:
     arch: Optional[str]
     quiet: bool
     dataset: dict = field(default_factory=lambda: dict(DATASET))
+    isa_band: bool = True
 
     def runs(self) -> List[Run]:
         """Reference, band runs, candidate. With dropout, the band also holds a torch run whose
@@ -223,7 +229,7 @@ class AlignRequest:
         if self.dropout > 0:
             runs.append(Run(f"torch_t{self.threads}_masks{self.seed + 1}", "band", "torch", self.threads,
                             masks(self.seed + 1)))
-        runs.append(Run(f"ms_t{self.threads}", "candidate", "ms", self.threads, ["--ms-mode", self.ms_mode]))
+        runs.append(Run(f"ms_t{self.threads}", "candidate", "ms", self.threads))
         return runs
 
     def recipe_args(self) -> List[str]:
@@ -274,6 +280,10 @@ def build_parser() -> argparse.ArgumentParser:
                       help="threads of the reference torch run, the candidate and every evaluation (default 1)")
     runs.add_argument("--band-threads", type=int_list, default=[2], metavar="N[,N...]",
                       help="threads of the other torch runs, which with the reference make the band (default 2)")
+    runs.add_argument("--no-isa-band", action="store_true",
+                      help="no torch run with the candidate's oneDNN ISA in the band (by default there is one "
+                           f"when the candidate ran with another {ISA_VARIABLE} than torch, e.g. MindSpore's AVX2 "
+                           "cap on an AVX-512 CPU)")
     add_ms_mode(runs)
     runs.add_argument("--multiple", type=tolerance, default=DEFAULT_MULTIPLE,
                       help=f"the candidate may leave the reference by this many bands (default {DEFAULT_MULTIPLE:g})")
@@ -329,7 +339,8 @@ def request_from(args) -> AlignRequest:
         figure(1, 1, missing="the plot needs matplotlib (pip install matplotlib), or pass --no-plot")
     return AlignRequest(out, json_path, plot_path, args.data_root, overrides, args.epochs, args.batch_size, args.lr,
                         args.dropout, args.seed, args.threads, args.band_threads, args.ms_mode, args.multiple,
-                        args.floor, args.max_steps, args.workers, args.arch, args.quiet, {**DATASET, **sizes})
+                        args.floor, args.max_steps, args.workers, args.arch, args.quiet, {**DATASET, **sizes},
+                        not args.no_isa_band)
 
 
 # ----------------------------------------------------------------------------- children
@@ -338,14 +349,16 @@ def _say(req: AlignRequest, text: str) -> None:
         print(text, flush=True)
 
 
-def _child(module: str, argv: List[str], log: str) -> dict:
-    """``python -m module argv`` with its output in ``log``; the command and its seconds.
-    A child's bad input is ours (exit 2); any other failure is a failed check (exit 1)."""
+def _child(module: str, argv: List[str], log: str, env: Optional[Dict[str, str]] = None) -> dict:
+    """``python -m module argv`` (with ``env`` added to ours) and its output in ``log``; the
+    command and its seconds. A child's bad input is ours (exit 2); any other failure is a
+    failed check (exit 1)."""
     os.makedirs(os.path.dirname(log), exist_ok=True)
     load_before = _load()
     t0 = time.perf_counter()
     with open(log, "w") as f:
-        proc = subprocess.run([sys.executable, "-m", module, *argv], stdout=f, stderr=subprocess.STDOUT)
+        proc = subprocess.run([sys.executable, "-m", module, *argv], stdout=f, stderr=subprocess.STDOUT,
+                              env={**os.environ, **(env or {})})
     seconds = time.perf_counter() - t0
     if proc.returncode != 0:
         with open(log, errors="replace") as f:
@@ -354,7 +367,10 @@ def _child(module: str, argv: List[str], log: str) -> dict:
         why = (errors or lines or [f"exit {proc.returncode}"])[-1].removeprefix("error: ")
         text = f"{module} failed (exit {proc.returncode}, log {log}): {why}"
         raise InputError(text) if proc.returncode == 2 else CheckFailed(text)
-    return {"command": shlex.join(["python", "-m", module, *argv]), "seconds": round(seconds, 2), "log": log,
+    command = shlex.join(["python", "-m", module, *argv])
+    if env:
+        command = " ".join(f"{k}={shlex.quote(v)}" for k, v in env.items()) + " " + command
+    return {"command": command, "seconds": round(seconds, 2), "log": log,
             "load_before": load_before, "load_after": _load()}
 
 
@@ -399,16 +415,22 @@ def prepare_dataset(req: AlignRequest) -> dict:
             "csv_sha256": {s: _sha256(p) for s, p in csvs.items()}, "csv_rows": rows}
 
 
+def env_text(run: Run) -> str:
+    return "".join(f", {k}={v}" for k, v in run.env.items())
+
+
 def train_run(req: AlignRequest, run: Run, data_root: str, number: str) -> None:
     folder = os.path.join(req.out, "train", run.name)
     argv = ["--framework", run.framework, "--data-root", data_root, "--out", folder, *req.recipe_args(),
-            "--threads", str(run.threads), "--workers", str(req.workers), "--keep", "1", "-q", *run.extra]
-    _say(req, f"[{number}] train {run.name} ({run.role}) ...")
-    info = _child("harness.train", argv, os.path.join(req.out, "logs", f"train_{run.name}.log"))
+            "--threads", str(run.threads), "--workers", str(req.workers), "--ms-mode", req.ms_mode, "--keep", "1",
+            "-q", *run.extra]
+    _say(req, f"[{number}] {run.name} ({run.role}{env_text(run)}) ...")
+    info = _child("harness.train", argv, os.path.join(req.out, "logs", f"train_{run.name}.log"), run.env)
     with open(os.path.join(folder, "train.json")) as f:
         summary = json.load(f)
     curve = summary["curve"]
-    run.record.update(name=run.name, role=run.role, framework=run.framework, threads=run.threads,
+    run.record.update(name=run.name, role=run.role, framework=run.framework, threads=run.threads, env=run.env,
+                      hardware=summary.get("hardware"),
                       load_before=info["load_before"], load_after=info["load_after"],
                       train=dict(info, folder=folder, checkpoint=os.path.join(folder, summary["checkpoint"]),
                                  mean_step_ms=summary.get("mean_step_ms"), steps=len(curve),
@@ -416,7 +438,7 @@ def train_run(req: AlignRequest, run: Run, data_root: str, number: str) -> None:
                                  init_weights_sha256=summary.get("init_weights_sha256")),
                       losses=[r["loss"] for r in curve], lrs=[r["lr"] for r in curve],
                       final_loss=curve[-1]["loss"] if curve else None)
-    _say(req, f"[{number}] train {run.name}: {len(curve)} steps in {info['seconds']:.0f} s, loss "
+    _say(req, f"[{number}] {run.name}: {len(curve)} steps in {info['seconds']:.0f} s, loss "
               f"{curve[0]['loss']:.4f} -> {curve[-1]['loss']:.4f}")
 
 
@@ -424,13 +446,14 @@ def evaluate_run(req: AlignRequest, run: Run, data_root: str, number: str) -> No
     out = os.path.join(req.out, "eval", f"{run.name}.json")
     argv = ["--framework", run.framework, "--checkpoint", run.record["train"]["checkpoint"], "--data-root", data_root,
             "--split", "val", "--data-preset", EVAL_PRESET, *[a for o in req.overrides for a in ("--data-override", o)],
-            "--threads", str(req.threads), "--workers", str(req.workers), "--out", out, "-q", *run.extra]
-    info = _child("harness.evaluate", argv, os.path.join(req.out, "logs", f"eval_{run.name}.log"))
+            "--threads", str(req.threads), "--workers", str(req.workers), "--ms-mode", req.ms_mode, "--out", out,
+            "-q"]
+    info = _child("harness.evaluate", argv, os.path.join(req.out, "logs", f"eval_{run.name}.log"), run.env)
     with open(out) as f:
         summary = json.load(f)
     run.record["eval"] = dict(info, summary=out, top1=summary.get("top1"), top5=summary.get("top5"),
                               n_videos=summary.get("n_videos"), n_missing=summary.get("n_missing"))
-    _say(req, f"[{number}] evaluate {run.name}: top-1 {100 * (summary.get('top1') or 0):.1f}% on "
+    _say(req, f"[{number}] {run.name}: top-1 {100 * (summary.get('top1') or 0):.1f}% on "
               f"{summary.get('n_videos')} held-out videos ({info['seconds']:.0f} s)")
 
 
@@ -450,15 +473,33 @@ def compare_evaluations(runs: List[Run]) -> dict:
 
 
 # ----------------------------------------------------------------------------- the command
+def isa_band_run(req: AlignRequest, candidate_hardware: Optional[dict], environ=os.environ) -> Optional[Run]:
+    """A torch run with the candidate's oneDNN ISA, when the candidate ran with another one
+    than the torch runs (MindSpore's runner caps its oneDNN at AVX2 on AVX-512 CPUs, where
+    MindSpore 2.10 would run reference convolutions): the same network, data and weights in
+    torch, only the convolutions' vector kernels changed, which is float rounding alone."""
+    hardware = candidate_hardware or {}
+    cap = hardware.get("onednn_max_cpu_isa")
+    torch_isa = environ.get(ISA_VARIABLE) or environ.get("DNNL_MAX_CPU_ISA") or hardware.get("cpu_isa")
+    if not req.isa_band or not cap or cap == "oneDNN default" or str(cap).upper() == str(torch_isa).upper():
+        return None
+    masks = [DROPOUT_SEED_OPTION, str(req.seed)] if req.dropout > 0 else []
+    return Run(f"torch_t{req.threads}_{str(cap).lower()}", "band", "torch", req.threads, masks,
+               env={ISA_VARIABLE: str(cap)})
+
+
 def align(req: AlignRequest) -> dict:
     t0 = time.perf_counter()
     dataset = prepare_dataset(req)
     runs = req.runs()
-    total = 2 * len(runs)
     for i, run in enumerate(runs):
-        train_run(req, run, dataset["root"], f"{i + 1}/{total}")
+        train_run(req, run, dataset["root"], f"train {i + 1}")
+    isa_run = isa_band_run(req, runs[-1].record.get("hardware"))
+    if isa_run is not None:
+        runs.insert(len(runs) - 1, isa_run)
+        train_run(req, isa_run, dataset["root"], f"train {len(runs)}")
     for i, run in enumerate(runs):
-        evaluate_run(req, run, dataset["root"], f"{len(runs) + i + 1}/{total}")
+        evaluate_run(req, run, dataset["root"], f"evaluate {i + 1}")
     reference, candidate = runs[0], runs[-1]
     losses = judge_losses(reference.record["losses"], [r.record["losses"] for r in runs[1:-1]],
                           candidate.record["losses"], req.multiple, req.floor)
@@ -467,6 +508,13 @@ def align(req: AlignRequest) -> dict:
     accuracy = judge_accuracy(torch_pairs, pairs[f"{candidate.name} vs {reference.name}"], req.multiple,
                               reference.record["eval"]["n_videos"] or 0)
     verdict, reason = overall(losses, accuracy)
+    same_isa = None
+    if isa_run is not None:   # a diagnostic: the candidate against torch with its own kernels' ISA
+        diff = [abs(a - b) for a, b in zip(candidate.record["losses"], isa_run.record["losses"])]
+        apart = [s for s, (d, b) in enumerate(zip(diff, isa_run.record["losses"]))
+                 if not d <= req.multiple * req.floor * abs(b)]
+        same_isa = {"run": isa_run.name, "abs_diff": diff, "max_abs_diff": max(diff) if diff else None,
+                    "first_step_above_multiple_x_floor": apart[0] if apart else None}
     return {"verdict": verdict, "reason": reason,
             "reference": reference.name, "candidate": candidate.name,
             "band_runs": [r.name for r in runs[1:-1]],
@@ -475,6 +523,7 @@ def align(req: AlignRequest) -> dict:
                                 f"at least --floor {req.floor:g} x |loss_reference(s)|; the candidate must keep "
                                 f"|loss_candidate(s) - loss_reference(s)| <= {req.multiple:g} x band(s)"),
             "dataset": dataset, "recipe": _recipe(req), "losses": losses,
+            "candidate_vs_same_isa_torch": same_isa,
             "held_out": {"split": "val", "data_preset": EVAL_PRESET, "pairs": pairs, "verdict": accuracy["verdict"],
                          "check": accuracy},
             "runs": [r.record for r in runs], "wall_s": round(time.perf_counter() - t0, 1),
@@ -485,7 +534,8 @@ def _recipe(req: AlignRequest) -> dict:
     return {"train_preset": "seed_train", "recipe": "seed_finetune", "epochs": req.epochs,
             "batch_size": req.batch_size, "lr": req.lr, "t_max_epochs": req.epochs, "dropout": req.dropout,
             "seed": req.seed, "data_override": req.overrides, "arch": req.arch or "harness.train's default",
-            "threads": req.threads, "band_threads": req.band_threads, "ms_mode": req.ms_mode,
+            "threads": req.threads, "band_threads": req.band_threads, "isa_band": req.isa_band,
+            "ms_mode": req.ms_mode,
             "max_steps": req.max_steps, "harness_train_args": req.recipe_args()}
 
 
@@ -498,6 +548,12 @@ def print_result(doc: dict) -> None:
     for name, p in doc["held_out"]["pairs"].items():
         print(f"held-out {name}: top-1 {100 * p['top1_diff']:+.1f} points, top-1 agreement "
               f"{100 * p['top1_agreement']:.1f}% ({p['n_top1_differ']} of {p['n_common']} videos differ)")
+    same = doc.get("candidate_vs_same_isa_torch")
+    if same:
+        apart = same["first_step_above_multiple_x_floor"]
+        print(f"{doc['candidate']} against {same['run']} (torch, the same oneDNN ISA): "
+              + ("within the floor's limit at every step" if apart is None else
+                 f"within the floor's limit until step {apart}") + f", worst {same['max_abs_diff']:.3g}")
     print(f"{doc['verdict']}: {doc['reason']}")
 
 

@@ -110,10 +110,22 @@ def test_dropout_is_refused_until_harness_train_can_vary_the_mask_seed_alone(mon
     runs = align.request_from(args).runs()
     assert [(r.name, r.role, r.threads, r.extra) for r in runs] == [
         ("torch_t1", "reference", 1, ["--dropout-seed", "0"]), ("torch_t2", "band", 2, ["--dropout-seed", "0"]),
-        ("torch_t1_masks1", "band", 1, ["--dropout-seed", "1"]), ("ms_t1", "candidate", 1, ["--ms-mode", "graph"])]
+        ("torch_t1_masks1", "band", 1, ["--dropout-seed", "1"]), ("ms_t1", "candidate", 1, [])]
     # without dropout: no mask run, and no option harness.train may not have
     plain = align.build_parser().parse_args(["--out", str(tmp_path / "p"), "--no-plot"])
-    assert [r.extra for r in align.request_from(plain).runs()] == [[], [], ["--ms-mode", "graph"]]
+    req = align.request_from(plain)
+    assert [r.extra for r in req.runs()] == [[], [], []]
+    # the candidate's oneDNN was capped at AVX2 on an AVX-512 CPU: one more torch run, with that cap
+    capped = {"cpu_isa": "AVX512_CORE", "onednn_max_cpu_isa": "AVX2"}
+    isa = align.isa_band_run(req, capped, environ={})
+    assert (isa.name, isa.role, isa.framework, isa.threads, isa.env) == (
+        "torch_t1_avx2", "band", "torch", 1, {"ONEDNN_MAX_CPU_ISA": "AVX2"})
+    # none where the candidate's kernels are torch's own: no cap, the same cap for all, or asked not to
+    assert align.isa_band_run(req, {"cpu_isa": "AVX2", "onednn_max_cpu_isa": "oneDNN default"}, environ={}) is None
+    assert align.isa_band_run(req, capped, environ={"ONEDNN_MAX_CPU_ISA": "avx2"}) is None
+    assert align.isa_band_run(req, None, environ={}) is None
+    req.isa_band = False
+    assert align.isa_band_run(req, capped, environ={}) is None
 
 
 # ------------------------------------------------------------------ the command
@@ -141,7 +153,11 @@ def test_a_tiny_alignment_runs_every_run_and_judges(tmp_path):
     doc = json.loads((out / "train_alignment.json").read_text())
     assert doc["kind"] == "train_alignment" and doc["verdict"] in ("PASS", "FAIL", "INCONCLUSIVE")
     assert proc.returncode == (0 if doc["verdict"] == "PASS" else 1)
-    assert [r["name"] for r in doc["runs"]] == ["torch_t1", "torch_t2", "ms_t1"]
+    names = [r["name"] for r in doc["runs"]]
+    assert names[:2] == ["torch_t1", "torch_t2"] and names[-1] == "ms_t1" and len(names) in (3, 4)
+    if len(names) == 4:   # MindSpore's oneDNN capped (an AVX-512 CPU): torch with the same cap in the band
+        assert names[2] == "torch_t1_avx2" and doc["runs"][2]["env"] == {"ONEDNN_MAX_CPU_ISA": "AVX2"}
+        assert doc["candidate_vs_same_isa_torch"]["run"] == "torch_t1_avx2"
     assert all(len(r["losses"]) == 4 and r["eval"]["n_videos"] == 4 for r in doc["runs"])
     # the same initial weights and data in every run: step 0's losses agree to float32 rounding
     first = [r["losses"][0] for r in doc["runs"]]
@@ -149,6 +165,6 @@ def test_a_tiny_alignment_runs_every_run_and_judges(tmp_path):
     assert len({r["train"]["init_weights_sha256"] for r in doc["runs"]}) == 1
     assert doc["dataset"]["generated"] and len(doc["dataset"]["csv_sha256"]["train"]) == 64
     assert doc["recipe"]["dropout"] == 0.0 and "keep_prob" in doc["dropout_note"]
-    assert set(doc["held_out"]["pairs"]) == {"torch_t2 vs torch_t1", "ms_t1 vs torch_t1"}
+    assert set(doc["held_out"]["pairs"]) == {f"{name} vs torch_t1" for name in names[1:]}
     assert (out / "train_alignment.png").stat().st_size > 10_000
     assert doc["provenance"]["cpu"] and doc["provenance"]["git"]["commit"]
