@@ -189,8 +189,10 @@ def hostile(tmp_path_factory):
     registry = root / "registry.toml"
     registry.write_text("\n".join(entries))
     data = root / "data"
-    data.mkdir()
-    (data / "kinetics-400_val.csv").write_text("label,youtube_id,time_start,time_end,split\n")
+    (data / "val").mkdir(parents=True)   # one listed video (never decoded): evaluate refuses an empty index first
+    (data / "kinetics-400_val.csv").write_text("label,youtube_id,time_start,time_end,split\n"
+                                               "abseiling,aaaaaaaaaaa,0,10,val\n")
+    (data / "val" / "aaaaaaaaaaa_000000_000010.mp4").write_bytes(b"\0" * 64)
     return files, registry, data
 
 
