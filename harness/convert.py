@@ -210,6 +210,8 @@ def convert(src: str, dst: str, src_format: Optional[str] = None, dst_format: Op
     ``mismatched``, for the caller to judge. ``labels``: a file of class names to record."""
     if arch is not None and arch not in PRESETS:
         raise InputError(f"unknown arch preset {arch!r}; choose from {', '.join(PRESETS)}")
+    from harness.evaluate import MadeFolders, undone_on_failure
+
     if os.path.isdir(dst):               # named for what it is, before its (missing) extension is
         check_output_path(dst, "DST")
     source_format = find_format(src_format) if src_format else None
@@ -219,8 +221,15 @@ def convert(src: str, dst: str, src_format: Optional[str] = None, dst_format: Op
     if labels:
         check_input_file(labels, "--labels")
     inputs = [original_src, src, sidecar_path(src), labels]
-    check_output_path(dst, "DST", inputs=inputs)
-    check_output_path(sidecar_path(dst), "DST's sidecar", inputs=inputs)
+    with undone_on_failure(MadeFolders()) as made:    # a refused run leaves no folder behind
+        made.check_path(dst, "DST", inputs=inputs)
+        check_output_path(sidecar_path(dst), "DST's sidecar", inputs=inputs)
+        return _convert(original_src, src, dst, source_format, target, arch, depth, num_classes, trust, labels)
+
+
+def _convert(original_src: str, src: str, dst: str, source_format: Optional[Format], target: Format,
+             arch: Optional[str], depth: Optional[int], num_classes: Optional[int], trust: bool,
+             labels: Optional[str]) -> ConversionResult:
     arch_from = ""
     if arch is None:  # a registry entry or an earlier conversion may say which preset the weights are
         entry, side = registry_entry(original_src), read_sidecar(src)

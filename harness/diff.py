@@ -30,7 +30,7 @@ import numpy as np
 from frameworks.spec.arch import PRESETS, I3DNLConfig, get_preset, parameter_specs
 from harness.cli import InputError, OneLineParser, add_verbose, result_doc, run_main, setup_logging, tolerance
 from harness.checkpoints.io import describe_integrity
-from harness.files import atomic_write_json, check_output_path
+from harness.files import atomic_write_json
 from harness.text import printable
 
 DEFAULT_ATOL = 1e-6   # a conversion is lossless; float32 -> float16 -> float32 is ~5e-4
@@ -248,10 +248,16 @@ def main(argv: Optional[List[str]] = None) -> int:
 
 def _main(args) -> int:
     from harness.checkpoints.registry import resolve
+    from harness.evaluate import MadeFolders, undone_on_failure
 
     paths = [resolve(args.a, what="A"), resolve(args.b, what="B")]   # a folder or an unreadable file: named
-    if args.json:
-        check_output_path(args.json, "--json", inputs=[args.a, args.b, *paths])
+    with undone_on_failure(MadeFolders()) as made:    # a refused run leaves no folder behind
+        if args.json:
+            made.check_path(args.json, "--json", inputs=[args.a, args.b, *paths])
+        return _compare(args)
+
+
+def _compare(args) -> int:
     a = canonical_view(args.a, args.arch, args.trust_checkpoint, what="A")
     b = canonical_view(args.b, args.arch or (a.cfg.name if a.complete else None), args.trust_checkpoint, what="B")
     if not a.complete and b.complete:   # compare on the arch the complete file fits

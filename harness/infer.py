@@ -42,7 +42,7 @@ from frameworks.spec.arch import DEFAULT_PRESET, PRESETS, I3DNLConfig
 from frameworks.spec.data_presets import DEFAULT_DATA_PRESET, PRESETS as DATA_PRESETS, DataPreset, get_data_preset
 from harness.cli import (CheckFailed, InputError, OneLineParser, add_device, add_ms_mode, add_verbose, num_classes,
                          positive_int, result_doc, run_main, setup_logging, utc_now)
-from harness.files import atomic_path, atomic_write_json, check_input_file, check_output_path
+from harness.files import atomic_path, atomic_write_json, check_input_file
 from harness.text import printable
 
 GIF_MIN_SIDE = 256
@@ -278,9 +278,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     return run_main(lambda: _main(args), args.verbose)
 
 
-def _inputs(args) -> Tuple[Optional[str], List[str]]:
+def _inputs(args, made) -> Tuple[Optional[str], List[str]]:
     """Every input checked before any work (a folder, a missing or unreadable file named as
-    such), and every output checked against them: (the checkpoint's path, the inputs)."""
+    such), and every output checked against them (``made``: the folders created for them,
+    removed again if the run fails): (the checkpoint's path, the inputs)."""
     from harness.checkpoints.registry import resolve
     from harness.checkpoints.sidecar import CLASSES_FILE, sidecar_path
 
@@ -297,19 +298,21 @@ def _inputs(args) -> Tuple[Optional[str], List[str]]:
     if path:
         inputs += [sidecar_path(path), os.path.join(os.path.dirname(os.path.abspath(path)), CLASSES_FILE)]
     if args.json:
-        check_output_path(args.json, "--json", inputs=inputs)
+        made.check_path(args.json, "--json", inputs=inputs)
     if args.visualize:
-        check_output_path(args.visualize, "--visualize", inputs=inputs + [args.json])
+        made.check_path(args.visualize, "--visualize", inputs=inputs + [args.json])
     return path, inputs
 
 
 def _main(args) -> int:
-    with quiet_native_stderr(args.verbose) as said:
-        outcome = _run(args)
+    from harness.evaluate import MadeFolders, undone_on_failure
+
+    with quiet_native_stderr(args.verbose) as said, undone_on_failure(MadeFolders()) as made:
+        outcome = _run(args, made)     # a run refused before it wrote anything leaves no folder behind
     return _verdict(outcome, said)
 
 
-def _run(args) -> "Outcome":
+def _run(args, made) -> "Outcome":
     from harness.checkpoints.sidecar import data_preset_note
     from harness.evaluate import built_runner, parse_overrides, with_overrides
     from harness.runners import canonical_framework
@@ -317,7 +320,7 @@ def _run(args) -> "Outcome":
     framework = canonical_framework(args.framework)
     if framework == "mmaction2":
         raise InputError("inference runs our implementations: --framework torch or ms")
-    path, _ = _inputs(args)
+    path, _ = _inputs(args, made)
     preset = get_data_preset(args.data_preset)
     overrides = parse_overrides(args.data_override, preset)
     preset = with_overrides(preset, overrides)

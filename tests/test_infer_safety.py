@@ -270,3 +270,14 @@ def test_a_folder_where_a_file_is_expected_is_named(argv, needle, kit, tmp_path)
     line = _one_line(run_cli(*[a.format(**subs) for a in argv], *(SMALL if argv[0] == "harness.infer" else [])))
     assert needle.format(**subs) in line and "no such file" not in line, line
     assert not os.path.exists(tmp_path / "x.ckpt")
+
+
+def test_a_refused_run_leaves_no_folder_behind(kit, tmp_path):
+    """Output checks create missing parent folders; a run refused after them removes them again."""
+    (tmp_path / "bad.npz").write_bytes(b"PK\x03\x04 not really a zip")
+    for argv in (["harness.convert", tmp_path / "bad.npz", tmp_path / "new" / "sub" / "w.ckpt"],
+                 ["harness.infer", "--framework", "torch", "--checkpoint", tmp_path / "bad.npz", kit / "v.mp4",
+                  "--json", tmp_path / "new" / "sub" / "p.json", *SMALL],
+                 ["harness.diff", tmp_path / "bad.npz", kit / "w.npz", "--json", tmp_path / "new" / "d.json"]):
+        _one_line(run_cli(*argv))
+        assert not (tmp_path / "new").exists(), argv
