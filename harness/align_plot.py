@@ -17,11 +17,13 @@ from harness.plots import figure
 
 # colour, marker, line style, marker size, line width, filled: where the curves lie on one
 # another (they should), each stays visible: the reference a wide line with filled circles,
-# band runs dashed with large hollow squares around them, the candidate a thin dotted line
-# with small triangles on top
+# band runs dashed with hollow markers of other shapes and sizes around them, the candidate a
+# thin dotted line with small triangles on top
 STYLES = {"reference": ("tab:blue", "o", "-", 7, 3.0, True), "band": ("tab:green", "s", "--", 11, 1.6, False),
           "candidate": ("tab:red", "^", ":", 4, 1.2, True)}
-BAND_COLOURS = ["tab:green", "tab:orange", "tab:purple", "tab:brown"]
+# each further band run: its own colour, a smaller hollow marker of another shape, another dash
+BAND_STYLES = [("tab:green", "s", "--", 12), ("tab:orange", "D", "-.", 8), ("tab:purple", "p", (0, (5, 1, 1, 1)), 10),
+               ("tab:brown", "h", (0, (1, 1)), 6)]
 
 
 def _title(doc: dict) -> str:
@@ -39,7 +41,7 @@ def _title(doc: dict) -> str:
 def _style(run: dict, band_index: List[int]):
     colour, marker, line, size, width, filled = STYLES[run["role"]]
     if run["role"] == "band":
-        colour = BAND_COLOURS[band_index[0] % len(BAND_COLOURS)]
+        colour, marker, line, size = BAND_STYLES[band_index[0] % len(BAND_STYLES)]
         band_index[0] += 1
     return dict(color=colour, marker=marker, linestyle=line, markersize=size, linewidth=width,
                 markerfacecolor=colour if filled else "none", markeredgewidth=1.2)
