@@ -45,8 +45,12 @@ class OneLineParser(argparse.ArgumentParser):
 
 
 def one_line(exc: BaseException) -> str:
+    """An error's first line, safe to print: a path or key holding a terminal escape is shown
+    escaped (names already escaped by the message's author keep their backslashes)."""
+    from harness.text import printable
+
     text = str(exc).strip().strip("'\"")
-    return text.splitlines()[0] if text else type(exc).__name__
+    return printable(text.splitlines()[0], backslashes=False) if text else type(exc).__name__
 
 
 def run_main(body: Callable[[], Optional[int]], verbose: bool = False) -> int:
@@ -268,6 +272,14 @@ def git_state() -> dict:
     return {"commit": commit, "dirty": bool(status)}
 
 
+def command_line() -> str:
+    """How this process was started, as a user would type it: ``python -m harness.align ...``
+    for a module (``sys.argv[0]`` would be the module's absolute path)."""
+    spec = getattr(sys.modules.get("__main__"), "__spec__", None)
+    head = ["python", "-m", spec.name] if spec is not None and spec.name else ["python", sys.argv[0]]
+    return " ".join(head + sys.argv[1:])
+
+
 def utc_now() -> str:
     import datetime as _dt
 
@@ -284,7 +296,7 @@ def provenance(runs: Optional[dict] = None) -> dict:
     except OSError:  # pragma: no cover - not on Linux
         load = None
     doc = {"date": utc_now(),
-           "command": " ".join([os.path.basename(sys.executable), *sys.argv]),
+           "command": command_line(),
            "git": git_state(), "host": platform.node(), "python": platform.python_version(),
            "cpu": cpu_model(), "cores": os.cpu_count(), "load_average": load}
     if runs is not None:

@@ -29,16 +29,18 @@ def _escape(ch: str) -> str:
     return f"\\U{code:08x}"
 
 
-def printable(text, limit: int = 0) -> str:
+def printable(text, limit: int = 0, backslashes: bool = True) -> str:
     """``text`` (any object, made ``str``) with control and invisible format characters
     escaped, so that printing it can neither move the cursor, recolour, clear the screen nor
     hide or reorder what follows; a backslash is doubled, so that every escape in the output
-    stands for one character of the input. ``limit`` > 0 cuts the result to that many characters (with ``...``)."""
+    stands for one character of the input (``backslashes=False`` leaves them: for a message
+    whose names were escaped already). ``limit`` > 0 cuts the result to that many characters (with ``...``)."""
     text = str(text)
-    if text.isprintable() and "\\" not in text:   # the common case: nothing to escape
+    if text.isprintable() and ("\\" not in text or not backslashes):   # the common case: nothing to escape
         out = text
     else:
-        out = "".join(_escape(ch) if ch in _SHORT or unicodedata.category(ch) in _UNSAFE else ch for ch in text)
+        out = "".join(_escape(ch) if (ch in _SHORT and (backslashes or ch != "\\"))
+                      or unicodedata.category(ch) in _UNSAFE else ch for ch in text)
     if limit > 0 and len(out) > limit:
         out = out[:max(0, limit - 3)] + "..."
     return out
