@@ -1,4 +1,4 @@
-"""The pure-Python MindSpore .ckpt reader/writer against MindSpore's own save/load, both ways."""
+"""The .ckpt reader/writer (protobuf runtime, no MindSpore import) against MindSpore's own save/load, both ways."""
 from __future__ import annotations
 
 import os
@@ -157,3 +157,47 @@ def test_mindspore_scheme_is_detected_before_canonical():
     assert detect_scheme(list(parameter_specs(cfg))) == "canonical"
     assert detect_scheme(ms_names + ["global_step", "moments.stem.conv.weight"]) == "mindspore"
     assert not SCHEMES["mindspore"].detect(["backbone.conv1.features.0.weight", "head.dense.weight"])
+
+
+def _wire_layout(message) -> dict:
+    """{field number: (repeated, wire type)} of a message descriptor, and of its sub-messages by name."""
+    wire = {3: 0, 9: 2, 11: 2, 12: 2}   # int64: varint; string, message, bytes: length-delimited
+    return {f.number: (f.is_repeated, wire[f.type], f.message_type.name if f.message_type else None)
+            for f in message.fields}
+
+
+def test_our_message_layout_is_checkpoint_proto_on_the_wire():
+    """harness.checkpoints.ckpt_proto against MindSpore's own checkpoint_pb2: the same field
+    numbers, repetition and wire types (ours has bytes for string, and an empty MapTensorProto,
+    which is refused)."""
+    from mindspore.train import checkpoint_pb2
+
+    from harness.checkpoints import ckpt_proto
+
+    pairs = [(ckpt_proto.Checkpoint, checkpoint_pb2.Checkpoint), (ckpt_proto.Value, checkpoint_pb2.Checkpoint.Value),
+             (ckpt_proto.TensorProto, checkpoint_pb2.TensorProto)]
+    for ours, theirs in pairs:
+        mine, their = _wire_layout(ours.DESCRIPTOR), _wire_layout(theirs.DESCRIPTOR)
+        assert {n: v[:2] for n, v in mine.items()} == {n: v[:2] for n, v in their.items()}, ours.DESCRIPTOR.name
+
+
+def test_mindspore_protobuf_classes_reserialize_our_bytes():
+    """MindSpore's own message classes parse what we write and serialize it back to the same bytes."""
+    from mindspore.train import checkpoint_pb2
+
+    data = serialize_ckpt(_arrays(np.random.default_rng(4)))
+    parsed = checkpoint_pb2.Checkpoint.FromString(data)
+    assert [v.tag for v in parsed.value][:2] == ["stem.conv.weight", "half"]
+    assert b"".join(checkpoint_pb2.Checkpoint(value=[v]).SerializeToString() for v in parsed.value) == data
+
+
+@pytest.mark.slow
+def test_mindspore_loads_our_full_size_checkpoint(tmp_path):
+    """The real network's 35,459,152 numbers, written by us, loaded by load_checkpoint(crc_check=True)."""
+    from frameworks.spec.arch import get_preset
+    from frameworks.spec.train import initial_weights
+
+    arrays = mindspore_ckpt.from_canonical(initial_weights(get_preset("i3d_nl_dot_product_r50")))
+    write_ckpt(str(tmp_path / "full.ckpt"), arrays)
+    loaded = ms.load_checkpoint(str(tmp_path / "full.ckpt"), crc_check=True)
+    _same(arrays, {k: loaded[k].asnumpy() for k in arrays})
