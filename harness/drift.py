@@ -52,19 +52,17 @@ import dataclasses
 import json
 import os
 import sys
-import time
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
 from frameworks.spec.arch import DEFAULT_PRESET, PRESETS as ARCH_PRESETS, I3DNLConfig, get_preset, parameter_specs
-from frameworks.spec.data_presets import DRIFT_GROUP, PRESETS as DATA_PRESETS, DataPreset, canonical_json, spec_hash
+from frameworks.spec.data_presets import DRIFT_GROUP, PRESETS as DATA_PRESETS, DataPreset, canonical_json
 from harness import metrics
 from harness import scores as score_store
 from harness.cli import (CheckFailed, InputError, OneLineParser, add_device, add_ms_mode, add_verbose,
-                         nonnegative_int, num_classes, positive_int, provenance, result_doc, run_main, setup_logging,
-                         utc_now)
+                         nonnegative_int, num_classes, positive_int, result_doc, run_main, setup_logging)
 from harness.drift_data import SharedSampling, decode_views, sampling_key
 from harness.evaluate import MadeFolders, add_allow_outside_root, caveats_to_stdout, say, undone_on_failure
 from harness.files import atomic_write_json, check_input_file, check_output_dir, os_reason
@@ -235,48 +233,67 @@ def parameter_changes(cfg_a: I3DNLConfig, cfg_b: I3DNLConfig) -> List[str]:
 
 def build_plan(a: Side, b: Side, order: Optional[Sequence[str]] = None) -> Plan:
     """The differences between FROM and TO, and every step of the audit, deduplicated into runs."""
-    diffs = differences(a.preset, b.preset, "data") + differences(a.cfg, b.cfg, "arch")
-    if order:
-        labels = [d.label for d in diffs]
-        unknown = [o for o in order if o not in labels]
-        if unknown:
-            raise InputError(f"--order: {', '.join(unknown)} is not a difference between the two sides "
-                             f"(they are: {', '.join(labels) or 'none'})")
-        first = [next(d for d in diffs if d.label == o) for o in dict.fromkeys(order)]
-        diffs = first + [d for d in diffs if d not in first]
-    def make(kind: str, label: str, applied: Sequence[Difference]) -> Step:
-        data = {k: v for d in applied if d.kind == "data" for k, v in d.changes().items()}
-        arch = {k: v for d in applied if d.kind == "arch" for k, v in d.changes().items()}
-        step = Step(kind, label, tuple(d.label for d in applied), base=a.preset_name,
-                    overrides={**a.overrides, **data})
-        try:
-            step.preset = apply_changes(a.preset, data)
-        except (ValueError, TypeError) as exc:
-            step.invalid = f"the data preset refuses it: {exc}"
-            return step
-        try:
-            step.cfg = apply_changes(a.cfg, arch)
-        except (ValueError, TypeError) as exc:
-            step.invalid = f"the arch config refuses it: {exc}"
-            return step
-        changed = parameter_changes(a.cfg, step.cfg)
-        if changed:
-            step.invalid = (f"it changes the network's parameters ({len(changed)} names or shapes, e.g. "
-                            f"{changed[0]}): the checkpoint does not fit it")
-        return step
-
-    steps = [make("from", f"FROM {a.preset_name}" + (f" / {a.cfg.name}" if a.cfg.name != b.cfg.name else ""), [])]
-    steps[0].cfg, steps[0].preset = a.cfg, a.preset
-    to = Step("to", f"TO {b.preset_name}" + (f" / {b.cfg.name}" if a.cfg.name != b.cfg.name else ""),
-              tuple(d.label for d in diffs), b.preset, b.cfg, b.preset_name, dict(b.overrides))
-    steps.append(to)
-    for d in diffs:
-        steps.append(make("alone", f"alone: {d.label}", [d]))
-    for i in range(1, len(diffs) + 1):
-        steps.append(make("path", f"path {i}: +{diffs[i - 1].label}", diffs[:i]))
+    diffs = _ordered(differences(a.preset, b.preset, "data") + differences(a.cfg, b.cfg, "arch"), order)
+    graphs = f" / {a.cfg.name}" if a.cfg.name != b.cfg.name else ""
+    steps = [Step(kind="from", label=f"FROM {a.preset_name}{graphs}", applied=(), preset=a.preset, cfg=a.cfg,
+                  base=a.preset_name, overrides=dict(a.overrides)),
+             Step(kind="to", label=f"TO {b.preset_name}" + (f" / {b.cfg.name}" if graphs else ""),
+                  applied=tuple(d.label for d in diffs), preset=b.preset, cfg=b.cfg, base=b.preset_name,
+                  overrides=dict(b.overrides))]
+    steps += [_step(a, "alone", f"alone: {d.label}", [d]) for d in diffs]
+    steps += [_step(a, "path", f"path {i}: +{diffs[i - 1].label}", diffs[:i]) for i in range(1, len(diffs) + 1)]
     if steps[-1].kind == "path" and (behaviour(steps[-1].preset), behaviour(steps[-1].cfg)) != (
             behaviour(b.preset), behaviour(b.cfg)):  # pragma: no cover - a bug in leaves()/apply_changes()
         raise RuntimeError("the cumulative path does not end at TO")
+    runs = _share_runs(steps)
+    # the order steps are shown in: FROM, each alone, the path, TO
+    order_shown = [0] + [i for i, s in enumerate(steps) if s.kind == "alone"] + \
+                  [i for i, s in enumerate(steps) if s.kind == "path"] + [1]
+    remap = {old: new for new, old in enumerate(order_shown)}
+    for run in runs:
+        run.steps = sorted(remap[i] for i in run.steps)
+    return Plan(a=a, b=b, diffs=diffs, steps=[steps[i] for i in order_shown], runs=runs)
+
+
+def _ordered(diffs: List[Difference], order: Optional[Sequence[str]]) -> List[Difference]:
+    """The differences in spec order, those ``--order`` names first (in its order)."""
+    if not order:
+        return diffs
+    labels = [d.label for d in diffs]
+    unknown = [o for o in order if o not in labels]
+    if unknown:
+        raise InputError(f"--order: {', '.join(unknown)} is not a difference between the two sides "
+                         f"(they are: {', '.join(labels) or 'none'})")
+    first = [next(d for d in diffs if d.label == o) for o in dict.fromkeys(order)]
+    return first + [d for d in diffs if d not in first]
+
+
+def _step(a: Side, kind: str, label: str, applied: Sequence[Difference]) -> Step:
+    """FROM with these differences applied, or why it cannot run (``invalid``)."""
+    data = {k: v for d in applied if d.kind == "data" for k, v in d.changes().items()}
+    arch = {k: v for d in applied if d.kind == "arch" for k, v in d.changes().items()}
+    step = Step(kind=kind, label=label, applied=tuple(d.label for d in applied), base=a.preset_name,
+                overrides={**a.overrides, **data})
+    try:
+        step.preset = apply_changes(a.preset, data)
+    except (ValueError, TypeError) as exc:
+        step.invalid = f"the data preset refuses it: {exc}"
+        return step
+    try:
+        step.cfg = apply_changes(a.cfg, arch)
+    except (ValueError, TypeError) as exc:
+        step.invalid = f"the arch config refuses it: {exc}"
+        return step
+    changed = parameter_changes(a.cfg, step.cfg)
+    if changed:
+        step.invalid = (f"it changes the network's parameters ({len(changed)} names or shapes, e.g. "
+                        f"{changed[0]}): the checkpoint does not fit it")
+    return step
+
+
+def _share_runs(steps: List[Step]) -> List[RunSpec]:
+    """One run per distinct pipeline (data preset x arch behaviour), in step order; each
+    valid step learns its run's number and each run its steps' (original) numbers."""
     runs: List[RunSpec] = []
     by_key: Dict[Tuple[str, str], int] = {}
     for n, step in enumerate(steps):
@@ -285,18 +302,11 @@ def build_plan(a: Side, b: Side, order: Optional[Sequence[str]] = None) -> Plan:
         key = (behaviour(step.preset), behaviour(step.cfg))
         if key not in by_key:
             by_key[key] = len(runs)
-            runs.append(RunSpec(f"{len(runs):02d}-{_slug(step.label.replace(': ', '-'))}", step.preset, step.cfg,
-                                step.base, dict(step.overrides)))
+            runs.append(RunSpec(slug=f"{len(runs):02d}-{_slug(step.label.replace(': ', '-'))}", preset=step.preset,
+                                cfg=step.cfg, base=step.base, overrides=dict(step.overrides)))
         step.run = by_key[key]
         runs[step.run].steps.append(n)
-    # the order steps are shown in: FROM, each alone, the path, TO
-    order_shown = [0] + [i for i, s in enumerate(steps) if s.kind == "alone"] + \
-                  [i for i, s in enumerate(steps) if s.kind == "path"] + [1]
-    remap = {old: new for new, old in enumerate(order_shown)}
-    steps = [steps[i] for i in order_shown]
-    for run in runs:
-        run.steps = sorted(remap[i] for i in run.steps)
-    return Plan(a, b, diffs, steps, runs)
+    return runs
 
 
 def arch_command(step_cfg: I3DNLConfig, plan: Plan) -> Optional[str]:
@@ -401,7 +411,7 @@ def _side(name: str, common: List[str], own: List[str], cfg: I3DNLConfig, flag: 
     with_overrides(base, shared)   # a shared override the preset refuses is --data-override's fault
     overrides = {**shared, **parse_overrides(own, base)}
     preset = with_overrides(base, overrides, flag)
-    return Side(name, overrides, preset, cfg)
+    return Side(preset_name=name, overrides=overrides, preset=preset, cfg=cfg)
 
 
 def sides_from_args(args) -> Tuple[Side, Side]:
@@ -442,13 +452,13 @@ def context_from_args(args, plan: Plan) -> Context:
         stem = f"{stem}.shard{rank}of{world}"
     out = stem + ".json"
     plot = None if args.no_plot else (args.plot or stem + ".png")
-    base = EvaluationRequest(framework, plan.a.cfg, plan.a.preset, args.data_root, out, split=args.split,
-                             annotations=args.annotations, checkpoint=args.checkpoint, trust=args.trust_checkpoint,
-                             limit=args.limit, batch_size=args.batch_size, workers=args.workers, device=args.device,
-                             ms_mode=args.ms_mode, threads=args.threads, rank=rank, world=world,
-                             chunk_videos=args.chunk_videos, resume=args.resume, quiet=args.quiet,
-                             allow_outside_root=args.allow_outside_root)
-    return Context(base, out, stem + ".steps", plot, args.num_classes,
+    base = EvaluationRequest(framework=framework, cfg=plan.a.cfg, preset=plan.a.preset, data_root=args.data_root,
+                             out=out, split=args.split, annotations=args.annotations, checkpoint=args.checkpoint,
+                             trust=args.trust_checkpoint, limit=args.limit, batch_size=args.batch_size,
+                             workers=args.workers, device=args.device, ms_mode=args.ms_mode, threads=args.threads,
+                             rank=rank, world=world, chunk_videos=args.chunk_videos, resume=args.resume,
+                             quiet=args.quiet, allow_outside_root=args.allow_outside_root)
+    return Context(base=base, out=out, steps_dir=stem + ".steps", plot=plot, num_classes=args.num_classes,
                    inputs=[args.data_root, checkpoint_file, args.annotations])
 
 
@@ -488,17 +498,30 @@ def _request(ctx: Context, run: RunSpec):
 
 @dataclass
 class _Live:
-    """A run while it is being scored."""
+    """A run of the plan while it is scored: its store and identity (set by :func:`prepare`),
+    the videos it still needs, its scorer (:class:`harness.evaluate.Scorer`, set by
+    :func:`execute`) and the clips waiting for a full batch."""
 
     spec: RunSpec
     req: Any
     store: Any
-    runner: Any = None
-    needed: set = field(default_factory=set)
-    chunk: Any = None
-    pending: list = field(default_factory=list)
     identity: dict = field(default_factory=dict)
     resumed: bool = False
+    needed: set = field(default_factory=set)
+    scorer: Any = None
+    pending: list = field(default_factory=list)   # (position, video id, label, clips)
+
+    def add(self, position: int, video_id: str, label: int, clips: np.ndarray) -> None:
+        self.pending.append((position, video_id, label, clips))
+        if len(self.pending) >= self.req.batch_size:
+            self.flush()
+
+    def flush(self) -> None:
+        """Score the waiting clips as one batch, as evaluate batches them."""
+        if self.pending:
+            positions, ids, labels, clips = zip(*self.pending)
+            self.scorer.score(positions, ids, labels, np.stack(clips))   # (B, V, 3, T, H, W)
+            self.pending = []
 
 
 @dataclass
@@ -508,27 +531,25 @@ class Session:
 
     live: List[_Live]
     indexes: Dict[str, Any]
-    ids: List[str]
     labels: Dict[str, Dict[str, int]]
-    loaded: Any
-    weights_sha: str
     made_steps_dir: bool
     steps_dir: str
+    loaded: Any = None
+    weights_sha: str = ""
     notes: List[str] = field(default_factory=list)   # printed with the plan, once every check has passed
 
     def give_up(self) -> None:
         """A refused or failed audit leaves nothing it made and saved nothing into."""
         for lv in self.live:
             lv.store.abandon()
+        self.remove_steps_dir()
+
+    def remove_steps_dir(self) -> None:
         if self.made_steps_dir:
             try:
-                os.rmdir(self.steps_dir)
+                os.rmdir(self.steps_dir)   # only if empty
             except OSError:
                 pass
-
-    def unlock(self) -> None:
-        for lv in self.live:
-            lv.store.unlock()
 
 
 def _indexes(plan: Plan, ctx: Context) -> Tuple[Dict[str, Any], Dict[str, int]]:
@@ -555,19 +576,18 @@ def prepare(plan: Plan, ctx: Context, indexed: Optional[Tuple[Dict[str, Any], Di
     printed or run: the index, the checkpoint, each step's lock, saved files and identity
     (``--resume``). What a killed session left half-written is removed once the locks are held."""
     from harness.checkpoints.io import arrays_sha256
-    from harness.evaluate import _identity, checkpoint_weights
-    from harness.scores import Chunk, ScoreStore
+    from harness.evaluate import checkpoint_weights
+    from harness.scores import ScoreStore
 
     indexes, n_index = indexed or _indexes(plan, ctx)
-    first = next(iter(indexes.values()))
-    ids = [r.video_id for r in first.records]
-    labels = {o: {r.video_id: r.label for r in ix.records} for o, ix in indexes.items()}
-    live = [_Live(r, _request(ctx, r), ScoreStore(os.path.join(ctx.steps_dir, r.slug + ".json")))
-            for r in plan.runs]
-    session = Session([], indexes, ids, labels, None, "", not os.path.isdir(ctx.steps_dir), ctx.steps_dir)
+    session = Session(live=[], indexes=indexes, made_steps_dir=not os.path.isdir(ctx.steps_dir),
+                      steps_dir=ctx.steps_dir,
+                      labels={o: {r.video_id: r.label for r in ix.records} for o, ix in indexes.items()})
     try:
         os.makedirs(ctx.steps_dir, exist_ok=True)
-        for lv in live:
+        for run in plan.runs:
+            req = _request(ctx, run)
+            lv = _Live(spec=run, req=req, store=ScoreStore(req.out))
             lv.store.lock()            # also removes the temporaries a killed session left in its folder
             session.live.append(lv)
             lv.store.check(ctx.base.resume)
@@ -575,14 +595,8 @@ def prepare(plan: Plan, ctx: Context, indexed: Optional[Tuple[Dict[str, Any], Di
         session.loaded = checkpoint_weights(ctx.base.checkpoint, plan.a.cfg, ctx.base.trust,
                                             report=session.notes.append)   # printed with the plan
         session.weights_sha = arrays_sha256(session.loaded.arrays)   # once: every run scores the same weights
-        for lv in live:
-            ix = indexes[lv.spec.preset.label_order]
-            lv.identity = _identity(lv.req, n_index[lv.spec.preset.label_order], ix.annotation,
-                                    session.loaded.sha256, session.weights_sha)
-            done = lv.store.begin(lv.identity, ctx.base.resume, lv.spec.cfg.num_classes)
-            lv.resumed = bool(done.n_chunks)
-            lv.needed = {p for p in range(ctx.base.rank, len(ids), ctx.base.world) if p not in done.covered}
-            lv.chunk = Chunk()
+        for lv in session.live:
+            _begin(lv, ctx, session, n_index[lv.spec.preset.label_order])
     except OSError as exc:
         session.give_up()
         raise InputError(f"cannot write under {printable(ctx.steps_dir)}: {os_reason(exc)}") from None
@@ -592,142 +606,124 @@ def prepare(plan: Plan, ctx: Context, indexed: Optional[Tuple[Dict[str, Any], Di
     return session
 
 
+def _begin(lv: _Live, ctx: Context, session: Session, n_index: int) -> None:
+    """A run's identity checked against what it saved (or written), and the videos it still needs."""
+    from harness.evaluate import run_identity
+
+    index = session.indexes[lv.spec.preset.label_order]
+    lv.identity = run_identity(lv.req, n_index, index.annotation, session.loaded.sha256, session.weights_sha)
+    done = lv.store.begin(lv.identity, ctx.base.resume, lv.spec.cfg.num_classes)
+    lv.resumed = bool(done.n_chunks)
+    lv.needed = {p for p in range(ctx.base.rank, len(index), ctx.base.world) if p not in done.covered}
+
+
 def execute(plan: Plan, ctx: Context, session: Optional[Session] = None) -> Tuple[List[dict], dict]:
-    """Score every run of the plan (what earlier sessions saved is kept); returns each run's
-    summary, and this session's decoding counts."""
-    from harness.evaluate import _runner
+    """Score every run of the plan through evaluate's scorer (what earlier sessions saved is
+    kept); returns each run's summary, and this session's decoding counts."""
+    from harness.evaluate import Scorer, runner_for, scoring
 
     session = session or prepare(plan, ctx)
-    live, indexes, loaded = session.live, session.indexes, session.loaded
-    try:
+    live = session.live
+    with scoring([lv.store for lv in live], lambda exc: _write_failure(exc, ctx, live),
+                 cleanup=session.remove_steps_dir):
         runners: Dict[str, Any] = {}
         for lv in live:   # every framework starts before anything decodes (MindSpore and decord)
             key = behaviour(lv.spec.cfg)
             if key not in runners:
-                runners[key] = _runner(lv.req, loaded.arrays)
-            lv.runner = runners[key]
-        decoding = {"samplings": 0, "video_decodes": 0, "step_videos": 0}
-        groups: Dict[tuple, List[_Live]] = {}
-        for lv in live:
-            groups.setdefault(sampling_key(lv.spec.preset), []).append(lv)
-        total = sum(len(set().union(*(lv.needed for lv in g))) for g in groups.values())
-        decoding["samplings"] = len(groups)
-        from tqdm import tqdm
-
-        first = next(iter(indexes.values()))
-        with tqdm(total=total, unit="video", disable=ctx.base.quiet, dynamic_ncols=True, desc="drift") as bar:
-            for g, group in enumerate(groups.values()):
-                bar.set_description(f"drift: sampling {g + 1}/{len(groups)} ({len(group)} runs)")
-                decodes = _score_group(ctx, group, first, session.labels, bar)
-                decoding["video_decodes"] += decodes[0]
-                decoding["step_videos"] += decodes[1]
-        summaries = []
-        for lv in live:
-            summary = score_store.summarize(
-                lv.store.dir, lv.identity,
-                index_faults=[f.to_dict() for f in indexes[lv.spec.preset.label_order].faults.faults],
-                extra={"kind": "drift_step", "checkpoint": loaded.path, "protocol": lv.spec.preset.protocol,
-                       "spec_hash": spec_hash(lv.spec.cfg, lv.spec.preset), "data_override": lv.spec.overrides,
-                       "drift_steps": [plan.steps[i].label for i in lv.spec.steps],
-                       "workers": ctx.base.workers, "threads": lv.runner.threads, "hardware": lv.runner.hardware(),
-                       "versions": lv.runner.versions(), "date": utc_now(), "resumed": lv.resumed,
-                       "timing_note": "model time only: decoding is shared between the steps of a drift audit",
-                       "provenance": provenance()})
-            atomic_write_json(lv.store.summary_path, summary)
-            summary["_path"] = lv.store.summary_path
-            summaries.append(summary)
-    except OSError as exc:
-        session.give_up()
-        name = exc.filename if isinstance(exc.filename, str) else ctx.steps_dir
-        kept = "; the steps' scores saved so far are kept: run again with --resume" \
-            if any(lv.store.next_chunk for lv in live) else ""
-        raise InputError(f"cannot write {printable(name)}: {os_reason(exc)}{kept}") from None
-    except BaseException:
-        session.give_up()
-        raise
-    session.unlock()
+                runners[key] = runner_for(lv.req, session.loaded.arrays)
+            lv.scorer = Scorer(lv.req, runners[key], lv.store, lv.identity, resumed=lv.resumed)
+        decoding = _score_samplings(ctx, session)
+        summaries = [lv.scorer.summary(
+            [f.to_dict() for f in session.indexes[lv.spec.preset.label_order].faults.faults], session.loaded.path,
+            kind="drift_step", drift_steps=[plan.steps[i].label for i in lv.spec.steps],
+            timing_note="model time only: decoding is shared between the steps of a drift audit")
+            for lv in live]
     return summaries, decoding
+
+
+def _write_failure(exc: OSError, ctx: Context, live: List[_Live]) -> str:
+    name = exc.filename if isinstance(exc.filename, str) else ctx.steps_dir
+    kept = "; the steps' scores saved so far are kept: run again with --resume" \
+        if any(lv.store.next_chunk for lv in live) else ""
+    return f"cannot write {printable(name)}: {os_reason(exc)}{kept}"
+
+
+def _score_samplings(ctx: Context, session: Session) -> dict:
+    """One pass over the videos per distinct sampling; returns the decoding counts."""
+    from tqdm import tqdm
+
+    groups: Dict[tuple, List[_Live]] = {}
+    for lv in session.live:
+        groups.setdefault(sampling_key(lv.spec.preset), []).append(lv)
+    decoding = {"samplings": len(groups), "video_decodes": 0, "step_videos": 0}
+    total = sum(len(set().union(*(lv.needed for lv in g))) for g in groups.values())
+    first = next(iter(session.indexes.values()))
+    with tqdm(total=total, unit="video", disable=ctx.base.quiet, dynamic_ncols=True, desc="drift") as bar:
+        for g, group in enumerate(groups.values()):
+            bar.set_description(f"drift: sampling {g + 1}/{len(groups)} ({len(group)} runs)")
+            decodes, served = _score_group(ctx, group, first, session.labels, bar)
+            decoding["video_decodes"] += decodes
+            decoding["step_videos"] += served
+    return decoding
 
 
 def _score_group(ctx: Context, group: List[_Live], index, labels: Dict[str, Dict[str, int]], bar) -> Tuple[int, int]:
     """One pass over the videos for the runs that sample them alike: decode once, then each
-    run's views, normalisation, forward pass and score, in evaluate's order and batching.
-    Returns (videos decoded, as many times as their frames were read; run x video pairs served)."""
+    run's views, normalisation and scorer, in evaluate's order and batching. Returns (videos
+    decoded, as many times as their frames were read; run x video pairs served)."""
     from harness.data import ClipLoader, DatasetIndex, FaultLog
-    from harness.scores import Chunk
 
     positions = sorted(set().union(*(lv.needed for lv in group)))
     if not positions:
         return 0, 0
-    n_decodes = n_served = 0
     sub = DatasetIndex([index.records[p] for p in positions], index.label_map, FaultLog(), index.split,
                        index.root, index.annotation, index.source)
-    shared = SharedSampling(tuple(lv.spec.preset for lv in group), decoder=group[0].spec.preset.decoder)
-    loader = ClipLoader(sub, shared, workers=ctx.base.workers, normalize=False, process_fn=decode_views)
-
-    def flush(lv: _Live) -> None:
-        if not lv.pending:
-            return
-        t0 = time.perf_counter()
-        clips = np.stack([c for *_, c in lv.pending])           # (B, V, 3, T, H, W), as ClipBatch
-        flat = clips.reshape((-1,) + clips.shape[2:])
-        out = lv.runner.forward(flat)
-        model_s = time.perf_counter() - t0
-        per_video = out.reshape(len(lv.pending), clips.shape[1], -1)
-        for (p, vid, label, _), view_scores in zip(lv.pending, per_video):
-            lv.chunk.add(p, vid, label, lv.spec.preset.video_score(view_scores, lv.spec.cfg.head))
-        lv.chunk.seconds.append([len(lv.pending), int(flat.shape[0]), model_s, 0.0, model_s])
-        lv.pending = []
-        if len(lv.chunk.positions) >= ctx.base.chunk_videos:
-            lv.store.write(lv.chunk, lv.spec.cfg.num_classes)
-            lv.chunk = Chunk()
-
-    def fault(lv: _Live, p: int, vid: str, kind: str, reason: str, skipped: bool = True) -> None:
-        lv.chunk.faults.append({"id": vid, "kind": kind, "reason": printable(reason), "skipped": skipped,
-                                "position": p})
-
-    seen = 0
-    position_of = {r.video_id: p for r, p in zip(sub.records, positions)}
-
-    def loader_faults() -> None:
-        nonlocal seen
-        for f in loader.faults.faults[seen:]:
-            p = position_of[f.video_id]
-            for lv in group:
-                if p in lv.needed:
-                    lv.chunk.faults.append(dict(f.to_dict(), position=p))
-            bar.update(1)
-        seen = len(loader.faults.faults)
-
+    loader = ClipLoader(sub, SharedSampling(tuple(lv.spec.preset for lv in group)), workers=ctx.base.workers,
+                        normalize=False, process_fn=decode_views)
+    faults = _LoaderFaults(loader, group, {r.video_id: p for r, p in zip(sub.records, positions)}, bar)
+    n_decodes = n_served = 0
     for item in loader:
-        p = positions[item.position]
-        payload = item.clips
+        p, payload = positions[item.position], item.clips
         n_decodes += payload["n_decodes"]
-        for k, lv in enumerate(group):
+        faults.pass_on(used=[not isinstance(outcome, tuple) for outcome in payload["of_run"]])
+        for lv, outcome in zip(group, payload["of_run"]):
             if p not in lv.needed:
                 continue
-            outcome = payload["of_run"][k]
-            if isinstance(outcome, tuple):
-                fault(lv, p, item.video_id, outcome[0], outcome[1])
+            if isinstance(outcome, tuple):   # what evaluate's loader records for this preset alone
+                kind, reason = outcome
+                lv.scorer.fault({"id": item.video_id, "kind": kind, "reason": printable(reason), "skipped": True,
+                                 "position": p})
                 continue
-            if lv.spec.preset.is_short(item.num_frames):
-                fault(lv, p, item.video_id, "short_video",
-                      f"{item.num_frames} frames < one clip ({lv.spec.preset.clip_span}); clips loop, video used",
-                      skipped=False)
-            clips = lv.spec.preset.normalize(payload["views"][outcome])
-            lv.pending.append((p, item.video_id, labels[lv.spec.preset.label_order][item.video_id], clips))
+            label = labels[lv.spec.preset.label_order][item.video_id]
+            lv.add(p, item.video_id, label, lv.spec.preset.normalize(payload["views"][outcome]))
             n_served += 1
-            if len(lv.pending) >= ctx.base.batch_size:
-                flush(lv)
-        loader_faults()
         bar.update(1)
-    loader_faults()
+    faults.pass_on()
     for lv in group:
-        flush(lv)
-        if lv.chunk:
-            lv.store.write(lv.chunk, lv.spec.cfg.num_classes)
-            lv.chunk = Chunk()
+        lv.flush()
+        lv.scorer.flush()
     return n_decodes, n_served
+
+
+class _LoaderFaults:
+    """The shared loader's faults, handed to the runs that need their video: a video it could
+    not read is every run's fault; one it used with a note (``short_video``) only the note of
+    the runs that used it, as each run's own loader would have recorded it."""
+
+    def __init__(self, loader, group: List[_Live], position_of: Dict[str, int], bar):
+        self.loader, self.group, self.position_of, self.bar = loader, group, position_of, bar
+        self.seen = 0
+
+    def pass_on(self, used: Optional[List[bool]] = None) -> None:
+        """Every fault recorded since the last call; ``used``: which runs used the video just read."""
+        for f in self.loader.faults.faults[self.seen:]:
+            p = self.position_of[f.video_id]
+            for k, lv in enumerate(self.group):
+                if p in lv.needed and (f.skipped or (used is not None and used[k])):
+                    lv.scorer.fault(dict(f.to_dict(), position=p))
+            if f.skipped:            # never yielded: the progress bar counts it here
+                self.bar.update(1)
+        self.seen = len(self.loader.faults.faults)
 
 
 # ----------------------------------------------------------------------------- the table
@@ -940,20 +936,7 @@ def merge(args, made: MadeFolders) -> int:
     stem = out[:-5]
     plot = None if args.no_plot else (args.plot or stem + ".png")
     steps_dir = stem + ".steps"
-    docs = []
-    for path in score_store.summary_files(args.merge):
-        check_input_file(path, "shard result")
-        try:
-            with open(path) as f:
-                doc = json.load(f)
-        except OSError as exc:
-            raise InputError(f"cannot read {printable(path)}: {os_reason(exc)}") from None
-        except ValueError as exc:
-            raise InputError(f"{printable(path)} is not a harness.drift result (not JSON: {exc})") from None
-        if not isinstance(doc, dict) or doc.get("kind") != "drift":
-            raise InputError(f"{printable(path)} is not a harness.drift result")
-        doc["_path"] = path
-        docs.append(doc)
+    docs = _shard_results(args.merge)
     inputs = [d["_path"] for d in docs] + [os.path.join(os.path.dirname(os.path.abspath(d["_path"])),
                                                         os.path.dirname(r["summary"]))
                                            for d in docs for r in d.get("runs", [])[:1] if isinstance(r, dict)]
@@ -968,19 +951,12 @@ def merge(args, made: MadeFolders) -> int:
     for d in docs[1:]:
         if shape(d) != shape(first):
             raise InputError(f"{d['_path']} audits other steps than {first['_path']}; they are not one audit")
-    worlds = {tuple(d.get("shard", [0, 1]))[1] for d in docs}
-    ranks = sorted(d.get("shard", [0, 1])[0] for d in docs)
-    if len(worlds) != 1 or ranks != list(range(worlds.pop())):
-        raise InputError(f"shards {ranks} do not cover 0..n-1 exactly once")
+    score_store.check_shards([d.get("shard", [0, 1]) for d in docs])   # before any folder is made
     os.makedirs(steps_dir, exist_ok=True)
     runs = []
     for i, run in enumerate(first["runs"]):
         parts = [os.path.join(os.path.dirname(os.path.abspath(d["_path"])), d["runs"][i]["summary"]) for d in docs]
-        target = os.path.join(steps_dir, run["slug"] + ".json")
-        merged = score_store.merge(parts, target)
-        merged.pop("_path", None)
-        merged["kind"] = "drift_step"
-        atomic_write_json(target, merged)
+        score_store.merge(parts, os.path.join(steps_dir, run["slug"] + ".json"), kind="drift_step")
         runs.append(dict(run, summary=os.path.basename(steps_dir) + "/" + run["slug"] + ".json"))
     plan_doc = {k: first[k] for k in ("from", "to", "differences", "path_order", "steps")}
     plan_doc["runs"] = runs
@@ -988,6 +964,25 @@ def merge(args, made: MadeFolders) -> int:
                                        "batch_size", "threads", "device")}
     facts.update(shard=[0, 1], merged_from=[os.path.relpath(d["_path"]) for d in docs])
     return finish(plan_doc, out, plot, facts)
+
+
+def _shard_results(items: List[str]) -> List[dict]:
+    """The drift results to merge (each with its ``_path``); anything else is bad input."""
+    docs = []
+    for path in score_store.summary_files(items):
+        check_input_file(path, "shard result")
+        try:
+            with open(path) as f:
+                doc = json.load(f)
+        except OSError as exc:
+            raise InputError(f"cannot read {printable(path)}: {os_reason(exc)}") from None
+        except ValueError as exc:
+            raise InputError(f"{printable(path)} is not a harness.drift result (not JSON: {exc})") from None
+        if not isinstance(doc, dict) or doc.get("kind") != "drift":
+            raise InputError(f"{printable(path)} is not a harness.drift result")
+        doc["_path"] = path
+        docs.append(doc)
+    return docs
 
 
 def main(argv: Optional[List[str]] = None) -> int:

@@ -60,7 +60,7 @@ import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -271,8 +271,6 @@ class EvaluationRequest:
 
     @classmethod
     def from_args(cls, args, made: Optional[MadeFolders] = None) -> "EvaluationRequest":
-        from harness.checkpoints.registry import registry_entry
-        from harness.checkpoints.sidecar import choose_arch
         from harness.runners import canonical_framework
 
         if not args.framework or not args.data_root:
@@ -282,21 +280,7 @@ class EvaluationRequest:
             raise InputError("evaluate runs our implementations: --framework torch or ms")
         rank, world = shard_from(args.shard)
         check_inputs(args.data_root, args.checkpoint, args.annotations)
-        choice = choose_arch(args.arch, args.checkpoint, DEFAULT_PRESET, num_classes=args.num_classes)
-        cfg = choice.cfg
-        entry = registry_entry(args.checkpoint) if args.checkpoint else None
-        preset_name = args.data_preset or (entry.data_preset if entry else DEFAULT_DATA_PRESET)
-        notes = [f"arch: {cfg.name} (from {printable(choice.source)}); data preset: {preset_name} (from "
-                 f"{'--data-preset' if args.data_preset else f'the registry entry {entry.name}' if entry else 'the default'})"]
-        for note in (choice.note(), f"note: --data-preset {preset_name} differs from the published protocol of this "
-                     f"checkpoint ({entry.data_preset})" if entry and preset_name != entry.data_preset else None):
-            if note:
-                notes.append(printable(note))
-        preset = get_data_preset(preset_name)
-        overrides = parse_overrides(args.data_override, preset)
-        if args.decoder:
-            overrides["decoder"] = args.decoder
-        preset = with_overrides(preset, overrides)
+        cfg, preset, overrides, notes = protocol_from_args(args)
         out = args.out or os.path.join("runs", f"{framework}_{cfg.name}_{preset.name}.json")
         if world > 1:
             stem = out[:-5] if out.endswith(".json") else out
@@ -305,10 +289,34 @@ class EvaluationRequest:
                           made)
         for note in notes:
             say(note)
-        return cls(framework, cfg, preset, args.data_root, out, overrides, args.split, args.annotations,
-                   args.checkpoint, args.trust_checkpoint, args.seed, args.limit, args.batch_size, args.workers,
-                   args.device, args.ms_mode, args.threads, rank, world, args.chunk_videos, args.resume, args.quiet,
-                   args.allow_outside_root)
+        return cls(framework=framework, cfg=cfg, preset=preset, data_root=args.data_root, out=out,
+                   overrides=overrides, split=args.split, annotations=args.annotations, checkpoint=args.checkpoint,
+                   trust=args.trust_checkpoint, seed=args.seed, limit=args.limit, batch_size=args.batch_size,
+                   workers=args.workers, device=args.device, ms_mode=args.ms_mode, threads=args.threads,
+                   rank=rank, world=world, chunk_videos=args.chunk_videos, resume=args.resume, quiet=args.quiet,
+                   allow_outside_root=args.allow_outside_root)
+
+
+def protocol_from_args(args) -> Tuple[I3DNLConfig, DataPreset, dict, List[str]]:
+    """The arch and the data preset (with its overrides) a run's arguments choose, and the
+    notes that say where each came from (printed once every check has passed)."""
+    from harness.checkpoints.registry import registry_entry
+    from harness.checkpoints.sidecar import choose_arch
+
+    choice = choose_arch(args.arch, args.checkpoint, DEFAULT_PRESET, num_classes=args.num_classes)
+    entry = registry_entry(args.checkpoint) if args.checkpoint else None
+    preset_name = args.data_preset or (entry.data_preset if entry else DEFAULT_DATA_PRESET)
+    source = "--data-preset" if args.data_preset else f"the registry entry {entry.name}" if entry else "the default"
+    notes = [f"arch: {choice.cfg.name} (from {printable(choice.source)}); data preset: {preset_name} (from {source})"]
+    for note in (choice.note(), f"note: --data-preset {preset_name} differs from the published protocol of this "
+                 f"checkpoint ({entry.data_preset})" if entry and preset_name != entry.data_preset else None):
+        if note:
+            notes.append(printable(note))
+    preset = get_data_preset(preset_name)
+    overrides = parse_overrides(args.data_override, preset)
+    if args.decoder:
+        overrides["decoder"] = args.decoder
+    return choice.cfg, with_overrides(preset, overrides), overrides, notes
 
 
 class MadeFolders(list):
@@ -465,7 +473,7 @@ def _weights(req: EvaluationRequest, index, store: ScoreStore) -> Tuple[Dict[str
 
 # ----------------------------------------------------------------------------- evaluate
 def evaluate(req: EvaluationRequest) -> dict:
-    """plan (the request) -> index -> store -> weights -> runner -> loop -> summary."""
+    """plan (the request) -> index -> store -> weights -> runner -> scorer -> summary."""
     from harness.checkpoints.io import arrays_sha256
     from harness.data import build_index
 
@@ -475,34 +483,17 @@ def evaluate(req: EvaluationRequest) -> dict:
     index = index.limit(req.limit)
     store = ScoreStore(req.out)
     store.lock()
-    try:
+    with scoring([store], lambda exc: write_failure(exc, store)):
         store.check(req.resume)  # damaged files and an unasked-for resume: refused before any work
         arrays, checkpoint_label, checkpoint_sha = _weights(req, index, store)
         # seeded weights have no file: their checkpoint digest already is the arrays' own
         weights_sha = arrays_sha256(arrays) if req.checkpoint else checkpoint_sha
-        identity = _identity(req, n_index, index.annotation, checkpoint_sha, weights_sha)
+        identity = run_identity(req, n_index, index.annotation, checkpoint_sha, weights_sha)
         done = store.begin(identity, req.resume, req.cfg.num_classes)
         remaining = [p for p in range(req.rank, len(index), req.world) if p not in done.covered]
-        runner = _runner(req, arrays)
-        timing = _score_loop(req, runner, store, index, remaining)
-        summary = score_store.summarize(
-            store.dir, identity, index_faults=[f.to_dict() for f in index.faults.faults],
-            extra={"kind": "evaluation", "checkpoint": checkpoint_label, "weights_file": store.weights_file,
-                   "protocol": req.preset.protocol,
-                   "spec_hash": spec_hash(req.cfg, req.preset), "data_override": req.overrides,
-                   "workers": req.workers, "threads": runner.threads, "hardware": runner.hardware(),
-                   "versions": runner.versions(), "date": utc_now(), "resumed": bool(done.n_chunks),
-                   "session": timing, "provenance": provenance()})
-        atomic_write_json(store.summary_path, summary)
-    except OSError as exc:
-        store.abandon()
-        raise InputError(write_failure(exc, store)) from None
-    except BaseException:
-        store.abandon()
-        raise
-    store.unlock()
-    summary["_path"] = store.summary_path
-    return summary
+        scorer = Scorer(req, runner_for(req, arrays), store, identity, resumed=bool(done.n_chunks))
+        timing = _score_videos(scorer, index, remaining)
+        return scorer.summary([f.to_dict() for f in index.faults.faults], checkpoint_label, session=timing)
 
 
 def write_failure(exc: OSError, store: ScoreStore) -> str:
@@ -514,7 +505,8 @@ def write_failure(exc: OSError, store: ScoreStore) -> str:
     return f"cannot write {printable(name)}: {os_reason(exc)}{kept}"
 
 
-def _identity(req: EvaluationRequest, n_index: int, annotation: str, checkpoint_sha: str, weights_sha: str) -> dict:
+def run_identity(req: EvaluationRequest, n_index: int, annotation: str, checkpoint_sha: str,
+                 weights_sha: str) -> dict:
     """Everything that changes a score (see :data:`harness.scores.IDENTITY_KEYS`)."""
     return {"framework": req.framework, "arch": req.cfg.name, "arch_hash": arch_hash(req.cfg),
             "data_preset": req.preset.name, "data_preset_hash": data_preset_hash(req.preset),
@@ -526,7 +518,7 @@ def _identity(req: EvaluationRequest, n_index: int, annotation: str, checkpoint_
             "shard": [req.rank, req.world]}
 
 
-def _runner(req: EvaluationRequest, arrays):
+def runner_for(req: EvaluationRequest, arrays):
     """The framework, only now: the seeded weights' torch process must not inherit the
     oneDNN ISA cap the MindSpore runner sets, and MindSpore 2.10 aborts ("random_device
     could not be read") if decord entered this process before it (nothing above decodes here)."""
@@ -547,45 +539,117 @@ def built_runner(framework: str, cfg: I3DNLConfig, arrays, device: str, threads:
     return runner
 
 
-def _score_loop(req: EvaluationRequest, runner, store: ScoreStore, index, remaining: List[int]) -> dict:
-    """Score every remaining video, writing a chunk every ``chunk_videos`` scored videos."""
+# ----------------------------------------------------------------------------- scoring
+@contextlib.contextmanager
+def scoring(stores: Sequence[ScoreStore], failure_line: Callable[[OSError], str],
+            cleanup: Optional[Callable[[], None]] = None):
+    """Run the block that scores into these locked stores. On success each is unlocked; on
+    failure each is abandoned (a folder this process made and saved nothing into goes),
+    ``cleanup`` runs, and a write that failed becomes bad input in ``failure_line``'s words."""
+    def give_up() -> None:
+        for store in stores:
+            store.abandon()
+        if cleanup:
+            cleanup()
+
+    try:
+        yield
+    except OSError as exc:
+        give_up()
+        raise InputError(failure_line(exc)) from None
+    except BaseException:
+        give_up()
+        raise
+    for store in stores:
+        store.unlock()
+
+
+class Scorer:
+    """One run's scoring, the same for evaluate and drift: a batch of clips -> the network ->
+    each video's score (its views combined as the preset says) -> the chunk in progress,
+    written atomically every ``chunk_videos`` scored videos; a fault joins the chunk of the
+    videos around it. :meth:`summary` writes the run's summary from what its chunks hold."""
+
+    def __init__(self, req: EvaluationRequest, runner, store: ScoreStore, identity: dict, resumed: bool = False):
+        self.req, self.runner, self.store = req, runner, store
+        self.identity, self.resumed = identity, resumed
+        self.chunk = Chunk()
+        self.views = 0
+
+    def fault(self, fault: dict) -> None:
+        """A fault of the video at ``fault["position"]`` (a :meth:`Fault.to_dict` with its position)."""
+        self.chunk.faults.append(fault)
+
+    def score(self, positions: Sequence[int], video_ids: Sequence[str], labels: Sequence[int], clips: np.ndarray,
+              wait_s: float = 0.0, since: Optional[float] = None) -> None:
+        """Score one batch: ``clips`` is ``(B, V, 3, T, H, W)``. ``since``: when the batch was
+        asked for (its wall time then counts the data wait); without it, the forward pass alone."""
+        t0 = time.perf_counter()
+        flat = clips.reshape((-1,) + clips.shape[2:])     # view v of video b is row b * V + v
+        out = self.runner.forward(flat)
+        model_s = time.perf_counter() - t0
+        per_video = out.reshape(len(video_ids), clips.shape[1], -1)
+        for position, vid, label, view_scores in zip(positions, video_ids, labels, per_video):
+            self.chunk.add(position, vid, label, self.req.preset.video_score(view_scores, self.req.cfg.head))
+        wall_s = model_s if since is None else time.perf_counter() - since
+        self.chunk.seconds.append([len(video_ids), int(flat.shape[0]), model_s, wait_s, wall_s])
+        self.views += int(flat.shape[0])
+        if len(self.chunk.positions) >= self.req.chunk_videos:
+            self.flush()
+
+    def flush(self) -> None:
+        """Write the chunk in progress (if it holds anything)."""
+        if self.chunk:
+            self.store.write(self.chunk, self.req.cfg.num_classes)
+            self.chunk = Chunk()
+
+    def summary(self, index_faults: List[dict], checkpoint: str, kind: str = "evaluation", **more) -> dict:
+        """The run's summary, computed from its saved chunks and written beside them; ``more``
+        adds the caller's own keys (evaluate's session timing, drift's steps)."""
+        self.flush()
+        req, runner = self.req, self.runner
+        extra = {"kind": kind, "checkpoint": checkpoint, "weights_file": self.store.weights_file,
+                 "protocol": req.preset.protocol, "spec_hash": spec_hash(req.cfg, req.preset),
+                 "data_override": req.overrides, "workers": req.workers, "threads": runner.threads,
+                 "hardware": runner.hardware(), "versions": runner.versions(), "date": utc_now(),
+                 "resumed": self.resumed, **more, "provenance": provenance()}
+        summary = score_store.summarize(self.store.dir, self.identity, index_faults=index_faults, extra=extra)
+        atomic_write_json(self.store.summary_path, summary)
+        summary["_path"] = self.store.summary_path
+        return summary
+
+
+def _score_videos(scorer: Scorer, index, remaining: List[int]) -> dict:
+    """Score every remaining video of the index as the clip loader yields them, in batches."""
     from tqdm import tqdm
 
     from harness.data import ClipLoader, DatasetIndex
 
+    req = scorer.req
     sub_index = DatasetIndex([index.records[p] for p in remaining], index.label_map, type(index.faults)(),
                              index.split, index.root, index.annotation, index.source)
     position_of = {index.records[p].video_id: p for p in remaining}
     loader = ClipLoader(sub_index, req.preset, workers=req.workers)
-    chunk, n_faults_seen, views = Chunk(), 0, 0
+    n_faults_seen = 0
     bar = tqdm(total=len(remaining), unit="video", disable=req.quiet, dynamic_ncols=True,
                desc=f"{req.framework} {req.preset.protocol}")
     t_loop = t_wait = time.perf_counter()
     for batch in loader.batches(req.batch_size):
         wait = time.perf_counter() - t_wait
-        clips = batch.flat()
-        t0 = time.perf_counter()
-        out_scores = runner.forward(clips)
-        model_s = time.perf_counter() - t0
-        views += clips.shape[0]
-        per_video = out_scores.reshape(len(batch), batch.views_per_video, -1)
-        for vid, label, view_scores in zip(batch.video_ids, batch.labels, per_video):
-            chunk.add(position_of[vid], vid, label, req.preset.video_score(view_scores, req.cfg.head))
         new_faults = loader.faults.faults[n_faults_seen:]
         n_faults_seen = len(loader.faults.faults)
-        chunk.faults += [dict(f.to_dict(), position=position_of[f.video_id]) for f in new_faults]
-        chunk.seconds.append([len(batch), int(clips.shape[0]), model_s, wait, time.perf_counter() - t_wait])
+        for f in new_faults:
+            scorer.fault(dict(f.to_dict(), position=position_of[f.video_id]))
+        scorer.score([position_of[v] for v in batch.video_ids], batch.video_ids, batch.labels, batch.clips,
+                     wait_s=wait, since=t_wait)
         bar.update(len(batch) + sum(1 for f in new_faults if f.skipped))
-        bar.set_postfix(clips_s=f"{views / max(time.perf_counter() - t_loop, 1e-9):.2f}")
-        if len(chunk.positions) >= req.chunk_videos:
-            store.write(chunk, req.cfg.num_classes)
-            chunk = Chunk()
+        bar.set_postfix(clips_s=f"{scorer.views / max(time.perf_counter() - t_loop, 1e-9):.2f}")
         t_wait = time.perf_counter()
     bar.close()
-    chunk.faults += [dict(f.to_dict(), position=position_of[f.video_id]) for f in loader.faults.faults[n_faults_seen:]]
-    if chunk:
-        store.write(chunk, req.cfg.num_classes)
-    return {"videos": len(remaining), "views": views, "wall_s": time.perf_counter() - t_loop}
+    for f in loader.faults.faults[n_faults_seen:]:
+        scorer.fault(dict(f.to_dict(), position=position_of[f.video_id]))
+    scorer.flush()
+    return {"videos": len(remaining), "views": scorer.views, "wall_s": time.perf_counter() - t_loop}
 
 
 # ----------------------------------------------------------------------------- printing

@@ -368,7 +368,17 @@ def summary_files(items: List[str]) -> List[str]:
 
 
 # ----------------------------------------------------------------------------- merge & compare
-def merge(items: List[str], out: str) -> dict:
+def check_shards(shards: Sequence[Sequence[int]]) -> None:
+    """Shard numbers ``[rank, world]`` that cover ``0..world-1`` exactly once, or bad input."""
+    worlds = {s[1] for s in shards}
+    ranks = sorted(s[0] for s in shards)
+    if len(worlds) != 1 or ranks != list(range(worlds.pop())):
+        raise InputError(f"shards {ranks} do not cover 0..n-1 exactly once")
+
+
+def merge(items: List[str], out: str, kind: str = "evaluation") -> dict:
+    """The shards' summaries and scores merged into one run written to ``out``, whose
+    summary says it is a ``kind`` (drift merges its steps' runs as ``drift_step``)."""
     files = summary_files(items)
     summary_path, scores_dir = paths(out)
     for f in files:
@@ -385,49 +395,52 @@ def merge(items: List[str], out: str) -> dict:
             raise InputError(f"shards differ in {', '.join(changed)}; they are not one run")
     if any(not isinstance(d.get("shard"), list) or len(d["shard"]) != 2 for d in docs):
         raise InputError("a summary without a shard number cannot be merged")
-    worlds = {d["shard"][1] for d in docs}
-    ranks = sorted(d["shard"][0] for d in docs)
-    if len(worlds) != 1 or ranks != list(range(worlds.pop())):
-        raise InputError(f"shards {ranks} do not cover 0..n-1 exactly once")
+    check_shards([d["shard"] for d in docs])
     store = ScoreStore(out)
     if os.path.abspath(store.dir) in {os.path.abspath(d["_scores_dir"]) for d in docs}:
         raise InputError(f"--out {out} would overwrite a shard's scores; choose another --out")
     store.lock()
     try:
-        if os.path.exists(summary_path):   # never a summary beside chunks it did not come from
-            os.remove(summary_path)
-        for old in glob.glob(os.path.join(store.dir, "chunk-*.npz")):
-            os.remove(old)
-        num_classes = first.get("num_classes", 0)
-        merged = Chunk()
-        for d in docs:
-            s = read_scores(d["_scores_dir"], num_classes)
-            for p, v, l, sc in zip(s.positions.tolist(), s.video_ids, s.labels.tolist(), s.scores):
-                merged.add(p, v, l, sc)
-            merged.faults += s.faults
-            merged.seconds += s.seconds
-        order = np.argsort(merged.positions, kind="stable")
-        ordered = Chunk([merged.positions[i] for i in order], [merged.video_ids[i] for i in order],
-                        [merged.labels[i] for i in order], [merged.scores[i] for i in order],
-                        sorted(merged.faults, key=lambda f: f.get("position", -1)), merged.seconds)
-        store.write(ordered, num_classes)
-        identity = {k: first.get(k) for k in IDENTITY_KEYS}
-        identity["shard"] = [0, 1]
-        index_faults = [f for f in first["faults"]["list"] if "position" not in f]
-        keep = ("checkpoint", "protocol", "spec_hash", "hardware", "versions", "data_override")
-        walls = [(d.get("wall_s") or 0.0) for d in docs]
-        summary = summarize(store.dir, identity, index_faults,
-                            {**{k: first.get(k) for k in keep}, "kind": "evaluation",
-                             "merged_from": [os.path.relpath(p) for p in files], "date": utc_now(),
-                             "provenance": provenance()},
-                            walls=walls)
-        atomic_write_json(summary_path, summary)
+        summary = _write_merged(store, docs, files, kind)
     except OSError as exc:
         raise InputError(f"cannot write {describe_os_error(exc) if exc.filename else f'{out}: {os_reason(exc)}'}") \
             from None
     finally:
         store.unlock()
     summary["_path"] = summary_path
+    return summary
+
+
+def _write_merged(store: ScoreStore, docs: List[dict], files: List[str], kind: str) -> dict:
+    """Every shard's chunks as one chunk in index order, and its summary (the first shard's
+    identity and facts, the shards' wall times)."""
+    if os.path.exists(store.summary_path):   # never a summary beside chunks it did not come from
+        os.remove(store.summary_path)
+    for old in glob.glob(os.path.join(store.dir, "chunk-*.npz")):
+        os.remove(old)
+    first = docs[0]
+    num_classes = first.get("num_classes", 0)
+    merged = Chunk()
+    for d in docs:
+        s = read_scores(d["_scores_dir"], num_classes)
+        for p, v, l, sc in zip(s.positions.tolist(), s.video_ids, s.labels.tolist(), s.scores):
+            merged.add(p, v, l, sc)
+        merged.faults += s.faults
+        merged.seconds += s.seconds
+    order = np.argsort(merged.positions, kind="stable")
+    store.write(Chunk([merged.positions[i] for i in order], [merged.video_ids[i] for i in order],
+                      [merged.labels[i] for i in order], [merged.scores[i] for i in order],
+                      sorted(merged.faults, key=lambda f: f.get("position", -1)), merged.seconds), num_classes)
+    identity = {k: first.get(k) for k in IDENTITY_KEYS}
+    identity["shard"] = [0, 1]
+    index_faults = [f for f in first["faults"]["list"] if "position" not in f]
+    keep = ("checkpoint", "protocol", "spec_hash", "hardware", "versions", "data_override")
+    summary = summarize(store.dir, identity, index_faults,
+                        {**{k: first.get(k) for k in keep}, "kind": kind,
+                         "merged_from": [os.path.relpath(p) for p in files], "date": utc_now(),
+                         "provenance": provenance()},
+                        walls=[(d.get("wall_s") or 0.0) for d in docs])
+    atomic_write_json(store.summary_path, summary)
     return summary
 
 

@@ -250,6 +250,30 @@ def test_a_difference_under_which_every_video_fails_is_invalid_alone_not_an_erro
     assert "invalid alone" in proc.stdout
 
 
+def test_every_step_records_the_faults_evaluate_records(seeded_weights, tmp_path):
+    """Every planted fault, the short video (used, with the loader's note) among them: each
+    step's summary lists what harness.evaluate lists for that preset, and the same scores."""
+    root = tmp_path / "faulty"
+    made = run_cli("harness.make_dataset", root, "--classes", "2", "--videos-per-class", "1",
+                   "--val-videos-per-class", "1", "--seconds", "2", "--size", "128x96", "--faults", "--no-progress")
+    assert made.returncode == 0, made.stderr
+    out = tmp_path / "faulty.json"
+    proc = drift(root, seeded_weights, out, "--from", "mmaction2_val", "--to", "mmaction2_val", "--to-override",
+                 "std=[58.395, 57.12, 65.025]", "--no-plot", "--chunk-videos", "1")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ref = tmp_path / "evaluate.json"
+    proc = run_cli("harness.evaluate", "--framework", "torch", "--data-root", root, "--checkpoint", seeded_weights,
+                   "--data-preset", "mmaction2_val", *SMALL, "--threads", "1", "--out", ref, "-q")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    ev = json.loads(ref.read_text())
+    assert ev["faults"]["counts"]["short_video"] == 1 and ev["n_missing"] == 6
+    for row in json.loads(out.read_text())["table"]:
+        step = json.loads((tmp_path / row["summary"]).read_text())
+        assert step["faults"] == ev["faults"] and step["n_videos"] == ev["n_videos"] == 3, row["label"]
+    from_row = rows_by_label(json.loads(out.read_text()))["FROM mmaction2_val"]
+    np.testing.assert_array_equal(scores_of(ref).scores, scores_of(tmp_path / from_row["summary"]).scores)
+
+
 # ----------------------------------------------------------------------------- resume; slow: shards, acceptance
 def test_resume_after_sigkill_equals_the_uninterrupted_audit(lean, dataset, seeded_weights, tmp_path):
     doc, ref_out, _ = lean
