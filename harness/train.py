@@ -214,24 +214,33 @@ class TrainRequest:
         preset = get_train_preset(args.train_preset)
         overrides = parse_overrides(args.data_override, preset)
         preset = with_overrides(preset, overrides)
-        checkpoint = args.checkpoint
-        if checkpoint:
-            from harness.checkpoints.registry import registry_entry, resolve
+        check_inputs_and_out(args)
+        return cls(framework=framework, cfg=get_preset(args.arch), recipe=recipe, preset=preset,
+                   data_root=args.data_root, out=args.out, overrides=overrides, split=args.split,
+                   annotations=args.annotations, checkpoint=args.checkpoint, trust=args.trust_checkpoint,
+                   reset_head=args.reset_head, checkpoint_classes=args.checkpoint_classes,
+                   num_classes=args.num_classes, seed=args.seed, workers=args.workers, device=args.device,
+                   ms_mode=args.ms_mode, threads=args.threads, sync_bn=args.sync_bn, save_every=args.save_every,
+                   keep=args.keep, max_steps=args.max_steps, resume=args.resume, quiet=args.quiet)
 
-            if registry_entry(checkpoint) is not None:     # a registry name: its cached file
-                checkpoint = resolve(checkpoint, verify_digest=False)
-            checkpoint = check_input_file(checkpoint, "--checkpoint")
-        if args.annotations:
-            check_input_file(args.annotations, "--annotations")
-        check_output_dir(args.out, "--out folder", inputs=[args.data_root, checkpoint, args.annotations])
-        if checkpoint and CHECKPOINT_NAME.match(os.path.basename(checkpoint)) and \
-                os.path.realpath(os.path.dirname(os.path.abspath(checkpoint))) == os.path.realpath(args.out):
-            raise InputError(f"--checkpoint {checkpoint} is inside --out {args.out}, where this run writes and prunes "
-                             "its checkpoints: copy it elsewhere, or use another --out")
-        return cls(framework, get_preset(args.arch), recipe, preset, args.data_root, args.out, overrides,
-                   args.split, args.annotations, args.checkpoint, args.trust_checkpoint, args.reset_head,
-                   args.checkpoint_classes, args.num_classes, args.seed, args.workers, args.device, args.ms_mode,
-                   args.threads, args.sync_bn, args.save_every, args.keep, args.max_steps, args.resume, args.quiet)
+
+def check_inputs_and_out(args) -> None:
+    """The initial checkpoint (a file, or a registry name already fetched) and the annotation
+    file are readable; ``--out`` is a folder this run may write, holding neither of them."""
+    checkpoint = args.checkpoint
+    if checkpoint:
+        from harness.checkpoints.registry import registry_entry, resolve
+
+        if registry_entry(checkpoint) is not None:     # a registry name: its cached file
+            checkpoint = resolve(checkpoint, verify_digest=False)
+        checkpoint = check_input_file(checkpoint, "--checkpoint")
+    if args.annotations:
+        check_input_file(args.annotations, "--annotations")
+    check_output_dir(args.out, "--out folder", inputs=[args.data_root, checkpoint, args.annotations])
+    if checkpoint and CHECKPOINT_NAME.match(os.path.basename(checkpoint)) and \
+            os.path.realpath(os.path.dirname(os.path.abspath(checkpoint))) == os.path.realpath(args.out):
+        raise InputError(f"--checkpoint {checkpoint} is inside --out {args.out}, where this run writes and prunes "
+                         "its checkpoints: copy it elsewhere, or use another --out")
 
 
 # ----------------------------------------------------------------------------- weights
@@ -597,51 +606,74 @@ def _step(trainer, batch):
 
 
 def _train(req: TrainRequest, world, folder: RunFolder) -> dict:
-    from tqdm import tqdm
-
-    from harness.data.index import Fault, FaultLog
-    from harness.train_data import TrainPlan
     from harness.training import make_trainer
 
     s = prepare(req, world)
-    cfg, recipe, spe, stop, state = s.cfg, req.recipe, s.spe, s.stop, s.state
     threads = req.threads or max(1, (os.cpu_count() or 1) // world.size)
-    trainer = make_trainer(req.framework, cfg, recipe, s.arrays, steps_per_epoch=spe, device=req.device,
+    trainer = make_trainer(req.framework, s.cfg, req.recipe, s.arrays, steps_per_epoch=s.spe, device=req.device,
                            ms_mode=req.ms_mode, threads=threads, world=world, seed=req.seed, sync_bn=req.sync_bn)
     world = trainer.world
     if world.is_main and folder.fd is None:
         folder.lock()
-    curve: List[dict] = []
-    faults, filled = FaultLog(), []      # this run's decode faults and filled steps, kept across --resume
-    start = 0
-    if state is not None:
-        start = resume_trainer(trainer, req.out, state, s.identity)
-        curve = [row for row in state["curve"] if row["step"] < start]
-        faults.extend(Fault(f["id"], f["kind"], f["reason"], bool(f.get("skipped", True)))
-                      for f in state.get("faults", []) if isinstance(f, dict) and {"id", "kind", "reason"} <= set(f))
-        filled = [f for f in state.get("filled", []) if isinstance(f, dict) and f.get("step", stop) < start]
+    start, curve, faults, filled = _resumed(req, trainer, s)
     if world.is_main:
-        removed, nbytes = folder.clean_temporaries()
-        if removed:
-            say(f"removed {removed} temporary file{'s' * (removed != 1)} a killed run left in {req.out}: "
-                f"{nbytes:,} bytes ({nbytes / 2 ** 20:.1f} MiB)")
-        if state is not None:
-            say(f"resumed from {state['checkpoint']} at step {start}")
-        classes_path = check_output_path(os.path.join(req.out, CLASSES_FILE), "classes file", inputs=req.inputs)
-        with atomic_path(classes_path) as tmp:
-            with open(tmp, "w", encoding="utf-8") as f:
-                f.write("\n".join(class_names(s.index, cfg.num_classes)) + "\n")
-        folder.made.append(CLASSES_FILE)
-        say(f"weights: {s.init_label}")
-        for quirk in req.preset.known_quirks:
-            say(f"data {req.preset.name}: {quirk}")
+        _start_folder(req, folder, s, start)
+    _run_steps(req, trainer, world, s, start, curve, faults, filled)
+    summary = _summary(req, s, trainer, threads, start, curve, faults, filled)
+    if world.is_main:
+        path = check_output_path(os.path.join(req.out, SUMMARY_FILE), "summary", inputs=req.inputs)
+        atomic_write_json(path, result_doc("train", summary))
+    return summary
 
-    plan = TrainPlan(s.index, recipe.batch_size, spe, recipe.epochs, req.seed, world.rank, world.size,
+
+def _resumed(req: TrainRequest, trainer, s: Setup):
+    """``(first step, curve, faults, filled steps)``: what a resumed run's state kept (its
+    decode faults and filled steps too), the trainer loaded; empty for a new run."""
+    from harness.data.index import Fault, FaultLog
+
+    faults = FaultLog()      # this run's decode faults, kept across --resume
+    if s.state is None:
+        return 0, [], faults, []
+    state = s.state
+    start = resume_trainer(trainer, req.out, state, s.identity)
+    curve = [row for row in state["curve"] if row["step"] < start]
+    faults.extend(Fault(f["id"], f["kind"], f["reason"], bool(f.get("skipped", True)))
+                  for f in state.get("faults", []) if isinstance(f, dict) and {"id", "kind", "reason"} <= set(f))
+    filled = [f for f in state.get("filled", []) if isinstance(f, dict) and f.get("step", s.stop) < start]
+    return start, curve, faults, filled
+
+
+def _start_folder(req: TrainRequest, folder: RunFolder, s: Setup, start: int) -> None:
+    """The main process, before the first step: a killed run's temporaries removed, the class
+    names written, and what the run starts from said."""
+    removed, nbytes = folder.clean_temporaries()
+    if removed:
+        say(f"removed {removed} temporary file{'s' * (removed != 1)} a killed run left in {req.out}: "
+            f"{nbytes:,} bytes ({nbytes / 2 ** 20:.1f} MiB)")
+    if s.state is not None:
+        say(f"resumed from {s.state['checkpoint']} at step {start}")
+    classes_path = check_output_path(os.path.join(req.out, CLASSES_FILE), "classes file", inputs=req.inputs)
+    with atomic_path(classes_path) as tmp:
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write("\n".join(class_names(s.index, s.cfg.num_classes)) + "\n")
+    folder.made.append(CLASSES_FILE)
+    say(f"weights: {s.init_label}")
+    for quirk in req.preset.known_quirks:
+        say(f"data {req.preset.name}: {quirk}")
+
+
+def _run_steps(req: TrainRequest, trainer, world, s: Setup, start: int, curve, faults, filled) -> None:
+    """The steps from ``start`` to the stop, under a progress bar (the main process's)."""
+    from tqdm import tqdm
+
+    from harness.train_data import TrainPlan
+
+    plan = TrainPlan(s.index, req.recipe.batch_size, s.spe, req.recipe.epochs, req.seed, world.rank, world.size,
                      min_clips=s.min_clips)
-    bar = tqdm(total=stop - start, disable=req.quiet or not world.is_main, unit="step", dynamic_ncols=True,
+    bar = tqdm(total=s.stop - start, disable=req.quiet or not world.is_main, unit="step", dynamic_ncols=True,
                desc=f"{req.framework} train")
-    meta_base = {"framework": req.framework, "arch": cfg.to_dict(), "recipe": recipe.to_dict(),
-                 "data_preset": req.preset.to_dict(), "classes": class_names(s.index, cfg.num_classes),
+    meta_base = {"framework": req.framework, "arch": s.cfg.to_dict(), "recipe": req.recipe.to_dict(),
+                 "data_preset": req.preset.to_dict(), "classes": class_names(s.index, s.cfg.num_classes),
                  "identity": s.identity}
     try:
         _loop(req, trainer, world, plan, bar, s, start, curve, faults, filled, meta_base)
@@ -650,22 +682,25 @@ def _train(req: TrainRequest, world, folder: RunFolder) -> dict:
         raise
     finally:
         bar.close()
+
+
+def _summary(req: TrainRequest, s: Setup, trainer, threads: int, start: int, curve, faults, filled) -> dict:
+    """What train.json says of the run."""
+    from harness.data.index import FaultLog
+
+    cfg, recipe, world = s.cfg, req.recipe, trainer.world
     all_faults = FaultLog(list(s.index.faults.faults) + list(faults.faults))
-    summary = {"framework": req.framework, "arch": cfg.name, "arch_hash": arch_hash(cfg),
-               "num_classes": cfg.num_classes, "recipe": recipe.to_dict(), "recipe_hash": recipe_hash(recipe),
-               "data_preset": req.preset.name, "data_preset_hash": data_preset_hash(req.preset),
-               "data_override": req.overrides, "init_weights": s.init_label, "init_weights_sha256": s.init_sha,
-               "steps_per_epoch": spe, "total_steps": s.total, "steps_done": trainer.step_index,
-               "resumed_from": start if state is not None else None, "world_size": world.size,
-               "launcher": world.launcher, "threads": threads, "checkpoint": checkpoint_name(req.framework, stop),
-               "curve": curve, "final_loss": curve[-1]["loss"] if curve else None,
-               "mean_step_ms": float(np.mean([r["step_ms"] for r in curve[1:]])) if len(curve) > 1 else None,
-               "faults": all_faults.to_dict(), "min_clips": s.min_clips, "filled_steps": filled,
-               "versions": trainer.runner.versions(), "hardware": trainer.runner.hardware(), "date": utc_now()}
-    if world.is_main:
-        path = check_output_path(os.path.join(req.out, SUMMARY_FILE), "summary", inputs=req.inputs)
-        atomic_write_json(path, result_doc("train", summary))
-    return summary
+    return {"framework": req.framework, "arch": cfg.name, "arch_hash": arch_hash(cfg),
+            "num_classes": cfg.num_classes, "recipe": recipe.to_dict(), "recipe_hash": recipe_hash(recipe),
+            "data_preset": req.preset.name, "data_preset_hash": data_preset_hash(req.preset),
+            "data_override": req.overrides, "init_weights": s.init_label, "init_weights_sha256": s.init_sha,
+            "steps_per_epoch": s.spe, "total_steps": s.total, "steps_done": trainer.step_index,
+            "resumed_from": start if s.state is not None else None, "world_size": world.size,
+            "launcher": world.launcher, "threads": threads, "checkpoint": checkpoint_name(req.framework, s.stop),
+            "curve": curve, "final_loss": curve[-1]["loss"] if curve else None,
+            "mean_step_ms": float(np.mean([r["step_ms"] for r in curve[1:]])) if len(curve) > 1 else None,
+            "faults": all_faults.to_dict(), "min_clips": s.min_clips, "filled_steps": filled,
+            "versions": trainer.runner.versions(), "hardware": trainer.runner.hardware(), "date": utc_now()}
 
 
 def _loop(req, trainer, world, plan, bar, s: Setup, start: int, curve, faults, filled, meta_base) -> None:
