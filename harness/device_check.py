@@ -27,7 +27,7 @@ import os
 import statistics
 import sys
 import tempfile
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
@@ -99,10 +99,8 @@ def _logits_error(ref: np.ndarray, got: np.ndarray) -> dict:
             "mean_abs": float(diff.mean()), **topk_agreement(ref, got)}
 
 
-def _main(args) -> int:
-    from harness.runners import RunnerError
-    from harness.runners.child import Job, run_job, save_clip
-
+def _clip_dims(args) -> Tuple[int, int, int]:
+    """``(frames, height, width)`` of every clip, each batch of it within the size limit."""
     try:
         if args.input_shape:
             channels, frames, height, width = args.input_shape[1:]
@@ -114,85 +112,31 @@ def _main(args) -> int:
             check_clip_size((batch, 3, frames, height, width))
     except argparse.ArgumentTypeError as exc:
         raise InputError(str(exc)) from None
+    return frames, height, width
+
+
+def _main(args) -> int:
+    from harness.runners.child import Job, run_job, save_clip
+
+    frames, height, width = _clip_dims(args)
     check_output_path(args.out, "--json")
     cfg = get_preset(args.arch)
     rng = np.random.default_rng(0)
     clip = rng.standard_normal((1, 3, frames, height, width)).astype(np.float32)
     clips = rng.standard_normal((args.clips, 3, frames, height, width)).astype(np.float32)
-    names = layer_names(cfg)
-    dtypes = [d for d in args.dtypes if not (d == "tf32" and args.device == "cpu")]
     doc: dict = {"benchmark": "device_check", "arch": cfg.name, "arch_hash": arch_hash(cfg),
                  "parameters": parameter_count(cfg), "input_shape": list(clip.shape), "device": args.device,
                  "date": utc_now(), "tf32": False, "cudnn_benchmark_for_parity": False,
                  "gflops_per_clip": gflops_per_clip(cfg, clip.shape[1:])}
-    runs: Dict[str, dict] = {}
     with tempfile.TemporaryDirectory(prefix="nlparity-device-") as tmp:
-        clip_path = save_clip(os.path.join(tmp, "clip.npy"), clip)
-        clips_path = save_clip(os.path.join(tmp, "clips.npy"), clips)
+        paths = {"tmp": tmp, "clip": save_clip(os.path.join(tmp, "clip.npy"), clip),
+                 "clips": save_clip(os.path.join(tmp, "clips.npy"), clips)}
         weights = os.path.join(tmp, "weights.npz")
-        run_job(Job("torch", cfg, seed=0, save_weights=weights, input=clip_path), tmp, "weights")
+        run_job(Job("torch", cfg, seed=0, save_weights=weights, input=paths["clip"]), tmp, "weights")
         job = dict(config=cfg, weights=weights, threads=args.threads)
-
-        # 1. the candidate device against the CPU, float32, every layer
-        with _child({**job, "device": "cpu"}, tmp, "cpu") as cpu:
-            ref = _outputs(cpu, "intermediates", clip_path, os.path.join(tmp, "cpu.npz"))
-            runs["cpu"] = {"versions": cpu.ready["versions"], "hardware": cpu.ready["hardware"]}
-        with _child({**job, "device": args.device}, tmp, "exact") as exact:
-            got = _outputs(exact, "intermediates", clip_path, os.path.join(tmp, "exact.npz"))
-            logits32 = _outputs(exact, "forward", clips_path, os.path.join(tmp, "logits32.npz"))["logits"]
-            runs[args.device] = {"versions": exact.ready["versions"], "hardware": exact.ready["hardware"]}
-        report = compare_outputs(ref, got, names, atol=args.atol, reference_name="torch-cpu",
-                                 candidate_name=f"torch-{args.device}")
-        print(format_report(report), flush=True)
-        doc["parity"] = report.to_dict()
-
-        # 2. the fast path against the exact one, float32, every layer; 3. reduced dtypes' logits
-        doc["dtypes"] = {}
-        for variant, options in (("exact", {}), ("fast", FAST_OPTIONS)):
-            for dtype in (["float32"] if variant == "fast" else []) + dtypes:
-                name = f"{variant}-{dtype}"
-                try:
-                    with _child({**job, "device": args.device}, tmp, name, dtype=dtype, **options) as child:
-                        if variant == "fast" and dtype == "float32":
-                            fast = _outputs(child, "intermediates", clip_path, os.path.join(tmp, "fast.npz"))
-                            fast_report = compare_outputs(got, fast, names, atol=args.atol,
-                                                          reference_name=f"torch-{args.device}-exact",
-                                                          candidate_name=f"torch-{args.device}-fast")
-                            print(format_report(fast_report), flush=True)
-                            doc["fast_parity"] = fast_report.to_dict()
-                        logits = _outputs(child, "forward", clips_path, os.path.join(tmp, f"{name}.npz"))["logits"]
-                    doc["dtypes"][name] = _logits_error(logits32, logits)
-                except RunnerError as exc:
-                    doc["dtypes"][name] = {"error": str(exc)}
-                entry = doc["dtypes"][name]
-                print(f"logits {name:<16} vs float32 exact: " + (
-                    f"error {entry['error']}" if "error" in entry else
-                    f"max |d| / max|logit| {entry['scaled_max_abs']:.2e}, top-1 agreement "
-                    f"{entry['top1_agreement']:.3f} over {args.clips} clips"), flush=True)
-
-        # 4. throughput, float32 exact, autotuner on, batch on the device
-        rows: Dict[str, list] = {}
-        timed = [(args.device, args.batch_sizes)] + ([("cpu", [1])] if args.device != "cpu" else [])
-        for device, batches in timed:
-            iters, warmup = (args.iters, args.warmup) if device == args.device else (3, 1)
-            rows[device] = []
-            with _child({**job, "device": device}, tmp, f"time-{device}", benchmark=True) as child:
-                for batch in batches:
-                    shape = [batch] + list(clip.shape[1:])
-                    try:
-                        child.request(op="prepare", task="infer", shape=shape)
-                        if warmup:
-                            child.request(op="time", task="infer", shape=shape, iters=warmup)
-                        steps = child.request(op="time", task="infer", shape=shape, iters=iters)["step_s"]
-                    except RunnerError as exc:   # out of memory at a large batch: recorded, larger ones skipped
-                        rows[device].append({"batch_size": batch, "error": str(exc)})
-                        break
-                    median = statistics.median(steps)
-                    rows[device].append({"batch_size": batch, "step_s": steps, "step_s_median": median,
-                                         "step_s_min": min(steps), "clips_per_s": batch / median,
-                                         "ms_per_clip": 1000 * median / batch, "cudnn_benchmark": True})
-                    print(f"torch {device} batch {batch:>3}: {1000 * median / batch:7.2f} ms/clip  "
-                          f"{batch / median:8.2f} clips/s", flush=True)
+        report, got, logits32, runs = _device_parity(args, job, paths, doc)
+        _fast_and_dtypes(args, job, paths, doc, got, logits32)
+        rows = _throughput(args, job, tmp, list(clip.shape[1:]))
     if args.device == "gpu":
         doc.update(gpu=rows["gpu"], cpu=rows["cpu"][0] if rows["cpu"] else None)
     else:   # a smoke test: no GPU rows for the report to mistake for a GPU's
@@ -202,6 +146,88 @@ def _main(args) -> int:
     atomic_write_json(args.out, result_doc("device_check", doc, runs=runs))
     passed = report.passed and doc.get("fast_parity", {}).get("passed", True)
     return 0 if passed else 1
+
+
+def _device_parity(args, job: dict, paths: dict, doc: dict):
+    """1. the candidate device against the CPU, float32, every layer: ``(report, the
+    candidate's layers, its float32 logits of the clips, each device's versions and hardware)``."""
+    tmp = paths["tmp"]
+    runs: Dict[str, dict] = {}
+    with _child({**job, "device": "cpu"}, tmp, "cpu") as cpu:
+        ref = _outputs(cpu, "intermediates", paths["clip"], os.path.join(tmp, "cpu.npz"))
+        runs["cpu"] = {"versions": cpu.ready["versions"], "hardware": cpu.ready["hardware"]}
+    with _child({**job, "device": args.device}, tmp, "exact") as exact:
+        got = _outputs(exact, "intermediates", paths["clip"], os.path.join(tmp, "exact.npz"))
+        logits32 = _outputs(exact, "forward", paths["clips"], os.path.join(tmp, "logits32.npz"))["logits"]
+        runs[args.device] = {"versions": exact.ready["versions"], "hardware": exact.ready["hardware"]}
+    report = compare_outputs(ref, got, layer_names(job["config"]), atol=args.atol, reference_name="torch-cpu",
+                             candidate_name=f"torch-{args.device}")
+    print(format_report(report), flush=True)
+    doc["parity"] = report.to_dict()
+    return report, got, logits32, runs
+
+
+def _fast_and_dtypes(args, job: dict, paths: dict, doc: dict, got: dict, logits32: np.ndarray) -> None:
+    """2. the fast path against the exact one, float32, every layer; 3. reduced dtypes' logits."""
+    from harness.runners import RunnerError
+
+    tmp, names = paths["tmp"], layer_names(job["config"])
+    dtypes = [d for d in args.dtypes if not (d == "tf32" and args.device == "cpu")]
+    doc["dtypes"] = {}
+    for variant, options in (("exact", {}), ("fast", FAST_OPTIONS)):
+        for dtype in (["float32"] if variant == "fast" else []) + dtypes:
+            name = f"{variant}-{dtype}"
+            try:
+                with _child({**job, "device": args.device}, tmp, name, dtype=dtype, **options) as child:
+                    if variant == "fast" and dtype == "float32":
+                        fast = _outputs(child, "intermediates", paths["clip"], os.path.join(tmp, "fast.npz"))
+                        fast_report = compare_outputs(got, fast, names, atol=args.atol,
+                                                      reference_name=f"torch-{args.device}-exact",
+                                                      candidate_name=f"torch-{args.device}-fast")
+                        print(format_report(fast_report), flush=True)
+                        doc["fast_parity"] = fast_report.to_dict()
+                    logits = _outputs(child, "forward", paths["clips"], os.path.join(tmp, f"{name}.npz"))["logits"]
+                doc["dtypes"][name] = _logits_error(logits32, logits)
+            except RunnerError as exc:
+                doc["dtypes"][name] = {"error": str(exc)}
+            entry = doc["dtypes"][name]
+            print(f"logits {name:<16} vs float32 exact: " + (
+                f"error {entry['error']}" if "error" in entry else
+                f"max |d| / max|logit| {entry['scaled_max_abs']:.2e}, top-1 agreement "
+                f"{entry['top1_agreement']:.3f} over {args.clips} clips"), flush=True)
+
+
+def _throughput(args, job: dict, tmp: str, clip_dims: List[int]) -> Dict[str, list]:
+    """4. throughput, float32 exact, autotuner on, batch on the device: rows per device."""
+    rows: Dict[str, list] = {}
+    timed = [(args.device, args.batch_sizes)] + ([("cpu", [1])] if args.device != "cpu" else [])
+    for device, batches in timed:
+        iters, warmup = (args.iters, args.warmup) if device == args.device else (3, 1)
+        with _child({**job, "device": device}, tmp, f"time-{device}", benchmark=True) as child:
+            rows[device] = _timed_rows(child, device, batches, clip_dims, iters, warmup)
+    return rows
+
+
+def _timed_rows(child, device: str, batches: List[int], clip_dims: List[int], iters: int, warmup: int) -> list:
+    from harness.runners import RunnerError
+
+    rows = []
+    for batch in batches:
+        shape = [batch] + clip_dims
+        try:
+            child.request(op="prepare", task="infer", shape=shape)
+            if warmup:
+                child.request(op="time", task="infer", shape=shape, iters=warmup)
+            steps = child.request(op="time", task="infer", shape=shape, iters=iters)["step_s"]
+        except RunnerError as exc:   # out of memory at a large batch: recorded, larger ones skipped
+            rows.append({"batch_size": batch, "error": str(exc)})
+            break
+        median = statistics.median(steps)
+        rows.append({"batch_size": batch, "step_s": steps, "step_s_median": median, "step_s_min": min(steps),
+                     "clips_per_s": batch / median, "ms_per_clip": 1000 * median / batch, "cudnn_benchmark": True})
+        print(f"torch {device} batch {batch:>3}: {1000 * median / batch:7.2f} ms/clip  "
+              f"{batch / median:8.2f} clips/s", flush=True)
+    return rows
 
 
 if __name__ == "__main__":
