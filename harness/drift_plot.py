@@ -25,7 +25,18 @@ def waterfall(rows: List[dict], path: str, title: str = "") -> str:
     alone = [r for r in rows if r["kind"] == "alone"]
     fig = figure(max(10.0, 0.55 * (len(path_rows) + len(alone)) + 6), 5.5,
                  missing="the plot needs matplotlib (pip install matplotlib), or pass --no-plot")
-    ax = fig.add_subplot(1, 2, 1)
+    _path_panel(fig.add_subplot(1, 2, 1), path_rows)
+    _alone_panel(fig.add_subplot(1, 2, 2), alone)
+    fig.subplots_adjust(wspace=0.4)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    with atomic_path(path, suffix=".png") as tmp:
+        fig.savefig(tmp, format="png", bbox_inches="tight", metadata={"Software": None})
+    return path
+
+
+def _path_panel(ax, path_rows: List[dict]) -> None:
+    """Top-1 along the cumulative path: FROM and TO full, each path step floating from the previous."""
     labels, previous, seen = [], None, []
     for i, r in enumerate(path_rows):
         top1 = _pct(r.get("top1")) if r.get("status") == "ok" else None
@@ -60,7 +71,9 @@ def waterfall(rows: List[dict], path: str, title: str = "") -> str:
         ax.set_ylabel("top-1 accuracy (%)")
     ax.grid(axis="y", alpha=0.3)
 
-    bx = fig.add_subplot(1, 2, 2)
+
+def _alone_panel(bx, alone: List[dict]) -> None:
+    """Each difference applied alone to FROM, as its top-1 change in percentage points."""
     names = [r["label"].split(": ", 1)[-1] for r in alone]
     for i, r in enumerate(alone):
         delta = _pct(r.get("delta_top1")) if r.get("status") == "ok" else None
@@ -83,9 +96,3 @@ def waterfall(rows: List[dict], path: str, title: str = "") -> str:
     bx.set_ylabel("difference applied alone")
     bx.set_title("each difference alone", fontsize=10)
     bx.grid(axis="x", alpha=0.3)
-    fig.subplots_adjust(wspace=0.4)
-    if title:
-        fig.suptitle(title, fontsize=10)
-    with atomic_path(path, suffix=".png") as tmp:
-        fig.savefig(tmp, format="png", bbox_inches="tight", metadata={"Software": None})
-    return path

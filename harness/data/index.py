@@ -380,51 +380,67 @@ def read_kinetics_csv(
     has_label = "label" in col
     if not has_label:   # the summary says so ("the split has no labels"): not a line of its own on stderr
         log.info("%s has no label column: records get label -1", csv_path)
-    n_cols = len(header)
 
     faults = FaultLog()
     records: List[VideoRecord] = []
     seen = set()
     for line_no, row, error in _numbered_rows(reader, 2):
-        row_id = f"{csv_path.name}:{line_no}"
-        if error:
-            faults.add(row_id, "bad_row", f"unparseable CSV record: {error}")
+        video_id = _csv_video_id(f"{csv_path.name}:{line_no}", row, error, col, len(header), faults)
+        if video_id is None:
             continue
-        if not row or all(not c.strip() for c in row):
-            continue
-        if len(row) < n_cols:
-            faults.add(row_id, "bad_row", f"{len(row)} columns, expected {n_cols}: {','.join(row)[:120]}")
-            continue
-        youtube_id = row[col["youtube_id"]].strip()
-        try:
-            start, end = _parse_time(row[col["time_start"]]), _parse_time(row[col["time_end"]])
-        except ValueError:
-            faults.add(row_id, "bad_row", f"non-integer time_start/time_end: {','.join(row)[:120]}")
-            continue
-        if not youtube_id:
-            faults.add(row_id, "bad_row", "empty youtube_id")
-            continue
-        video_id = kinetics_video_id(youtube_id, start, end)
         if video_id in seen:
             faults.add(video_id, "duplicate_row", f"line {line_no} repeats an earlier row")
             continue
         seen.add(video_id)
-        label, label_name = -1, ""
-        if has_label:
-            label_name = canonical_label(row[col["label"]])
-            label = label_map.get(label_name, -1)
-            if label < 0:
-                faults.add(video_id, "unknown_label", f"label '{label_name}' not in the {label_map.order} label map")
-                continue
-        expected = videos / f"{video_id}.mp4"
-        if guard.written_outside(expected, video_id, faults):
-            continue
-        path = _resolve_video(videos, video_id)
-        if not _check_file(path, video_id, expected, faults) or guard.linked_outside(path, video_id, faults):
-            continue
-        records.append(VideoRecord(video_id, str(path), label, label_name, line_no))
+        record = _csv_record(video_id, row[col["label"]] if has_label else None, line_no, label_map, videos, guard,
+                             faults)
+        if record is not None:
+            records.append(record)
     _log_index(csv_path, records, faults)
     return DatasetIndex(records, label_map, faults, split, str(root), str(csv_path), "kinetics_csv")
+
+
+def _csv_video_id(row_id: str, row: List[str], error, col: Dict[str, int], n_cols: int,
+                  faults: FaultLog) -> Optional[str]:
+    """The video id a CSV row names; None for a blank row, or a bad one (its fault recorded)."""
+    if error:
+        faults.add(row_id, "bad_row", f"unparseable CSV record: {error}")
+        return None
+    if not row or all(not c.strip() for c in row):
+        return None
+    if len(row) < n_cols:
+        faults.add(row_id, "bad_row", f"{len(row)} columns, expected {n_cols}: {','.join(row)[:120]}")
+        return None
+    youtube_id = row[col["youtube_id"]].strip()
+    try:
+        start, end = _parse_time(row[col["time_start"]]), _parse_time(row[col["time_end"]])
+    except ValueError:
+        faults.add(row_id, "bad_row", f"non-integer time_start/time_end: {','.join(row)[:120]}")
+        return None
+    if not youtube_id:
+        faults.add(row_id, "bad_row", "empty youtube_id")
+        return None
+    return kinetics_video_id(youtube_id, start, end)
+
+
+def _csv_record(video_id: str, label_text: Optional[str], line_no: int, label_map: LabelMap, videos: Path,
+                guard: _RootGuard, faults: FaultLog) -> Optional[VideoRecord]:
+    """The record of a row's video: its label known (an unlabelled split: -1) and its file
+    inside the root and readable; otherwise None, the fault recorded."""
+    label, label_name = -1, ""
+    if label_text is not None:
+        label_name = canonical_label(label_text)
+        label = label_map.get(label_name, -1)
+        if label < 0:
+            faults.add(video_id, "unknown_label", f"label '{label_name}' not in the {label_map.order} label map")
+            return None
+    expected = videos / f"{video_id}.mp4"
+    if guard.written_outside(expected, video_id, faults):
+        return None
+    path = _resolve_video(videos, video_id)
+    if not _check_file(path, video_id, expected, faults) or guard.linked_outside(path, video_id, faults):
+        return None
+    return VideoRecord(video_id, str(path), label, label_name, line_no)
 
 
 def read_list_file(

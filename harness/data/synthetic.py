@@ -384,39 +384,44 @@ def plant_faults(
         rows = [row for row in reader]
     if not rows:
         raise ValueError(f"{csv_path} has no rows to borrow a label from")
-    label = rows[0][0]
-    width, height = size
     rng = np.random.default_rng([seed, 7919])
     planted: Dict[str, List[str]] = {}
     extra_rows: List[List[str]] = []
     for kind in kinds:
-        youtube_id = f"fault{kind.replace('_', '')}"[:11].ljust(11, "x")
-        start, end = 0, 10
-        vid = f"{youtube_id}_{start:06d}_{end:06d}"
-        path = root / split / video_filename(youtube_id, start, end)
-        row = [label, youtube_id, str(start), str(end), split]
-        if kind == "missing_file":
-            pass
-        elif kind == "empty_file":
-            write_bytes(ledger.file(path), b"")
-        elif kind in ("truncated", "unknown_label", "short_video"):
-            frames_n = SHORT_VIDEO_FRAMES if kind == "short_video" else 40
-            params = draw_params(0, rng)
-            write_video(ledger.file(path), render(params, frames_n, height, width, fps, rng), fps)
-            if kind == "truncated":
-                data = path.read_bytes()
-                write_bytes(path, data[: len(data) // 2])
-            if kind == "unknown_label":
-                row[0] = UNKNOWN_LABEL
-        elif kind == "not_a_video":
-            write_bytes(ledger.file(path), b"this is not a video, only some text pretending to be one\n" * 20)
-        elif kind == "bad_row":
-            row = [label, youtube_id]  # too few columns
-            vid = ",".join(row)
+        row, vid = _plant(kind, root / split, rows[0][0], split, size, fps, rng, ledger)
         extra_rows.append(row)
         planted[kind] = [vid]
     _write_csv(csv_path, rows + extra_rows, header)
     return planted
+
+
+def _plant(kind: str, folder: Path, label: str, split: str, size: Tuple[int, int], fps: int,
+           rng: np.random.Generator, ledger: _Ledger) -> Tuple[List[str], str]:
+    """One fault of ``kind``: its file written into ``folder`` (if it has one); returns its
+    CSV row and the id the loader will name it by."""
+    youtube_id = f"fault{kind.replace('_', '')}"[:11].ljust(11, "x")
+    start, end = 0, 10
+    vid = f"{youtube_id}_{start:06d}_{end:06d}"
+    path = folder / video_filename(youtube_id, start, end)
+    row = [label, youtube_id, str(start), str(end), split]
+    width, height = size
+    if kind == "empty_file":
+        write_bytes(ledger.file(path), b"")
+    elif kind in ("truncated", "unknown_label", "short_video"):
+        frames_n = SHORT_VIDEO_FRAMES if kind == "short_video" else 40
+        params = draw_params(0, rng)
+        write_video(ledger.file(path), render(params, frames_n, height, width, fps, rng), fps)
+        if kind == "truncated":
+            data = path.read_bytes()
+            write_bytes(path, data[: len(data) // 2])
+        if kind == "unknown_label":
+            row[0] = UNKNOWN_LABEL
+    elif kind == "not_a_video":
+        write_bytes(ledger.file(path), b"this is not a video, only some text pretending to be one\n" * 20)
+    elif kind == "bad_row":
+        row = [label, youtube_id]  # too few columns
+        vid = ",".join(row)
+    return row, vid                # missing_file: a row, no file
 
 
 def _tqdm(enabled: bool):
