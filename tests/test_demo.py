@@ -79,12 +79,15 @@ def test_every_child_runs_with_one_thread_and_torch_deterministic(monkeypatch):
         returncode = 0
 
     monkeypatch.setattr(demo.subprocess, "run", lambda cmd, env: seen.append((cmd, env)) or Done())
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     demo._step("t", "harness.train", "--x", "1", deterministic=True)
-    demo._step("e", "harness.evaluate", "--y")
-    (train, env), (evaluate, _) = seen
+    demo._step("e", "harness.evaluate", "--y", one_thread=True)
+    demo._step("r", "harness.report")
+    (train, env), (evaluate, env_eval), (_, env_report) = seen
     assert train[1] == "-c" and "use_deterministic_algorithms(True)" in train[2] and train[3:] == ["--x", "1"]
     assert "'harness.train'" in train[2] and evaluate[1:] == ["-m", "harness.evaluate", "--y"]
-    assert env["OMP_NUM_THREADS"] == "1" and env["MKL_NUM_THREADS"] == "1"
+    assert env["OMP_NUM_THREADS"] == "1" and env["MKL_NUM_THREADS"] == "1" and env_eval["OMP_NUM_THREADS"] == "1"
+    assert "OMP_NUM_THREADS" not in env_report
 
 
 @pytest.mark.slow
