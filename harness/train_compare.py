@@ -136,40 +136,46 @@ def optimizer_errors(params: Dict[str, np.ndarray], grads: List[Dict[str, np.nda
     sample = lambda n, a: np.asarray(a, dtype=np.float64).ravel()[pick[n]]   # noqa: E731
     oracle = sgd_reference({n: sample(n, p) for n, p in params.items()},
                            [{n: sample(n, g[n]) for n in params} for g in grads], lrs, recipe32, decay32)
-    m = recipe32.momentum
     out: Dict[str, dict] = {}
     num, den = np.zeros(len(grads)), np.zeros(len(grads))
     for name, p0 in params.items():
-        wd = decay32[name]
-        p_prev = sample(name, p0)
-        b_prev = np.zeros_like(p_prev)
-        e_p = np.zeros_like(p_prev)
-        e_b = np.zeros_like(p_prev)
-        worst = {"buf": (0.0, 0), "param": (0.0, 0)}
-        got_prev = p_prev
-        for k, g_k in enumerate(grads):
-            g = sample(name, g_k[name])
-            p_ref, b_ref = oracle[k][name]
-            e_b = U32 * (2 * np.abs(g) + 3 * np.abs(wd * p_prev) + 3 * np.abs(m * b_prev)) + m * e_b + wd * e_p
-            e_p = U32 * (np.abs(p_prev) + 2 * np.abs(lrs[k] * b_ref)) + e_p + lrs[k] * e_b
-            p_got, b_got = sample(name, got[k][name][0]), sample(name, got[k][name][1])
-            for quantity, value, ref, bound in (("buf", b_got, b_ref, e_b), ("param", p_got, p_ref, e_p)):
-                share = float(np.max(np.abs(value - ref) / np.maximum(bound, 1e-45))) if np.all(np.isfinite(value)) \
-                    else float("inf")
-                if share > worst[quantity][0]:
-                    worst[quantity] = (share, k + 1)
-            num[k] += float(np.sum((p_got - got_prev) * b_ref))
-            den[k] += float(np.sum(b_ref * b_ref))
-            got_prev, p_prev, b_prev = p_got, p_ref, b_ref
-        zero = sample(name, grads[0][name]) == 0
-        b1, p = sample(name, got[0][name][1]), sample(name, p0)
+        steps = [(sample(name, g_k[name]), oracle[k][name], (sample(name, got[k][name][0]),
+                                                              sample(name, got[k][name][1])))
+                 for k, g_k in enumerate(grads)]
+        out[name], moved = _tensor_errors(sample(name, p0), steps, lrs, recipe32.momentum, decay32[name])
+        for k, (n, d) in enumerate(moved):
+            num[k] += n
+            den[k] += d
+        zero = steps[0][0] == 0
+        b1, p = steps[0][2][1], sample(name, p0)
         use = zero & (np.abs(p) > 0)
-        measured = float(np.median(b1[use] / p[use])) if use.any() else float("nan")
-        out[name] = {"buf": worst["buf"][0], "buf_step": worst["buf"][1], "param": worst["param"][0],
-                     "param_step": worst["param"][1], "decay": measured, "decay_expected": decay[name]}
+        out[name].update(decay=float(np.median(b1[use] / p[use])) if use.any() else float("nan"),
+                         decay_expected=decay[name])
     out["__lr__"] = {"applied": [float(-n / d) if d > 0 else float("nan") for n, d in zip(num, den)],
                      "expected": lrs[:len(grads)]}
     return out
+
+
+def _tensor_errors(p0: np.ndarray, steps, lrs: List[float], m: float, wd: float) -> Tuple[dict, list]:
+    """One tensor's worst ``buf`` and ``param`` error over the steps in units of the rounding
+    bound, and per step the two sums the applied lr is measured from. ``steps``: per step
+    (gradient, (oracle p, oracle buf), (got p, got buf))."""
+    p_prev, b_prev = p0, np.zeros_like(p0)
+    e_p, e_b = np.zeros_like(p0), np.zeros_like(p0)
+    worst = {"buf": (0.0, 0), "param": (0.0, 0)}
+    got_prev, moved = p0, []
+    for k, (g, (p_ref, b_ref), (p_got, b_got)) in enumerate(steps):
+        e_b = U32 * (2 * np.abs(g) + 3 * np.abs(wd * p_prev) + 3 * np.abs(m * b_prev)) + m * e_b + wd * e_p
+        e_p = U32 * (np.abs(p_prev) + 2 * np.abs(lrs[k] * b_ref)) + e_p + lrs[k] * e_b
+        for quantity, value, ref, bound in (("buf", b_got, b_ref, e_b), ("param", p_got, p_ref, e_p)):
+            share = float(np.max(np.abs(value - ref) / np.maximum(bound, 1e-45))) if np.all(np.isfinite(value)) \
+                else float("inf")
+            if share > worst[quantity][0]:
+                worst[quantity] = (share, k + 1)
+        moved.append((float(np.sum((p_got - got_prev) * b_ref)), float(np.sum(b_ref * b_ref))))
+        got_prev, p_prev, b_prev = p_got, p_ref, b_ref
+    return {"buf": worst["buf"][0], "buf_step": worst["buf"][1], "param": worst["param"][0],
+            "param_step": worst["param"][1]}, moved
 
 
 # --------------------------------------------------------------------- components alone

@@ -72,8 +72,8 @@ TOLERANCES = {
     "step_stat": 1e-5,       # max |s - s64| / max |s64|; floor 1.2e-7
     # trajectory: relative L2 against float64, a band of the floor
     "band": 10.0,            # x torch float32's own error of the same tensor
-    "band_min": 1e-6,        # ... and never below this
-    "floor_max": 0.1,        # a floor above this: float32 cannot follow float64 at all (inconclusive)
+    "band_min": 1e-6,        # ... and never below this (a BN scale's K-step update is below float32's
+                             # resolution of the scale itself: its floor is ~0.1, so is its band x 0.1)
 }
 
 
@@ -253,8 +253,8 @@ def run(req: TrainParityRequest, workdir: str, progress=print) -> dict:
     arrays = {role: load_arrays(records[role]["out"]) for role in ("reference", "candidate")}
     rungs = {"components": components_rung(req, weights, inputs, records, arrays),
              "optimizer": optimizer_rung(req, records, arrays),
-             "step": step_rung(req, records["judge"]["judge"]),
-             "trajectory": trajectory_rung(req, records["judge"]["judge"])}
+             "step": step_rung(req, records["judge"]["judge"])}
+    rungs["trajectory"] = trajectory_rung(req, records["judge"]["judge"], rungs["step"].status != "INCONCLUSIVE")
     status, first = verdict(rungs)
     return {"rungs": rungs, "verdict": status, "first_failure": first, "weights": label, "records": records}
 
@@ -357,13 +357,23 @@ def step_rung(req, judge: dict) -> Rung:
     order = ["loss"] + list(parameter_specs(req.cfg))
     entries = sorted(worst.values(), key=lambda e: (order.index(e.name) if e.name in order else 0,
                                                     0 if e.quantity == "stat" else 1))
-    rung = Rung("step", entries, notes)
-    if rung.status == "INCONCLUSIVE":
-        rung.reason = inconclusive_reason(req, [e for e in entries if not e.judged])
+    return _conditioned(Rung("step", entries, notes), req)
+
+
+def _conditioned(rung: Rung, req) -> Rung:
+    """A check whose floor (torch float32 against float64) exceeds its tolerance anywhere cannot
+    judge this shape at all: float32 itself does not reproduce the step, so neither can a
+    port. Every entry is then left unjudged and the reason given."""
+    over = [e for e in rung.entries if not e.judged]
+    if over:
+        worst = max(over, key=lambda e: (e.floor or 0.0) / e.tolerance)
+        for e in rung.entries:
+            e.judged = False
+        rung.reason = inconclusive_reason(req, over, worst)
     return rung
 
 
-def trajectory_rung(req, judge: dict) -> Rung:
+def trajectory_rung(req, judge: dict, step_conditioned: bool = True) -> Rung:
     traj = judge["trajectory"]
     floor = traj["torch32"]["tensors"]
     entries: List[Entry] = []
@@ -372,33 +382,33 @@ def trajectory_rung(req, judge: dict) -> Rung:
         for k, error in enumerate(got["loss_errors"], start=1):
             f = traj["torch32"]["loss_errors"][k - 1]
             entries.append(Entry("trajectory", "loss", "loss", f"loss@{k}", fw, error,
-                                 max(TOLERANCES["band"] * f, TOLERANCES["band_min"]), f, k,
-                                 f <= TOLERANCES["floor_max"]))
+                                 max(TOLERANCES["band"] * f, TOLERANCES["band_min"]), f, k, step_conditioned))
         for key, stats in got["tensors"].items():
             name, _, quantity = key.rpartition("@")
             for statistic, label in (("rel_l2", quantity), ("median", f"{quantity} median")):
                 f = floor[key][statistic]
                 entries.append(Entry("trajectory", parameter_family(name), label, name, fw, stats[statistic],
                                      max(TOLERANCES["band"] * f, TOLERANCES["band_min"]), f, req.steps,
-                                     f <= TOLERANCES["floor_max"]))
+                                     step_conditioned))
     notes = [f"{fw}: its own {req.steps} steps took {traj[role]['flips']} ReLU / max-pool decision(s) the other way "
              f"than float64; float64's trajectory takes them too" for role, fw in
              [("torch32", "torch float32")] + _roles(req) if traj[role]["flips"]]
     rung = Rung("trajectory", entries, notes)
-    if rung.status == "INCONCLUSIVE":
-        rung.reason = inconclusive_reason(req, [e for e in entries if not e.judged])
+    if not step_conditioned:
+        rung.reason = "the steps themselves are ill-conditioned at this shape (see the step check)"
     return rung
 
 
-def inconclusive_reason(req, unjudged: List[Entry]) -> str:
+def inconclusive_reason(req, unjudged: List[Entry], worst: Entry) -> str:
     """Why the floor exceeds the tolerance: usually BatchNorm in training mode normalising over
     a handful of values per channel (the batch times the positions left at res5)."""
     shapes = layer_shapes(req.cfg, tuple(req.shape))
     fewest = min((int(np.prod(s)) // s[1], name) for name, s in shapes.items() if len(s) == 5)
-    return (f"torch float32 itself misses float64 beyond the tolerance at {len(unjudged)} entries "
-            f"(first: {unjudged[0].name} {unjudged[0].quantity}); BatchNorm in training mode normalises over "
-            f"{fewest[0]} values per channel at {fewest[1]} for a {'x'.join(map(str, req.shape))} batch: the step "
-            f"is ill-conditioned there, not judged (a larger clip or batch conditions it)")
+    return (f"torch float32 itself misses float64 beyond the tolerance at {len(unjudged)} entries, by up to "
+            f"{(worst.floor or 0.0) / worst.tolerance:.3g}x ({worst.name} {worst.quantity}); BatchNorm in training "
+            f"mode normalises over {fewest[0]} values per channel at {fewest[1]} for a "
+            f"{'x'.join(map(str, req.shape))} batch: the step is ill-conditioned there, not wrong, and is not "
+            f"judged (a larger clip or batch conditions it)")
 
 
 # ============================================================================ output
@@ -433,11 +443,11 @@ def format_summary(result: dict, req: TrainParityRequest) -> str:
              f"{'status':12s} worst entry"]
     for row in summary(rungs):
         w = row["worst"] or {}
-        floor = "" if row["floor_share"] is None else f"{100 * row['floor_share']:7.1f}%"
+        floor = "" if row["floor_share"] is None else _share(row["floor_share"])
         where = f"{w.get('name')} {w.get('quantity')} ({w.get('framework')}" + (
             f", step {w['step']})" if w.get("step") else ")") if w else ""
         lines.append(f"  {row['rung']:11s} {row['family']:9s} {row['n']:5d} {w.get('error', 0.0):9.2e} "
-                     f"{100 * row['worst_share']:7.1f}% {floor:>8s} {row['failed']:6d}  {row['status']:12s} {where}")
+                     f"{_share(row['worst_share']):>8s} {floor:>8s} {row['failed']:6d}  {row['status']:12s} {where}")
     lines.append("  (worst: the largest error of the family, in its check's unit; of tol.: as a share of the "
                  "tolerance (over 100% fails); floor: torch float32's own error against float64, same unit)")
     notes = [n for r in rungs.values() for n in r.notes]
@@ -457,6 +467,11 @@ def format_summary(result: dict, req: TrainParityRequest) -> str:
     else:
         lines.append("INCONCLUSIVE: " + "; ".join(f"{r.name}: {r.reason}" for r in rungs.values() if r.reason))
     return "\n".join(lines)
+
+
+def _share(x: float) -> str:
+    """A share of a tolerance: ``12.5%``, or ``3.1e+04x`` when it is a hundred times over."""
+    return f"{100 * x:.1f}%" if x < 100 else f"{x:.1e}x"
 
 
 def run_from_parity_args(args) -> int:

@@ -22,7 +22,6 @@ ALLOWED: Dict[str, int] = {
     "harness/parity.py::build_parser": 80,            # parity's argparse options
     "harness/runners/child.py::_serve": 69,           # the child process's request loop
     "harness/train_bench.py::run_bench": 61,          # the training-step benchmark
-    "harness/train_compare.py::optimizer_errors": 64,  # training parity: the optimiser alone
 }
 
 
