@@ -604,8 +604,9 @@ def noise_verdict(results: List[dict], threads: int, cores: int) -> dict:
     load = max((run.get("load_average") or {}).get("max", 0.0) for _, run in noisy)
     out["verdict"] = (f"noisy: {len(noisy)} of {len(runs)} runs had max/min latency > {NOISY_SPREAD} or load "
                       f"average > {cores} cores (worst max/min {spread:.2f}, load {load:.2f})"
-                      + (f"; rerun with --threads 1: {threads} threads per framework swing with a busy machine's "
-                         "load, one thread holds" if out["suggest_threads_1"] else "; rerun on a quieter machine"))
+                      + (f"; rerun with --threads 1: a team of {threads} threads per framework waits for its "
+                         "slowest one on a busy machine, one thread swings far less" if out["suggest_threads_1"]
+                         else "; rerun on a quieter machine"))
     return out
 
 
