@@ -272,6 +272,13 @@ COMPACT = {
 }
 
 
+# the compact view's shorter headers (the cells are the same)
+SHORT_HEADERS = {"published top-1 / top-5": "published top-1/5", "measured top-1 / top-5": "measured top-1/5",
+                 "delta top-1 / top-5": "delta top-1/5", "top-1 agreement (%)": "top-1 agreement %",
+                 "scored / listed / missing": "scored/listed/missing",
+                 "utilisation (of peak / of GEMM probe)": "of peak / of GEMM probe"}
+
+
 def columns_of(name: str, rows: List[dict], compact: bool = False) -> List[Column]:
     """The columns of table ``name``; ``compact``: the few a terminal has room for."""
     if name == "parity":
@@ -309,7 +316,7 @@ def text_tables(report: dict, compact: bool = False) -> List[Tuple[str, str, Lis
             continue
         notes = Notes()
         cols = columns_of(key, rows, compact)
-        header = [c[0] for c in cols] + ["source"]
+        header = [SHORT_HEADERS.get(c[0], c[0]) if compact else c[0] for c in cols] + ["source"]
         body = [[fn(r, notes) for _, fn in cols] + [" ".join(ids.get(s["path"], "") for s in r.get("sources", [])
                                                              if s["path"] in ids) or "registry"]
                 for r in rows]
