@@ -4,6 +4,7 @@ order deterministic whatever the number of workers, crashes and hangs survived.
 Workers are spawned, never forked, also here: forking a process that has imported torch
 and mmaction2 (as other test modules do) deadlocks the child."""
 import os
+import signal
 import time
 
 import numpy as np
@@ -122,6 +123,20 @@ def slow_on_victim(path, video_id, preset, decoder, threads=1):
     return process_video(path, video_id, preset, decoder, threads)
 
 
+class KillsWhenPickled:
+    """Pickling this SIGKILLs the process: a worker killed (the OOM killer, say) while it sends
+    its result, the moment its memory peaks (a 10x3 test video is ~180 MB of uint8 views)."""
+
+    def __reduce__(self):
+        os.kill(os.getpid(), signal.SIGKILL)
+        time.sleep(10)  # pragma: no cover - the signal ends the process first
+
+
+def killed_while_sending(path, video_id, preset, decoder, threads=1):
+    result = process_video(path, video_id, preset, decoder, threads)
+    return result + (KillsWhenPickled(),) if video_id == os.environ.get(VICTIM) else result
+
+
 class DiesWhenUnpickled:
     """Unpickling this in a worker ends the worker before it reports ready."""
 
@@ -137,6 +152,22 @@ def test_worker_crash_is_a_fault_and_the_run_goes_on(dataset, preset, monkeypatc
     assert loader.faults.ids("worker_crash") == [victim]
     assert "code 3" in [f for f in loader.faults.faults if f.kind == "worker_crash"][0].reason
     assert [it.video_id for it in items] == [v for v in _good_ids(root) if v != victim] + [items[-1].video_id]
+    assert loader.stats["restarts"] == 1
+
+
+def test_worker_killed_while_sending_its_result_is_a_fault(dataset, preset, monkeypatch):
+    """Each worker has a pipe of its own, so a worker killed half-way through a send takes
+    nothing with it (with one pipe and lock shared by all, as pebble's ProcessPool has, the
+    orphaned lock stalled the run 2 minutes, then lost every remaining video)."""
+    root, _ = dataset
+    victim = _good_ids(root)[2]
+    monkeypatch.setenv(VICTIM, victim)
+    t0 = time.monotonic()
+    loader, items = _run(root, preset, workers=2, timeout_s=20, process_fn=killed_while_sending)
+    assert time.monotonic() - t0 < 30
+    assert loader.faults.ids("worker_crash") == [victim] and loader.faults.ids("timeout") == []
+    assert "code -9" in [f for f in loader.faults.faults if f.kind == "worker_crash"][0].reason
+    assert [it.video_id for it in items][:5] == [v for v in _good_ids(root) if v != victim]
     assert loader.stats["restarts"] == 1
 
 
