@@ -5,6 +5,8 @@ Workers are spawned, never forked, also here: forking a process that has importe
 and mmaction2 (as other test modules do) deadlocks the child."""
 import os
 import signal
+import subprocess
+import sys
 import time
 
 import numpy as np
@@ -137,6 +139,45 @@ def killed_while_sending(path, video_id, preset, decoder, threads=1):
     return result + (KillsWhenPickled(),) if video_id == os.environ.get(VICTIM) else result
 
 
+def _slowly(value):
+    time.sleep(0.5)
+    return value
+
+
+class SlowToUnpickle:
+    """Unpickling this in the parent takes half a second: a large result still being read."""
+
+    def __reduce__(self):
+        return (_slowly, (None,))
+
+
+def crash_on_victim_after_a_slow_result(path, video_id, preset, decoder, threads=1):
+    if video_id == os.environ.get(VICTIM):
+        os._exit(3)
+    return process_video(path, video_id, preset, decoder, threads) + (SlowToUnpickle(),)
+
+
+def sleep_on_every_video(path, video_id, preset, decoder, threads=1):
+    time.sleep(1.0)
+    return process_video(path, video_id, preset, decoder, threads)
+
+
+def _children():
+    """This process's child processes as (pid, state), multiprocessing's resource tracker aside."""
+    me, found = os.getpid(), []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/stat") as fh:
+                state, ppid = fh.read().rsplit(")", 1)[1].split()[:2]
+            with open(f"/proc/{pid}/cmdline", "rb") as fh:
+                tracker = b"resource_tracker" in fh.read()
+        except OSError:
+            continue
+        if int(ppid) == me and not tracker:
+            found.append((int(pid), state))
+    return found
+
+
 class DiesWhenUnpickled:
     """Unpickling this in a worker ends the worker before it reports ready."""
 
@@ -171,6 +212,21 @@ def test_worker_killed_while_sending_its_result_is_a_fault(dataset, preset, monk
     assert loader.stats["restarts"] == 1
 
 
+def test_crash_is_charged_to_its_own_video_while_its_last_result_is_read(dataset, preset, monkeypatch):
+    """A worker dies as it starts a video while the parent is still reading the result it
+    sent before: the crash is that video's, the finished result is kept, the run goes on
+    (pebble's ProcessPool charged the crash to the previous, good video and never resolved
+    the victim's future: a run without timeout_s hung)."""
+    root, _ = dataset
+    victim = _good_ids(root)[2]
+    monkeypatch.setenv(VICTIM, victim)
+    t0 = time.monotonic()
+    loader, items = _run(root, preset, workers=2, timeout_s=20, process_fn=crash_on_victim_after_a_slow_result)
+    assert time.monotonic() - t0 < 30
+    assert loader.faults.ids("worker_crash") == [victim] and loader.faults.ids("timeout") == []
+    assert [it.video_id for it in items][:5] == [v for v in _good_ids(root) if v != victim]
+
+
 def test_hung_worker_times_out(dataset, preset, monkeypatch):
     root, _ = dataset
     victim = _good_ids(root)[0]
@@ -201,3 +257,58 @@ def test_worker_that_cannot_start_stops_the_run(dataset, preset):
     root, _ = dataset
     with pytest.raises(LoaderStartupError):
         _run(root, preset, workers=1, process_fn=DiesWhenUnpickled())
+
+
+def test_ctrl_c_while_workers_start_leaves_none_behind(dataset, preset, monkeypatch):
+    root, _ = dataset
+    real_start, started = loader_mod._WorkerPool._start, []
+
+    def start(self, wait=True):
+        if started:
+            raise KeyboardInterrupt  # Ctrl-C while the first worker imports
+        started.append(real_start(self, wait))
+        return started[-1]
+
+    monkeypatch.setattr(loader_mod._WorkerPool, "_start", start)
+    before = _children()
+    with pytest.raises(KeyboardInterrupt):
+        _run(root, preset, workers=2)
+    assert started and [c for c in _children() if c not in before] == []
+
+
+CTRL_C_RUN = """
+import sys, time
+from frameworks.spec.data_presets import get_data_preset
+from harness.data.index import read_kinetics_csv
+from harness.data.loader import ClipLoader
+from tests.test_loader_faults import _children, sleep_on_every_video
+
+preset = get_data_preset("mmaction2_val").replace(crop_size=32, short_edge=48)
+loader = ClipLoader(read_kinetics_csv(sys.argv[1], "val"), preset, workers=2, process_fn=sleep_on_every_video)
+try:
+    for item in loader:
+        print("first", flush=True)
+        time.sleep(30)  # the model's forward pass, both workers busy: Ctrl-C lands here
+except KeyboardInterrupt:
+    print("interrupted", _children(), flush=True)
+"""
+
+
+def test_ctrl_c_stops_the_run_quietly_and_leaves_no_worker(dataset):
+    """Ctrl-C reaches the whole process group: the parent stops its workers, and no worker
+    prints a KeyboardInterrupt traceback of its own across the terminal."""
+    root, _ = dataset
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    proc = subprocess.Popen([sys.executable, "-c", CTRL_C_RUN, str(root)], cwd=repo, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+    try:
+        assert proc.stdout.readline().strip() == "first"
+        time.sleep(0.3)
+        os.killpg(proc.pid, signal.SIGINT)  # as a terminal delivers it
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert (out.strip(), proc.returncode) == ("interrupted []", 0), err
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err, err

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import logging
 import multiprocessing as mp
+import signal
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -137,6 +138,7 @@ def load_clips(path, preset: DataPreset, *, decoder: Optional[str] = None, video
 
 # ---------------------------------------------------------------------------- workers
 def _worker_main(conn, preset: DataPreset, decoder: str, threads: int, process_fn: Callable = process_video) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's: it stops us, without a traceback each
     try:
         import cv2
 
@@ -179,7 +181,11 @@ class _Worker:
 
 class _WorkerPool:
     """Worker processes with one duplex pipe each (a worker's sends are synchronous, so
-    a result it finished is never lost if it dies afterwards)."""
+    a result it finished is never lost if it dies afterwards, and one killed mid-send
+    damages only its own pipe). Not pebble's ProcessPool: its workers share one pipe and
+    lock, so a worker killed while sending orphans the lock (the run stalls, then fails),
+    and a crash can be charged to the worker's previous video; tests/test_loader_faults.py
+    pins both."""
 
     def __init__(self, n: int, preset: DataPreset, decoder: str, threads: int, start_method: str, timeout_s,
                  process_fn: Callable = process_video):
@@ -187,8 +193,10 @@ class _WorkerPool:
         self.args = (preset, decoder, threads, process_fn)
         self.timeout_s = timeout_s
         self.restarts = 0
-        self.workers: List[_Worker] = [self._start(wait=False) for _ in range(n)]
-        try:
+        self.workers: List[_Worker] = []
+        try:  # a Ctrl-C while they start leaves none behind
+            for _ in range(n):
+                self.workers.append(self._start(wait=False))
             for worker in self.workers:  # started together, so their imports overlap
                 self._await_ready(worker)
         except BaseException:
@@ -202,7 +210,11 @@ class _WorkerPool:
         child.close()
         worker = _Worker(proc, parent)
         if wait:
-            self._await_ready(worker)
+            try:
+                self._await_ready(worker)
+            except BaseException:
+                worker.stop()
+                raise
         return worker
 
     @staticmethod
@@ -214,7 +226,6 @@ class _WorkerPool:
         except (EOFError, OSError):
             ok = False
         if not ok:
-            worker.stop()
             raise LoaderStartupError(
                 f"a loader worker failed to start (exit code {worker.process.exitcode}); "
                 "run with workers=0 to see the error in this process"
@@ -255,26 +266,33 @@ class _WorkerPool:
         results: List[Tuple[int, tuple]] = []
         ready = _wait_connections([w.conn for w in self.workers] + [w.process.sentinel for w in self.workers], timeout)
         for slot, worker in enumerate(self.workers):
-            if not any(obj is worker.conn for obj in ready):
-                continue
-            while worker.conn.poll():  # drain everything this worker finished
-                try:
-                    position, result = worker.conn.recv()
-                except (EOFError, OSError):
-                    break
-                head, _ = worker.tasks.popleft()
-                if head != position:  # pragma: no cover - would be a bug in the protocol
-                    raise RuntimeError(f"worker {slot} answered task {position} before {head}")
-                worker.busy_since = time.monotonic()
-                results.append((position, result))
+            if any(obj is worker.conn for obj in ready):
+                results += self._drain(slot, worker)
         now = time.monotonic()
         for slot, worker in enumerate(self.workers):
             if not worker.process.is_alive():
+                results += self._drain(slot, worker)  # what it sent before it died is not its crash
                 code = worker.process.exitcode
                 if worker.tasks or code not in (0, None):
                     results += self._replace(slot, "worker_crash", f"worker exited with code {code}")
             elif worker.tasks and self.timeout_s and now - worker.busy_since > self.timeout_s:
                 results += self._replace(slot, "timeout", f"no result after {self.timeout_s:g} s")
+        return results
+
+    @staticmethod
+    def _drain(slot: int, worker: _Worker) -> List[Tuple[int, tuple]]:
+        """Every result this worker has finished and sent."""
+        results: List[Tuple[int, tuple]] = []
+        while worker.tasks and worker.conn.poll():
+            try:
+                position, result = worker.conn.recv()
+            except (EOFError, OSError):
+                break
+            head, _ = worker.tasks.popleft()
+            if head != position:  # pragma: no cover - would be a bug in the protocol
+                raise RuntimeError(f"worker {slot} answered task {position} before {head}")
+            worker.busy_since = time.monotonic()
+            results.append((position, result))
         return results
 
     def close(self) -> None:
