@@ -3,7 +3,8 @@
 ``parity_layers.png``     per-layer worst error, one panel per result file (one run), log scale,
                           tolerance drawn; every series visible (its own marker, line style and
                           a small sideways offset), identical series said so in the legend
-``parity_training.png``   training-step comparisons: each entry's share of its own tolerance
+``parity_training.png``   training parity by check and parameter family: the worst error and the
+                          float32 floor as shares of the tolerance (harness.report_training)
 ``throughput.png``        inference clips/s, one panel per result file and device (what was timed
                           together), linear axis, each bar's ratio to the panel's reference
                           written on it, noisy timings hatched and labelled
@@ -164,32 +165,6 @@ def parity_plot(series: List[dict]) -> Optional[Plot]:
                                       "none hides another); the dashed line is the tolerance.", fig, first)
 
 
-def tolerance_share_plot(series: List[dict]) -> Optional[Plot]:
-    """Training-step parity compares hundreds of entries (gradients, weights, BN statistics,
-    lr, momentum) with tolerances of their own: each entry's share of its tolerance, one
-    point per entry, the tolerance at 1."""
-    series = [s for s in series if s["kind"] == "training step" and any(v is not None for v in s["share"])]
-    if not series:
-        return None
-    fig = figure(12.0, 5.0)
-    ax = fig.add_subplot(1, 1, 1)
-    zero_drawn = False
-    for s in series:
-        pts = [(i, max(v, FLOOR)) for i, v in enumerate(s["share"]) if v is not None and v != float("inf")]
-        zero_drawn = zero_drawn or any(v == 0 for v in s["share"] if v is not None)
-        ax.plot([p[0] for p in pts], [p[1] for p in pts], linestyle="none", marker="o", markersize=2.5, alpha=0.7,
-                label=s["label"])
-    ax.axhline(1.0, color="black", linestyle="--", linewidth=1.0, label="tolerance (share 1: above fails)")
-    ax.set_yscale("log")
-    ax.set_xlabel("entry (index in the file: gradients, weights, BN statistics, lr, momentum)")
-    ax.set_ylabel("share of its tolerance (smallest passing atol / atol, log scale)")
-    ax.set_title("Training-step parity" + (f"; 0 drawn at {FLOOR:g}" if zero_drawn else ""))
-    ax.grid(True, axis="y", alpha=0.3)
-    ax.legend(fontsize=7, loc="best")
-    return _plot("parity_training.png", "Training-step parity: every compared entry's share of its own tolerance "
-                                        "(above the dashed line fails).", fig, ax)
-
-
 def _reference(rows: List[dict]) -> dict:
     """The bar a panel's ratios are taken against: PyTorch eager (exact) at the smallest batch."""
     def rank(r: dict) -> tuple:
@@ -313,7 +288,9 @@ def per_class_plot(pair: dict, number: int) -> Plot:
 
 def make_plots(report: dict) -> List[Plot]:
     data = report["plots_data"]
-    plots = [parity_plot(data["parity_layers"]), tolerance_share_plot(data["parity_layers"]),
+    from harness.report_training import training_parity_plot
+
+    plots = [parity_plot(data["parity_layers"]), training_parity_plot(data.get("training_parity") or []),
              throughput_plot(report["tables"]["speed"]["rows"]), loss_plot(data["loss_curves"])]
     plots += [per_class_plot(pair, i + 1) for i, pair in enumerate(data["per_class"])]
     return [p for p in plots if p is not None]

@@ -213,6 +213,35 @@ TRAINING_COLUMNS: List[Column] = [
 ]
 
 
+def _share_cell(x: Optional[float]) -> str:
+    return "-" if x is None else (f"{100 * x:.1f}%" if x < 100 else f"{x:.1e}x")
+
+
+TRAINING_PARITY_COLUMNS: List[Column] = [
+    ("comparison", lambda r, n: r["comparison"]),
+    ("arch", lambda r, n: str(r["arch"] or "-")),
+    ("check", lambda r, n: r["check"]),
+    ("family", lambda r, n: r["family"]),
+    ("entries", lambda r, n: _f(r["n"], "{:d}")),
+    ("worst, of tolerance", lambda r, n: _share_cell(r["worst_share"])),
+    ("floor, of tolerance", lambda r, n: _share_cell(r["floor_share"])),
+    ("verdict", lambda r, n: r["status"] + n.mark(r, "status")),
+    ("worst entry", lambda r, n: r["worst"]),
+    ("notes", lambda r, n: n.all(r)),
+]
+ALIGNMENT_COLUMNS: List[Column] = [
+    ("comparison", lambda r, n: r["comparison"]),
+    ("band from", lambda r, n: r["band"]),
+    ("steps", lambda r, n: _f(r["steps"], "{:d}")),
+    ("worst loss error, of band", lambda r, n: _f(r["worst_of_band"], "{:.2f}x")),
+    ("limit", lambda r, n: _f(r["limit"], "{:g}x")),
+    ("held-out top-1 diff (pp)", lambda r, n: _f(r["held_out_top1_diff_pp"], "{:+.1f}")),
+    ("held-out top-1 agreement %", lambda r, n: _f(r["held_out_agreement_pct"], "{:.1f}")),
+    ("verdict", lambda r, n: str(r["verdict"])),
+    ("notes", lambda r, n: n.all(r)),
+]
+
+
 def stage_text(st: Optional[dict], mark: str = "") -> str:
     """A parity stage's cell: the error of the layer nearest its tolerance (scaled by its
     reference's max |value|, or ``abs`` where that reference is zero up to rounding), its
@@ -269,6 +298,8 @@ COMPACT = {
                        "measured on", "top-1 agreement (%)", "notes"),
     "speed": ("bench", "framework", "variant", "device", "clip", "batch", "ms/clip", "clips/s",
               "utilisation (of peak / of GEMM probe)", "train ms/step", "ratio", "notes"),
+    "training_parity": ("check", "family", "entries", "worst, of tolerance", "floor, of tolerance", "verdict",
+                        "worst entry", "notes"),
 }
 
 
@@ -285,7 +316,8 @@ def columns_of(name: str, rows: List[dict], compact: bool = False) -> List[Colum
         return parity_columns(rows, compact)
     base = "accuracy_other" if name.startswith("accuracy_") else name
     full = {"accuracy": ACCURACY_COLUMNS, "random": RANDOM_COLUMNS, "speed": SPEED_COLUMNS,
-            "training": TRAINING_COLUMNS,
+            "training": TRAINING_COLUMNS, "training_parity": TRAINING_PARITY_COLUMNS,
+            "alignment": ALIGNMENT_COLUMNS,
             # nothing is published for a dataset other than Kinetics-400: no published or delta columns
             "accuracy_other": [c for c in ACCURACY_COLUMNS if not c[0].startswith(("type", "published", "delta"))]
             }[base]

@@ -47,7 +47,8 @@ _LEGACY_KINDS = (("evaluation", lambda d: "summary_version" in d and "scores" in
                  ("bench_data", lambda d: d.get("benchmark") == "data_decode"),
                  ("parity", lambda d: "layers" in d or "comparisons" in d or d.get("benchmark") == "parity"),
                  ("dataset", lambda d: {"root", "classes", "videos", "frames_per_video", "fps", "seed"} <= set(d)))
-READ_KINDS = ("evaluation", "bench_forward", "bench_train", "device_check", "parity", "train_parity", "train",
+READ_KINDS = ("evaluation", "bench_forward", "bench_train", "device_check", "parity", "train_parity", "train_alignment",
+              "train",
               "dataset")
 # kinds this report knows and leaves out on purpose, with the reason it gives
 LEFT_OUT = {"agreement": "recomputed from the two runs' own scores instead",

@@ -13,6 +13,7 @@ import re
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
+from harness.report_training import alignment_rows, training_parity_rows
 from harness.report_inputs import (STAGES, Evaluation, Scan, Source, agreement, bench_records, device_label,
                                    framework_name, generated_roots, is_training, layer_error, loss_curve,
                                    median_step_s, near_zero_reference, number, p90_step_s, parity_blocks,
@@ -452,6 +453,8 @@ def parity_table(found: Scan) -> Tuple[List[dict], List[dict]]:
     """(rows, per-layer series for the plot)."""
     rows, series = [], []
     for src in found.of("parity", "train_parity", "device_check"):
+        if src.kind == "train_parity" and isinstance(src.doc.get("rungs"), dict):
+            continue   # the four-check format has a table of its own (harness.report_training)
         blocks = parity_blocks(src)
         if not blocks and src.kind != "device_check":
             found.skip(src.path, "no comparison (reference, candidate, layers) in it")
@@ -625,6 +628,8 @@ def build_report(results_dir: str) -> dict:
     speed, speed_notes = speed_table(found)
     parity, layer_series = parity_table(found)
     training, curves = train_table(found)
+    training_parity = training_parity_rows(found, guarded, Flag)
+    alignment = alignment_rows(found, guarded)
     reg = registry_path()
     return {
         "kind": "report", "generated": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
@@ -649,8 +654,20 @@ def build_report(results_dir: str) -> dict:
                                  "passes the layer, 'FAIL' where a layer failed"]
                        if parity else []},
             "training": {"title": "Training runs", "rows": training, "notes": []},
+            "training_parity": {
+                "title": "Training parity: per check and parameter family (python -m harness.parity --train-steps)",
+                "rows": training_parity,
+                "notes": ["worst: the family's largest error as a share of its tolerance (over 100% fails); floor: "
+                          "torch float32's own error against float64 as a share of the same tolerance; checks: "
+                          "components (loss, first BN, dropout alone), optimizer (the optimiser alone on given "
+                          "gradients), step (each step from the reference's state, against float64, the kinks a "
+                          "run flipped named), trajectory (K steps, against the float32 floor band)"]
+                if training_parity else []},
+            "alignment": {"title": "Training alignment: fine-tuned in both frameworks, against torch's own band "
+                                   "(python -m harness.align)", "rows": alignment, "notes": []},
         },
-        "plots_data": {"parity_layers": layer_series, "loss_curves": curves, "per_class": _per_class(evals)},
+        "plots_data": {"parity_layers": layer_series, "loss_curves": curves, "per_class": _per_class(evals),
+                       "training_parity": training_parity},
         "not_read": found.not_read,
         "sources": [s.ref() for s in found.sources],
     }

@@ -414,6 +414,7 @@ def _train_files(res):
     (res / "train_parity.json").write_text(json.dumps({
         **report.to_dict(), "kind": "train_parity", "arch": "i3d_nl_dot_product_r50", "floor": floor.to_dict(),
         "input_shape": [2, 3, 8, 64, 64], "losses": {"torch": [2.0, 1.8, 1.7], "ms": [2.0, 1.8, 1.7]}}))
+    _training_parity_file(res / "train_parity_checks.json")   # today's format: four checks by family
 
 
 def test_training_runs_benchmarks_and_step_parity_are_read(runs, report_of, tmp_path):
@@ -830,3 +831,60 @@ def test_a_share_above_the_probe_is_never_a_percentage_over_100(tmp_path):
     text = render(report, "github")
     assert "71% / above the GEMM probe" in text
     assert not [x for x in re.findall(r"(\d+)% /", text) if int(x) > 100]
+
+
+def _training_parity_file(path, tamper: bool = False):
+    """A training-parity file as harness.parity --train-steps writes it (its rungs and summary
+    made by harness.train_parity's own code): one family over its tolerance; ``tamper``
+    rewrites that row's status to PASS, as a hand-edited or foreign file might."""
+    from harness.train_parity import Entry, Rung, summary
+
+    entries = [Entry("optimizer", "conv", "buf", "stem.conv.weight", "ms", 0.4, 2.0, step=2),
+               Entry("optimizer", "bn", "decay", "stem.bn.weight", "ms", 1.28e-3, 1e-3),
+               Entry("step", "conv", "grad", "stem.conv.weight", "ms", 1e-5, 3e-4, floor=2e-5, step=1),
+               Entry("step", "conv", "grad", "stem.conv.weight", "torch", 2e-5, 3e-4, floor=2e-5, step=1)]
+    rungs = {"optimizer": Rung("optimizer", entries[:2]), "step": Rung("step", entries[2:])}
+    rows = summary(rungs)
+    if tamper:
+        for row in rows:
+            row["status"] = "PASS"
+    path.write_text(json.dumps({"kind": "train_parity", "schema": 1, "verdict": "FAIL", "reference": "torch",
+                                "candidate": "ms", "arch": "i3d_nl_dot_product_r50", "steps": 3,
+                                "input_shape": [2, 3, 8, 64, 64], "summary": rows,
+                                "rungs": {k: r.to_dict() for k, r in rungs.items()}}))
+
+
+@pytest.mark.parametrize("tamper", [False, True])
+def test_training_parity_rows_never_pass_a_share_over_100_percent(tmp_path, tamper):
+    res = tmp_path / "results"
+    res.mkdir()
+    _training_parity_file(res / "train_parity.json", tamper)
+    report = build_report(str(res))
+    rows = {(r["check"], r["family"]): r for r in report["tables"]["training_parity"]["rows"]}
+    assert rows[("optimizer", "bn")]["status"] == "FAIL" and rows[("optimizer", "bn")]["worst_share"] == \
+        pytest.approx(1.28)
+    assert rows[("optimizer", "conv")]["status"] == "PASS" and rows[("step", "conv")]["floor_share"] == \
+        pytest.approx(2e-5 / 3e-4)
+    assert rows[("step", "conv")]["shares"] == {"MindSpore": pytest.approx(1e-5 / 3e-4),
+                                                "PyTorch": pytest.approx(2e-5 / 3e-4)}
+    for fmt in ("github", "markdown", "html", "csv"):
+        text = render(report, fmt)
+        for line in text.splitlines():
+            for share in re.findall(r"(\d+\.\d)%", line):
+                if float(share) > 100 and "optimizer" in line:
+                    assert "PASS" not in line, line
+    assert ("file marks it passed" in " ".join(f.text for f in rows[("optimizer", "bn")]["flags"])) == tamper
+    from harness.plots import make_plots
+
+    plot = next(p for p in make_plots(report) if p.name == "parity_training.png")
+    assert [panel["title"] for panel in plot.panels] == ["optimizer", "step"]
+    assert plot.panels[0]["yscale"] == "log" and "parameter family" in plot.panels[0]["xlabel"]
+
+
+def test_an_old_training_parity_file_is_listed_as_not_read(tmp_path):
+    res = tmp_path / "results"
+    res.mkdir()
+    (res / "train_parity.json").write_text(json.dumps({"kind": "train_parity", "rungs": None, "layers": []}))
+    report = build_report(str(res))
+    assert not report["tables"]["training_parity"]["rows"]
+    assert any("before the four checks" in r["reason"] for r in report["not_read"])
