@@ -53,23 +53,30 @@ from harness import train_compare
 DEFAULT_SHAPE = (2, 3, 8, 64, 64)
 RUNGS = ("components", "optimizer", "step", "trajectory")
 
-# Tolerances, each beside the floor it was measured from (scripts/measure_train_floors.py,
-# results/train_parity_floors.json: seeds 0-4 x 1 and 2 threads, 2x3x8x64x64,
-# i3d_nl_dot_product_r50, 4 classes, torch 2.13 and MindSpore 2.10 graph on CPU).
+# Tolerances, each beside the worst value measured on the unmutated code
+# (scripts/measure_train_floors.py -> results/train_parity_floors.json: seeds 0-4 x 1 and 2
+# threads, 2x3x8x64x64, i3d_nl_dot_product_r50, 4 classes, torch 2.13 and MindSpore 2.10
+# graph mode on a 2-core AMD EPYC). "worst" is the larger of torch's and MindSpore's error
+# where a check holds both to a float64 definition; "floor" is torch float32's own error
+# against float64 where a check has one.
 TOLERANCES = {
     # components: float32 against the float64 definition
-    "loss": 1e-6,            # |L - L64| / max(1, |L64|); floor 2.4e-8
-    "bn": 1e-5,              # max |y - y64| / max |y64|; floor 1.6e-7
-    "dropout_p": 6.0,        # |p_measured - p| in binomial sigmas (2^20 elements); floor 1.6
-    "dropout_scale": 1e-6,   # max |kept - 1/(1-p)| * (1-p); floor 0
+    "loss": 2e-6,            # |L - L64| / max(1, |L64|); worst 3.1e-7 (MindSpore)
+    "bn": 2e-6,              # max |y - y64| / max |y64|; worst 1.6e-7
+    "dropout_p": 6.0,        # |p_measured - p| in binomial sigmas (2^20 elements); worst 1.4
+    "dropout_scale": 1e-6,   # max |kept - 1/(1-p)| * (1-p); worst 0
     # optimizer: in units of float32's rounding bound of the update (harness.train_compare)
-    "optimizer": 2.0,        # floor 0.999: the bound is tight (some element of every run meets it)
-    "decay": 1e-3,           # |wd_measured - wd| / recipe wd; floor 3e-8
-    "lr": 1e-6,              # |lr - lr_spec| / lr_spec; floor 0 (the tables are equal)
+    "optimizer": 2.0,        # worst 0.9995: the bound is tight (some element of every run meets it)
+    "decay": 1e-6,           # |wd_measured - wd| / recipe wd; worst 5.6e-8
+    "lr": 1e-6,              # |lr - lr_spec| / lr_spec; worst 0 (the tables are equal)
     # step: against float64 from the same state, after the flipped kinks are named
-    "step_loss": 2e-6,       # |L - L64| / |L64|; floor 3.0e-7
-    "step_grad": 3e-4,       # max |g - g64| / max |module's g64|; floor 6.2e-5
-    "step_stat": 1e-5,       # max |s - s64| / max |s64|; floor 1.2e-7
+    "step_loss": 5e-6,       # |L - L64| / |L64|; floor 1.0e-6, MindSpore 8.2e-7
+    "step_grad": 3e-4,       # max |g - g64| / max |module's g64|; floor 6.2e-5 where no decision
+                             # flipped unexplained, MindSpore 1.2e-4; a gradient off by more than a
+                             # third of this starts the search for flipped decisions (the judge,
+                             # harness/runners/torch_judge.py), so one whose effect stays below it
+                             # is what is left in the error
+    "step_stat": 2e-5,       # max |s - s64| / max |s64|; floor 4.6e-6, MindSpore 2.7e-6
     # trajectory: relative L2 against float64, a band of the floor
     "band": 10.0,            # x torch float32's own error of the same tensor
     "band_min": 1e-6,        # ... and never below this (a BN scale's K-step update is below float32's

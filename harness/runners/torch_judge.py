@@ -27,13 +27,17 @@ from harness.runners.training import _state, step_arrays
 
 JUDGE_STEPS = 10_000   # the judge's trainers step many times (each recomputation is a step)
 ROLES = ("torch32", "reference", "candidate")
+# a flipped decision whose effect is over a third of the tolerance is found and named; one
+# below it stays in the error, which the tolerance then holds with a margin of three
+SEARCH_SHARE = 3.0
 
 
 class Judge:
     def __init__(self, work, reference: Dict[str, np.ndarray], candidate: Dict[str, np.ndarray], tolerance: float):
         self.work, self.cfg = work, work.cfg
         self.arrays = {"reference": reference, "candidate": candidate}
-        self.tolerance = tolerance
+        self.tolerance = tolerance                  # the step check's, on scaled gradient errors
+        self.search = tolerance / SEARCH_SHARE      # an error above this: look for the decisions behind it
         self.names = trainable_names(self.cfg)
         self.stats = [n for n in parameter_specs(self.cfg) if is_running_statistic(n)]
         self.sites = kink_sites(self.cfg)
@@ -79,7 +83,7 @@ class Judge:
     def _explain(self, truth: dict, got: dict) -> dict:
         masks = {s: v["flip"] for s, v in truth["kinks"].items() if v["count"]}
         flips, grads, found = train_compare.explain_flips(got["grad"], truth["grads64"], truth["gradients_with"], masks,
-                                                          self.sites, self.tolerance, truth["scales"], self.names)
+                                                          self.sites, self.search, truth["scales"], self.names)
         for record in found:
             record.update(_closest(truth["kinks"][record["site"]], truth["x64"], flips, record))
         stat_scales = {n: max(float(np.abs(v).max()), 1e-30) for n, v in truth["stats64"].items()}
