@@ -58,23 +58,23 @@ LR = "0.002"
 # run. The last checkpoint kept (each is 280 MB).
 TRAIN_RECIPE = ["--epochs", str(EPOCHS), "--batch-size", "8", "--lr", LR, "--t-max", str(EPOCHS), "--dropout", "0",
                 "--threads", "1", "--keep", "1"]
-# training and evaluation: one OpenMP / MKL thread (beside --threads 1), and in torch its
-# deterministic kernels (at one thread its CPU kernels are deterministic already; this makes
-# any that is not an error)
+# training and evaluation: one OpenMP / MKL thread (beside --threads 1), and the framework's
+# deterministic kernels where it has a switch for them (torch: at one thread its CPU kernels
+# are deterministic already; the switch makes any that is not an error)
 ONE_THREAD_ENV = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONHASHSEED": "0"}
-DETERMINISTIC_TORCH = ("import torch, runpy, sys; torch.use_deterministic_algorithms(True); "
-                       "sys.argv[0] = {module!r}; runpy.run_module({module!r}, run_name='__main__', alter_sys=True)")
 
 
-def _step(title: str, *args: str, deterministic: bool = False, one_thread: bool = False) -> None:
-    """Run ``python -m args`` as a child; ``deterministic``: with torch's deterministic
-    algorithms on; ``one_thread``: OpenMP and MKL held to one thread."""
-    print(f"\n=== {title}\n$ python -m {' '.join(args)}"
-          + ("   [run with torch.use_deterministic_algorithms(True)]" if deterministic else ""), flush=True)
+def _step(title: str, *args: str, framework: Optional[str] = None, one_thread: bool = False) -> None:
+    """Run ``python -m args`` as a child; ``framework``: with its deterministic kernels
+    (:meth:`harness.runners.Runner.deterministic_env`); ``one_thread``: OpenMP and MKL held to one thread."""
+    from harness.runners import runner_class
+
+    env = runner_class(framework).deterministic_env() if framework else {}
+    print(f"\n=== {title}\n$ " + " ".join(f"{k}={v}" for k, v in env.items()) + (" " if env else "")
+          + f"python -m {' '.join(args)}", flush=True)
     t0 = time.perf_counter()
-    command = ([sys.executable, "-c", DETERMINISTIC_TORCH.format(module=args[0]), *args[1:]] if deterministic
-               else [sys.executable, "-m", *args])
-    proc = subprocess.run(command, env={**os.environ, **(ONE_THREAD_ENV if one_thread or deterministic else {})})
+    proc = subprocess.run([sys.executable, "-m", *args],
+                          env={**os.environ, **(ONE_THREAD_ENV if one_thread or framework else {}), **env})
     print(f"({time.perf_counter() - t0:.1f} s)", flush=True)
     if proc.returncode != 0:
         raise SystemExit(f"demo step failed ({title}): exit {proc.returncode}")
@@ -119,9 +119,11 @@ def main(argv: Optional[List[str]] = None) -> int:
 
 def run_demo(work: str, fws: List[str]) -> List[tuple]:
     """Every step in ``work``; returns (what, path) of the page, plots and GIF to open."""
+    from harness.runners import ORACLE, runner_class
+
     j = lambda *parts: os.path.join(work, *parts)  # noqa: E731
     _step("1. parity on seeded random weights (kept for step 2)", "harness.parity", "--frameworks",
-          ",".join(fws), "--reference", "mmaction2", "--input-shape", "1,3,8,64,64",
+          ",".join(fws), "--reference", ORACLE, "--input-shape", "1,3,8,64,64",
           "--save-outputs", j("parity"), "--save-weights", j("weights.npz"), "--json", j("results", "parity.json"))
     _step("2a. convert .npz -> MindSpore .ckpt", "harness.convert", j("weights.npz"), j("weights.ckpt"))
     _step("2b. convert .ckpt -> PyTorch .pth", "harness.convert", j("weights.ckpt"), j("weights.pth"))
@@ -133,17 +135,18 @@ def run_demo(work: str, fws: List[str]) -> List[tuple]:
           "--no-progress", "--json", j("results", "dataset.json"))
     _step(f"3b. train in {fws[0]} (the seed's recipe, lr {LR} from scratch, {EPOCHS} epochs)", "harness.train",
           "--framework", fws[0], "--data-root", j("k400"), "--out", j("train"), *TRAIN_DATA, *TRAIN_RECIPE,
-          deterministic=fws[0] == "torch", one_thread=True)
+          framework=fws[0], one_thread=True)
     trained = _checkpoint(j("train"))
     shutil.copyfile(j("train", "train.json"), j("results", "train.json"))   # its loss curve, for the report
     weights = {fws[0]: trained}
     for fw in fws[1:]:
-        weights[fw] = j("trained." + ("pth" if fw == "torch" else "ckpt"))
+        weights[fw] = j("trained" + runner_class(fw).checkpoint_suffix)
         _step(f"3c. convert the trained checkpoint for {fw}", "harness.convert", trained, weights[fw])
     for fw in fws:
         _step(f"3d. evaluate the trained network in {fw} (held-out split)", "harness.evaluate", "--framework",
               fw, "--data-root", j("k400"), "--checkpoint", weights[fw], "--data-preset", "seed_eval",
-              *TRAIN_DATA, "--threads", "1", "--out", j("results", f"{fw}.json"), "-q", deterministic=fw == "torch", one_thread=True)
+              *TRAIN_DATA, "--threads", "1", "--out", j("results", f"{fw}.json"), "-q", framework=fw,
+              one_thread=True)
     agreement = None
     if len(fws) == 2:
         _step("3e. compare the two runs", "harness.evaluate", "--compare", j("results", f"{fws[0]}.json"),
@@ -205,14 +208,15 @@ def _verdict(summaries: dict, agreement: Optional[str]) -> None:
 
 
 def _frameworks(text: str) -> str:
-    from harness.runners import RunnerError, canonical_framework
+    from harness.runners import ORACLE, RunnerError, able, require
 
     try:
-        names = [canonical_framework(f) for f in text.split(",") if f.strip()]
+        names = [require(f, "trains", "the demo") for f in text.split(",") if f.strip()]
     except RunnerError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
-    if not names or len(set(names)) != len(names) or "mmaction2" in names:
-        raise argparse.ArgumentTypeError("give one or two of torch, ms (mmaction2 is always the reference)")
+    if not names or len(set(names)) != len(names):
+        raise argparse.ArgumentTypeError(f"give one or two of {', '.join(able('trains'))} ({ORACLE} is always the "
+                                         f"reference)")
     return ",".join(names)
 
 

@@ -437,13 +437,11 @@ def sides_from_args(args) -> Tuple[Side, Side]:
 
 def context_from_args(args, plan: Plan) -> Context:
     from harness.evaluate import EvaluationRequest, check_inputs, shard_from
-    from harness.runners import canonical_framework
+    from harness.runners import require
 
     if not args.checkpoint or not args.data_root:
         raise InputError("--checkpoint and --data-root are required to run the audit (--list shows the plan only)")
-    framework = canonical_framework(args.framework)
-    if framework == "mmaction2":
-        raise InputError("the drift audit runs our implementations: --framework torch or ms")
+    framework = require(args.framework, "evaluates", "the drift audit")
     rank, world = shard_from(args.shard)
     checkpoint_file = check_inputs(args.data_root, args.checkpoint, args.annotations)
     out = args.out or os.path.join("runs", f"drift_{plan.a.preset_name}_to_{plan.b.preset_name}.json")

@@ -271,13 +271,11 @@ class EvaluationRequest:
 
     @classmethod
     def from_args(cls, args, made: Optional[MadeFolders] = None) -> "EvaluationRequest":
-        from harness.runners import canonical_framework
+        from harness.runners import require
 
         if not args.framework or not args.data_root:
             raise InputError("--framework and --data-root are required to evaluate")
-        framework = canonical_framework(args.framework)
-        if framework == "mmaction2":
-            raise InputError("evaluate runs our implementations: --framework torch or ms")
+        framework = require(args.framework, "evaluates", "evaluate")
         rank, world = shard_from(args.shard)
         check_inputs(args.data_root, args.checkpoint, args.annotations)
         cfg, preset, overrides, notes = protocol_from_args(args)
@@ -380,7 +378,7 @@ def seeded_weights_for(req: EvaluationRequest, index, calibration_videos: int = 
     from harness.checkpoints.registry import cache_dir
     from harness.data import ClipLoader, DatasetIndex
     from harness.runners import RunnerError
-    from harness.runners.child import Job, run_job
+    from harness.runners.child import run_job, seeded_weights_job
 
     step = max(1, len(index.records) // calibration_videos)
     picked = DatasetIndex(index.records[::step][: 2 * calibration_videos], index.label_map, type(index.faults)())
@@ -407,7 +405,7 @@ def seeded_weights_for(req: EvaluationRequest, index, calibration_videos: int = 
             raise InputError(f"cannot write the calibration clip {clip_path}: {os_reason(exc)}") from None
         try:
             with atomic_path(path, suffix=".npz") as partial:
-                run_job(Job("torch", req.cfg, seed=req.seed, save_weights=partial, input=clip_path), tmp, "weights")
+                run_job(seeded_weights_job(req.cfg, req.seed, partial, clip_path), tmp, "weights")
         except (OSError, RunnerError) as exc:
             # the child reports its OSError as "[Errno 27] File too large: '<the temporary file>'"
             code = exc.errno if isinstance(exc, OSError) else re.search(r"\[Errno (\d+)\]", str(exc))
@@ -508,13 +506,15 @@ def write_failure(exc: OSError, store: ScoreStore) -> str:
 def run_identity(req: EvaluationRequest, n_index: int, annotation: str, checkpoint_sha: str,
                  weights_sha: str) -> dict:
     """Everything that changes a score (see :data:`harness.scores.IDENTITY_KEYS`)."""
+    from harness.runners import runner_options
+
     return {"framework": req.framework, "arch": req.cfg.name, "arch_hash": arch_hash(req.cfg),
             "data_preset": req.preset.name, "data_preset_hash": data_preset_hash(req.preset),
             "checkpoint_sha256": checkpoint_sha, "weights_sha256": weights_sha,
             "split": req.split, "n_index": n_index, "limit": req.limit, "num_classes": req.cfg.num_classes,
             "data_root": os.path.abspath(req.data_root), "annotations": annotation,
             "decoder": req.preset.decoder, "device": req.device,
-            "ms_mode": req.ms_mode if req.framework == "ms" else None, "batch_size": req.batch_size,
+            "ms_mode": runner_options(req.framework, req.ms_mode).get("mode"), "batch_size": req.batch_size,
             "shard": [req.rank, req.world]}
 
 

@@ -315,11 +315,9 @@ def _main(args) -> int:
 def _run(args, made) -> "Outcome":
     from harness.checkpoints.sidecar import data_preset_note
     from harness.evaluate import built_runner, parse_overrides, with_overrides
-    from harness.runners import canonical_framework
+    from harness.runners import require, runner_class
 
-    framework = canonical_framework(args.framework)
-    if framework == "mmaction2":
-        raise InputError("inference runs our implementations: --framework torch or ms")
+    framework = require(args.framework, "evaluates", "inference")
     path, _ = _inputs(args, made)
     preset = get_data_preset(args.data_preset)
     overrides = parse_overrides(args.data_override, preset)
@@ -330,7 +328,7 @@ def _run(args, made) -> "Outcome":
         print(note, file=sys.stderr)     # captured: shown once the run succeeds
     # the framework before any decoding: MindSpore aborts if decord entered the process first
     runner = built_runner(framework, cfg, arrays, args.device, args.threads, args.ms_mode)
-    outcome = predict(runner, preset, cfg, args.videos, names, args.top_k, workers=1 if framework == "ms" else 0,
+    outcome = predict(runner, preset, cfg, args.videos, names, args.top_k, workers=0 if runner_class(framework).decodes_beside else 1,
                       keep_frames=bool(args.visualize), verbose=args.verbose)
     print(f"weights: {weights_label}", flush=True)
     _print_predictions(outcome.predictions, framework, cfg, preset, names_from)

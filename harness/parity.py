@@ -54,11 +54,11 @@ from harness.comparator import (COLUMNS, DEFAULT_RTOL, DEFAULT_STAGE_ATOL, Parit
                                 compare_outputs, default_atol, flag_outliers, format_report)
 from harness.files import atomic_write_json, check_output_dir, check_output_path
 from harness.outputs import check_same_input, read_outputs, write_outputs
+from harness.runners import able, runner_class
 
 log = logging.getLogger("harness.parity")
 
 NOISE_FLOOR_FACTOR = 5.0   # --noise-floor: tolerance = this x the reference's float32-vs-float64 error
-FRAMEWORK_NAMES = ("torch", "ms", "mmaction2")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -172,7 +172,7 @@ class ParityRequest:
     @classmethod
     def from_args(cls, args) -> "ParityRequest":
         from harness.checkpoints.sidecar import choose_arch
-        from harness.runners import canonical_framework
+        from harness.runners import canonical_framework, is_framework
 
         frameworks = [canonical_framework(f) for f in args.frameworks.split(",") if f]
         reference = canonical_framework(args.reference) if args.reference else None
@@ -182,7 +182,7 @@ class ParityRequest:
                 raise InputError("give two frameworks, or one framework and --reference or --candidate")
             reference, frameworks = frameworks[0], frameworks[1:]
         frameworks = [f for f in frameworks if f != reference]
-        clash = [n for n in external if n in FRAMEWORK_NAMES or n == reference or n in frameworks]
+        clash = [n for n in external if is_framework(n)]
         if clash:
             raise InputError(f"--candidate name {clash[0]!r} is taken by a framework; choose another name")
         if not frameworks and not external:
@@ -195,7 +195,7 @@ class ParityRequest:
             print(choice.note(), file=sys.stderr, flush=True)
         if args.stats_only and not args.save_outputs:
             raise InputError("--stats-only says what --save-outputs keeps; give --save-outputs DIR")
-        return cls(choice.cfg, reference, frameworks, checkpoint=args.checkpoint, weights=weights, external=external,
+        return cls(cfg=choice.cfg, reference=reference, candidates=frameworks, checkpoint=args.checkpoint, weights=weights, external=external,
                    trust=args.trust_checkpoint, input=args.input, input_shape=tuple(args.input_shape),
                    seed=args.seed, atol=args.atol, rtol=args.rtol, mode=args.mode, device=args.device,
                    ms_mode=args.ms_mode, save_outputs=args.save_outputs, stats_only=args.stats_only,
@@ -322,7 +322,7 @@ class _Work:
         from harness.checkpoints import check_runnable, load_weights, non_finite
         from harness.checkpoints.io import write_npz
         from harness.checkpoints.sidecar import write_sidecar
-        from harness.runners.child import Job, run_job
+        from harness.runners.child import run_job, seeded_weights_job
 
         req = self.req
         shared = not req.weights or (source == req.checkpoint and not any(
@@ -339,7 +339,7 @@ class _Work:
             write_npz(path, loaded.arrays)
         else:
             print(f"weights: seeded random (seed {req.seed}), BN statistics calibrated on the input clip", flush=True)
-            run_job(Job("torch", req.cfg, seed=req.seed, save_weights=path, input=self.clip_path), self.tmp, "weights")
+            run_job(seeded_weights_job(req.cfg, req.seed, path, self.clip_path), self.tmp, "weights")
         if path == req.save_weights:
             write_sidecar(path, req.cfg, source or f"seeded random (seed {req.seed})", "")
         return path
@@ -415,8 +415,8 @@ class _Work:
 
         req = self.req
         doc: dict = {"propagated_first_failure": report.first_failure}
-        if fw == "mmaction2":
-            doc["verdict"] = "no explanation: mmaction2 runs no isolated layer (make it the reference instead)"
+        if not runner_class(fw).explains:
+            doc["verdict"] = f"no explanation: {fw} runs no isolated layer (make it the reference instead)"
             return doc
         if req.mode == "propagated":
             ref_path = os.path.join(self.tmp, f"{req.reference}.ref.npz")
@@ -436,9 +436,9 @@ class _Work:
         else:
             first = report.first_failure
         doc["layer"] = first
-        if req.reference == "mmaction2":
-            doc["verdict"] = (f"{first} fails on its own input; mmaction2 has no sub-operation trace, so rerun with "
-                              f"--frameworks torch,ms to name the failing sub-operation")
+        if not runner_class(req.reference).explains:
+            doc["verdict"] = (f"{first} fails on its own input; {req.reference} has no sub-operation trace, so rerun "
+                              f"with --frameworks {','.join(able('explains'))} to name the failing sub-operation")
             return doc
         doc["subops"] = self.drill_down(fw, first, reference)
         failing = next((s for s in doc["subops"] if not s.passed), None)

@@ -60,6 +60,7 @@ from frameworks.spec.train import (BN_MODES, DEFAULT_RECIPE, PARAMETER_KINDS, RE
 from harness.cli import (CheckFailed, InputError, OneLineParser, add_device, add_ms_mode, add_verbose,
                          nonnegative_int, num_classes, positive_int, result_doc, run_main, setup_logging, tolerance,
                          utc_now)
+from harness.runners import runner_class, runner_options
 from harness.files import (OutputPathError, atomic_path, atomic_write_json, check_input_file, check_output_dir,
                            check_output_path, os_reason, refuse_overwriting_inputs)
 
@@ -200,11 +201,9 @@ class TrainRequest:
     @classmethod
     def from_args(cls, args) -> "TrainRequest":
         from harness.evaluate import parse_overrides, with_overrides
-        from harness.runners import canonical_framework
+        from harness.runners import require
 
-        framework = canonical_framework(args.framework)
-        if framework == "mmaction2":
-            raise InputError("training runs our implementations: --framework torch or ms")
+        framework = require(args.framework, "trains", "training")
         changes = {field_name: getattr(args, option) for option, field_name in RECIPE_OPTIONS.items()
                    if getattr(args, option) is not None}
         try:
@@ -266,7 +265,7 @@ def initial_arrays(req: TrainRequest, cfg: I3DNLConfig):
 
 # ----------------------------------------------------------------------------- the run folder
 LOCK_FILE = ".lock"
-CHECKPOINT_NAME = re.compile(r"ckpt-(\d{6})\.(pth|ckpt)\Z")
+CHECKPOINT_NAME = re.compile(r"ckpt-(\d{6})\.\w+\Z")   # its suffix: the framework's (Runner.checkpoint_suffix)
 # what this command writes into --out, each through a temporary beside it: atomic_path's
 # ``.<name>.<random><suffix>.tmp`` and MindSpore's ``.<name>.<pid>.partial.ckpt`` (written by
 # save_checkpoint as ``.<name>.<pid>.partial.tmp`` first)
@@ -384,7 +383,7 @@ class RunFolder:
 
 # ----------------------------------------------------------------------------- state
 def checkpoint_name(framework: str, step: int) -> str:
-    return f"ckpt-{step:06d}.{'pth' if framework == 'torch' else 'ckpt'}"
+    return f"ckpt-{step:06d}{runner_class(framework).checkpoint_suffix}"
 
 
 def _is_int(x) -> bool:
@@ -457,7 +456,7 @@ def resume_trainer(trainer, out: str, state: dict, identity: dict) -> int:
     if not os.path.isfile(path):
         raise InputError(f"--resume: {os.path.join(out, STATE_FILE)} names {state['checkpoint']}, which is not "
                          f"in {out}")
-    if not state["checkpoint"].endswith(".pth" if identity["framework"] == "torch" else ".ckpt"):
+    if not state["checkpoint"].endswith(runner_class(identity["framework"]).checkpoint_suffix):
         raise InputError(f"--resume: checkpoint {path} is not a {identity['framework']} checkpoint")
     try:
         meta = trainer.load(path)
@@ -482,14 +481,14 @@ def _identity(req: TrainRequest, cfg: I3DNLConfig, index, init_sha: str, world) 
             "data_preset_hash": data_preset_hash(req.preset), "n_videos": len(index),
             "annotation": index.annotation, "init_weights_sha256": init_sha, "seed": req.seed,
             "world_size": world.size, "device": req.device,
-            "ms_mode": req.ms_mode if req.framework == "ms" else None}
+            "ms_mode": runner_options(req.framework, req.ms_mode).get("mode")}
 
 
 def _prune(out: str, framework: str, keep: int, inputs: List[str]) -> None:
     from harness.checkpoints.sidecar import sidecar_path
     from harness.files import same_file
 
-    ext = ".pth" if framework == "torch" else ".ckpt"
+    ext = runner_class(framework).checkpoint_suffix
     done = sorted(f for f in os.listdir(out) if CHECKPOINT_NAME.match(f) and f.endswith(ext))
     for name in done[:-keep]:
         path = os.path.join(out, name)
@@ -570,7 +569,7 @@ def class_names(index, num_classes: int) -> List[str]:
 
 def train(req: TrainRequest) -> dict:
     """The run, with ``--out`` locked for its whole length (by the process that writes it)."""
-    from harness.training import world_from_env
+    from harness.runners import world_from_env
 
     world = world_from_env(req.framework)
     folder = RunFolder(req.out)
@@ -606,7 +605,7 @@ def _step(trainer, batch):
 
 
 def _train(req: TrainRequest, world, folder: RunFolder) -> dict:
-    from harness.training import make_trainer
+    from harness.runners import make_trainer
 
     s = prepare(req, world)
     threads = req.threads or max(1, (os.cpu_count() or 1) // world.size)

@@ -109,7 +109,7 @@ def time_training(job, task, weights: Dict[str, np.ndarray], recipe, lrs: np.nda
     """The ``train_time`` task: ``warmup`` then ``steps`` timed steps per batch size."""
     import resource
 
-    from harness.training import make_trainer
+    from harness.runners import make_trainer
 
     baseline = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     t0 = time.perf_counter()

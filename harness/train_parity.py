@@ -231,7 +231,7 @@ def run(req: TrainParityRequest, workdir: str, progress=print) -> dict:
     """The three processes (reference, candidate, the torch float64 judge), then the four
     checks; returns their parts (see :func:`to_json`)."""
     from harness.checkpoints.io import write_npz
-    from harness.runners import runner_options
+    from harness.runners import FLOAT64_BY, runner_options
     from harness.runners.child import Job, Task, load_arrays, run_job
 
     weights, label = start_weights(req)
@@ -255,7 +255,7 @@ def run(req: TrainParityRequest, workdir: str, progress=print) -> dict:
     ref_out = records["reference"]["out"]
     records["candidate"] = child("candidate", req.candidate, ["components", "optimizer", "trajectory", "isolated"],
                                  reference=ref_out)
-    records["judge"] = child("judge", "torch", ["judge"], reference=ref_out,
+    records["judge"] = child("judge", FLOAT64_BY, ["judge"], reference=ref_out,
                              candidate_outputs=records["candidate"]["out"], tolerance=TOLERANCES["step_grad"])
     arrays = {role: load_arrays(records[role]["out"]) for role in ("reference", "candidate")}
     rungs = {"components": components_rung(req, weights, inputs, records, arrays),
@@ -485,13 +485,11 @@ def run_from_parity_args(args) -> int:
     """``python -m harness.parity --train-steps K``: the parity command's options, read for training."""
     from harness.cli import InputError, result_doc
     from harness.files import atomic_write_json
-    from harness.runners import canonical_framework
+    from harness.runners import require
 
-    frameworks = [canonical_framework(f) for f in args.frameworks.split(",") if f]
-    reference = canonical_framework(args.reference) if args.reference else frameworks[0]
+    frameworks = [require(f, "trains", "--train-steps") for f in args.frameworks.split(",") if f]
+    reference = require(args.reference, "trains", "--train-steps") if args.reference else frameworks[0]
     candidates = [f for f in frameworks if f != reference]
-    if reference == "mmaction2" or "mmaction2" in candidates:
-        raise InputError("--train-steps compares our two implementations: --frameworks torch,ms")
     if len(candidates) != 1:
         raise InputError("--train-steps compares two frameworks: --frameworks torch,ms")
     if args.mode != "propagated" or args.load_outputs or args.save_outputs or args.input:

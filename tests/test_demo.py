@@ -80,14 +80,30 @@ def test_every_child_runs_with_one_thread_and_torch_deterministic(monkeypatch):
 
     monkeypatch.setattr(demo.subprocess, "run", lambda cmd, env: seen.append((cmd, env)) or Done())
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
-    demo._step("t", "harness.train", "--x", "1", deterministic=True)
+    monkeypatch.delenv("NLPARITY_TORCH_DETERMINISTIC", raising=False)
+    demo._step("t", "harness.train", "--x", "1", framework="torch")
+    demo._step("m", "harness.train", "--x", "1", framework="ms")
     demo._step("e", "harness.evaluate", "--y", one_thread=True)
     demo._step("r", "harness.report")
-    (train, env), (evaluate, env_eval), (_, env_report) = seen
-    assert train[1] == "-c" and "use_deterministic_algorithms(True)" in train[2] and train[3:] == ["--x", "1"]
-    assert "'harness.train'" in train[2] and evaluate[1:] == ["-m", "harness.evaluate", "--y"]
+    (train, env), (_, env_ms), (evaluate, env_eval), (_, env_report) = seen
+    assert train[1:] == ["-m", "harness.train", "--x", "1"] and evaluate[1:] == ["-m", "harness.evaluate", "--y"]
+    # the torch runner's deterministic switch (TorchRunner.deterministic_env), for torch only
+    assert env["NLPARITY_TORCH_DETERMINISTIC"] == "1" and "NLPARITY_TORCH_DETERMINISTIC" not in env_ms
     assert env["OMP_NUM_THREADS"] == "1" and env["MKL_NUM_THREADS"] == "1" and env_eval["OMP_NUM_THREADS"] == "1"
-    assert "OMP_NUM_THREADS" not in env_report
+    assert env_ms["OMP_NUM_THREADS"] == "1" and "OMP_NUM_THREADS" not in env_report
+
+
+def test_the_torch_runner_turns_on_deterministic_algorithms_when_asked():
+    import subprocess
+    import sys
+
+    code = ("import torch; from harness.runners import make_runner; make_runner('torch', threads=1); "
+            "print(torch.are_deterministic_algorithms_enabled())")
+    for env, expected in (({"NLPARITY_TORCH_DETERMINISTIC": "1"}, "True"), ({}, "False")):
+        out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, text=True, stdout=subprocess.PIPE,
+                             env={**{k: v for k, v in os.environ.items() if k != "NLPARITY_TORCH_DETERMINISTIC"},
+                                  **env}).stdout.strip()
+        assert out == expected, (env, out)
 
 
 @pytest.mark.slow

@@ -17,22 +17,26 @@ import os
 import platform
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import Dict, Optional, Type
+from typing import Dict, List, Optional, Tuple, Type
 
 import numpy as np
 
 from frameworks.spec.arch import I3DNLConfig
 from harness.cli import InputError, cpu_model
 
-FRAMEWORK_ALIASES = {"torch": "torch", "pt": "torch", "pytorch": "torch",
-                     "ms": "ms", "mindspore": "ms", "mmaction2": "mmaction2"}
-# framework -> "module:class", imported on first use (einops' lazy backends)
+# framework -> "module:class", imported on first use (einops' lazy backends). A runner
+# module imports its framework only inside its methods, so importing it to read its names
+# and abilities (:func:`runner_class`) is cheap. Adding a framework is one line here, one
+# runner module and its tests.
 RUNNERS: Dict[str, str] = {
     "torch": "harness.runners.torch_runner:TorchRunner",
     "ms": "harness.runners.mindspore_runner:MindSporeRunner",
     "mmaction2": "harness.runners.mmaction2_runner:MMAction2Runner",
 }
-FRAMEWORK_NAMES = {"torch": "PyTorch", "ms": "MindSpore", "mmaction2": "mmaction2"}
+# the runner that makes the project's seeded weights (calibrated on a clip), and the one that
+# runs in float64 (every float32 noise floor)
+SEEDED_BY = FLOAT64_BY = "torch"
+ORACLE = "mmaction2"   # the other program's model parity compares with (the tests' oracle)
 
 
 @dataclass(frozen=True)
@@ -58,17 +62,104 @@ class RunnerError(InputError):
 
 
 
+def runner_class(name: str) -> Type["Runner"]:
+    """The runner class of a framework, by its name or an alias (imports the runner module,
+    not the framework)."""
+    key = str(name).lower()
+    for canonical in RUNNERS:
+        cls = _load(canonical)
+        if key == canonical or key in cls.aliases:
+            return cls
+    names = ", ".join(f"{n}" + (f"/{'/'.join(_load(n).aliases)}" if _load(n).aliases else "") for n in RUNNERS)
+    raise RunnerError(f"unknown framework {name!r}; use {names}")
+
+
+def _load(canonical: str) -> Type["Runner"]:
+    module_name, cls_name = RUNNERS[canonical].split(":")
+    return getattr(importlib.import_module(module_name), cls_name)
+
+
 def canonical_framework(name: str) -> str:
+    return runner_class(name).name
+
+
+def framework_title(name: str) -> str:
+    """``PyTorch`` for ``torch``; a name no runner knows is returned as it is."""
     try:
-        return FRAMEWORK_ALIASES[name.lower()]
-    except KeyError:
-        raise RunnerError(f"unknown framework {name!r}; use torch/pt, mindspore/ms or mmaction2") from None
+        return runner_class(name).title or str(name)
+    except RunnerError:
+        return str(name)
+
+
+def able(ability: str) -> List[str]:
+    """The frameworks with an ability (a :class:`Runner` attribute: ``trains``, ``evaluates``,
+    ``explains``, ``float64``)."""
+    return [n for n in RUNNERS if getattr(_load(n), ability)]
+
+
+def require(framework: str, ability: str, doing: str) -> str:
+    """``framework``'s canonical name if its runner has ``ability``; else one line naming the
+    frameworks that have it (``evaluate runs on torch or ms; mmaction2 does not evaluates``)."""
+    cls = runner_class(framework)
+    if not getattr(cls, ability):
+        names = able(ability)
+        choices = ", ".join(names[:-1]) + (" or " if len(names) > 1 else "") + names[-1]
+        raise RunnerError(f"{doing} runs on {choices} (--framework {'/'.join(names)}); {cls.name} "
+                          f"{ABILITY_WORDS.get(ability, 'cannot')}")
+    return cls.name
+
+
+ABILITY_WORDS = {"trains": "has no trainer", "evaluates": "is the oracle parity compares with",
+                 "explains": "runs no layer alone", "float64": "runs in float32 only"}
+
+
+def is_framework(name: str) -> bool:
+    """Whether ``name`` is a framework's name or alias (a plug-in candidate may not take one)."""
+    try:
+        runner_class(name)
+        return True
+    except RunnerError:
+        return False
 
 
 class Runner(ABC):
-    """build(cfg) -> load(arrays) -> forward / forward_intermediates / forward_isolated."""
+    """build(cfg) -> load(arrays) -> forward / forward_intermediates / forward_isolated.
 
-    name: str = ""
+    What a command needs to know about a framework is here, as class attributes and class
+    methods (read without importing the framework), never as a comparison of its name:
+    """
+
+    name: str = ""                          # canonical name, e.g. "torch"
+    aliases: Tuple[str, ...] = ()           # other names a user may type ("pt", "pytorch")
+    title: str = ""                         # for tables and plots ("PyTorch")
+    evaluates: bool = True                  # runs evaluate, infer and drift (not the oracle, mmaction2)
+    trains: bool = False                    # has a trainer: harness.train, parity --train-steps
+    float64: bool = False                   # runs in float64 (the noise floor; the training judge)
+    explains: bool = False                  # runs a layer alone and its sub-operations (parity's drill-down)
+    checkpoint_suffix: Optional[str] = None   # the extension of what its trainer saves
+    decodes_beside: bool = True             # may decode video in its own process (MindSpore may not:
+                                            # it aborts if decord was imported first)
+
+    @classmethod
+    def prepare_process(cls) -> Dict[str, str]:
+        """What must happen in a process before the framework is imported (MindSpore: cap
+        oneDNN's ISA); returns what was decided, for the record."""
+        return {}
+
+    @classmethod
+    def options_from(cls, ms_mode: str = "graph") -> dict:
+        """The runner's own options from the commands' shared ones (``--ms-mode``)."""
+        return {}
+
+    @classmethod
+    def world_from_env(cls, env) -> Optional["World"]:
+        """This process's place if a launcher of this framework started it (torchrun, msrun)."""
+        return None
+
+    @classmethod
+    def deterministic_env(cls) -> Dict[str, str]:
+        """Environment that makes this framework's kernels repeatable run to run."""
+        return {}
 
     def __init__(self, device: str = "cpu", threads: Optional[int] = None):
         if device not in ("cpu", "gpu"):
@@ -106,8 +197,18 @@ class Runner(ABC):
         ``weights``, ``gradients``, ``momentum_buffers``, ``lr_table``, ``probe_*``, ``save``,
         ``load``) for ``recipe`` over a run of ``total_steps`` (default: the recipe's epochs)
         of ``steps_per_epoch``; ``world`` joins the data-parallel processes a launcher
-        started (:class:`harness.training.World`)."""
+        started (:class:`World`)."""
         raise RunnerError(f"{self.name} does not train: training runs our implementations, torch or ms")
+
+    def seeded_weights(self, cfg: I3DNLConfig, clip: np.ndarray, seed: int) -> Dict[str, np.ndarray]:
+        """The project's seeded random weights, BN statistics calibrated on ``clip``."""
+        raise RunnerError(f"seeded weights are made by the {SEEDED_BY} runner, not {self.name}")
+
+    def run_plugin(self, target: str, cfg: I3DNLConfig, weights: Dict[str, np.ndarray],
+                   clip: np.ndarray) -> Dict[str, np.ndarray]:
+        """A user's own network (``module:function``, :mod:`harness.runners.plugin`) on ``clip``:
+        its hooked layers and ``logits``."""
+        raise RunnerError(f"{self.name} runs no plug-in network")
 
     def forward_intermediates_float64(self, clip: np.ndarray) -> Dict[str, np.ndarray]:
         """:meth:`forward_intermediates` in float64: only the torch runner can (the noise floor)."""
@@ -155,18 +256,12 @@ class Runner(ABC):
 
 
 def get_runner_class(framework: str) -> Type[Runner]:
-    module_name, cls_name = RUNNERS[canonical_framework(framework)].split(":")
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise RunnerError(f"framework {framework!r} is not available here ({exc})") from None
-    return getattr(module, cls_name)
+    return runner_class(framework)
 
 
 def runner_options(framework: str, ms_mode: str = "graph") -> dict:
-    """A framework's own runner options from the commands' shared ones: ``--ms-mode`` is
-    MindSpore's ``mode``; the other runners take none."""
-    return {"mode": ms_mode} if framework == "ms" else {}
+    """A framework's own runner options from the commands' shared ones (:meth:`Runner.options_from`)."""
+    return runner_class(framework).options_from(ms_mode=ms_mode)
 
 
 def make_runner(framework: str, device: str = "cpu", threads: Optional[int] = None, **options) -> Runner:
@@ -178,3 +273,40 @@ def make_runner(framework: str, device: str = "cpu", threads: Optional[int] = No
         raise RunnerError(f"framework {framework!r} is not installed ({exc})") from None
     except TypeError as exc:
         raise RunnerError(f"{framework}: {exc}") from None
+
+
+def env_int(env, key: str) -> int:
+    """An integer a launcher put in the environment; anything else is one line, exit 2."""
+    try:
+        return int(env[key])
+    except ValueError:
+        raise RunnerError(f"{key}={env[key]!r} is not an integer") from None
+
+
+def world_from_env(framework: str, env=None) -> World:
+    """This process's place among the processes the framework's launcher started (one process: rank 0 of 1)."""
+    return runner_class(framework).world_from_env(os.environ if env is None else env) or World()
+
+
+def make_trainer(framework: str, cfg: I3DNLConfig, recipe, weights: Dict[str, np.ndarray], *, steps_per_epoch: int,
+                 total_steps: Optional[int] = None, device: str = "cpu", ms_mode: str = "graph",
+                 threads: Optional[int] = None, float64: bool = False, return_grads: bool = False,
+                 world: Optional[World] = None, seed: int = 0, sync_bn: bool = False):
+    """A framework's trainer (:meth:`Runner.trainer`), its process prepared by its runner (MindSpore's
+    oneDNN cap precedes ``import mindspore``), with ``trainer.runner`` (versions, hardware) and
+    ``trainer.world`` set::
+
+        trainer = make_trainer("ms", cfg, recipe, weights, steps_per_epoch=spe)
+        loss, lr = trainer.step(x, y)          # one SGD step
+        trainer.weights(); trainer.gradients(); trainer.momentum_buffers()   # canonical names
+        trainer.save(path, meta); trainer.load(path)
+    """
+    runner = make_runner(framework, device=device, threads=threads, **runner_options(framework, ms_mode))
+    try:
+        trainer = runner.trainer(cfg, recipe, weights, steps_per_epoch=steps_per_epoch, total_steps=total_steps,
+                                 float64=float64, return_grads=return_grads, world=world or World(), seed=seed,
+                                 sync_bn=sync_bn)
+    except (ValueError, TypeError) as exc:
+        raise RunnerError(f"{runner.name}: {str(exc).splitlines()[0]}") from None
+    trainer.runner = runner
+    return trainer

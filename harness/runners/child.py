@@ -2,43 +2,38 @@
 
 Commands never hold two frameworks in one process (MindSpore caps oneDNN's ISA for its
 whole process, and aborts if decord came first), so parity, evaluate's seeded weights,
-bench, the GPU check and the demo all run a framework through this module::
+training parity, bench, the GPU check and the demo all run a framework through this module.
 
-    result = run_job(Job(framework="ms", config=cfg, weights="w.npz", input="clip.npy",
-                         tasks=[Task("intermediates", out="ms.npz")]), workdir)
+A child is started with a :class:`Job` (``python -m harness.runners.child JOB.json``, in a
+work folder of its own, where MindSpore leaves its ``rank_0/`` and ``kernel_meta/``): its
+runner prepares the process (:meth:`harness.runners.Runner.prepare_process`), the weights
+are loaded (or, ``seed``, made and calibrated on the job's clip by the runner that makes
+seeded weights), and the child says it is ready (versions, hardware). It then answers one
+JSON request per line on its stdin with one JSON line on its stdout (the framework's own
+prints go to stderr, the log), until ``quit``; a failed request answers ``{"error": one
+line}`` and the child stays up. The network is built and loaded at the first request that
+needs it. Arrays travel as ``.npz`` / ``.npy`` files, never through the pipe.
 
-The parent writes a job record (JSON) into ``workdir`` and starts
-``python -m harness.runners.child JOB.json``; the child builds the network, loads (or, in
-torch, makes) the weights, runs the tasks in order and writes ``result.json``: versions,
-hardware, timings and each task's result. Arrays travel as ``.npz`` files, never through
-a pipe. A child that fails prints one line and exits 2; the parent raises that line as a
-:class:`harness.runners.RunnerError`.
+Requests (``op``), each a :class:`Task`:
 
-Tasks:
-
-``intermediates``  every canonical layer's output, ``logits`` and the ``input``, to ``out``
+``intermediates``  every canonical layer's output, ``logits`` and the ``input`` (the job's clip,
+                   or the clip file ``input``) to ``out``; ``float64``: torch in float64
+``forward``        the network's output for the clip file ``input``, to ``out``
 ``isolated``       each layer on the input the ``reference`` outputs give it, to ``out``
 ``subops``         canonical ``layer``'s sub-operations on ``layer_input``, to ``out``
-``candidate``      the user's own network (``plugin``, see :mod:`harness.runners.plugin`) on the
-                   input, its hooked layers and ``logits`` to ``out``
-                   (``intermediates`` with ``float64``: torch in float64, the noise floor)
-``train_parity``   training parity's measurements (``parts``: components, optimizer,
-                   trajectory, isolated, judge) on ``batches`` with ``recipe``
-                   (:mod:`harness.runners.training`)
-``train_time``     training steps timed per batch size on seeded clips of ``input_shape``
-                   (:mod:`harness.runners.training`, for :mod:`harness.train_bench`)
+``candidate``      the user's own network (``plugin``, :mod:`harness.runners.plugin`) on the clip:
+                   its hooked layers and ``logits`` to ``out``
+``train_parity``   training parity's measurements (:mod:`harness.runners.training`)
+``train_time``     training steps timed per batch size (:mod:`harness.runners.training`)
+``prepare`` / ``time``   make the ``task``'s step for ``shape`` and run it once (compile /
+                   autotune), then ``iters`` steps each ended by a device sync (the bench:
+                   one warm child per configuration, asked in turn so that frameworks
+                   interleave A B A B and a machine's noise falls on all of them)
+``probe``, ``flops``, ``memory``, ``reset_memory``   the GEMM probe, the framework's FLOP
+                   counter, peak memory
 
-Warm mode (:class:`WarmChild`, ``python -m harness.runners.child --serve JOB.json``): the
-child builds and loads once, then answers one JSON request per line on its stdin with one
-JSON line on its stdout (the framework's own prints go to stderr), until ``quit``. The
-benchmark keeps one warm child per framework and asks each in turn to time ``k`` steps,
-so that frameworks interleave (A B A B ...) and a machine's noise falls on all of them.
-Requests (``op``): ``prepare`` (make the ``task``'s step for ``shape``, run it once: the
-compile / autotune time), ``time`` (``iters`` steps, each ended by a device sync),
-``probe`` (the GEMM probe), ``flops`` (the framework's FLOP counter), ``memory``,
-``reset_memory``, ``forward`` / ``intermediates`` (of the clip in file ``input``, to the
-``.npz`` file ``out``), ``quit``. A failed request answers ``{"error": one line}`` and the
-child stays up.
+:func:`run_job` is a child that answers its job's tasks in order and quits; :class:`WarmChild`
+keeps one up for as many requests as the caller makes.
 """
 from __future__ import annotations
 
@@ -49,22 +44,25 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional
 
 import numpy as np
 
 from frameworks.spec.arch import I3DNLConfig
 from harness.runners import RunnerError
 
-TASKS = ("intermediates", "isolated", "subops", "candidate", "train_parity", "train_time")
-TRAIN_TASKS = ("train_parity", "train_time")   # a trainer builds its own network (harness.runners.training)
+TASKS = ("intermediates", "forward", "isolated", "subops", "candidate", "train_parity", "train_time",
+         "prepare", "time", "probe", "flops", "memory", "reset_memory")
+# the fields of a Task or Job that name a file: sent as absolute paths, since a child runs in its work folder
+PATH_FIELDS = ("out", "input", "reference", "layer_input", "batches", "candidate_outputs", "weights", "save_weights")
 
 
 @dataclass
 class Task:
     op: str
-    out: Optional[str] = None            # .npz written by intermediates / isolated
-    reference: Optional[str] = None      # isolated: the reference's outputs (.npz)
+    out: Optional[str] = None            # .npz written by intermediates / isolated / subops / candidate / forward
+    input: Optional[str] = None          # forward, intermediates: a clip file (.npy) instead of the job's
+    reference: Optional[str] = None      # isolated: the reference's outputs (.npz); train_parity: its arrays
     batch_sizes: List[int] = field(default_factory=lambda: [1])   # train_time
     input_shape: Optional[List[int]] = None                       # train_time: (N, C, T, H, W), N replaced
     warmup: int = 1                                               # train_time: untimed steps first
@@ -72,17 +70,24 @@ class Task:
     layer_input: Optional[str] = None    # subops: that layer's input (.npy)
     float64: bool = False                # intermediates in float64 (torch): the float32 noise floor
     plugin: Optional[str] = None         # candidate: "module:function" building the user's network
-    steps: int = 0                       # train_steps: SGD steps; train_time: timed steps per batch size
-    batches: Optional[str] = None        # train_steps: .npz of x0, y0, x1, y1, ...
+    steps: int = 0                       # train_*: steps; time: -
+    batches: Optional[str] = None        # train_parity: .npz of x0, y0, x1, y1, ... and its probes
     recipe: Optional[dict] = None        # train_*: frameworks.spec.train.TrainRecipe.to_dict()
     lrs: Optional[List[float]] = None    # train_time: the learning rate of every step
     parts: List[str] = field(default_factory=list)   # train_parity: harness.runners.training.PARTS
     candidate_outputs: Optional[str] = None          # train_parity judge: the candidate's arrays (.npz)
     tolerance: Optional[float] = None                # train_parity judge: the step check's scaled tolerance
+    task: Optional[str] = None           # prepare / time: "infer" or "train"
+    shape: Optional[List[int]] = None    # prepare / time / flops: the batch shape
+    iters: int = 1                       # time: timed steps
 
     def __post_init__(self) -> None:
         if self.op not in TASKS:
             raise ValueError(f"unknown child task {self.op!r}; one of {TASKS}")
+
+    def to_request(self) -> dict:
+        d = {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
+        return _absolute(d)
 
 
 @dataclass
@@ -93,7 +98,7 @@ class Job:
     threads: Optional[int] = None
     options: Dict[str, Any] = field(default_factory=dict)     # the runner's own (mode, benchmark)
     weights: Optional[str] = None        # canonical .npz to load
-    seed: Optional[int] = None           # instead: seeded weights calibrated on ``input`` (torch)
+    seed: Optional[int] = None           # instead: seeded weights calibrated on ``input``
     save_weights: Optional[str] = None   # where the seeded weights are written (.npz)
     input: Optional[str] = None          # float32 (N, C, T, H, W) .npy
     tasks: List[Task] = field(default_factory=list)
@@ -101,7 +106,8 @@ class Job:
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
         d["config"] = self.config.to_dict()
-        return d
+        d["tasks"] = [t.to_request() for t in self.tasks]
+        return _absolute(d)
 
     @classmethod
     def from_dict(cls, d: dict) -> "Job":
@@ -111,129 +117,32 @@ class Job:
         return cls(**d)
 
 
+def _absolute(d: dict) -> dict:
+    return {k: (os.path.abspath(v) if k in PATH_FIELDS and isinstance(v, str) else v) for k, v in d.items()}
+
+
+def seeded_weights_job(cfg: I3DNLConfig, seed: int, save_weights: str, clip: str) -> Job:
+    """The job that makes the project's seeded weights, calibrated on ``clip`` (.npy), into
+    ``save_weights`` (the runner that makes them: :data:`harness.runners.SEEDED_BY`)."""
+    from harness.runners import SEEDED_BY
+
+    return Job(SEEDED_BY, cfg, seed=seed, save_weights=save_weights, input=clip)
+
+
 # ----------------------------------------------------------------------------- parent side
 def run_job(job: Job, workdir: str, name: str = "") -> dict:
-    """Run ``job`` in a child process; its result record, or :class:`RunnerError`."""
-    os.makedirs(workdir, exist_ok=True)
-    stem = os.path.join(workdir, name or f"{job.framework}-job")
-    job_path, result_path = stem + ".json", stem + ".result.json"
-    with open(job_path, "w") as f:
-        json.dump({"job": job.to_dict(), "result": result_path}, f)
-    proc = subprocess.run([sys.executable, "-m", "harness.runners.child", job_path],
-                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    if proc.returncode != 0 or not os.path.isfile(result_path):
-        lines = [ln.strip() for ln in proc.stderr.splitlines() if ln.strip()]
-        reason = lines[-1].removeprefix("error: ") if lines else f"exit code {proc.returncode}"
-        raise RunnerError(f"{job.framework}: {reason}")
-    with open(result_path) as f:
-        return json.load(f)
-
-
-def save_clip(path: str, clip: np.ndarray) -> str:
-    np.save(path, np.ascontiguousarray(clip, dtype=np.float32))
-    return path
-
-
-def load_arrays(path: str) -> Dict[str, np.ndarray]:
-    with np.load(path, allow_pickle=False) as z:
-        return {k: z[k] for k in z.files}
-
-
-# ----------------------------------------------------------------------------- child side
-def _execute(job: Job) -> dict:
-    from harness.checkpoints.io import write_npz
-    from harness.runners import make_runner
-
-    clip = np.load(job.input, allow_pickle=False).astype(np.float32, copy=False) if job.input else None
-    runner = make_runner(job.framework, device=job.device, threads=job.threads, **job.options)
-    record: Dict[str, Any] = {"framework": job.framework, "versions": runner.versions(),
-                              "hardware": runner.hardware(), "tasks": []}
-    if job.seed is not None:
-        if job.framework != "torch":
-            raise RunnerError("seeded weights are made by the torch runner only")
-        if clip is None:
-            raise RunnerError("seeded weights are calibrated on the job's input clip; none given")
-        from harness.runners.torch_runner import seeded_weights
-
-        t0 = time.perf_counter()
-        weights = seeded_weights(job.config, clip, job.seed)
-        record["seed_s"] = time.perf_counter() - t0
-        if job.save_weights:
-            write_npz(job.save_weights, weights)
-    elif job.weights:
-        weights = load_arrays(job.weights)
-    else:
-        weights = None
-    if not job.tasks:
-        return record
-    if weights is None:
-        raise RunnerError("a job with tasks needs weights or a seed")
-    if all(task.op in TRAIN_TASKS for task in job.tasks):   # a trainer builds its own network
-        from harness.runners import training
-
-        record["tasks"] = [training.run(job, task, weights) if task.op == "train_parity" else
-                           training.time_training(job, task, weights) for task in job.tasks]
-        return record
-    if all(task.op == "candidate" for task in job.tasks):   # the user's network, not ours
-        from harness.runners import plugin
-
-        run = plugin.run_mindspore if job.framework == "ms" else plugin.run_torch
-        for task in job.tasks:
-            t0 = time.perf_counter()
-            outputs = run(task.plugin, job.config, weights, clip)
-            outputs["input"] = clip
-            write_npz(task.out, outputs)
-            record["tasks"].append({"op": "candidate", "out": task.out, "forward_s": time.perf_counter() - t0})
-        return record
-    record.update(_build_and_load(runner, job.config, weights))
-    for task in job.tasks:
-        record["tasks"].append(_run_task(runner, task, clip))
+    """Run ``job``'s tasks in a child process, in order; its record (``framework``,
+    ``versions``, ``hardware``, the seconds it took to make weights or build, and ``tasks``:
+    each task's reply), or :class:`RunnerError` with the child's one line."""
+    with WarmChild(job, workdir, name or f"{job.framework}-job") as child:
+        record = {k: v for k, v in child.ready.items() if k != "ready"}
+        record["tasks"] = [child.request(**task.to_request()) for task in job.tasks]
+        record.update(child.timings())
     return record
 
 
-def _build_and_load(runner, config, weights) -> Dict[str, float]:
-    """Build the network and load its weights (a shape or name the runner refuses is a
-    RunnerError); the seconds each took."""
-    t0 = time.perf_counter()
-    runner.build(config)
-    built = time.perf_counter()
-    try:
-        runner.load(weights)
-    except (ValueError, TypeError) as exc:
-        raise RunnerError(str(exc)) from None
-    return {"build_s": built - t0, "load_s": time.perf_counter() - built}
-
-
-def _run_task(runner, task: Task, clip: Optional[np.ndarray]) -> dict:
-    from harness.checkpoints.io import write_npz
-
-    t0 = time.perf_counter()
-    if task.op == "subops":
-        steps = runner.forward_subops(task.layer, np.load(task.layer_input, allow_pickle=False))
-        write_npz(task.out, steps)
-        return {"op": task.op, "out": task.out, "layer": task.layer, "forward_s": time.perf_counter() - t0}
-    if task.op == "intermediates" and task.float64:
-        outputs = runner.forward_intermediates_float64(clip)
-        outputs["input"] = clip
-        write_npz(task.out, outputs)
-        return {"op": task.op, "out": task.out, "float64": True, "forward_s": time.perf_counter() - t0}
-    if task.op not in ("intermediates", "isolated"):
-        raise RunnerError(f"task {task.op} runs only in a job whose tasks are all of its kind")
-    if clip is None:
-        raise RunnerError(f"task {task.op} needs the job's input clip")
-    if task.op == "isolated":
-        outputs = runner.forward_isolated(clip, load_arrays(task.reference))
-    else:
-        outputs = runner.forward_intermediates(clip)
-    seconds = time.perf_counter() - t0
-    outputs["input"] = clip
-    write_npz(task.out, outputs)
-    return {"op": task.op, "out": task.out, "forward_s": seconds}
-
-
-# ----------------------------------------------------------------------------- warm mode
 class WarmChild:
-    """Parent side of warm mode: one child process holding a built, loaded runner.
+    """Parent side: one child process answering requests.
 
         with WarmChild(job, workdir, "torch") as child:
             child.request(op="prepare", task="infer", shape=[1, 3, 8, 64, 64])
@@ -241,42 +150,46 @@ class WarmChild:
     """
 
     def __init__(self, job: Job, workdir: str, name: str):
+        from harness.cli import REPO_ROOT
+
         os.makedirs(workdir, exist_ok=True)
-        stem = os.path.join(workdir, name)
+        stem = os.path.join(os.path.abspath(workdir), name)
         self.framework, self.name = job.framework, name
         with open(stem + ".json", "w") as f:
             json.dump({"job": job.to_dict()}, f)
         self.log_path = stem + ".log"
         self._log = open(self.log_path, "w")
-        # run in the work folder (MindSpore leaves rank_0/, kernel_meta/ ... in its working
-        # directory), with the repository importable from there
-        from harness.cli import REPO_ROOT
-
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (REPO_ROOT, os.environ.get("PYTHONPATH")) if p)}
-        self.proc = subprocess.Popen([sys.executable, "-m", "harness.runners.child", "--serve", os.path.abspath(stem + ".json")],
+        # in the work folder, with the repository and the caller's folder (a plug-in's module) importable
+        path = [REPO_ROOT, os.getcwd(), os.environ.get("PYTHONPATH")]
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in path if p)}
+        self.proc = subprocess.Popen([sys.executable, "-m", "harness.runners.child", stem + ".json"],
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._log, text=True,
-                                     cwd=workdir, env=env)
+                                     cwd=os.path.abspath(workdir), env=env)
         try:
-            self.ready = self._reply()   # versions, hardware, build_s, load_s, settings
+            self.ready = self._reply()   # framework, versions, hardware, seed_s
         except RunnerError:
             self.close()
             raise
 
     def request(self, **message) -> dict:
         if self.proc.poll() is not None:
-            raise RunnerError(f"{self.name}: {self._last_log_line()}")
-        self.proc.stdin.write(json.dumps(message) + "\n")
+            raise RunnerError(f"{self.framework}: {self._last_log_line()}")
+        self.proc.stdin.write(json.dumps(_absolute(message)) + "\n")
         self.proc.stdin.flush()
         return self._reply()
+
+    def timings(self) -> Dict[str, float]:
+        """How long the child took to build and load its network (if it did)."""
+        return {k: v for k, v in self.request(op="memory").items() if k in ("build_s", "load_s")}
 
     def _reply(self) -> dict:
         line = self.proc.stdout.readline()
         if not line:
             self.proc.wait()
-            raise RunnerError(f"{self.name}: {self._last_log_line()}")
+            raise RunnerError(f"{self.framework}: {self._last_log_line()}")
         reply = json.loads(line)
         if "error" in reply:
-            raise RunnerError(f"{self.name}: {reply['error']}")
+            raise RunnerError(f"{self.framework}: {reply['error']}")
         return reply
 
     def _last_log_line(self) -> str:
@@ -304,120 +217,230 @@ class WarmChild:
         self.close()
 
 
-def _serve(job: Job, channel) -> None:
-    """Child side of warm mode: build and load, say ready, answer requests until ``quit``."""
+def save_clip(path: str, clip: np.ndarray) -> str:
+    np.save(path, np.ascontiguousarray(clip, dtype=np.float32))
+    return path
+
+
+def load_arrays(path: str) -> Dict[str, np.ndarray]:
+    with np.load(path, allow_pickle=False) as z:
+        return {k: z[k] for k in z.files}
+
+
+# ----------------------------------------------------------------------------- child side
+class _Child:
+    """A child's state: the job, its weights and clip, its runner (built on first need), the
+    bench's prepared steps."""
+
+    def __init__(self, job: Job):
+        from harness.runners import make_runner
+
+        self.job = job
+        self.clip = np.load(job.input, allow_pickle=False).astype(np.float32, copy=False) if job.input else None
+        self.runner = make_runner(job.framework, device=job.device, threads=job.threads, **job.options)
+        self.ready: Dict[str, Any] = {"ready": True, "framework": job.framework, "versions": self.runner.versions(),
+                                      "hardware": self.runner.hardware()}
+        self.weights = self._weights()
+        self.built: Dict[str, float] = {}
+        self.steps: Dict[str, Callable[[], Any]] = {}
+
+    def _weights(self) -> Optional[Dict[str, np.ndarray]]:
+        job = self.job
+        if job.seed is None:
+            return load_arrays(job.weights) if job.weights else None
+        if self.clip is None:
+            raise RunnerError("seeded weights are calibrated on the job's input clip; none given")
+        from harness.checkpoints.io import write_npz
+
+        t0 = time.perf_counter()
+        weights = self.runner.seeded_weights(job.config, self.clip, job.seed)
+        self.ready["seed_s"] = time.perf_counter() - t0
+        if job.save_weights:
+            write_npz(job.save_weights, weights)
+        return weights
+
+    def network(self):
+        """The runner, its network built and loaded (once)."""
+        if not self.built:
+            if self.weights is None:
+                raise RunnerError("this request needs weights: the job gave neither weights nor a seed")
+            t0 = time.perf_counter()
+            self.runner.build(self.job.config)
+            t1 = time.perf_counter()
+            try:
+                self.runner.load(self.weights)
+            except (ValueError, TypeError) as exc:
+                raise RunnerError(str(exc)) from None
+            self.built = {"build_s": t1 - t0, "load_s": time.perf_counter() - t1}
+            self.ready["settings"] = self.runner.settings()
+        return self.runner
+
+    def clip_of(self, task: Task) -> np.ndarray:
+        if task.input:
+            return np.load(task.input, allow_pickle=False).astype(np.float32, copy=False)
+        if self.clip is None:
+            raise RunnerError(f"{task.op} needs a clip: the job's input or the request's")
+        return self.clip
+
+    def answer(self, task: Task) -> dict:
+        t0 = time.perf_counter()
+        reply = HANDLERS[task.op](self, task)
+        reply.setdefault("op", task.op)
+        if task.out and "out" not in reply:
+            reply["out"] = task.out
+        reply.setdefault("forward_s", time.perf_counter() - t0)
+        return reply
+
+
+def _write(path: str, arrays: Dict[str, np.ndarray]) -> None:
+    from harness.checkpoints.io import write_npz
+
+    write_npz(path, arrays)
+
+
+def _intermediates(child: _Child, task: Task) -> dict:
+    clip = child.clip_of(task)
+    runner = child.network()
+    outputs = runner.forward_intermediates_float64(clip) if task.float64 else runner.forward_intermediates(clip)
+    outputs["input"] = clip
+    _write(task.out, outputs)
+    return {"float64": task.float64} if task.float64 else {}
+
+
+def _forward(child: _Child, task: Task) -> dict:
+    _write(task.out, {"logits": np.asarray(child.network().forward(child.clip_of(task)))})
+    return {}
+
+
+def _isolated(child: _Child, task: Task) -> dict:
+    clip = child.clip_of(task)
+    outputs = child.network().forward_isolated(clip, load_arrays(task.reference))
+    outputs["input"] = clip
+    _write(task.out, outputs)
+    return {}
+
+
+def _subops(child: _Child, task: Task) -> dict:
+    _write(task.out, child.network().forward_subops(task.layer, np.load(task.layer_input, allow_pickle=False)))
+    return {"layer": task.layer}
+
+
+def _candidate(child: _Child, task: Task) -> dict:
+    """The user's own network, built by their function and read through hooks (not ours)."""
+    clip = child.clip_of(task)
+    outputs = child.runner.run_plugin(task.plugin, child.job.config, child.weights, clip)
+    outputs["input"] = clip
+    _write(task.out, outputs)
+    return {}
+
+
+def _train(child: _Child, task: Task) -> dict:
+    from harness.runners import training
+
+    if child.weights is None:
+        raise RunnerError(f"{task.op} needs weights: the job gave neither weights nor a seed")
+    run = training.run if task.op == "train_parity" else training.time_training
+    return run(child.job, task, child.weights, child.runner)
+
+
+def _prepare(child: _Child, task: Task) -> dict:
+    key = f"{task.task}:{task.shape}"
+    child.steps.pop(key, None)
+    runner = child.network()
+    t0 = time.perf_counter()
+    step = runner.timing_step(task.shape, task.task)
+    step()
+    runner.sync()
+    child.steps[key] = step
+    return {"first_s": time.perf_counter() - t0}
+
+
+def _time(child: _Child, task: Task) -> dict:
+    step, wall, cpu = child.steps[f"{task.task}:{task.shape}"], [], []
+    for _ in range(int(task.iters)):
+        c0, t0 = time.process_time(), time.perf_counter()
+        step()
+        child.runner.sync()
+        wall.append(time.perf_counter() - t0)
+        cpu.append(time.process_time() - c0)
+    return {"step_s": wall, "cpu_s": cpu, "load_average": list(os.getloadavg())}
+
+
+def _memory(child: _Child, task: Task) -> dict:
     import resource
 
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return {"host_rss_peak_mib": usage.ru_maxrss / 1024, **child.runner.memory(), **child.built}
+
+
+def _reset_memory(child: _Child, task: Task) -> dict:
+    child.runner.reset_memory()
+    return {"ok": True}
+
+
+HANDLERS: Dict[str, Callable[[_Child, Task], dict]] = {
+    "intermediates": _intermediates, "forward": _forward, "isolated": _isolated, "subops": _subops,
+    "candidate": _candidate, "train_parity": _train, "train_time": _train, "prepare": _prepare, "time": _time,
+    "probe": lambda child, task: child.network().gemm_probe(),
+    "flops": lambda child, task: {"flops": child.network().flop_count(task.shape)},
+    "memory": _memory, "reset_memory": _reset_memory,
+}
+
+
+def _serve(job: Job, channel) -> None:
+    """Say ready, then answer requests until ``quit``; a failed request answers its error in
+    one line and the child stays up (out of memory at one batch size must not end the others)."""
     def send(message: dict) -> None:
         channel.write(json.dumps(message, default=str) + "\n")
         channel.flush()
 
-    from harness.runners import make_runner
-
-    if not job.weights:
-        raise RunnerError("warm mode loads its weights from a file (Job.weights)")
-    weights = load_arrays(job.weights)
-    runner = make_runner(job.framework, device=job.device, threads=job.threads, **job.options)
-    record: Dict[str, Any] = {"framework": job.framework, "versions": runner.versions(),
-                              "hardware": runner.hardware()}
-    record.update(_build_and_load(runner, job.config, weights))
-    record["settings"] = runner.settings()
-    send({"ready": True, **record})
-    steps: Dict[str, Any] = {}
+    child = _Child(job)
+    send(child.ready)
     for line in sys.stdin:
         request = json.loads(line)
-        op = request.get("op")
-        if op == "quit":
+        if request.get("op") == "quit":
             send({"ok": True})
             return
         try:
-            key = f"{request.get('task')}:{request.get('shape')}"
-            if op == "prepare":
-                steps.pop(key, None)
-                t0 = time.perf_counter()
-                step = runner.timing_step(request["shape"], request["task"])
-                step()
-                runner.sync()
-                steps[key] = step
-                reply = {"first_s": time.perf_counter() - t0}
-            elif op == "time":
-                step, wall, cpu = steps[key], [], []
-                for _ in range(int(request["iters"])):
-                    c0, t0 = time.process_time(), time.perf_counter()
-                    step()
-                    runner.sync()
-                    wall.append(time.perf_counter() - t0)
-                    cpu.append(time.process_time() - c0)
-                reply = {"step_s": wall, "cpu_s": cpu, "load_average": list(os.getloadavg())}
-            elif op in ("forward", "intermediates"):   # on a clip file, to a file (the GPU check's dtypes)
-                from harness.checkpoints.io import write_npz
-
-                clip = np.load(request["input"], allow_pickle=False).astype(np.float32, copy=False)
-                outputs = runner.forward_intermediates(clip) if op == "intermediates" else \
-                    {"logits": runner.forward(clip)}
-                write_npz(request["out"], {k: np.asarray(v, np.float32) for k, v in outputs.items()})
-                reply = {"out": request["out"]}
-            elif op == "probe":
-                reply = runner.gemm_probe()
-            elif op == "flops":
-                reply = {"flops": runner.flop_count(request["shape"])}
-            elif op == "memory":
-                usage = resource.getrusage(resource.RUSAGE_SELF)
-                reply = {"host_rss_peak_mib": usage.ru_maxrss / 1024, **runner.memory()}
-            elif op == "reset_memory":
-                runner.reset_memory()
-                reply = {"ok": True}
-            else:
-                raise RunnerError(f"unknown request {op!r}")
-        except Exception as exc:  # noqa: BLE001 - out of memory at one batch size must not end the others
-            text = str(exc).strip().splitlines()
-            reply = {"error": f"{type(exc).__name__}: {text[0] if text else ''}".strip(": ")}
+            reply = child.answer(Task(**request))
+        except Exception as exc:  # noqa: BLE001 - one request's failure is its answer, not the child's end
+            reply = {"error": _one_line(exc)}
         send(reply)
-
-
-def _serve_main(path: str) -> int:
-    # the protocol owns the real stdout; whatever a framework prints goes to stderr (the log)
-    channel = os.fdopen(os.dup(sys.stdout.fileno()), "w")
-    os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
-    try:
-        with open(path) as f:
-            job = Job.from_dict(json.load(f)["job"])
-        if job.framework == "ms":
-            from harness.runners.mindspore_runner import configure_onednn_isa
-
-            configure_onednn_isa()  # before anything imports MindSpore
-        _serve(job, channel)
-    except (RunnerError, ValueError, KeyError, TypeError, OSError, RuntimeError) as exc:
-        text = str(exc).strip().splitlines()
-        print(f"error: {text[0] if text else type(exc).__name__}", file=sys.stderr)
-        return 2
-    return 0
 
 
 def main(argv: Optional[List[str]] = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    if len(argv) == 2 and argv[0] == "--serve":
-        return _serve_main(argv[1])
     if len(argv) != 1 or argv[0].startswith("-"):
         print("error: usage: python -m harness.runners.child JOB.json (an internal protocol; see its docstring)",
               file=sys.stderr)
         return 2
+    # the protocol owns the real stdout; whatever a framework prints goes to stderr (the log)
+    channel = os.fdopen(os.dup(sys.stdout.fileno()), "w")
+    os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
     try:
         with open(argv[0]) as f:
-            spec = json.load(f)
-        job = Job.from_dict(spec["job"])
-        if job.framework == "ms":
-            from harness.runners.mindspore_runner import configure_onednn_isa
+            job = Job.from_dict(json.load(f)["job"])
+        from harness.runners import runner_class
 
-            configure_onednn_isa()  # before anything imports MindSpore
-        record = _execute(job)
-        with open(spec["result"], "w") as f:
-            json.dump(record, f, indent=2, default=str)
-    except (RunnerError, ValueError, KeyError, TypeError, OSError) as exc:
-        text = str(exc).strip().splitlines()
-        print(f"error: {text[0] if text else type(exc).__name__}", file=sys.stderr)
+        runner_class(job.framework).prepare_process()   # before anything imports the framework
+        _serve(job, channel)
+    except (RunnerError, ValueError, KeyError, TypeError, OSError, RuntimeError) as exc:
+        print(f"error: {_one_line(exc)}", file=sys.stderr)
         return 2
     return 0
+
+
+def _one_line(exc: BaseException) -> str:
+    """A failure in words: a bad-input error's own message, an OS error's file and reason,
+    anything else with its type (an unexpected failure says what it was)."""
+    from harness.files import describe_os_error
+
+    if isinstance(exc, OSError):
+        return describe_os_error(exc)
+    text = (str(exc).strip().splitlines() or [""])[0]
+    if isinstance(exc, (RunnerError, ValueError, KeyError, TypeError)):
+        return text or type(exc).__name__
+    return f"{type(exc).__name__}: {text}".strip(": ")
 
 
 if __name__ == "__main__":

@@ -80,7 +80,31 @@ class MindSporeRunner(Runner):
     """Our MindSpore I3D-NL in ``graph`` (GRAPH_MODE) or ``pynative`` mode, on cpu or gpu."""
 
     name = "ms"
+    aliases = ("mindspore",)
+    title = "MindSpore"
+    trains = True
+    explains = True
+    checkpoint_suffix = ".ckpt"
+    decodes_beside = False   # MindSpore 2.10 aborts ("random_device could not be read") if decord came first
     MODES = ("graph", "pynative")
+
+    @classmethod
+    def prepare_process(cls) -> Dict[str, str]:
+        return configure_onednn_isa()
+
+    @classmethod
+    def options_from(cls, ms_mode: str = "graph") -> dict:
+        return {"mode": ms_mode}
+
+    @classmethod
+    def world_from_env(cls, env):
+        """msrun sets ``RANK_ID`` / ``RANK_SIZE`` (and ``MS_WORKER_NUM``) in each worker it spawns."""
+        from harness.runners import World, env_int
+
+        if "MS_WORKER_NUM" not in env and "RANK_SIZE" not in env:
+            return None
+        size = env_int(env, "MS_WORKER_NUM") if "MS_WORKER_NUM" in env else env_int(env, "RANK_SIZE")
+        return World(env_int(env, "RANK_ID") if "RANK_ID" in env else 0, size, "msrun")
 
     DTYPES = ("float32", "float16", "bfloat16")
     JIT_LEVELS = ("O0", "O1", "O2")
@@ -242,6 +266,12 @@ class MindSporeRunner(Runner):
                                    return_grads=return_grads, seed=seed)
         trainer.world = world
         return trainer
+
+    def run_plugin(self, target: str, cfg: I3DNLConfig, weights: Dict[str, np.ndarray],
+                   clip: np.ndarray) -> Dict[str, np.ndarray]:
+        from harness.runners import plugin
+
+        return plugin.run_mindspore(target, cfg, weights, clip)
 
     def gemm_probe(self) -> Dict[str, float]:
         """GFLOP/s of MindSpore's own square matrix product in the timing dtype (best of 3)."""

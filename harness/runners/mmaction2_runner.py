@@ -27,6 +27,8 @@ CONFIGS = {
 
 class MMAction2Runner(OnTorchDevice):
     name = "mmaction2"
+    title = "mmaction2"
+    evaluates = False   # the oracle: parity compares with it; evaluate, infer and drift run on ours
 
     def __init__(self, device: str = "cpu", threads: Optional[int] = None, benchmark: bool = False,
                  dtype: str = "float32", channels_last: bool = False, compile: Optional[str] = None,

@@ -2,12 +2,15 @@
 mmaction2 runner (:class:`TorchDevice`)."""
 from __future__ import annotations
 
+import os
 from typing import Dict, Optional
 
 import numpy as np
 
 from frameworks.spec.arch import I3DNLConfig, layer_names
 from harness.runners import Runner, RunnerError
+
+DETERMINISTIC = "NLPARITY_TORCH_DETERMINISTIC"
 
 
 class TorchDevice:
@@ -24,6 +27,8 @@ class TorchDevice:
 
         self.torch = torch
         torch.set_num_threads(threads)
+        if os.environ.get(DETERMINISTIC) == "1":   # TorchRunner.deterministic_env: repeatable kernels
+            torch.use_deterministic_algorithms(True)
         torch.backends.cuda.matmul.allow_tf32 = False
         torch.backends.cudnn.allow_tf32 = False
         torch.backends.cudnn.benchmark = benchmark
@@ -138,6 +143,25 @@ class OnTorchDevice(Runner):
 
 class TorchRunner(OnTorchDevice):
     name = "torch"
+    aliases = ("pt", "pytorch")
+    title = "PyTorch"
+    trains = True
+    explains = True
+    float64 = True
+    checkpoint_suffix = ".pth"
+
+    @classmethod
+    def world_from_env(cls, env):
+        """torchrun sets ``RANK`` / ``WORLD_SIZE`` in each process it starts."""
+        from harness.runners import World, env_int
+
+        if "WORLD_SIZE" not in env:
+            return None
+        return World(env_int(env, "RANK"), env_int(env, "WORLD_SIZE"), "torchrun")
+
+    @classmethod
+    def deterministic_env(cls) -> Dict[str, str]:
+        return {DETERMINISTIC: "1"}   # read by TorchDevice: torch.use_deterministic_algorithms(True)
 
     def __init__(self, device: str = "cpu", threads: Optional[int] = None, benchmark: bool = False,
                  dtype: str = "float32", channels_last: bool = False, compile: Optional[str] = None,
@@ -238,6 +262,15 @@ class TorchRunner(OnTorchDevice):
 
         with self.backend.torch.no_grad():
             return {k: self.backend.numpy(v) for k, v in trace(self.model, name, self.backend.tensor(x)).items()}
+
+    def seeded_weights(self, cfg: I3DNLConfig, clip: np.ndarray, seed: int) -> Dict[str, np.ndarray]:
+        return seeded_weights(cfg, clip, seed)
+
+    def run_plugin(self, target: str, cfg: I3DNLConfig, weights: Dict[str, np.ndarray],
+                   clip: np.ndarray) -> Dict[str, np.ndarray]:
+        from harness.runners import plugin
+
+        return plugin.run_torch(target, cfg, weights, clip)
 
     def forward_intermediates_float64(self, clip: np.ndarray) -> Dict[str, np.ndarray]:
         torch = self.backend.torch

@@ -29,14 +29,14 @@ import numpy as np
 from frameworks.spec.arch import I3DNLConfig, parameter_specs
 from frameworks.spec.train import TrainRecipe, decay_groups, is_running_statistic, trainable_names
 from harness import train_compare
-from harness.runners import RunnerError
+from harness.runners import FLOAT64_BY, RunnerError
 
 PARTS = ("components", "optimizer", "trajectory", "isolated", "judge")
 OPTIMIZER_SCHEDULE = (4, 3)   # the optimiser's lr table: 3 epochs of 4 steps (warm-up, then the cosine)
 DROPOUT_PROBE = 1 << 20       # elements through the dropout: its measured p is within 5e-4 (1 sigma)
 
 
-def run(job, task, weights: Dict[str, np.ndarray]) -> dict:
+def run(job, task, weights: Dict[str, np.ndarray], runner=None) -> dict:
     """The ``train_parity`` task: every part in ``task.parts``; arrays to ``task.out``,
     numbers in the returned record."""
     from harness.checkpoints.io import write_npz
@@ -47,7 +47,7 @@ def run(job, task, weights: Dict[str, np.ndarray]) -> dict:
         raise RunnerError(f"train_parity needs out and parts from {PARTS}; got {task.parts}")
     recipe = TrainRecipe.from_dict(task.recipe)
     inputs = load_arrays(task.batches) if task.batches else {}
-    work = _Work(job, recipe, weights, inputs, task)
+    work = _Work(job, recipe, weights, inputs, task, runner)
     record: Dict[str, object] = {"op": task.op, "out": task.out}
     arrays: Dict[str, np.ndarray] = {}
     for part in task.parts:
@@ -64,13 +64,14 @@ def run(job, task, weights: Dict[str, np.ndarray]) -> dict:
 class _Work:
     """One framework process's share of a training-parity run."""
 
-    def __init__(self, job, recipe: TrainRecipe, weights: Dict[str, np.ndarray], inputs: Dict[str, np.ndarray], task):
+    def __init__(self, job, recipe: TrainRecipe, weights: Dict[str, np.ndarray], inputs: Dict[str, np.ndarray], task,
+                 runner=None):
         from harness.runners import make_runner
 
         self.job, self.recipe, self.weights, self.inputs, self.task = job, recipe, weights, inputs, task
         self.cfg: I3DNLConfig = job.config
         self.steps = int(task.steps)
-        self.runner = make_runner(job.framework, device=job.device, threads=job.threads, **job.options)
+        self.runner = runner or make_runner(job.framework, device=job.device, threads=job.threads, **job.options)
         self._stepper = self._full = None
 
     def _trainer(self, recipe: TrainRecipe, steps_per_epoch: int, total_steps: int, float64: bool = False):
@@ -166,8 +167,8 @@ class _Work:
         from harness.runners.child import load_arrays
         from harness.runners.torch_judge import Judge
 
-        if self.job.framework != "torch":
-            raise RunnerError("the float64 judge runs in torch")
+        if not self.runner.float64:
+            raise RunnerError(f"the float64 judge runs in {FLOAT64_BY}, not {self.job.framework}")
         judge = Judge(self, load_arrays(self.task.reference), load_arrays(self.task.candidate_outputs),
                       tolerance=float(self.task.tolerance or 0.0))
         return {}, judge.run()
@@ -198,7 +199,7 @@ def step_arrays(arrays: Dict[str, np.ndarray], prefix: str, cfg: I3DNLConfig) ->
             "stat": {n: arrays[f"{prefix}/stat/{n}"] for n in names if is_running_statistic(n)}}
 
 
-def time_training(job, task, weights: Dict[str, np.ndarray]) -> dict:
+def time_training(job, task, weights: Dict[str, np.ndarray], runner=None) -> dict:
     """The ``train_time`` task (:mod:`harness.train_bench`)."""
     from harness.train_bench import time_training as timed
 
