@@ -16,6 +16,7 @@ needs it. Arrays travel as ``.npz`` / ``.npy`` files, never through the pipe.
 
 Requests (``op``), each a :class:`Task`:
 
+``build``          build and load the network now (its seconds and settings)
 ``intermediates``  every canonical layer's output, ``logits`` and the ``input`` (the job's clip,
                    or the clip file ``input``) to ``out``; ``float64``: torch in float64
 ``forward``        the network's output for the clip file ``input``, to ``out``
@@ -51,7 +52,7 @@ import numpy as np
 from frameworks.spec.arch import I3DNLConfig
 from harness.runners import RunnerError
 
-TASKS = ("intermediates", "forward", "isolated", "subops", "candidate", "train_parity", "train_time",
+TASKS = ("build", "intermediates", "forward", "isolated", "subops", "candidate", "train_parity", "train_time",
          "prepare", "time", "probe", "flops", "memory", "reset_memory")
 # the fields of a Task or Job that name a file: sent as absolute paths, since a child runs in its work folder
 PATH_FIELDS = ("out", "input", "reference", "layer_input", "batches", "candidate_outputs", "weights", "save_weights")
@@ -134,7 +135,7 @@ def run_job(job: Job, workdir: str, name: str = "") -> dict:
     """Run ``job``'s tasks in a child process, in order; its record (``framework``,
     ``versions``, ``hardware``, the seconds it took to make weights or build, and ``tasks``:
     each task's reply), or :class:`RunnerError` with the child's one line."""
-    with WarmChild(job, workdir, name or f"{job.framework}-job") as child:
+    with WarmChild(job, workdir, name or f"{job.framework}-job", build=False) as child:
         record = {k: v for k, v in child.ready.items() if k != "ready"}
         record["tasks"] = [child.request(**task.to_request()) for task in job.tasks]
         record.update(child.timings())
@@ -142,14 +143,16 @@ def run_job(job: Job, workdir: str, name: str = "") -> dict:
 
 
 class WarmChild:
-    """Parent side: one child process answering requests.
+    """Parent side: one child process answering requests; ``build``: its network built and
+    loaded before the first request (``ready`` then holds the seconds it took and the runner's
+    settings: the bench and the GPU check print them).
 
         with WarmChild(job, workdir, "torch") as child:
             child.request(op="prepare", task="infer", shape=[1, 3, 8, 64, 64])
             child.request(op="time", task="infer", shape=[1, 3, 8, 64, 64], iters=3)["step_s"]
     """
 
-    def __init__(self, job: Job, workdir: str, name: str):
+    def __init__(self, job: Job, workdir: str, name: str, build: bool = True):
         from harness.cli import REPO_ROOT
 
         os.makedirs(workdir, exist_ok=True)
@@ -167,6 +170,8 @@ class WarmChild:
                                      cwd=os.path.abspath(workdir), env=env)
         try:
             self.ready = self._reply()   # framework, versions, hardware, seed_s
+            if build:
+                self.ready.update(self.request(op="build"))
         except RunnerError:
             self.close()
             raise
@@ -379,6 +384,7 @@ def _reset_memory(child: _Child, task: Task) -> dict:
 
 
 HANDLERS: Dict[str, Callable[[_Child, Task], dict]] = {
+    "build": lambda child, task: {"settings": child.network().settings(), **child.built},
     "intermediates": _intermediates, "forward": _forward, "isolated": _isolated, "subops": _subops,
     "candidate": _candidate, "train_parity": _train, "train_time": _train, "prepare": _prepare, "time": _time,
     "probe": lambda child, task: child.network().gemm_probe(),
