@@ -36,7 +36,8 @@ import numpy as np
 from frameworks.spec.arch import PRESETS, I3DNLConfig, WeightMismatchError, get_preset, parameter_specs
 from harness.checkpoints import SchemeCannotName, detect_scheme, from_canonical, ignored_entries, to_canonical
 from harness.checkpoints.formats import Format, check_dtypes, describe_formats, find_format, format_for_path
-from harness.checkpoints.io import CheckpointError, describe_integrity, read_raw, sha256_file
+from harness.checkpoints.io import CheckpointError, describe_integrity, sha256_file
+from harness.checkpoints.formats import read_raw
 from harness.checkpoints.registry import registry_entry, resolve
 from harness.checkpoints.sidecar import known_classes, read_labels, read_sidecar, sidecar_path, write_sidecar
 from harness.cli import CheckFailed, InputError, OneLineParser, add_verbose, num_classes, run_main, setup_logging

@@ -67,7 +67,8 @@ def _mapping(cfg: I3DNLConfig, scheme: str) -> Optional[Dict[str, str]]:
 def canonical_view(path: str, arch: Optional[str] = None, trust: bool = False, what: str = "checkpoint"
                    ) -> CanonicalView:
     from harness.checkpoints import SCHEMES, CheckpointError, detect_scheme, ignored_entries
-    from harness.checkpoints.io import read_raw, sha256_file
+    from harness.checkpoints.io import sha256_file
+    from harness.checkpoints.formats import read_raw
     from harness.checkpoints.registry import resolve
     from harness.convert import read_source
 

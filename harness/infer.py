@@ -112,7 +112,7 @@ def resolve_network(args, path: Optional[str] = None) -> Tuple[I3DNLConfig, Dict
     from frameworks.spec.labels import K400_CLASSES
     from frameworks.spec.train import initial_weights
     from harness.checkpoints import check_runnable, weights_from_raw
-    from harness.checkpoints.io import read_raw
+    from harness.checkpoints.formats import read_raw
     from harness.checkpoints.registry import resolve
     from harness.checkpoints.sidecar import choose_arch, known_classes, read_labels
 

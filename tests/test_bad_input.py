@@ -252,6 +252,7 @@ def test_bad_input_is_one_line_and_leaves_nothing(module, argv, env, code, needl
 def test_unreadable_checkpoint_is_a_checkpoint_error(tmp_path, monkeypatch):
     """chmod 000 cannot stop root, so the OS refusal is simulated where the file is opened."""
     from harness.checkpoints import io as ckpt_io
+    from harness.checkpoints import formats as ckpt_formats
 
     path = tmp_path / "w.npz"
     write_npz(str(path), {"a": np.zeros(2, np.float32)})
@@ -264,7 +265,7 @@ def test_unreadable_checkpoint_is_a_checkpoint_error(tmp_path, monkeypatch):
 
     monkeypatch.setattr("builtins.open", refusing_open)
     with pytest.raises(ckpt_io.CheckpointError, match="Permission denied"):
-        ckpt_io.read_raw(str(path))
+        ckpt_formats.read_raw(str(path))
     with pytest.raises(ckpt_io.CheckpointError, match="Permission denied"):
         ckpt_io.sha256_file(str(path))
 

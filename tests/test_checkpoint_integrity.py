@@ -29,7 +29,8 @@ import pytest
 import torch
 
 from frameworks.spec.arch import get_preset, parameter_specs
-from harness.checkpoints.io import NO_CHECKSUM, CheckpointError, read_raw
+from harness.checkpoints.io import NO_CHECKSUM, CheckpointError
+from harness.checkpoints.formats import read_raw
 from harness.checkpoints.mindspore_ckpt import crc_trailer, serialize_ckpt, write_ckpt
 from harness.checkpoints.safe_pickle import PickleTooLarge, SafeUnpickler, inert_copy
 from tests.conftest import ROOT

@@ -27,7 +27,8 @@ import torch
 
 from frameworks.spec.arch import WeightMismatchError, get_preset, parameter_specs
 from harness.checkpoints import load_weights, mindspore_ckpt, mindvideo, mmaction2
-from harness.checkpoints.io import CheckpointError, read_raw
+from harness.checkpoints.io import CheckpointError
+from harness.checkpoints.formats import read_raw
 from harness.checkpoints.mindspore_ckpt import training_family, write_ckpt
 from harness.checkpoints.safe_pickle import Placeholder, RefusedGlobal, SafeUnpickler
 from tests.conftest import ROOT
@@ -354,7 +355,7 @@ def test_mmengine_runner_checkpoint_loads_by_default_without_importing_anything(
     with pytest.raises(Exception):
         torch.load(path, weights_only=True)
     # read in a fresh process: nothing from the file may be imported there
-    code = ("import sys, json; from harness.checkpoints.io import read_raw; "
+    code = ("import sys, json; from harness.checkpoints.formats import read_raw; "
             f"raw = read_raw({str(path)!r}); "
             "bad = [m for m in ('mmengine', 'mmcv', 'mmaction') if m in sys.modules]; "
             "assert not bad, bad; "

@@ -10,7 +10,8 @@ import pytest
 
 from harness.runners.mindspore_runner import configure_onednn_isa
 from harness.checkpoints import SCHEMES, detect_scheme, mindspore_ckpt
-from harness.checkpoints.io import CheckpointError, read_raw, sniff_container
+from harness.checkpoints.io import CheckpointError
+from harness.checkpoints.formats import read_raw, sniff_container
 from harness.checkpoints.mindspore_ckpt import parse_ckpt, read_ckpt, serialize_ckpt, write_ckpt
 
 configure_onednn_isa()  # before MindSpore is imported (see harness.runners.mindspore_runner)
@@ -137,7 +138,7 @@ def test_truncated_ckpt_is_a_one_line_error(tmp_path):
 
 def test_reading_and_writing_need_no_mindspore(tmp_path):
     write_ckpt(str(tmp_path / "a.ckpt"), {"x": np.ones(3, np.float32)})
-    code = ("import sys; from harness.checkpoints.io import read_raw; "
+    code = ("import sys; from harness.checkpoints.formats import read_raw; "
             "from harness.checkpoints.formats import CONTAINERS; "
             f"raw = read_raw({str(tmp_path / 'a.ckpt')!r}); "
             f"CONTAINERS['ckpt'].write({str(tmp_path / 'b.ckpt')!r}, raw.arrays); "

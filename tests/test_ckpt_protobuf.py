@@ -224,7 +224,7 @@ def test_reading_and_writing_with_mindspore_not_installed(tmp_path):
 def test_without_protobuf_a_ckpt_is_a_one_line_refusal_and_the_rest_imports(tmp_path):
     write_ckpt(str(tmp_path / "a.ckpt"), {"x": np.ones(2, np.float32)})
     proc = _run("import sys; sys.modules['google'] = sys.modules['google.protobuf'] = None\n"
-                "from harness.checkpoints.io import CheckpointError, read_raw\n"
+                "from harness.checkpoints.io import CheckpointError\nfrom harness.checkpoints.formats import read_raw\n"
                 "import harness.checkpoints.formats, harness.convert\n"
                 "try:\n"
                 f"    read_raw({str(tmp_path / 'a.ckpt')!r})\n"

@@ -8,7 +8,7 @@ import torch
 from frameworks.spec.arch import get_preset, parameter_specs
 from harness import convert
 from harness.checkpoints import mmaction2
-from harness.checkpoints.io import read_raw
+from harness.checkpoints.formats import read_raw
 from harness.checkpoints.mindspore_ckpt import write_ckpt
 
 DEFAULT = "i3d_nl_dot_product_r50"

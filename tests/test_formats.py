@@ -19,7 +19,8 @@ from harness.checkpoints import (SchemeCannotName, WeightsDoNotFit, detect_schem
 from harness.checkpoints import io as ckpt_io
 from harness.checkpoints.formats import (ALIASES, CONTAINERS, FORMATS, SCHEMES, check_dtypes, find_format,
                                          find_scheme, format_for_path)
-from harness.checkpoints.io import CheckpointError, read_raw, sniff_container
+from harness.checkpoints.io import CheckpointError
+from harness.checkpoints.formats import read_raw, sniff_container
 from tests.conftest import ROOT
 
 # each scheme's own graph (mindvideo names cannot express Caffe2's biased non-local output)
@@ -283,7 +284,10 @@ def test_the_dtype_policy():
         check_dtypes({})
 
 
-def test_io_keeps_its_public_names():
-    for name in ("read_raw", "sniff_container", "write_npz", "sha256_file", "arrays_sha256", "RawCheckpoint",
-                 "CheckpointError", "refusal"):
+def test_io_and_formats_keep_their_public_names():
+    for name in ("write_npz", "sha256_file", "arrays_sha256", "RawCheckpoint", "CheckpointError", "refusal"):
         assert hasattr(ckpt_io, name), name
+    from harness.checkpoints import formats   # the readers that dispatch over the table live beside it
+
+    for name in ("read_raw", "sniff_container", "integrity_of"):
+        assert hasattr(formats, name), name

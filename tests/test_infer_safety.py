@@ -188,7 +188,8 @@ def test_class_names_and_data_preset_travel_through_convert_to_infer_in_both_fra
 
 def test_names_a_training_checkpoint_carries_travel_too(kit, tmp_path):
     """A harness.train-style .pth keeps its classes in its metadata: convert records them."""
-    from harness.checkpoints.io import read_raw, write_torch
+    from harness.checkpoints.io import write_torch
+    from harness.checkpoints.formats import read_raw
 
     arrays = read_raw(str(kit / "w.npz")).arrays
     write_torch(str(tmp_path / "ckpt.pth"), arrays, meta={"classes": ["a", "b", "c"], "epoch": 1})
@@ -234,7 +235,8 @@ def test_a_good_video_beside_a_bad_one_is_still_classified(kit):
 
 # ------------------------------------------------------------------ 6. names escaped
 def test_every_name_from_a_file_is_printed_escaped(kit, tmp_path):
-    from harness.checkpoints.io import read_raw, write_npz
+    from harness.checkpoints.io import write_npz
+    from harness.checkpoints.formats import read_raw
 
     video = tmp_path / "v\x1b[31m.mp4"
     shutil.copy(kit / "v.mp4", video)

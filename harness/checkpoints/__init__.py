@@ -15,7 +15,8 @@ import numpy as np
 from frameworks.spec.arch import I3DNLConfig, WeightMismatchError, check_weights
 from harness.checkpoints import caffe2, mindspore_ckpt, mindvideo, mmaction2  # noqa: F401 - public submodules
 from harness.checkpoints.formats import SCHEMES, Scheme, find_scheme
-from harness.checkpoints.io import CheckpointError, RawCheckpoint, read_raw, sha256_file
+from harness.checkpoints.io import CheckpointError, RawCheckpoint, sha256_file
+from harness.checkpoints.formats import read_raw
 
 __all__ = ["CheckpointError", "LoadedWeights", "SchemeCannotName", "WeightsDoNotFit", "detect_scheme",
            "from_canonical", "load_weights", "to_canonical", "SCHEMES"]

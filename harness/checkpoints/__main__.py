@@ -19,7 +19,8 @@ from typing import List, Optional
 from frameworks.spec.arch import get_preset
 from harness.checkpoints import WeightsDoNotFit, load_weights
 from harness.cli import OneLineParser, run_main
-from harness.checkpoints.io import CheckpointError, DamagedFile, describe_integrity, integrity_of, sha256_file
+from harness.checkpoints.io import CheckpointError, DamagedFile, describe_integrity, sha256_file
+from harness.checkpoints.formats import integrity_of
 from harness.checkpoints.registry import cached_path, fetch, load_registry
 from harness.files import check_input_file
 from harness.text import printable

@@ -31,7 +31,7 @@ import numpy as np
 
 from frameworks.spec.arch import I3DNLConfig
 from harness.checkpoints import caffe2, io, mindspore_ckpt, mindvideo, mmaction2
-from harness.checkpoints.io import CheckpointError, RawCheckpoint
+from harness.checkpoints.io import HEAD_BYTES, ZIP_MAGIC, CheckpointError, RawCheckpoint
 
 Arrays = Dict[str, np.ndarray]
 
@@ -44,6 +44,7 @@ class Container:
     read: Callable[..., RawCheckpoint]              # read(path, trust=False)
     write: Callable[..., None]                      # write(path, arrays, meta=None), atomically
     extensions: Tuple[str, ...]
+    integrity: Callable[[str], str] = lambda path: io.NO_CHECKSUM   # the file's own check, tensors unread
 
 
 @dataclass(frozen=True)
@@ -83,14 +84,53 @@ def _write_npz(path: str, arrays: Arrays, meta: Optional[dict] = None) -> None:
 
 
 CONTAINERS: Mapping[str, Container] = _table(
-    Container("torch", "torch .pth", io.looks_like_torch, io.read_torch, io.write_torch, (".pth", ".pt")),
-    Container("npz", ".npz", io.looks_like_npz, io.read_npz, _write_npz, (".npz",)),
+    Container("torch", "torch .pth", io.looks_like_torch, io.read_torch, io.write_torch, (".pth", ".pt"),
+              io.zip_integrity),
+    Container("npz", ".npz", io.looks_like_npz, io.read_npz, _write_npz, (".npz",), io.zip_integrity),
     Container("safetensors", ".safetensors", io.looks_like_safetensors, io.read_safetensors,
               io.write_safetensors, (".safetensors",)),
     Container("pickle", "Caffe2 .pkl", caffe2.looks_like_pickle, caffe2.read_pickle, caffe2.write_pickle, (".pkl",)),
     Container("ckpt", "MindSpore .ckpt", mindspore_ckpt.looks_like_ckpt, mindspore_ckpt.read_ckpt,
-              mindspore_ckpt.write_ckpt, (".ckpt",)),
+              mindspore_ckpt.write_ckpt, (".ckpt",), mindspore_ckpt.ckpt_integrity),
 )
+
+
+def sniff_container(path: str) -> str:
+    """Which container a file is, from its first bytes (and a zip's member names): the
+    first of :data:`harness.checkpoints.formats.CONTAINERS` whose sniffer says yes."""
+    if os.path.isdir(path):
+        raise CheckpointError(f"checkpoint {path} is a folder, not a file")
+    if not os.path.isfile(path):
+        what = "no such checkpoint file" if not os.path.exists(path) else "not a regular file (a device or a pipe)"
+        raise CheckpointError(f"{what}: {path}")
+    if os.path.getsize(path) == 0:
+        raise CheckpointError(f"{path} is empty")
+    try:
+        with open(path, "rb") as f:
+            head = f.read(HEAD_BYTES)
+    except OSError as exc:  # unreadable (chmod 000, a FIFO, a vanished file)
+        raise CheckpointError(f"cannot read {path}: {exc.strerror or exc}") from None
+    for container in CONTAINERS.values():
+        if container.sniff(path, head):
+            return container.name
+    if head[:4] == ZIP_MAGIC:
+        raise CheckpointError(f"{path} is a zip archive but neither a torch.save file nor an .npz")
+    kinds = ", ".join(c.label for c in CONTAINERS.values())
+    raise CheckpointError(f"{path}: not a weight file this tool reads ({kinds})")
+
+
+def integrity_of(path: str) -> str:
+    """The file's own integrity check, made without reading its tensors: a MindSpore CRC
+    trailer or a zip's CRC-32s verified ("crc32 ok", "zip crc32 ok"), or :data:`NO_CHECKSUM`.
+    A mismatch is a one-line :class:`CheckpointError`."""
+    return CONTAINERS[sniff_container(path)].integrity(path)
+
+
+def read_raw(path: str, trust: bool = False) -> RawCheckpoint:
+    """``path``'s arrays under their own names. Reading runs no code from the file; ``trust``
+    allows full unpickling (a pickle can run arbitrary code: only for files you trust).
+    Every container's reader keeps that rule: see :class:`harness.checkpoints.formats.Container`."""
+    return CONTAINERS[sniff_container(path)].read(path, trust=trust)
 
 
 # ---------------------------------------------------------------------- naming schemes

@@ -3,8 +3,9 @@
 This module holds the PyTorch zip (``.pth``/``.pt``, ``torch.save``), numpy ``.npz`` and
 ``.safetensors`` containers (sniffer, reader, writer each); MindSpore ``.ckpt`` and Caffe2
 ``.pkl`` have modules of their own. Which containers exist, and in which order their
-sniffers are tried, is :data:`harness.checkpoints.formats.CONTAINERS`: :func:`read_raw` and
-:func:`sniff_container` read that table. The content, not the extension, decides.
+sniffers are tried, is :data:`harness.checkpoints.formats.CONTAINERS`; ``formats.read_raw`` and
+``formats.sniff_container`` read that table (this module, below it, imports none of it). The
+content, not the extension, decides.
 """
 from __future__ import annotations
 
@@ -166,32 +167,6 @@ def looks_like_safetensors(path: str, head: bytes) -> bool:
     return 2 <= header_len < 100_000_000 and head[8:9] == b"{"
 
 
-def sniff_container(path: str) -> str:
-    """Which container a file is, from its first bytes (and a zip's member names): the
-    first of :data:`harness.checkpoints.formats.CONTAINERS` whose sniffer says yes."""
-    from harness.checkpoints.formats import CONTAINERS
-
-    if os.path.isdir(path):
-        raise CheckpointError(f"checkpoint {path} is a folder, not a file")
-    if not os.path.isfile(path):
-        what = "no such checkpoint file" if not os.path.exists(path) else "not a regular file (a device or a pipe)"
-        raise CheckpointError(f"{what}: {path}")
-    if os.path.getsize(path) == 0:
-        raise CheckpointError(f"{path} is empty")
-    try:
-        with open(path, "rb") as f:
-            head = f.read(HEAD_BYTES)
-    except OSError as exc:  # unreadable (chmod 000, a FIFO, a vanished file)
-        raise CheckpointError(f"cannot read {path}: {exc.strerror or exc}") from None
-    for container in CONTAINERS.values():
-        if container.sniff(path, head):
-            return container.name
-    if head[:4] == ZIP_MAGIC:
-        raise CheckpointError(f"{path} is a zip archive but neither a torch.save file nor an .npz")
-    kinds = ", ".join(c.label for c in CONTAINERS.values())
-    raise CheckpointError(f"{path}: not a weight file this tool reads ({kinds})")
-
-
 # ------------------------------------------------------------------------- readers
 def _torch_to_numpy(obj):
     import torch
@@ -346,32 +321,10 @@ def read_safetensors(path: str, trust: bool = False) -> RawCheckpoint:
     return RawCheckpoint(path, "safetensors", dict(arrays), integrity=NO_CHECKSUM)
 
 
-def integrity_of(path: str) -> str:
-    """The file's own integrity check, made without reading its tensors: a MindSpore CRC
-    trailer or a zip's CRC-32s verified ("crc32 ok", "zip crc32 ok"), or :data:`NO_CHECKSUM`.
-    A mismatch is a one-line :class:`CheckpointError`."""
-    container = sniff_container(path)
-    if container in ("torch", "npz"):
-        check_zip_sizes(path)
-        return check_zip_crc(path)
-    if container == "ckpt":
-        from harness.checkpoints.mindspore_ckpt import DamagedCheckpoint, check_crc
-
-        try:
-            with open(path, "rb") as f:
-                return check_crc(f.read())[1]
-        except DamagedCheckpoint as exc:
-            raise DamagedFile(path, str(exc)) from None
-    return NO_CHECKSUM
-
-
-def read_raw(path: str, trust: bool = False) -> RawCheckpoint:
-    """``path``'s arrays under their own names. Reading runs no code from the file; ``trust``
-    allows full unpickling (a pickle can run arbitrary code: only for files you trust).
-    Every container's reader keeps that rule: see :class:`harness.checkpoints.formats.Container`."""
-    from harness.checkpoints.formats import CONTAINERS
-
-    return CONTAINERS[sniff_container(path)].read(path, trust=trust)
+def zip_integrity(path: str) -> str:
+    """A zip container's (``.pth``, ``.npz``) own check: its sizes and CRC-32s."""
+    check_zip_sizes(path)
+    return check_zip_crc(path)
 
 
 # ------------------------------------------------------------------------- writers

@@ -366,3 +366,13 @@ def from_canonical(arrays: Dict[str, np.ndarray], cfg: Optional[I3DNLConfig] = N
     ``from_canonical``; these names do not depend on ``cfg``, which callers written before
     it had one may leave out."""
     return MINDSPORE_RENAME.from_canonical(arrays)
+
+
+def ckpt_integrity(path: str) -> str:
+    """The file's CRC-32 trailer checked ("crc32 ok"), or :data:`NO_CHECKSUM` when it has none;
+    a mismatch is a one-line :class:`DamagedFile`."""
+    try:
+        with open(path, "rb") as f:
+            return check_crc(f.read())[1]
+    except DamagedCheckpoint as exc:
+        raise DamagedFile(path, str(exc)) from None
