@@ -109,6 +109,52 @@ class MindSporeRunner(Runner):
     DTYPES = ("float32", "float16", "bfloat16")
     JIT_LEVELS = ("O0", "O1", "O2")
 
+    # ------------------------------------------------------------------ its bench variants (harness.bench)
+    BENCH_REWRITES = {"reassociate": "dot-product non-local as (g phi^T / L') theta (exact rewrite)",
+                      "fold_bn": "batch norm folded into the convolution before it (inference)"}
+    BENCH_COMPILE = {"jit_O0": "graph mode jit_level O0", "jit_O1": "graph mode jit_level O1",
+                     "jit_O2": "graph mode jit_level O2", "graph_kernel": "graph kernel fusion"}
+
+    @classmethod
+    def bench_tokens(cls) -> Dict[str, str]:
+        """The ``bench forward`` variant tokens it takes, and what each does."""
+        return {**cls.BENCH_REWRITES, **cls.BENCH_COMPILE}
+
+    @classmethod
+    def bench_fast(cls) -> tuple:
+        """The tokens the ``fast`` variant stands for."""
+        return tuple(cls.BENCH_REWRITES)
+
+    @classmethod
+    def bench_arguments(cls) -> tuple:
+        """Its own ``bench forward`` options, as ``(flags, add_argument keywords)``."""
+        return ((("--ms-mode",), dict(default="graph", metavar="graph[,pynative]",
+                                      help="MindSpore: execution modes, each a configuration (default graph)")),)
+
+    @classmethod
+    def bench_modes(cls, args) -> list:
+        """``--ms-mode``: graph, PyNative or both, each a configuration of its own."""
+        modes = list(dict.fromkeys(m.strip() for m in str(getattr(args, "ms_mode", "graph")).split(",") if m.strip()))
+        bad = [m for m in modes if m not in cls.MODES]
+        if bad or not modes:
+            raise RunnerError(f"unknown MindSpore mode {', '.join(bad) or repr(args.ms_mode)}; use graph, pynative "
+                              "or graph,pynative")
+        return modes
+
+    @classmethod
+    def bench_variants(cls, variants: list) -> list:
+        return list(variants)
+
+    @classmethod
+    def bench_options(cls, tokens: set, dtype: str, mode: str, args) -> dict:
+        """Its runner's keyword arguments for a configuration (``tokens``: the variant's, ``fast`` expanded)."""
+        levels = sorted(t[4:] for t in tokens if t.startswith("jit_"))
+        if len(levels) > 1:
+            raise RunnerError("one jit level at a time")
+        return {"dtype": dtype, "mode": mode, "execution": {"reassociate_nonlocal": "reassociate" in tokens},
+                "fold_bn": "fold_bn" in tokens, "graph_kernel": "graph_kernel" in tokens,
+                "jit_level": levels[0] if levels else None}
+
     def __init__(self, device: str = "cpu", threads: Optional[int] = None, mode: str = "graph",
                  dtype: str = "float32", jit_level: Optional[str] = None, graph_kernel: bool = False,
                  execution: Optional[Dict[str, bool]] = None, fold_bn: bool = False):

@@ -30,6 +30,12 @@ class MMAction2Runner(OnTorchDevice):
     title = "mmaction2"
     evaluates = False   # the oracle: parity compares with it; evaluate, infer and drift run on ours
 
+    @classmethod
+    def bench_variants(cls, variants: list) -> list:
+        """mmaction2 always runs its own model: one configuration, whatever ``--variants`` says
+        (only the torch run options given for every run apply)."""
+        return ["exact"]
+
     def __init__(self, device: str = "cpu", threads: Optional[int] = None, benchmark: bool = False,
                  dtype: str = "float32", channels_last: bool = False, compile: Optional[str] = None,
                  cuda_graphs: bool = False):

@@ -140,6 +140,54 @@ class OnTorchDevice(Runner):
     def hardware(self) -> Dict[str, str]:
         return {**super().hardware(), **self.backend.hardware()}
 
+    # ------------------------------------------------------------------ its bench variants (harness.bench)
+    # the run options of every torch-device runner: variant tokens, each also a bench option for every run
+    BENCH_RUN = {"channels_last": "channels_last_3d memory layout",
+                 "compile": "torch.compile (its mode: --compile)",
+                 "cuda_graphs": "inference replayed as a CUDA graph (GPU)"}
+    COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+
+    @classmethod
+    def bench_tokens(cls) -> Dict[str, str]:
+        """The ``bench forward`` variant tokens it takes, and what each does."""
+        return dict(cls.BENCH_RUN)
+
+    @classmethod
+    def bench_fast(cls) -> tuple:
+        """The tokens the ``fast`` variant stands for."""
+        return ()
+
+    @classmethod
+    def bench_arguments(cls) -> tuple:
+        """Its own ``bench forward`` options, as ``(flags, add_argument keywords)``."""
+        who = "torch and mmaction2"
+        return ((("--channels-last",), dict(action="store_true", help=f"{who}: channels_last_3d in every run")),
+                (("--compile",), dict(nargs="?", const="default", choices=cls.COMPILE_MODES, metavar="MODE",
+                                      help=f"{who}: torch.compile every run (MODE: {', '.join(cls.COMPILE_MODES)}; "
+                                           "default: no compilation)")),
+                (("--cuda-graphs",), dict(action="store_true", help=f"{who}: replay inference as a CUDA graph")))
+
+    @classmethod
+    def bench_modes(cls, args) -> list:
+        """The execution modes it is timed in, each a configuration of its own."""
+        return ["eager"]
+
+    @classmethod
+    def bench_variants(cls, variants: list) -> list:
+        """The ``--variants`` it runs (every one given)."""
+        return list(variants)
+
+    @classmethod
+    def bench_options(cls, tokens: set, dtype: str, mode: str, args) -> dict:
+        """Its runner's keyword arguments for a configuration: ``tokens`` (the variant's, ``fast``
+        expanded) and the run options given for every run (``--channels-last`` ...)."""
+        flags = {"channels_last": getattr(args, "channels_last", False),
+                 "compile": bool(getattr(args, "compile", None)), "cuda_graphs": getattr(args, "cuda_graphs", False)}
+        tokens = set(tokens) | {t for t, on in flags.items() if on}
+        return {"dtype": dtype, "benchmark": True, "channels_last": "channels_last" in tokens,
+                "compile": (getattr(args, "compile", None) or "default") if "compile" in tokens else None,
+                "cuda_graphs": "cuda_graphs" in tokens}
+
 
 class TorchRunner(OnTorchDevice):
     name = "torch"
@@ -162,6 +210,29 @@ class TorchRunner(OnTorchDevice):
     @classmethod
     def deterministic_env(cls) -> Dict[str, str]:
         return {DETERMINISTIC: "1"}   # read by TorchDevice: torch.use_deterministic_algorithms(True)
+
+    # exact rewrites of the network (frameworks.torch.model.set_execution / build_folded), bench variant tokens
+    BENCH_REWRITES = {"reassociate": "dot-product non-local as (g phi^T / L') theta: O(L C'^2), not O(L L' C')",
+                      "fold_bn": "batch norm folded into the convolution before it (inference; training steps "
+                                 "run the canonical network)",
+                      "inplace": "in-place ReLU and residual add",
+                      "fast_pools": "the temporal max pool as a maximum of frames",
+                      "direct_mkldnn": "oneDNN for every CPU convolution"}
+
+    @classmethod
+    def bench_tokens(cls) -> Dict[str, str]:
+        return {**cls.BENCH_REWRITES, **super().bench_tokens()}
+
+    @classmethod
+    def bench_fast(cls) -> tuple:
+        return tuple(cls.BENCH_REWRITES) + ("channels_last",)
+
+    @classmethod
+    def bench_options(cls, tokens: set, dtype: str, mode: str, args) -> dict:
+        execution = {"reassociate_nonlocal": "reassociate" in tokens, "inplace": "inplace" in tokens,
+                     "fast_pools": "fast_pools" in tokens, "direct_mkldnn": "direct_mkldnn" in tokens}
+        return {**super().bench_options(tokens, dtype, mode, args), "execution": execution,
+                "fold_bn": "fold_bn" in tokens}
 
     def __init__(self, device: str = "cpu", threads: Optional[int] = None, benchmark: bool = False,
                  dtype: str = "float32", channels_last: bool = False, compile: Optional[str] = None,
