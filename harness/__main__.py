@@ -22,8 +22,8 @@ COMMANDS = {
     "align": "training alignment: torch and MindSpore fine-tuned alike, judged against torch's own noise band",
     "infer": "top-5 classes of videos, and a GIF of what the network saw",
     "drift": "which protocol or graph difference costs how much accuracy",
-    "bench": "speed: forward / training throughput per framework, and decoding",
-    "train_bench": "training step time per framework with the seed's recipe, memory-checked first",
+    "bench": "speed: inference and training steps per framework (forward; --recipe seed: the seed's whole "
+             "step), and decoding (data)",
     "report": "the caffe / pytorch / mindspore table from results/, with plots and a page",
     "make_dataset": "a small labelled video dataset in the seed's Kinetics layout",
     "device_check": "the GPU session's one script: GPU against CPU, and GPU speed",

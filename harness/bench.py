@@ -1,23 +1,47 @@
 """Benchmarks, results as data: ``forward`` (inference and training speed per framework)
-and ``data`` (decoding throughput per decoder and loader workers).
+and ``data`` (decoding throughput per decoder and loader workers, :mod:`harness.data.bench`).
 
     python -m harness.bench forward --frameworks torch,ms,mmaction2 --variants exact,fast --json results/b.json
     python -m harness.bench forward --frameworks torch --device gpu --dtype bfloat16 --variants fast \\
         --batch-sizes 1,16,64 --mode both --train-batch-sizes 8
-    python -m harness.bench data --json results/bench_data_cpu.json     # see harness.data.bench
+    python -m harness.bench forward --mode train --recipe seed --ms-mode graph,pynative \\
+        --train-input-shape 2,3,8,112,112 6,3,32,224,224 --warmup 1 --iters 3 --json results/train_step_cpu.json
+    python -m harness.bench data --json results/bench_data_cpu.json
 
-(``python -m harness.bench [--data] OPTIONS`` without a subcommand is the older form:
-``forward``, or ``data`` with ``--data``.)
-
-``forward`` measures as timm's ``benchmark.py`` does. Each configuration (framework x
-MindSpore mode x dtype x variant) is a warm process of its own (:class:`harness.runners.child.WarmChild`)
-holding the network on benchmark weights (below) and a seeded batch already on the device.
-Per batch size, each process first runs one step alone (the compile / autotune time,
+How ``forward`` measures
+------------------------
+As timm's ``benchmark.py`` does. Each configuration (framework x execution mode x dtype x
+variant) is a warm process of its own (:class:`harness.runners.child.WarmChild`) holding
+the network on benchmark weights (below) and a seeded batch already on the device. Per
+batch size, each process first runs one step alone (the compile / autotune time,
 ``first_call_s``) and ``--warmup`` untimed-for-the-result steps (``warmup_s``); then the
 processes take turns, ``--iters-per-turn`` steps each (A B C A B C ...), until each has
 ``--iters``: machine noise then falls on all of them alike and their ratios hold. Every
 step ends with a device synchronisation before its clock stops. Thread counts are set
 equal (``--threads``, default every core) and printed for every process.
+
+A training step (``--mode train`` or ``both``) follows ``--recipe``:
+
+  plain (default)  forward, loss, backward and the optimiser on a batch already on the
+                   device, at a constant learning rate: the runner's timing step, as timm
+                   times it, in every variant and dtype, mmaction2 (plain SGD) included.
+                   The default: the one step every framework, variant and dtype has, so
+                   ``--mode both --variants exact,fast --dtype float32,bfloat16`` and the
+                   mmaction2 baseline keep meaning what they mean for inference.
+  seed             the seed's whole training step as its trainer runs it
+                   (:func:`harness.runners.training.time_training`: ``trainer.step`` on a
+                   host batch, dropout 0.5, decay groups, SGD with momentum, the learning
+                   rate of each step written), the exact network in float32, on the
+                   frameworks that train; a configuration it does not apply to is recorded
+                   with the reason.
+
+Memory: before each shape larger than one a configuration has already run, the resident
+memory its largest run so far took above its baseline (the process after its network,
+or for the seed recipe its trainer, was built) is scaled by the ratio of clip elements;
+when the estimates of the configurations running side by side exceed 70% of the memory
+available now, a configuration is recorded with the reason instead of being tried
+(``--sequential`` gives each the whole machine). The estimate errs high: fixed costs are
+scaled with the rest.
 
 Reported per run (flat fields): median / p90 / min / max latency, clips/s, ms per clip,
 training ms per step, GFLOPs per clip from the spec (:mod:`frameworks.spec.flops`, checked
@@ -32,26 +56,12 @@ when its max / min latency exceeds 1.5 or the load average exceeded the core cou
 line (``noise`` in the JSON) gives the verdict and, when frameworks ran several threads,
 suggests ``--threads 1``, which holds on a busy machine where an OpenMP team swings.
 ``ratios`` compares every configuration with the baseline of its task, batch and dtype
-(mmaction2 where it ran, else the first).
-
-Variants (``--variants``, each a ``+``-joined set of tokens, optionally scoped to one
-framework or MindSpore mode, as in ``exact,torch:fast,ms/graph:fast``; every token is
-exact in real arithmetic and parity-tested against ``exact``):
-
-  exact           the reference path (what mmaction2 matches bit for bit)
-  fast            every free rewrite the framework has: torch reassociate+fold_bn+inplace+
-                  fast_pools+direct_mkldnn+channels_last; MindSpore reassociate+fold_bn
-  reassociate     dot-product non-local as (g phi^T / L') theta: O(L C'^2), not O(L L' C')
-  fold_bn         batch norm folded into the convolution before it (inference; training
-                  steps run the canonical network)
-  inplace, fast_pools, direct_mkldnn    torch: in-place ReLU / add; the temporal max pool
-                  as a maximum of frames; oneDNN for every CPU convolution
-  channels_last, compile, cuda_graphs   torch: channels_last_3d; torch.compile; CUDA graphs
-  jit_O0, jit_O1, jit_O2, graph_kernel  MindSpore graph mode: jit_level; graph kernel fusion
+(the oracle, mmaction2, where it ran, else the first).
 
 dtypes: float32 (TF32 off), tf32 (CUDA only), bfloat16 and float16 (torch autocast;
 MindSpore auto_mixed_precision O2). A configuration a framework or device cannot run is
-recorded with its one-line reason and the others go on.
+recorded with its one-line reason and the others go on. Nothing is written when no
+configuration ran: a good result file is never replaced by one holding only errors.
 
 Exit status: 0 ok, 2 bad input or no configuration could run (one line).
 """
@@ -64,7 +74,7 @@ import statistics
 import sys
 import tempfile
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional
+from typing import Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 
@@ -76,13 +86,11 @@ from harness.files import atomic_write_json, check_output_path
 
 TASKS = {"infer": ("infer",), "train": ("train",), "both": ("infer", "train")}
 DTYPES = ("float32", "tf32", "bfloat16", "float16")
-TORCH_REWRITES = ("reassociate", "fold_bn", "inplace", "fast_pools", "direct_mkldnn")
-TORCH_RUN = ("channels_last", "compile", "cuda_graphs")
-MS_TOKENS = ("reassociate", "fold_bn", "jit_O0", "jit_O1", "jit_O2", "graph_kernel")
-FAST = {"torch": ("reassociate", "fold_bn", "inplace", "fast_pools", "direct_mkldnn", "channels_last"),
-        "ms": ("reassociate", "fold_bn"), "mmaction2": ()}
-TOKENS = ("exact", "fast") + tuple(dict.fromkeys(TORCH_REWRITES + TORCH_RUN + MS_TOKENS))
+RECIPES = ("plain", "seed")
+GENERIC_TOKENS = {"exact": "the reference path (what the oracle, mmaction2, matches bit for bit)",
+                  "fast": "every free rewrite the framework has (below)"}
 NOISY_SPREAD = 1.5
+MEMORY_SHARE = 0.7   # of the memory available now that the runs of one shape may be estimated to need
 CPUINFO = "/proc/cpuinfo"
 CPUFREQ_MAX = "/sys/devices/system/cpu/cpu0/cpufreq/cpuinfo_max_freq"
 # float32 lanes of the widest vector unit the flags show, and whether it has fused multiply-add
@@ -90,6 +98,39 @@ _ISA = (("avx512f", "AVX-512", 16, True), ("fma", "AVX2+FMA", 8, True), ("avx", 
         ("sse2", "SSE2", 4, False))
 
 
+# ----------------------------------------------------------------------------- what each runner declares
+# A runner class says what its bench configurations are (harness.runners.*Runner.bench_*):
+# its variant tokens, what ``fast`` stands for, its own options, its execution modes, the
+# variants it runs and its runner's keyword arguments. A runner that declares none of them
+# is timed once per dtype, in mode "default", with ``dtype`` as its only option.
+_DEFAULTS: Dict[str, Callable] = {
+    "tokens": lambda cls: {}, "fast": lambda cls: (), "arguments": lambda cls: (),
+    "modes": lambda cls, args: ["default"], "variants": lambda cls, variants: list(variants),
+    "options": lambda cls, tokens, dtype, mode, args: {"dtype": dtype},
+}
+
+
+def declared(cls, what: str, *args):
+    """A runner class's ``bench_<what>(*args)``, or the default of a runner that declares none."""
+    method = getattr(cls, f"bench_{what}", None)
+    return method(*args) if method is not None else _DEFAULTS[what](cls, *args)
+
+
+def bench_runners() -> list:
+    """Every registered runner class whose module imports (a runner module imports its
+    framework only when it runs, so this is cheap)."""
+    from harness.runners import RUNNERS, RunnerError, runner_class
+
+    classes = []
+    for name in RUNNERS:
+        try:
+            classes.append(runner_class(name))
+        except (ImportError, RunnerError):
+            continue
+    return classes
+
+
+# ----------------------------------------------------------------------------- options
 def _shape(text: str) -> List[int]:
     shape = int_list(text)
     if len(shape) != 5:
@@ -107,69 +148,111 @@ def _choices(allowed, what: str):
     return parse
 
 
-def _variants(text: str) -> List[str]:
-    out = []
-    for variant in (v.strip() for v in text.split(",") if v.strip()):
-        scope, _, body = variant.rpartition(":")
-        if scope and scope.split("/")[0] not in ("torch", "ms", "mmaction2"):
-            raise argparse.ArgumentTypeError(f"variant {variant!r}: {scope!r} is not torch, ms or ms/MODE")
-        tokens = body.split("+")
-        bad = [t for t in tokens if t not in TOKENS]
-        if bad:
-            raise argparse.ArgumentTypeError(f"unknown variant token {', '.join(bad)}; one of {', '.join(TOKENS)}")
-        out.append(variant)
-    if not out:
-        raise argparse.ArgumentTypeError("no variant given")
-    return list(dict.fromkeys(out))
+def _variants(tokens) -> Callable[[str], List[str]]:
+    """The ``--variants`` type: each a ``+``-joined set of ``tokens``, optionally scoped to a
+    framework or one of its modes (``torch:fast``, ``ms/graph:fast``)."""
+    def parse(text: str) -> List[str]:
+        from harness.runners import is_framework
+
+        out = []
+        for variant in (v.strip() for v in text.split(",") if v.strip()):
+            scope, _, body = variant.rpartition(":")
+            if scope and not is_framework(scope.split("/")[0]):
+                raise argparse.ArgumentTypeError(f"variant {variant!r}: {scope!r} is not a framework or "
+                                                 "framework/MODE")
+            bad = [t for t in body.split("+") if t not in tokens]
+            if bad:
+                raise argparse.ArgumentTypeError(f"unknown variant token {', '.join(bad)}; one of {', '.join(tokens)}")
+            out.append(variant)
+        if not out:
+            raise argparse.ArgumentTypeError("no variant given")
+        return list(dict.fromkeys(out))
+    return parse
+
+
+def variants_help(runners) -> str:
+    """The variant tokens, in --help: the generic two, then each runner's own."""
+    lines = ["Variants (--variants): each a '+'-joined set of tokens, optionally scoped to one framework or",
+             "mode (exact,torch:fast,ms/graph:fast); every token is exact in real arithmetic and",
+             "parity-tested against exact.", ""]
+    lines += [f"  {token:<15} {text}" for token, text in GENERIC_TOKENS.items()]
+    for cls in runners:
+        tokens, fast = declared(cls, "tokens"), declared(cls, "fast")
+        if declared(cls, "variants", ["fast"]) == ["exact"]:
+            flags = [f[0] for f, _ in declared(cls, "arguments")]
+            lines.append(f"  {cls.name}: exact only, whatever --variants says"
+                         + (f" ({', '.join(flags)} apply to it)" if flags else ""))
+            continue
+        lines.append(f"  {cls.name}: fast = {'+'.join(fast) or 'exact'}")
+        lines += [f"    {token:<13} {text}" for token, text in tokens.items()]
+    return "\n".join(lines)
 
 
 def build_forward_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p = parser
+    runners = bench_runners()
+    tokens = list(GENERIC_TOKENS) + list(dict.fromkeys(t for cls in runners for t in declared(cls, "tokens")))
     p.add_argument("--frameworks", default="torch,ms",
-                   help="comma-separated: torch/pt, mindspore/ms, mmaction2 (default torch,ms)")
+                   help="comma-separated: " + ", ".join("/".join((cls.name,) + tuple(cls.aliases)) for cls in runners)
+                        + " (default torch,ms)")
     p.add_argument("--mode", choices=list(TASKS), default="infer",
-                   help="infer (forward passes), train (forward, loss, backward, SGD step: the training "
-                        "engineer's step), or both (default infer)")
-    p.add_argument("--variants", type=_variants, default=["exact"], metavar="V[,V...]",
-                   help="comma-separated, each a '+'-joined set of: " + ", ".join(TOKENS) + " (default exact; "
-                        "mmaction2 always runs its own model, with only the torch run options)")
+                   help="infer (forward passes), train (one training step, see --recipe), or both (default infer)")
+    p.add_argument("--recipe", choices=RECIPES, default="plain",
+                   help="the training step: plain (forward, loss, backward, optimiser on a device-resident batch, "
+                        "every variant and dtype, mmaction2 too) or seed (the seed's whole step, its trainer's own: "
+                        "dropout, decay groups, SGD, the lr of each step; exact float32) (default plain)")
+    p.add_argument("--variants", type=_variants(tokens), default=["exact"], metavar="V[,V...]",
+                   help="comma-separated, each a '+'-joined set of: " + ", ".join(tokens) + " (default exact; "
+                        "see the list below)")
     p.add_argument("--dtype", type=_choices(DTYPES, "dtype"), default=["float32"], metavar="D[,D...]",
-                   help="float32 (TF32 off), tf32 (CUDA), bfloat16, float16; several run side by side (default float32)")
-    p.add_argument("--arch", default=DEFAULT_PRESET, choices=list(PRESETS), metavar="PRESET",
-                   help="the architecture preset (default %s)" % DEFAULT_PRESET)
+                   help="float32 (TF32 off), tf32 (CUDA), bfloat16, float16; several run side by side "
+                        "(default float32)")
+    add_device(p)
     p.add_argument("--input-shape", type=_shape, default=[1, 3, 32, 224, 224], metavar="N,C,T,H,W",
                    help="clip shape; N is replaced by each of --batch-sizes (default 1,3,32,224,224)")
-    p.add_argument("--batch-sizes", type=int_list, help="clips per inference step (default: N of --input-shape)")
-    p.add_argument("--train-input-shape", type=_shape, metavar="N,C,T,H,W",
-                   help="clip shape of training steps (default: --input-shape)")
-    p.add_argument("--train-batch-sizes", type=int_list, help="clips per training step (default: N of the "
-                                                              "training shape)")
-    add_device(p)
-    p.add_argument("--ms-mode", type=_choices(("graph", "pynative"), "MindSpore mode"), default=["graph"],
-                   metavar="graph[,pynative]", help="MindSpore execution modes (default graph)")
-    p.add_argument("--channels-last", action="store_true", help="torch and mmaction2: channels_last_3d in every run")
-    p.add_argument("--compile", nargs="?", const="default", metavar="MODE",
-                   help="torch and mmaction2: torch.compile every run (MODE: default, reduce-overhead, max-autotune)")
-    p.add_argument("--cuda-graphs", action="store_true", help="torch and mmaction2: replay inference as a CUDA graph")
-    p.add_argument("--warmup", type=nonnegative_int, default=2, help="untimed steps after the first (default 2)")
-    p.add_argument("--iters", type=positive_int, default=5, help="timed steps per configuration and batch size (default 5)")
-    p.add_argument("--iters-per-turn", type=positive_int, default=1,
-                   help="steps a process times before the next one takes its turn (default 1)")
-    p.add_argument("--sequential", action="store_true",
-                   help="one process at a time, each closed before the next starts (for a GPU's memory); "
-                        "ratios are then not interleaved")
-    p.add_argument("--threads", type=positive_int, help="threads of every framework (default: all cores)")
-    p.add_argument("--json", metavar="OUT", help="write the results here")
+    p.add_argument("--batch-sizes", type=int_list, metavar="B[,B...]",
+                   help="clips per inference step (default: N of --input-shape)")
+    p.add_argument("--json", metavar="OUT", help="write the results here (default: printed only)")
+    _more_options(p.add_argument_group("more options"), runners)
     return p
 
 
+def _more_options(g, runners) -> None:
+    g.add_argument("--arch", default=DEFAULT_PRESET, choices=list(PRESETS), metavar="PRESET",
+                   help="the architecture preset (default %s)" % DEFAULT_PRESET)
+    g.add_argument("--train-input-shape", type=_shape, nargs="+", metavar="N,C,T,H,W",
+                   help="clip shapes of training steps, each run at its N or at each of --train-batch-sizes, "
+                        "smallest first (default: --input-shape)")
+    g.add_argument("--train-batch-sizes", type=int_list, metavar="B[,B...]",
+                   help="clips per training step (default: N of each training shape)")
+    g.add_argument("--warmup", type=nonnegative_int, default=2, help="untimed steps after the first (default 2)")
+    g.add_argument("--iters", type=positive_int, default=5,
+                   help="timed steps per configuration and batch size (default 5)")
+    g.add_argument("--iters-per-turn", type=positive_int, default=1,
+                   help="steps a process times before the next one takes its turn (default 1)")
+    g.add_argument("--sequential", action="store_true",
+                   help="one process at a time, each closed before the next starts (for a GPU's memory, or the "
+                        "seed's batch on a small machine); ratios are then not interleaved")
+    g.add_argument("--threads", type=positive_int, help="threads of every framework (default: all cores)")
+    seen = set()
+    for cls in runners:   # each framework's own options (its modes, its run options)
+        for flags, kwargs in declared(cls, "arguments"):
+            if not seen.intersection(flags):
+                g.add_argument(*flags, **kwargs)
+                seen.update(flags)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = OneLineParser(prog="python -m harness.bench", description=__doc__,
+    description, _, details = __doc__.partition("How ``forward`` measures\n------------------------\n")
+    p = OneLineParser(prog="python -m harness.bench", description=description,
                       formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command", required=True, metavar="{forward,data}")
-    build_forward_parser(sub.add_parser("forward", help="inference and training speed of each framework",
-                                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter))
-    sub.add_parser("data", help="decode throughput (harness.data.bench; its own options)", add_help=False)
+    build_forward_parser(sub.add_parser(
+        "forward", help="inference and training speed of each framework", description=description,
+        epilog=variants_help(bench_runners()) + "\n\nHow forward measures\n\n" + details,
+        formatter_class=argparse.RawDescriptionHelpFormatter))
+    sub.add_parser("data", help="decode throughput (harness.data.bench; its own options: bench data --help)",
+                   add_help=False)
     return p
 
 
@@ -198,7 +281,7 @@ class Config:
     """One timed process: a framework in one mode, dtype and variant."""
 
     framework: str
-    mode: str                 # eager (torch, mmaction2), graph or pynative (MindSpore)
+    mode: str                 # the runner's execution mode (eager; MindSpore graph or pynative)
     dtype: str
     variant: str
     options: dict
@@ -209,62 +292,121 @@ class Config:
     probes: List[dict] = field(default_factory=list)
     flops_counter: Optional[int] = None
     runs: Dict[str, List[dict]] = field(default_factory=dict)   # task -> rows
+    baseline: Dict[str, float] = field(default_factory=dict)     # task -> peak RSS bytes before its first shape
+    measured: Dict[str, Tuple[int, float]] = field(default_factory=dict)   # task -> (elements, bytes) of its largest
 
 
-def runner_options(framework: str, variant: str, dtype: str, args) -> dict:
-    """The runner options (harness.runners.*Runner keyword arguments) of one variant."""
+def runner_options(framework: str, variant: str, dtype: str, args, mode: Optional[str] = None) -> dict:
+    """The runner options (harness.runners.*Runner keyword arguments) of one variant, as the
+    framework's runner class declares them (``mode``: one of its bench modes, default the first)."""
+    from harness.runners import RunnerError, runner_class
+
+    cls = runner_class(framework)
     tokens = set(variant.split("+")) - {"exact"}
     if "fast" in tokens:
-        tokens = (tokens - {"fast"}) | set(FAST.get(framework, ()))
-    if framework in ("torch", "mmaction2"):
-        tokens |= {t for t, on in (("channels_last", args.channels_last), ("compile", bool(args.compile)),
-                                   ("cuda_graphs", args.cuda_graphs)) if on}
-        allowed = TORCH_RUN + (TORCH_REWRITES if framework == "torch" else ())
-    else:
-        allowed = MS_TOKENS
-    unusable = sorted(tokens - set(allowed))
+        tokens = (tokens - {"fast"}) | set(declared(cls, "fast"))
+    unusable = sorted(tokens - set(declared(cls, "tokens")))
     if unusable:
-        raise InputError(f"variant {variant!r}: {', '.join(unusable)} does not apply to {framework}")
-    options: dict = {"dtype": dtype}
-    if framework in ("torch", "mmaction2"):
-        options.update(benchmark=True, channels_last="channels_last" in tokens,
-                       compile=(args.compile or "default") if "compile" in tokens else None,
-                       cuda_graphs="cuda_graphs" in tokens)
-    if framework == "torch":
-        options["execution"] = {"reassociate_nonlocal": "reassociate" in tokens, "inplace": "inplace" in tokens,
-                                "fast_pools": "fast_pools" in tokens, "direct_mkldnn": "direct_mkldnn" in tokens}
-        options["fold_bn"] = "fold_bn" in tokens
-    if framework == "ms":
-        options["execution"] = {"reassociate_nonlocal": "reassociate" in tokens}
-        options["fold_bn"] = "fold_bn" in tokens
-        options["graph_kernel"] = "graph_kernel" in tokens
-        levels = [t[4:] for t in tokens if t.startswith("jit_")]
-        if len(levels) > 1:
-            raise InputError(f"variant {variant!r}: one jit level at a time")
-        options["jit_level"] = levels[0] if levels else None
-    return options
+        raise InputError(f"variant {variant!r}: {', '.join(unusable)} does not apply to {cls.name}")
+    try:
+        return declared(cls, "options", tokens, dtype, mode or declared(cls, "modes", args)[0], args)
+    except RunnerError as exc:
+        raise InputError(f"variant {variant!r}: {exc}") from None
 
 
 def configurations(frameworks: List[str], args) -> List[Config]:
+    from harness.runners import canonical_framework, runner_class
+
     configs = []
     for fw in frameworks:
-        modes = args.ms_mode if fw == "ms" else ["eager"]
-        variants = ["exact"] if fw == "mmaction2" else list(dict.fromkeys(args.variants))
-        for mode, dtype, scoped in itertools.product(modes, args.dtype, variants):
+        cls = runner_class(fw)
+        variants = declared(cls, "variants", list(dict.fromkeys(args.variants)))
+        for mode, dtype, scoped in itertools.product(declared(cls, "modes", args), args.dtype, variants):
             scope, _, variant = scoped.rpartition(":")
-            if scope and scope not in (fw, f"{fw}/{mode}"):
-                continue
-            options = runner_options(fw, variant, dtype, args)
-            if fw == "ms":
-                options["mode"] = mode
+            if scope:
+                scope_fw, _, scope_mode = scope.partition("/")
+                if canonical_framework(scope_fw) != fw or scope_mode not in ("", mode):
+                    continue
+            options = runner_options(fw, variant, dtype, args, mode)
             label = "/".join([fw, mode] + ([variant] if variant != "exact" else [])
                              + ([dtype] if dtype != "float32" else []))
             configs.append(Config(fw, mode, dtype, variant, options, label))
     return configs
 
 
+@dataclass
+class Steps:
+    """How the steps of one task are asked of a configuration's warm process: ``prepare`` /
+    ``time`` (the runner's timing step on a batch already on the device), or, for the seed
+    recipe's training step (``seed``: its recipe and learning rates), ``train_time`` (the
+    trainer's own ``step``, :func:`harness.runners.training.time_training`)."""
+
+    task: str
+    seed: Optional[dict] = None
+
+    def refusal(self, config: Config) -> Optional[str]:
+        """Why this configuration has no such step (None: it has)."""
+        from harness.runners import RunnerError, require
+
+        if self.seed is None:
+            return None
+        try:
+            require(config.framework, "trains", "the seed recipe's training step")
+        except RunnerError as exc:
+            return str(exc)
+        if config.variant != "exact" or config.dtype != "float32":
+            return (f"the seed recipe times its trainer's own step, the exact network in float32, not "
+                    f"{config.variant}/{config.dtype} (--recipe plain times every variant and dtype)")
+        return None
+
+    def first(self, config: Config, shape: List[int]) -> dict:
+        """One step alone (compilation, autotuning): ``first_s``, or ``error``."""
+        if self.seed is None:
+            return _ask(config, op="prepare", task=self.task, shape=shape)
+        reply = self._train_time(config, shape, 1)
+        if "error" not in reply:
+            config.baseline.setdefault(self.task, reply.pop("rss_after_build_bytes"))
+            reply["first_s"] = reply.pop("step_s")[0]
+            reply.pop("cpu_s")
+        return reply
+
+    def timed(self, config: Config, shape: List[int], iters: int) -> dict:
+        """``iters`` timed steps: ``step_s``, ``cpu_s``, ``load_average``, or ``error``."""
+        if self.seed is None:
+            return _ask(config, op="time", task=self.task, shape=shape, iters=iters)
+        reply = self._train_time(config, shape, iters)
+        reply.pop("rss_after_build_bytes", None)
+        reply.pop("trainer_build_s", None)
+        return reply
+
+    def _train_time(self, config: Config, shape: List[int], steps: int) -> dict:
+        reply = _ask(config, op="train_time", batch_sizes=[shape[0]], input_shape=list(shape), warmup=0,
+                     steps=steps, **self.seed)
+        if "error" in reply:
+            return reply
+        run = reply["runs"][0]
+        if "error" in run:
+            return {"error": run["error"]}
+        return {"step_s": run["step_s"], "cpu_s": run["cpu_s"], "load_average": reply["load_average"],
+                "loss": run["loss"], "trainer_build_s": reply["build_s"],
+                "rss_after_build_bytes": reply["rss_after_build_bytes"]}
+
+
+def task_steps(task: str, args, shapes: Dict[str, List[List[int]]]) -> Steps:
+    """The steps of ``task``; the seed recipe's learning rates cover every step a process
+    takes (for each training shape, the first, the warm-up and the timed ones)."""
+    if task != "train" or args.recipe != "seed":
+        return Steps(task)
+    from frameworks.spec.train import get_recipe, lr_schedule
+
+    recipe = get_recipe()    # the seed's, dropout 0.5 included: a training step as it runs
+    total = len(shapes["train"]) * (1 + args.warmup + args.iters)
+    return Steps(task, {"recipe": recipe.to_dict(),
+                        "lrs": [float(x) for x in lr_schedule(recipe, steps_per_epoch=total, total_steps=total)]})
+
+
 # ----------------------------------------------------------------------------- measuring
-def _ask(config: Config, **message) -> Optional[dict]:
+def _ask(config: Config, **message) -> dict:
     """A request to a configuration's process; a failure is recorded, never raised."""
     from harness.runners import RunnerError
 
@@ -305,49 +447,121 @@ def _probe(config: Config) -> None:
         config.probes.append(reply)
 
 
-def _measure(configs: List[Config], task: str, shape: List[int], args) -> None:
-    """Prepare, warm up and time every live configuration at one shape, interleaved."""
-    live = []
+def available_bytes() -> Optional[int]:
+    """MemAvailable of /proc/meminfo (None where there is no such file)."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def memory_verdict(measured: Optional[Tuple[int, float]], shape: List[int], beside: float,
+                   available: Optional[int]) -> Tuple[Optional[float], Optional[str]]:
+    """(bytes a run of ``shape`` is estimated to need above its baseline, why it would not
+    fit or None): the bytes its largest run so far took (``measured``: (clip elements,
+    bytes)) scaled by the ratio of clip elements, beside ``beside`` bytes estimated for the
+    runs beside it, against :data:`MEMORY_SHARE` of ``available``. No estimate for a shape
+    no larger than one already run, nor without a run to scale from."""
+    elements = int(np.prod(shape))
+    if not measured or elements <= measured[0] or not measured[0]:
+        return None, None
+    need = measured[1] * elements / measured[0]
+    if available is None or beside + need <= MEMORY_SHARE * available:
+        return need, None
+    others = f" beside {beside / 2**30:.1f} GiB for the runs beside it (--sequential runs one at a time)" \
+        if beside else ""
+    return need, (f"not tried: estimated {need / 2**30:.1f} GiB above its baseline ({'x'.join(map(str, shape))} "
+                  f"scaled from its largest shape run, by clip elements){others} > {MEMORY_SHARE:.0%} of the "
+                  f"{available / 2**30:.1f} GiB available")
+
+
+def _memory_skips(configs: List[Config], task: str, shape: List[int]) -> Dict[str, dict]:
+    """label -> the row fields of a configuration whose run of ``shape`` would not fit."""
+    skips, beside, available = {}, 0.0, available_bytes()
     for c in configs:
-        if c.child is None:
-            continue
+        need, why = memory_verdict(c.measured.get(task), shape, beside, available)
+        if why:
+            skips[c.label] = {"error": why, "skipped": True, "estimated_bytes": need}
+        elif need:
+            beside += need
+    return skips
+
+
+def _remember_memory(config: Config, task: str, row: dict) -> None:
+    """The bytes above its baseline a good run took, if its shape is the largest so far."""
+    elements = int(np.prod(row["input_shape"]))
+    base = config.baseline.get(task, config.baseline.get("start"))
+    if "error" in row or base is None or "host_rss_peak_mib" not in row:
+        return
+    if elements > config.measured.get(task, (0, 0.0))[0]:
+        config.measured[task] = (elements, max(row["host_rss_peak_mib"] * 2**20 - base, 0.0))
+
+
+def _measure(configs: List[Config], task: str, shape: List[int], args, steps: Steps) -> None:
+    """Prepare, warm up and time every live configuration at one shape, interleaved."""
+    live_configs = [c for c in configs if c.child is not None]
+    skips = _memory_skips(live_configs, task, shape)
+    live = []
+    for c in live_configs:
         row = {"batch_size": shape[0], "input_shape": list(shape)}
         c.runs.setdefault(task, []).append(row)
-        _ask(c, op="reset_memory")
-        reply = _ask(c, op="prepare", task=task, shape=shape)
-        if "error" in reply:
-            row["error"] = reply["error"]
-            print(f"{c.label} {task} batch {shape[0]}: {reply['error']}", file=sys.stderr, flush=True)
-            continue
-        row["first_call_s"] = reply["first_s"]
-        if args.warmup:
-            warm = _ask(c, op="time", task=task, shape=shape, iters=args.warmup)
-            if "error" in warm:
-                row["error"] = warm["error"]
-                continue
-            row["warmup_s"] = warm["step_s"]
-        row.update(step_s=[], cpu_s=[], load_average=[])
-        live.append((c, row))
-    done = 0
-    turn = 0
+        row.update(skips.get(c.label, {}))
+        why = row.get("error") or steps.refusal(c)
+        if why:
+            row["error"] = why
+            print(f"{c.label} {task} batch {shape[0]}: {why}", file=sys.stderr, flush=True)
+        elif _warm_up(c, row, shape, args, steps):
+            live.append((c, row))
+    _take_turns(live, shape, args, steps)
+    for c, row in live:
+        memory = _ask(c, op="memory") or {}
+        row.update({k: v for k, v in memory.items() if k != "error"})
+        _remember_memory(c, task, row)
+
+
+def _warm_up(c: Config, row: dict, shape: List[int], args, steps: Steps) -> bool:
+    """The first step alone, then ``--warmup`` steps; False (the row's error set) if either fails."""
+    _ask(c, op="reset_memory")
+    reply = steps.first(c, shape)
+    if "error" not in reply and args.warmup:
+        warm = steps.timed(c, shape, args.warmup)
+        reply = warm if "error" in warm else {**reply, "warmup_s": warm["step_s"]}
+    if "error" in reply:
+        row["error"] = reply["error"]
+        print(f"{c.label} {steps.task} batch {shape[0]}: {reply['error']}", file=sys.stderr, flush=True)
+        return False
+    row["first_call_s"] = reply["first_s"]
+    row.update({k: reply[k] for k in ("warmup_s", "trainer_build_s", "loss") if k in reply})
+    row.update(step_s=[], cpu_s=[], load_average=[])
+    return True
+
+
+def _take_turns(live: List[tuple], shape: List[int], args, steps: Steps) -> None:
+    """``--iters`` timed steps of every live configuration, ``--iters-per-turn`` at a time,
+    in turns whose first mover rotates."""
+    done = turn = 0
     while done < args.iters and live:
         k = min(args.iters_per_turn, args.iters - done)
         order = live[turn % len(live):] + live[:turn % len(live)]   # rotate who goes first
         for c, row in order:
             if "error" in row:
                 continue
-            reply = _ask(c, op="time", task=task, shape=shape, iters=k)
+            reply = steps.timed(c, shape, k)
             if "error" in reply:
                 row["error"] = reply["error"]
                 continue
             row["step_s"] += reply["step_s"]
             row["cpu_s"] += reply["cpu_s"]
             row["load_average"].append(reply["load_average"][0])
+            if "loss" in reply:
+                row["loss"] = reply["loss"]
         done += k
         turn += 1
-    for c, row in live:
-        memory = _ask(c, op="memory") or {}
-        row.update({k: v for k, v in memory.items() if k != "error"})
+
 
 def _cpuinfo_fields(text: str) -> Dict[str, str]:
     """The first processor's ``key : value`` lines of /proc/cpuinfo."""
@@ -466,25 +680,30 @@ def _summarise_row(row: dict, task: str, gflops: float, probe: Optional[float], 
     return out
 
 
-def forward(args) -> int:
-    from harness.checkpoints.io import write_npz
-    from harness.runners import canonical_framework
-
-    frameworks = list(dict.fromkeys(canonical_framework(f) for f in args.frameworks.split(",") if f))
-    if not frameworks:
-        raise InputError("no framework given")
-    tasks = TASKS[args.mode]
-    shapes = {"infer": [[b] + list(args.input_shape[1:]) for b in (args.batch_sizes or [args.input_shape[0]])]}
-    train_shape = args.train_input_shape or args.input_shape
-    shapes["train"] = [[b] + list(train_shape[1:]) for b in (args.train_batch_sizes or [train_shape[0]])]
+# ----------------------------------------------------------------------------- the command
+def task_shapes(args, tasks) -> Dict[str, List[List[int]]]:
+    """Per task, the batch shapes to time, in order; each checked for size."""
+    infer = [[b] + list(args.input_shape[1:]) for b in (args.batch_sizes or [args.input_shape[0]])]
+    train = [[b] + list(s[1:]) for s in (args.train_input_shape or [args.input_shape])
+             for b in (args.train_batch_sizes or [s[0]])]
+    shapes = {"infer": infer, "train": train}
     for task in tasks:
         for shape in shapes[task]:
             try:
                 check_clip_size(shape)
             except argparse.ArgumentTypeError as exc:
                 raise InputError(str(exc)) from None
-    if args.compile and args.compile not in ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"):
-        raise InputError(f"unknown torch.compile mode {args.compile!r}")
+    return shapes
+
+
+def forward(args) -> int:
+    from harness.runners import canonical_framework
+
+    frameworks = list(dict.fromkeys(canonical_framework(f) for f in args.frameworks.split(",") if f))
+    if not frameworks:
+        raise InputError("no framework given")
+    tasks = TASKS[args.mode]
+    shapes = task_shapes(args, tasks)
     if args.json:
         check_output_path(args.json, "--json")
     configs = configurations(frameworks, args)
@@ -492,52 +711,66 @@ def forward(args) -> int:
     cores = os.cpu_count() or 1
     threads = args.threads or cores
     print(f"{len(configs)} configurations, {threads} threads each, "
-          f"{'one at a time' if args.sequential else 'interleaved'}; load average now "
-          f"{', '.join(f'{x:.2f}' for x in os.getloadavg())} on {cores} cores", flush=True)
-    with tempfile.TemporaryDirectory(prefix="nlparity-bench-") as tmp:
-        weights = os.path.join(tmp, "weights.npz")
-        write_npz(weights, benchmark_weights(cfg, np.random.default_rng(0)))
-        job_args = dict(config=cfg, device=args.device, threads=threads, weights=weights)
-        groups = [[c] for c in configs] if args.sequential else [configs]
-        try:
-            for group in groups:
-                for c in group:
-                    _start(c, job_args, tmp)
-                for c in group:
-                    if c.child is not None:
-                        _probe(c)
-                        if c.framework in ("torch", "mmaction2"):
-                            reply = _ask(c, op="flops", shape=[1] + list(args.input_shape[1:]))
-                            c.flops_counter = (reply or {}).get("flops")
-                for task in tasks:
-                    for shape in shapes[task]:
-                        _measure(group, task, shape, args)
-                for c in group:
-                    if c.child is not None:
-                        _probe(c)
-                    _stop(c)
-        finally:
-            for c in configs:
-                _stop(c)
+          f"{'one at a time' if args.sequential else 'interleaved'}"
+          + (f", training steps of the {args.recipe} recipe" if "train" in tasks else "")
+          + f"; load average now {', '.join(f'{x:.2f}' for x in os.getloadavg())} on {cores} cores", flush=True)
+    _run(configs, cfg, args, shapes, {task: task_steps(task, args, shapes) for task in tasks}, threads)
     doc = _document(cfg, configs, tasks, shapes, args, cores, threads)
     _print_table(doc)
+    if not any("error" not in r and any("error" not in run for run in r["runs"]) for r in doc["results"]):
+        # a failed run writes nothing: a good result file is never replaced by one holding only errors
+        raise InputError("no configuration could run the benchmark"
+                         + (f" (nothing written to {args.json})" if args.json else "") + ": "
+                         + "; ".join(f"{r['label']}: {r.get('error') or r['runs'][0].get('error')}"
+                                     for r in doc["results"][:3]))
     if args.json:
         atomic_write_json(args.json, result_doc("bench_forward", doc, runs={
             c.label: {"versions": c.ready.get("versions"), "hardware": c.ready.get("hardware")}
             for c in configs if c.ready}))
-    if not any("error" not in r and any("error" not in run for run in r["runs"]) for r in doc["results"]):
-        raise InputError("no configuration could run the benchmark: "
-                         + "; ".join(f"{r['label']}: {r.get('error') or r['runs'][0].get('error')}"
-                                     for r in doc["results"][:3]))
     return 0
 
 
-def _document(cfg, configs: List[Config], tasks, shapes, args, cores: int, threads: int) -> dict:
-    clip = list(args.input_shape[1:])
-    gflops = {"infer": gflops_per_clip(cfg, clip),
-              "train": train_gflops_per_clip(cfg, (args.train_input_shape or args.input_shape)[1:])}
-    counter = next((c.flops_counter for c in configs if c.flops_counter), None)
-    peak = cpu_peak(min(threads, cores)) if args.device == "cpu" else None
+def _run(configs: List[Config], cfg, args, shapes, steps: Dict[str, Steps], threads: int) -> None:
+    """Every configuration's process, all at once (interleaved) or one at a time, on the
+    same benchmark weights."""
+    from harness.checkpoints.io import write_npz
+
+    with tempfile.TemporaryDirectory(prefix="nlparity-bench-") as tmp:
+        weights = os.path.join(tmp, "weights.npz")
+        write_npz(weights, benchmark_weights(cfg, np.random.default_rng(0)))
+        job_args = dict(config=cfg, device=args.device, threads=threads, weights=weights)
+        try:
+            for group in ([[c] for c in configs] if args.sequential else [configs]):
+                _run_group(group, job_args, tmp, args, shapes, steps)
+        finally:
+            for c in configs:
+                _stop(c)
+
+
+def _run_group(group: List[Config], job_args: dict, tmp: str, args, shapes, steps: Dict[str, Steps]) -> None:
+    for c in group:
+        _start(c, job_args, tmp)
+    for c in group:
+        if c.child is not None:
+            _probe(c)
+            c.flops_counter = _ask(c, op="flops", shape=[1] + list(args.input_shape[1:])).get("flops")
+            memory = _ask(c, op="memory")
+            if "host_rss_peak_mib" in memory:
+                c.baseline["start"] = memory["host_rss_peak_mib"] * 2**20
+    for task, task_step in steps.items():
+        for shape in shapes[task]:
+            _measure(group, task, shape, args, task_step)
+    for c in group:
+        if c.child is not None:
+            _probe(c)
+        _stop(c)
+
+
+def _results(cfg, configs: List[Config], tasks, args, cores: int, threads: int,
+             peak: Optional[dict]) -> Tuple[List[dict], Dict[str, float]]:
+    """One result per configuration and task (its rows summarised, its process's facts), and
+    the best GEMM probe per dtype."""
+    flops = {"infer": gflops_per_clip, "train": train_gflops_per_clip}
     results = []
     for c in configs:
         probe = max((p["gflops"] for p in c.probes), default=None)
@@ -549,8 +782,10 @@ def _document(cfg, configs: List[Config], tasks, shapes, args, cores: int, threa
                             "runs": []})
             continue
         for task in tasks:
-            rows = [_summarise_row(r, task, gflops[task], probe, cores, peak_gflops) for r in c.runs.get(task, [])]
+            rows = [_summarise_row(r, task, flops[task](cfg, r["input_shape"][1:]), probe, cores, peak_gflops)
+                    for r in c.runs.get(task, [])]
             results.append({**base, "task": task, "label": f"{c.label}/{task}", "runs": rows,
+                            **({"recipe": args.recipe} if task == "train" else {}),
                             "build_s": c.ready.get("build_s"), "load_s": c.ready.get("load_s"),
                             "settings": c.ready.get("settings"), "threads": threads,
                             "gemm_probe": c.probes, "gemm_probe_gflops": probe,
@@ -564,8 +799,21 @@ def _document(cfg, configs: List[Config], tasks, shapes, args, cores: int, threa
         for run in r["runs"]:
             if "achieved_gflops" in run and best_probe.get(r["dtype"]):
                 run["utilisation_vs_best_probe"] = run["achieved_gflops"] / best_probe[r["dtype"]]
+    return results, best_probe
+
+
+def _document(cfg, configs: List[Config], tasks, shapes, args, cores: int, threads: int) -> dict:
+    peak = cpu_peak(min(threads, cores)) if args.device == "cpu" else None
+    results, best_probe = _results(cfg, configs, tasks, args, cores, threads, peak)
+    train_shape = shapes["train"][0]
+    gflops = {"infer": gflops_per_clip(cfg, list(args.input_shape[1:])),
+              "train": train_gflops_per_clip(cfg, train_shape[1:])}
+    counter = next((c.flops_counter for c in configs if c.flops_counter), None)
+    steps = task_steps("train", args, shapes)
     doc = {"benchmark": "forward", "arch": cfg.name, "arch_hash": arch_hash(cfg), "parameters": parameter_count(cfg),
-           "input_shape": list(args.input_shape), "train_input_shape": list(args.train_input_shape or args.input_shape),
+           "input_shape": list(args.input_shape), "train_input_shape": list(train_shape),
+           "train_input_shapes": [list(s) for s in shapes["train"]],
+           "train_recipe": {"name": args.recipe, "recipe": (steps.seed or {}).get("recipe")},
            "tasks": list(tasks), "device": args.device, "warmup": args.warmup, "iters": args.iters,
            "iters_per_turn": args.iters_per_turn, "interleaved": not args.sequential, "threads": threads,
            "cores": cores, "date": utc_now(),
@@ -619,16 +867,19 @@ def _short(r: dict) -> str:
 
 def _ratios(results: List[dict]) -> Dict[str, dict]:
     """Per task, batch and dtype: each configuration's latency and throughput against the
-    baseline (mmaction2 where it ran, else the first configuration)."""
+    baseline (the oracle, mmaction2, where it ran, else the first configuration)."""
+    from harness.runners import ORACLE
+
     groups: Dict[str, List[tuple]] = {}
+    first = _first_clips(results)
     for r in results:
         for run in r["runs"]:
             if "step_s_median" in run:
-                key = f"{r['task']} batch {run['batch_size']} {r['dtype']}"
+                key = f"{r['task']} batch {run['batch_size']} {r['dtype']}{_clip_note(r['task'], run, first)}"
                 groups.setdefault(key, []).append((r, run))
     out = {}
     for key, members in groups.items():
-        base = next((m for m in members if m[0]["framework"] == "mmaction2"), members[0])
+        base = next((m for m in members if m[0]["framework"] == ORACLE), members[0])
         base_label = _short(base[0])
         out[key] = {"baseline": base_label, "latency_vs_baseline": {}, "throughput_vs_baseline": {}}
         for r, run in members:
@@ -637,7 +888,25 @@ def _ratios(results: List[dict]) -> Dict[str, dict]:
     return out
 
 
+def _first_clips(results: List[dict]) -> Dict[str, list]:
+    """Per task, the clip (C, T, H, W) of its first run."""
+    first: Dict[str, list] = {}
+    for r in results:
+        for run in r["runs"]:
+            if run.get("input_shape"):
+                first.setdefault(r.get("task"), list(run["input_shape"][1:]))
+    return first
+
+
+def _clip_note(task: str, run: dict, first: Dict[str, list]) -> str:
+    """`` clip 3x8x48x48`` for a run whose clip is not its task's first (a task timed on
+    several clip shapes), else nothing."""
+    clip = list(run.get("input_shape") or [None])[1:]
+    return "" if clip == first.get(task, clip) else f" clip {'x'.join(map(str, clip))}"
+
+
 def _print_table(doc: dict) -> None:
+    first = _first_clips(doc["results"])
     head = (f"{'configuration':<44} {'batch':>5} {'median ms':>10} {'p90 ms':>9} {'min':>8} {'max':>8} "
             f"{'clips/s':>8} {'GFLOP/s':>8} {'of peak':>8} {'of GEMM probe':>20} {'load':>11}")
     print(head)
@@ -647,12 +916,13 @@ def _print_table(doc: dict) -> None:
             print(f"{r['label']:<44} did not run: {r['error']}")
             continue
         for run in r["runs"]:
+            label = r["label"] + _clip_note(r.get("task"), run, first)
             if "error" in run or "step_s_median" not in run:
-                print(f"{r['label']:<44} {run['batch_size']:>5} error: {run.get('error', 'no timed step')}")
+                print(f"{label:<44} {run['batch_size']:>5} error: {run.get('error', 'no timed step')}")
                 continue
             load = run.get("load_average") or {}
             achieved = run["achieved_gflops"]
-            print(f"{r['label']:<44} {run['batch_size']:>5} {run['latency_ms_median']:>10.1f} "
+            print(f"{label:<44} {run['batch_size']:>5} {run['latency_ms_median']:>10.1f} "
                   f"{run['latency_ms_p90']:>9.1f} {1000 * run['step_s_min']:>8.1f} {1000 * run['step_s_max']:>8.1f} "
                   f"{run['clips_per_s']:>8.2f} {achieved:>8.1f} "
                   f"{share_text(achieved, run.get('peak_gflops'), 'peak'):>8} "
@@ -682,13 +952,14 @@ def peak_line(peak: Optional[dict], probe: Optional[float]) -> str:
 
 def main(argv: Optional[List[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv or argv[0] not in ("forward", "data", "-h", "--help"):
-        # the form before subcommands: `bench [--data] OPTIONS`, kept as an alias
-        argv = ["data", *[a for a in argv if a != "--data"]] if "--data" in argv else ["forward", *argv]
-    if argv[0] == "data":
+    if argv[:1] == ["data"]:   # the decode benchmark parses its own options
         from harness.data import bench as data_bench
 
         return data_bench.main(argv[1:])
+    if argv[:1] not in (["forward"], ["-h"], ["--help"]):
+        print("error: bench takes a subcommand first: forward (inference and training speed) or data (decoding); "
+              "python -m harness.bench forward --help", file=sys.stderr)
+        return 2
     args = build_parser().parse_args(argv)
     return run_main(lambda: forward(args))
 

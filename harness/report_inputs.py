@@ -399,7 +399,7 @@ def bench_records(source: Source) -> Iterator[BenchRecord]:
                     yield BenchRecord(source, {**top, "framework": "torch", "device": device, **_scalars(row)}, hw,
                                       row.get("error"))
         return
-    if isinstance(doc.get("rows"), list):   # harness.train_bench: one row per framework x shape
+    if isinstance(doc.get("rows"), list):   # the older training benchmark: one row per framework x shape
         yield from _train_bench_records(source, top)
         return
     if isinstance(doc.get("results"), list):
@@ -412,6 +412,8 @@ def bench_records(source: Source) -> Iterator[BenchRecord]:
         if not isinstance(r, dict):
             continue
         base = {**top, **_scalars(r)}
+        if r.get("task") == "train" and r.get("recipe") == "seed":   # the seed's own step: its variant is its recipe
+            base["variant"] = "seed recipe"
         hw = r.get("hardware") if isinstance(r.get("hardware"), dict) else doc.get("hardware")
         if "error" in r:
             yield BenchRecord(source, base, hw, str(r["error"]))
@@ -426,8 +428,10 @@ def bench_records(source: Source) -> Iterator[BenchRecord]:
 
 
 def _train_bench_records(source: Source, top: dict) -> Iterator[BenchRecord]:
-    """``harness.train_bench``'s rows: ``framework``, ``ms_mode``, ``shape``, ``step_ms`` (a
-    list), ``median_step_ms``, ``peak_rss_bytes``, ``hardware``; a row that did not run holds
+    """The rows of the training benchmark before it became ``bench forward --mode train
+    --recipe seed`` (``results/train_step_cpu.json``; the new one writes ``results[].runs[]``,
+    read above): ``framework``, ``ms_mode``, ``shape``, ``step_ms`` (a list),
+    ``median_step_ms``, ``peak_rss_bytes``, ``hardware``; a row that did not run holds
     ``skipped`` or ``error`` instead of its times."""
     for row in source.doc["rows"]:
         if not isinstance(row, dict):

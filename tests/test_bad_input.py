@@ -216,15 +216,18 @@ CASES = [
     ("harness.bench", ["data", "--video", "{in}/list.json"], {}, 2, "cannot use video"),
     ("harness.bench", ["data", "--json", "{in}/adir"], {}, 2, "is a folder, not a file"),
     # bench
-    ("harness.bench", ["--json", "{in}/list.json/x.json"], {}, 2, "is a file, not a folder"),
-    ("harness.bench", ["--frameworks", "tf"], {}, 2, "unknown framework"),
+    ("harness.bench", ["forward", "--json", "{in}/list.json/x.json"], {}, 2, "is a file, not a folder"),
+    ("harness.bench", ["forward", "--frameworks", "tf"], {}, 2, "unknown framework"),
+    ("harness.bench", ["--frameworks", "torch"], {}, 2, "bench takes a subcommand first"),   # the form before them
+    ("harness.bench", ["forward", "--no-such-flag"], {}, 2, "error:"),
+    ("harness.bench", ["data", "--no-such-flag"], {}, 2, "error:"),
     # demo
     ("harness.demo", ["--frameworks", "bogus"], {}, 2, "unknown framework"),
 ]
 # every command answers an unknown flag the same way
 COMMANDS = ["harness.evaluate", "harness.parity", "harness.convert", "harness.checkpoints", "harness.report",
             "harness.device_check", "harness.make_dataset", "harness.bench", "harness.demo",
-            "harness.train", "harness.infer", "harness.train_bench", "harness.drift", "harness.bench_data"]
+            "harness.train", "harness.infer", "harness.drift", "harness.bench_data"]
 CASES += [(cmd, ["--no-such-flag"], {}, 2, "error:") for cmd in COMMANDS]
 
 

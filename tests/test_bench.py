@@ -1,9 +1,15 @@
 """`python -m harness.bench forward`: warm processes taking turns, flat fields that add up,
-and the spec's FLOP count against torch's own counter."""
+and the spec's FLOP count against torch's own counter; the seed recipe's training step
+(the trainer's own, interleaved, memory-checked before a larger shape); a failed run is a
+failed run (one line, exit 2, nothing written, a good result file never replaced)."""
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 import re
+import shutil
+import subprocess
 
 import pytest
 
@@ -103,8 +109,15 @@ def test_what_a_framework_cannot_run_is_recorded_and_the_rest_goes_on(cli, tmp_p
 @pytest.mark.parametrize("argv, message", [
     (["--frameworks", "jax"], "unknown framework"),
     (["--variants", "exact,turbo"], "unknown variant token"),
+    (["--variants", "jax:fast"], "is not a framework"),
     (["--frameworks", "mmaction2,ms", "--variants", "inplace"], "does not apply to ms"),
+    (["--frameworks", "ms", "--variants", "jit_O0+jit_O1"], "one jit level at a time"),
     (["--dtype", "float8"], "unknown dtype"),
+    (["--ms-mode", "eager"], "unknown MindSpore mode"),
+    (["--compile", "fastest"], "--compile"),
+    (["--recipe", "timm"], "--recipe"),
+    (["--warmup", "-1"], "--warmup"),
+    (["--train-input-shape", "2,3,8,32"], "N,C,T,H,W"),
 ])
 def test_bad_options_are_one_line_exit_2(cli, argv, message):
     proc = cli("harness.bench", "forward", *argv)
@@ -215,3 +228,186 @@ def test_one_noise_line_suggests_one_thread_only_when_threads_were_shared():
     assert one["noisy"] and not one["suggest_threads_1"] and "--threads 1" not in one["verdict"]
     calm = bench.noise_verdict([{"label": "x", "runs": [steady]}], threads=2, cores=2)
     assert not calm["noisy"] and calm["verdict"].startswith("steady")
+
+
+# ----------------------------------------------------------------------------- the seed recipe's step
+def _seed_bench(cli, out, *argv):
+    return cli("harness.bench", "forward", "--mode", "train", "--recipe", "seed", "--threads", "1", *argv,
+               "--json", out)
+
+
+def test_seed_recipe_times_each_trainer_in_turns(cli, tmp_path):
+    """The seed's whole step (the trainer's own ``step``) in warm torch and MindSpore graph
+    processes taking turns, on two clip shapes; mmaction2, which has no trainer, is recorded
+    with the reason; the report reads the file as training rows of the seed recipe."""
+    out = tmp_path / "results" / "train.json"
+    out.parent.mkdir()
+    proc = _seed_bench(cli, out, "--frameworks", "torch,ms,mmaction2", "--train-input-shape", "2,3,8,32,32",
+                       "2,3,8,48,48", "--warmup", "1", "--iters", "2")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    doc = json.loads(out.read_text())
+    assert doc["train_recipe"]["name"] == "seed" and doc["train_recipe"]["recipe"]["dropout"] == 0.5
+    assert doc["train_input_shapes"] == [[2, 3, 8, 32, 32], [2, 3, 8, 48, 48]] and doc["interleaved"]
+    by_label = {r["label"]: r for r in doc["results"]}
+    for label in ("torch/eager/train", "ms/graph/train"):
+        result = by_label[label]
+        assert result["recipe"] == "seed" and [run["input_shape"] for run in result["runs"]] == doc["train_input_shapes"]
+        for run in result["runs"]:
+            assert "error" not in run, run
+            assert len(run["step_s"]) == 2 and len(run["warmup_s"]) == 1 and run["first_call_s"] > 0
+            assert run["trainer_build_s"] > 0 and run["loss"] > 0 and run["host_rss_peak_mib"] > 0
+            assert run["train_ms_per_step"] == pytest.approx(1000 * run["step_s_median"])
+    small, large = by_label["torch/eager/train"]["runs"]
+    cfg = get_preset("i3d_nl_dot_product_r50")
+    assert small["gflops_per_clip"] == pytest.approx(3 * gflops_per_clip(cfg, (3, 8, 32, 32)))   # each its own clip's
+    assert large["gflops_per_clip"] == pytest.approx(3 * gflops_per_clip(cfg, (3, 8, 48, 48)))
+    refused = by_label["mmaction2/eager/train"]["runs"]
+    assert all("mmaction2 has no trainer" in run["error"] for run in refused)
+    assert set(doc["ratios"]) == {"train batch 2 float32", "train batch 2 float32 clip 3x8x48x48"}
+    from harness.report import build_report
+
+    rows = build_report(str(out.parent))["tables"]["speed"]["rows"]
+    assert sorted((r["framework"], r["variant"], r["clip"]) for r in rows) == sorted(
+        (fw, f"{mode}+seed recipe", clip) for fw, mode in (("PyTorch", "eager"), ("MindSpore", "graph"))
+        for clip in ("3x8x32x32", "3x8x48x48"))
+    assert all(r["bench"] == "training" and r["train_ms_per_step"] > 0 for r in rows)
+
+
+def test_the_seed_recipe_runs_the_exact_network_in_float32_only():
+    from harness import bench
+
+    steps = bench.Steps("train", {"recipe": {}, "lrs": [0.1]})
+    make = lambda fw, variant="exact", dtype="float32": bench.Config(fw, "eager", dtype, variant, {})  # noqa: E731
+    assert steps.refusal(make("torch")) is None and steps.refusal(make("ms")) is None
+    assert "--recipe plain" in steps.refusal(make("torch", "fast")) and "bfloat16" in steps.refusal(
+        make("torch", dtype="bfloat16"))
+    assert "has no trainer" in steps.refusal(make("mmaction2"))
+    assert bench.Steps("train").refusal(make("mmaction2", "fast", "bfloat16")) is None   # plain: every one
+
+
+def digest(path) -> str:
+    return hashlib.sha256(open(path, "rb").read()).hexdigest()
+
+
+def one_error_line(proc, *needles) -> str:
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip() and not ln.startswith("torch/")]
+    assert proc.returncode == 2, (proc.returncode, proc.stderr[-2000:])
+    assert "Traceback" not in proc.stderr, proc.stderr
+    assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr
+    for needle in needles:
+        assert needle in lines[0], (needle, lines[0])
+    return lines[0]
+
+
+def test_no_gpu_is_one_line_and_the_committed_result_is_kept(cli, tmp_path):
+    torch = pytest.importorskip("torch")
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    from tests.conftest import ROOT
+
+    good = tmp_path / "train_step_cpu.json"
+    shutil.copy(os.path.join(ROOT, "results", "train_step_cpu.json"), good)
+    before = digest(good)
+    proc = _seed_bench(cli, good, "--device", "gpu", "--frameworks", "torch", "--train-input-shape", "2,3,8,32,32")
+    one_error_line(proc, "no configuration could run the benchmark", f"nothing written to {good}",
+                   "torch sees no CUDA device")
+    assert digest(good) == before                      # was: replaced by a file holding only the error
+
+
+def test_a_run_where_every_configuration_fails_writes_nothing(cli, tmp_path):
+    out = tmp_path / "r.json"
+    # one clip of 8x32x32: training-mode BatchNorm gets one value per channel at res5 and refuses
+    proc = _seed_bench(cli, out, "--frameworks", "torch", "--train-input-shape", "1,3,8,32,32", "--iters", "1")
+    one_error_line(proc, "no configuration could run the benchmark", "Expected more than 1 value per channel")
+    assert not out.exists()
+
+
+def test_warmup_0_times_every_step_after_the_first(cli, tmp_path):
+    out = tmp_path / "r.json"
+    proc = _seed_bench(cli, out, "--frameworks", "torch", "--train-input-shape", "2,3,8,32,32", "--warmup", "0",
+                       "--iters", "1")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    run = json.loads(out.read_text())["results"][0]["runs"][0]
+    assert "warmup_s" not in run and len(run["step_s"]) == 1 and run["first_call_s"] > 0
+
+
+# ----------------------------------------------------------------------------- memory before a larger shape
+def test_memory_is_estimated_by_clip_elements_before_a_larger_shape():
+    from harness.bench import memory_verdict
+
+    gib = 2 ** 30
+    small = [2, 3, 8, 112, 112]
+    seed = [6, 3, 32, 224, 224]
+    assert memory_verdict(None, seed, 0, 8 * gib) == (None, None)                       # nothing to scale from
+    assert memory_verdict((int(np_prod(seed)), gib), small, 0, 8 * gib) == (None, None)  # not larger
+    need, why = memory_verdict((int(np_prod(small)), 0.25 * gib), seed, 0, 64 * gib)
+    assert need == pytest.approx(0.25 * gib * 48) and why is None                       # 12 GiB of 64: fits
+    need, why = memory_verdict((int(np_prod(small)), 0.25 * gib), seed, 0, 16 * gib)
+    assert why.startswith("not tried: estimated 12.0 GiB") and "70% of the 16.0 GiB available" in why
+    _, why = memory_verdict((int(np_prod(small)), 0.25 * gib), seed, 4 * gib, 20 * gib)
+    assert "beside 4.0 GiB" in why and "--sequential" in why                           # 16 of 20: not beside 4
+    assert memory_verdict((int(np_prod(small)), 0.25 * gib), seed, 0, None)[1] is None   # no /proc/meminfo
+
+
+def np_prod(shape):
+    out = 1
+    for d in shape:
+        out *= d
+    return out
+
+
+class _Child:
+    def __init__(self):
+        self.asked = []
+
+    def request(self, **message):
+        self.asked.append(message["op"])
+        return {"error": "asked"}
+
+
+def test_a_shape_that_would_not_fit_is_recorded_and_never_tried(monkeypatch):
+    from argparse import Namespace
+
+    from harness import bench
+
+    monkeypatch.setattr(bench, "available_bytes", lambda: 2 ** 30)
+    fits, big = bench.Config("torch", "eager", "float32", "exact", {}, "a"), \
+        bench.Config("ms", "graph", "float32", "exact", {}, "b")
+    fits.child, big.child = _Child(), _Child()
+    fits.measured["train"] = (np_prod([2, 3, 8, 32, 32]), 1024.0)          # 1 KiB: 2 KiB at twice the batch
+    big.measured["train"] = (np_prod([2, 3, 8, 32, 32]), 2.0 ** 30)       # 1 GiB: 2 GiB at twice the batch
+    args = Namespace(warmup=0, iters=1, iters_per_turn=1)
+    bench._measure([fits, big], "train", [4, 3, 8, 32, 32], args, bench.Steps("train"))
+    assert big.child.asked == [] and fits.child.asked[:2] == ["reset_memory", "prepare"]
+    row = big.runs["train"][0]
+    assert row["skipped"] and row["error"].startswith("not tried: estimated 2.0 GiB") and row["batch_size"] == 4
+
+
+# ----------------------------------------------------------------------------- frameworks are the runners' business
+def test_bench_compares_no_framework_name():
+    """What a framework's configurations are comes from its runner class (bench_*): bench.py
+    names no framework, so a new runner is benchmarked by declaring its own."""
+    from tests.conftest import ROOT
+
+    found = subprocess.run(["grep", "-nE", '"(torch|ms|mmaction2)"', os.path.join(ROOT, "harness", "bench.py")],
+                           capture_output=True, text=True).stdout
+    assert found == "", found
+
+
+def test_a_runner_declaring_nothing_is_timed_once_per_dtype():
+    from argparse import Namespace
+
+    from harness import bench
+
+    class Plain:   # a runner class with no bench_* declarations
+        name = "plain"
+
+    args = Namespace(dtype=["float32", "bfloat16"])
+    assert bench.declared(Plain, "modes", args) == ["default"] and bench.declared(Plain, "tokens") == {}
+    assert bench.declared(Plain, "options", set(), "bfloat16", "default", args) == {"dtype": "bfloat16"}
+    args = bench.build_parser().parse_args(["forward", "--variants", "fast", "--frameworks", "torch,ms,mmaction2"])
+    torch_fast = bench.runner_options("torch", "fast", "float32", args)
+    assert torch_fast["fold_bn"] and all(torch_fast["execution"].values()) and torch_fast["channels_last"]
+    assert bench.runner_options("ms", "fast", "float32", args, "pynative")["mode"] == "pynative"
+    labels = [c.label for c in bench.configurations(["torch", "ms", "mmaction2"], args)]
+    assert labels == ["torch/eager/fast", "ms/graph/fast", "mmaction2/eager"]

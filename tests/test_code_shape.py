@@ -18,10 +18,8 @@ LIMIT = 60
 # "path::qualified name": its length in lines when it was allowed. Remove an entry when its
 # function is split; never add one.
 ALLOWED: Dict[str, int] = {
-    "harness/bench.py::forward": 64,                  # the forward benchmark command
     "harness/parity.py::build_parser": 80,            # parity's argparse options
     "harness/runners/child.py::_serve": 69,           # the child process's request loop
-    "harness/train_bench.py::run_bench": 61,          # the training-step benchmark
 }
 
 

@@ -5,7 +5,7 @@ number of loader workers.
         [--preset mmaction2_val] [--decoders decord,pyav] [--workers 1,2]
         [--videos 40] [--warmup 4] [--json results/bench_data_cpu.json]
 
-Without ``--video`` it makes one synthetic H.264 clip (``harness.make_dataset``'s
+Without ``--video`` it makes one synthetic H.264 clip (:mod:`harness.data.synthetic`'s
 patterns, 30 fps) of the given length and size, the shape of a Kinetics clip. Every
 configuration runs the real :class:`harness.data.ClipLoader` over ``--videos`` copies
 of the same file (distinct ids, so the seed preset's offsets differ): the numbers include
@@ -18,7 +18,7 @@ same divided by W), ``worker_ms_per_video`` (decode + transform wall time inside
 worker) and ``worker_cpu_ms_per_video`` / ``clips_per_cpu_s`` (the same as CPU time:
 what one dedicated core sustains, which other load on a shared machine does not
 inflate). ``provenance.hardware.load_average_*`` record how busy the machine was.
-``python -m harness.bench data`` runs it (``harness.bench_data`` is its old name).
+``python -m harness.bench data`` is the command.
 
 Exit codes: 0 done, 1 a video failed to decode during the run, 2 bad input.
 """
@@ -42,7 +42,7 @@ from harness.data.synthetic import MAX_SECONDS, MAX_SIDE, check_video_memory, pa
 from harness.files import atomic_write_json, check_input_file, check_output_path
 from harness.text import printable
 
-log = logging.getLogger("harness.bench_data")
+log = logging.getLogger("harness.data.bench")
 SYNTHETIC_FPS = 30
 
 
@@ -186,19 +186,20 @@ def build_parser() -> argparse.ArgumentParser:
         "of loader worker processes, written as JSON with provenance.",
     )
     p.add_argument("--video", help="video to decode (default: a synthetic H.264 clip of --seconds and --size)")
-    p.add_argument("--seconds", type=parse_seconds, default=10.0,
-                   help=f"length of the synthetic clip, at most {MAX_SECONDS:g} (default 10)")
-    p.add_argument("--size", type=parse_size, default=(340, 256), metavar="WxH",
-                   help=f"size of the synthetic clip, even sides in 16..{MAX_SIDE} (default 340x256)")
-    p.add_argument("--data-preset", "--preset", dest="preset", default="mmaction2_val",
-                   help="data preset (default mmaction2_val: one 32x2 clip); --preset is its older name")
     p.add_argument("--decoders", default="decord,pyav", help="comma-separated decoders (default decord,pyav)")
     p.add_argument("--workers", type=_int_list, default=[1, 2], help="comma-separated worker counts (default 1,2)")
-    p.add_argument("--videos", type=positive_int, default=40, help="timed videos per configuration (default 40)")
-    p.add_argument("--warmup", type=nonnegative_int, default=4, help="untimed videos first (default 4)")
     p.add_argument("--json", metavar="FILE", help="write results here (e.g. results/bench_data_cpu.json)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    add_verbose(p)
+    more = p.add_argument_group("more options")
+    more.add_argument("--seconds", type=parse_seconds, default=10.0,
+                      help=f"length of the synthetic clip, at most {MAX_SECONDS:g} (default 10)")
+    more.add_argument("--size", type=parse_size, default=(340, 256), metavar="WxH",
+                      help=f"size of the synthetic clip, even sides in 16..{MAX_SIDE} (default 340x256)")
+    more.add_argument("--data-preset", "--preset", dest="preset", default="mmaction2_val",
+                      help="data preset (default mmaction2_val: one 32x2 clip); --preset is its older name")
+    more.add_argument("--videos", type=positive_int, default=40, help="timed videos per configuration (default 40)")
+    more.add_argument("--warmup", type=nonnegative_int, default=4, help="untimed videos first (default 4)")
+    more.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_verbose(more)
     return p
 
 

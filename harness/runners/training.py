@@ -199,9 +199,83 @@ def step_arrays(arrays: Dict[str, np.ndarray], prefix: str, cfg: I3DNLConfig) ->
             "stat": {n: arrays[f"{prefix}/stat/{n}"] for n in names if is_running_statistic(n)}}
 
 
+# a warm child's trainers, kept between its train_time requests: (runner, recipe, schedule length) ->
+# (trainer, build seconds, peak RSS bytes right after the build)
+_KEPT: Dict[tuple, tuple] = {}
+
+
 def time_training(job, task, weights: Dict[str, np.ndarray], runner=None) -> dict:
-    """The ``train_time`` task (:mod:`harness.train_bench`)."""
-    from harness.train_bench import time_training as timed
+    """The ``train_time`` task (``harness.bench forward --mode train --recipe seed``): the
+    trainer's own ``step`` (the recipe's whole training step: forward in training mode with
+    its dropout, loss, backward, SGD with its decay groups, the step's learning rate written)
+    on a seeded host batch per batch size of ``task``: ``warmup`` untimed steps, then
+    ``steps`` timed, each ended by the trainer's device sync. The trainer is made at the first
+    request (``build_s``) and kept for the next ones of the same recipe and schedule, so that a
+    warm child times it in turns; ``lrs`` sizes the schedule, which must cover every step
+    the child will take. Reports the process's peak resident memory and the peak right after
+    the trainer was built (the baseline the bench scales its memory estimate from)."""
+    import json
+    import os
+    import resource
 
     recipe = TrainRecipe.from_dict(task.recipe)
-    return timed(job, task, weights, recipe, np.asarray(task.lrs, dtype=np.float32))
+    key = (id(runner), json.dumps(task.recipe, sort_keys=True), len(task.lrs or ()))
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    if runner is None or key not in _KEPT:
+        _KEPT[key] = _build_trainer(job, recipe, weights, len(task.lrs or ()), runner)
+    trainer, build_s, after_build = _KEPT[key]
+    rows = []
+    for batch in task.batch_sizes:
+        rows.append(_timed_steps(trainer, job.config, [batch] + list(task.input_shape[1:]), task.warmup, task.steps))
+        if "error" in rows[-1]:
+            break
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    return {"op": "train_time", "runs": rows, "build_s": build_s, "peak_rss_bytes": peak,
+            "rss_before_bytes": before, "rss_after_build_bytes": after_build, "load_average": list(os.getloadavg()),
+            "versions": trainer.runner.versions(), "hardware": trainer.runner.hardware()}
+
+
+def _build_trainer(job, recipe: TrainRecipe, weights: Dict[str, np.ndarray], steps: int, runner=None) -> tuple:
+    """The job's trainer for a run of ``steps`` steps (one epoch), on ``runner`` (the child's,
+    its options the job's) or on a runner of its own: (trainer, build seconds, peak RSS after)."""
+    import resource
+
+    from harness.runners import make_trainer
+
+    t0 = time.perf_counter()
+    if runner is None:
+        trainer = make_trainer(job.framework, job.config, recipe, weights, steps_per_epoch=steps, total_steps=steps,
+                               device=job.device, ms_mode=job.options.get("mode", "graph"), threads=job.threads)
+    else:
+        try:
+            trainer = runner.trainer(job.config, recipe, weights, steps_per_epoch=steps, total_steps=steps)
+        except (ValueError, TypeError) as exc:
+            raise RunnerError(f"{job.framework}: {str(exc).splitlines()[0]}") from None
+        trainer.runner = runner
+    return trainer, time.perf_counter() - t0, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def _timed_steps(trainer, cfg: I3DNLConfig, shape, warmup: int, steps: int) -> dict:
+    """``warmup`` then ``steps`` timed steps of ``trainer`` on a seeded batch of ``shape``
+    (wall and CPU seconds each); a step that fails (out of memory, a shape BatchNorm refuses,
+    a schedule run out) is the row's ``error``."""
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal(shape).astype(np.float32)
+    y = rng.integers(0, cfg.num_classes, shape[0])
+    row = {"batch_size": shape[0], "shape": list(shape), "warmup_s": [], "step_s": [], "cpu_s": []}
+    try:
+        for k in range(warmup + steps):
+            c0, t0 = time.process_time(), time.perf_counter()
+            loss, _ = trainer.step(x, y)
+            trainer.sync()
+            wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+            if k < warmup:
+                row["warmup_s"].append(wall)
+            else:
+                row["step_s"].append(wall)
+                row["cpu_s"].append(cpu)
+            row["loss"] = float(loss)
+    except (RuntimeError, MemoryError, IndexError, ValueError) as exc:
+        return {"batch_size": shape[0], "shape": list(shape),
+                "error": (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]}
+    return row
