@@ -28,16 +28,24 @@ COMMANDS = {
     "make_dataset": "a small labelled video dataset in the seed's Kinetics layout",
     "device_check": "the GPU session's one script: GPU against CPU, and GPU speed",
 }
+# a command whose module is not harness.<command>
+MODULES = {"make_dataset": "harness.data.synthetic"}
+
+
+def module_of(command: str) -> str:
+    """The module that runs ``command`` (``python -m`` it for the same command)."""
+    return MODULES.get(command, f"harness.{command}")
 
 
 def available() -> List[str]:
-    return [name for name in COMMANDS if importlib.util.find_spec(f"harness.{name}") is not None]
+    return [name for name in COMMANDS if importlib.util.find_spec(module_of(name)) is not None]
 
 
 def usage() -> str:
     names = available()
     width = max(map(len, names))
-    lines = ["usage: nlparity COMMAND [options]   (or: python -m harness.COMMAND [options])", "", "commands:"]
+    lines = ["usage: nlparity COMMAND [options]   (or: python -m harness.COMMAND [options]; make_dataset: "
+             "python -m harness.data.synthetic)", "", "commands:"]
     lines += [f"  {name:<{width}}  {COMMANDS[name]}" for name in names]
     lines += ["", "Every command has --help and exits 0 (ok), 1 (a check failed) or 2 (bad input, one line)."]
     return "\n".join(lines)
@@ -52,8 +60,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     if command not in available():
         print(f"error: unknown command {command!r}; choose from {', '.join(available())}", file=sys.stderr)
         return 2
-    spec = importlib.util.find_spec(f"harness.{command}")
-    module = importlib.import_module(f"harness.{command}" + (".__main__" if spec.submodule_search_locations else ""))
+    spec = importlib.util.find_spec(module_of(command))
+    module = importlib.import_module(module_of(command) + (".__main__" if spec.submodule_search_locations else ""))
     sys.argv = [f"nlparity {command}", *rest]
     return module.main(rest)
 

@@ -41,7 +41,7 @@ the thread-count band does not cover. The seed's committed nonlocal.yaml has ``k
 dropout-mask seed, which needs ``harness.train --dropout-seed`` (``--seed`` alone also moves
 the data order, the draws and the initial weights); without that option it is refused.
 
-Without ``--data-root`` a small dataset is made into the run folder (``harness.make_dataset``:
+Without ``--data-root`` a small dataset is made into the run folder (``harness.data.synthetic``:
 4 classes, 32 train and 8 val videos per class, 2 s of 128x96) and trained at the demo's size
 (8 frames, short edge 54, 48x48 crops, batch 8, lr 3e-3, cosine over the run). Written to
 ``--out`` (default ``runs/align/<date>``): the dataset, every run's folder, log and evaluation,
@@ -257,7 +257,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", metavar="FILE", help="the result (default <out>/train_alignment.json)")
     p.add_argument("--plot", metavar="PNG", help="loss curves, band and error per step (default: beside --json, .png)")
     p.add_argument("--no-plot", action="store_true", help="no plot")
-    data = p.add_argument_group("the generated dataset (without --data-root; harness.make_dataset)")
+    data = p.add_argument_group("the generated dataset (without --data-root; harness.data.synthetic)")
     data.add_argument("--classes", type=positive_int, help=f"classes (default {DATASET['classes']})")
     data.add_argument("--videos-per-class", type=positive_int,
                       help=f"train videos per class (default {DATASET['videos_per_class']})")
@@ -402,7 +402,7 @@ def prepare_dataset(req: AlignRequest) -> dict:
         root = os.path.join(req.out, "k400")
         summary = os.path.join(req.out, "dataset.json")
         d = req.dataset
-        made = _child("harness.make_dataset", [root, "--classes", str(d["classes"]), "--videos-per-class",
+        made = _child("harness.data.synthetic", [root, "--classes", str(d["classes"]), "--videos-per-class",
                                                str(d["videos_per_class"]), "--val-videos-per-class",
                                                str(d["val_videos_per_class"]), "--seconds", str(d["seconds"]),
                                                "--size", d["size"], "--no-progress", "--json", summary],

@@ -130,7 +130,7 @@ def run_demo(work: str, fws: List[str]) -> List[tuple]:
     _step("2c. convert .pth -> .npz", "harness.convert", j("weights.pth"), j("roundtrip.npz"))
     _same_arrays(j("weights.npz"), j("roundtrip.npz"))
     _step("3a. make a small Kinetics-layout dataset (faults planted in its held-out split)",
-          "harness.make_dataset", j("k400"), "--classes", str(CLASSES), "--videos-per-class", str(VIDEOS_PER_CLASS),
+          "harness.data.synthetic", j("k400"), "--classes", str(CLASSES), "--videos-per-class", str(VIDEOS_PER_CLASS),
           "--val-videos-per-class", str(VAL_VIDEOS_PER_CLASS), "--seconds", "2", "--size", "128x96", "--faults",
           "--no-progress", "--json", j("results", "dataset.json"))
     _step(f"3b. train in {fws[0]} (the seed's recipe, lr {LR} from scratch, {EPOCHS} epochs)", "harness.train",

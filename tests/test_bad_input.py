@@ -200,13 +200,13 @@ CASES = [
     ("harness.device_check", ["--frames", "-1"], {}, 2, "--frames"),
     ("harness.device_check", ["--out", "{in}/list.json/x.json"], {}, 2, "is a file, not a folder"),
     # make_dataset
-    ("harness.make_dataset", ["{tmp}/ds", "--size", "100000x100000"], {}, 2, "--size"),
-    ("harness.make_dataset", ["{tmp}/ds", "--seconds", "inf"], {}, 2, "--seconds"),
-    ("harness.make_dataset", ["{tmp}/ds", "--classes", "0"], {}, 2, "--classes"),
-    ("harness.make_dataset", ["{tmp}/ds", "--size", "4096x4096", "--seconds", "600"], {}, 2, "GiB"),
-    ("harness.make_dataset", ["{in}/list.json"], {}, 2, "is a file, not a folder"),
-    ("harness.make_dataset", ["{tmp}/ds", "--json", "{in}/adir"], {}, 2, "is a folder, not a file"),
-    ("harness.make_dataset", ["{tmp}/ds", "--json", "{tmp}/ds/kinetics-400_val.csv"], {}, 2, "dataset itself"),
+    ("harness.data.synthetic", ["{tmp}/ds", "--size", "100000x100000"], {}, 2, "--size"),
+    ("harness.data.synthetic", ["{tmp}/ds", "--seconds", "inf"], {}, 2, "--seconds"),
+    ("harness.data.synthetic", ["{tmp}/ds", "--classes", "0"], {}, 2, "--classes"),
+    ("harness.data.synthetic", ["{tmp}/ds", "--size", "4096x4096", "--seconds", "600"], {}, 2, "GiB"),
+    ("harness.data.synthetic", ["{in}/list.json"], {}, 2, "is a file, not a folder"),
+    ("harness.data.synthetic", ["{tmp}/ds", "--json", "{in}/adir"], {}, 2, "is a folder, not a file"),
+    ("harness.data.synthetic", ["{tmp}/ds", "--json", "{tmp}/ds/kinetics-400_val.csv"], {}, 2, "dataset itself"),
     # bench data: sizes refused by the parser, before any allocation
     ("harness.bench", ["data", "--size", "100000x100000"], {}, 2, "--size"),
     ("harness.bench", ["data", "--size", "0"], {}, 2, "--size"),
@@ -226,8 +226,8 @@ CASES = [
 ]
 # every command answers an unknown flag the same way
 COMMANDS = ["harness.evaluate", "harness.parity", "harness.convert", "harness.checkpoints", "harness.report",
-            "harness.device_check", "harness.make_dataset", "harness.bench", "harness.demo",
-            "harness.train", "harness.infer", "harness.drift", "harness.bench_data"]
+            "harness.device_check", "harness.data.synthetic", "harness.bench", "harness.demo",
+            "harness.train", "harness.infer", "harness.drift"]
 CASES += [(cmd, ["--no-such-flag"], {}, 2, "error:") for cmd in COMMANDS]
 
 

@@ -1,4 +1,4 @@
-"""python -m harness.bench_data: a tiny run writes the JSON contract; bad input is exit 2."""
+"""python -m harness.bench data: a tiny run writes the JSON contract; bad input is exit 2."""
 import json
 
 from harness.data import bench as bench_data
@@ -32,12 +32,12 @@ def test_bad_input_exits_2(tmp_path, cli):
         (["--preset", "nope"], "unknown data preset"),
         (["--workers", "0"], "worker counts"),
     ]:
-        result = cli("harness.bench_data", *args)
+        result = cli("harness.bench", "data", *args)
         assert result.returncode == 2, args
         lines = result.stderr.strip().splitlines()
         assert len(lines) == 1 and message in lines[0] and "Traceback" not in result.stderr
 
 
 def test_help(cli):
-    result = cli("harness.bench_data", "--help")
+    result = cli("harness.bench", "data", "--help")
     assert result.returncode == 0 and "--decoders" in result.stdout and "clips/s" in result.stdout

@@ -149,18 +149,18 @@ MAKE = ["--classes", "2", "--videos-per-class", "1", "--val-videos-per-class", "
 
 def test_make_dataset_past_the_file_size_limit_leaves_nothing_and_says_so_in_one_line(tmp_path):
     fresh = tmp_path / "fresh"
-    proc = run_limited("harness.make_dataset", fresh, *MAKE, kib=64)
+    proc = run_limited("harness.data.synthetic", fresh, *MAKE, kib=64)
     assert proc.returncode == 2, proc.stderr
     assert lines_of(proc.stderr) == [proc.stderr.strip()] and "Traceback" not in proc.stderr
     assert "file too large (the file-size limit, ulimit -f)" in proc.stderr and ".mp4" in proc.stderr
     assert not fresh.exists()   # not a truncated video, not an empty folder
     kept = tmp_path / "kept"
     _touch(kept / "mine.txt", b"the user's own file")
-    proc = run_limited("harness.make_dataset", kept, *MAKE, kib=64)
+    proc = run_limited("harness.data.synthetic", kept, *MAKE, kib=64)
     assert proc.returncode == 2 and files_under(kept) == ["mine.txt"]
     assert (kept / "mine.txt").read_bytes() == b"the user's own file"
     # the same command without the limit makes the dataset: the limit was the only problem
-    proc = run_cli("harness.make_dataset", fresh, *MAKE, "--json", tmp_path / "new" / "folder" / "made.json")
+    proc = run_cli("harness.data.synthetic", fresh, *MAKE, "--json", tmp_path / "new" / "folder" / "made.json")
     assert proc.returncode == 0, proc.stderr
     assert json.loads((tmp_path / "new" / "folder" / "made.json").read_text())["videos"] == {"train": 2, "val": 2}
     assert not [f for f in files_under(fresh) if f.endswith(".tmp") or "/." in f]

@@ -129,7 +129,7 @@ def test_list_and_bad_input(cli):
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory):
     root = tmp_path_factory.mktemp("k400")
-    proc = run_cli("harness.make_dataset", root, "--classes", "4", "--videos-per-class", "2",
+    proc = run_cli("harness.data.synthetic", root, "--classes", "4", "--videos-per-class", "2",
                    "--val-videos-per-class", "3", "--seconds", "2", "--size", "128x96", "--no-progress")
     assert proc.returncode == 0, proc.stderr
     return root
@@ -254,7 +254,7 @@ def test_every_step_records_the_faults_evaluate_records(seeded_weights, tmp_path
     """Every planted fault, the short video (used, with the loader's note) among them: each
     step's summary lists what harness.evaluate lists for that preset, and the same scores."""
     root = tmp_path / "faulty"
-    made = run_cli("harness.make_dataset", root, "--classes", "2", "--videos-per-class", "1",
+    made = run_cli("harness.data.synthetic", root, "--classes", "2", "--videos-per-class", "1",
                    "--val-videos-per-class", "1", "--seconds", "2", "--size", "128x96", "--faults", "--no-progress")
     assert made.returncode == 0, made.stderr
     out = tmp_path / "faulty.json"

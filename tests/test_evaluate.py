@@ -25,7 +25,7 @@ STABLE = ("framework", "arch", "data_preset", "checkpoint_sha256", "n_index", "n
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory):
     root = tmp_path_factory.mktemp("k400")
-    proc = run_cli("harness.make_dataset", root, "--classes", "8", "--videos-per-class", "1",
+    proc = run_cli("harness.data.synthetic", root, "--classes", "8", "--videos-per-class", "1",
                    "--val-videos-per-class", "4", "--seconds", "2", "--size", "128x96", "--faults", "--no-progress")
     assert proc.returncode == 0, proc.stderr
     return root

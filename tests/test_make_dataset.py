@@ -1,4 +1,4 @@
-"""python -m harness.make_dataset: layout, determinism, decodable H.264, learnable motion, CLI contract."""
+"""python -m harness.data.synthetic (nlparity make_dataset): layout, determinism, decodable H.264, learnable motion, CLI contract."""
 import csv
 import json
 
@@ -104,12 +104,14 @@ def test_cli_writes_summary_and_plants_faults(tmp_path, capsys):
     ],
 )
 def test_cli_bad_input_is_exit_2_with_one_line(tmp_path, cli, args, message):
-    result = cli("harness.make_dataset", tmp_path / "x", *args)
+    result = cli("harness.data.synthetic", tmp_path / "x", *args)
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and message in lines[0] and "Traceback" not in result.stderr
 
 
 def test_cli_help(cli):
-    result = cli("harness.make_dataset", "--help")
+    result = cli("harness.data.synthetic", "--help")
     assert result.returncode == 0 and "--videos-per-class" in result.stdout and "Kinetics" in result.stdout
+    same = cli("harness", "make_dataset", "--help")     # nlparity make_dataset: the same command
+    assert same.returncode == 0 and same.stdout == result.stdout

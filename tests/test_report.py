@@ -44,7 +44,7 @@ def runs(tmp_path_factory):
     top = tmp_path_factory.mktemp("report")
     data, res = top / "k400", top / "results"
     res.mkdir()
-    _ok(run_cli("harness.make_dataset", data, "--classes", "4", "--videos-per-class", "1",
+    _ok(run_cli("harness.data.synthetic", data, "--classes", "4", "--videos-per-class", "1",
                 "--val-videos-per-class", "3", "--seconds", "2", "--size", "128x96", "--faults", "--no-progress"))
     weights = top / "W.npz"
     _ok(run_cli("harness.parity", "--frameworks", "torch", "--reference", "mmaction2", "--input-shape", "1,3,8,64,64",
@@ -714,7 +714,7 @@ def test_no_parity_cell_over_its_tolerance_is_marked_ok(tmp_path):
 
 
 def test_the_training_benchmark_is_read(tmp_path):
-    """results/train_step_cpu.json (harness.train_bench's rows) holds the README's training
+    """results/train_step_cpu.json (the older training benchmark's rows) holds the README's training
     numbers: every timed row is a training row of the speed table, a skipped one a note."""
     res = tmp_path / "results"
     res.mkdir()

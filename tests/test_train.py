@@ -135,7 +135,7 @@ def test_help_and_bad_input(tmp_path):
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory):
     root = tmp_path_factory.mktemp("k400train")
-    proc = run_cli("harness.make_dataset", root, "--classes", "2", "--videos-per-class", "4",
+    proc = run_cli("harness.data.synthetic", root, "--classes", "2", "--videos-per-class", "4",
                    "--val-videos-per-class", "1", "--seconds", "2", "--size", "96x72", "--no-progress")
     assert proc.returncode == 0, proc.stderr
     return root

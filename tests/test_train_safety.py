@@ -27,7 +27,7 @@ TINY = ["--data-override", "clip_len=8", "--data-override", "short_edge=36", "--
 def dataset(tmp_path_factory):
     """train: 8 clean videos of 2 classes; val: 4 good videos and one of each planted fault."""
     root = tmp_path_factory.mktemp("k400safety")
-    proc = run_cli("harness.make_dataset", root, "--classes", "2", "--videos-per-class", "4",
+    proc = run_cli("harness.data.synthetic", root, "--classes", "2", "--videos-per-class", "4",
                    "--val-videos-per-class", "2", "--seconds", "2", "--size", "96x72", "--faults", "--no-progress")
     assert proc.returncode == 0, proc.stderr
     return root

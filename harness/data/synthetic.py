@@ -1,10 +1,10 @@
 """Make a small labelled video dataset in the seed's Kinetics-400 layout.
 
-    python -m harness.make_dataset DIR [--classes 4] [--videos-per-class 8]
+    python -m harness.data.synthetic DIR [--classes 4] [--videos-per-class 8]
         [--val-videos-per-class 2] [--seconds 3] [--size 340x256] [--fps 30] [--seed 0]
         [--faults]
 
-writes ::
+(``nlparity make_dataset DIR ...`` is the same command) writes ::
 
     DIR/kinetics-400_train.csv    label,youtube_id,time_start,time_end,split
     DIR/kinetics-400_val.csv
@@ -56,7 +56,7 @@ from harness.cli import InputError, OneLineParser, add_verbose, positive_int, po
 from harness.files import OutputPathError, atomic_path, atomic_write_json, check_output_dir, check_output_path
 from harness.text import printable
 
-log = logging.getLogger("harness.make_dataset")
+log = logging.getLogger("harness.data.synthetic")
 
 CSV_COLUMNS = ("label", "youtube_id", "time_start", "time_end", "split")
 SPLITS = ("train", "val")
@@ -495,7 +495,7 @@ def _fps(text: str) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     p = OneLineParser(
-        prog="python -m harness.make_dataset",
+        prog="python -m harness.data.synthetic",
         description="Write a small labelled H.264 video dataset in the seed's Kinetics-400 layout "
         "(train and val splits, each with kinetics-400_<split>.csv). Deterministic for a seed.",
     )
