@@ -64,8 +64,9 @@ from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence
 
 from frameworks.spec.arch import DEFAULT_PRESET, PRESETS
-from harness.cli import (CheckFailed, InputError, OneLineParser, add_ms_mode, add_verbose, int_list, positive_int,
-                         positive_seconds, result_doc, run_main, setup_logging, tolerance, utc_now)
+from harness.errors import CheckFailed, InputError
+from harness.provenance import result_doc, utc_now
+from harness.cli import (add_ms_mode, add_verbose, int_list, OneLineParser, positive_int, positive_seconds, run_main, setup_logging, tolerance)
 from harness.files import atomic_write_json, check_output_dir, check_output_path
 
 # the demo's test size (harness/demo.py): the seed's pipelines at 8 frames of 48x48

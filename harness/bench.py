@@ -80,8 +80,9 @@ import numpy as np
 
 from frameworks.spec.arch import DEFAULT_PRESET, PRESETS, arch_hash, get_preset, parameter_count, parameter_specs
 from frameworks.spec.flops import gflops_per_clip, train_gflops_per_clip
-from harness.cli import (InputError, OneLineParser, add_device, check_clip_size, int_list, nonnegative_int,
-                         positive_int, result_doc, run_main, utc_now)
+from harness.errors import InputError
+from harness.provenance import result_doc, utc_now
+from harness.cli import add_device, check_clip_size, int_list, nonnegative_int, OneLineParser, positive_int, run_main
 from harness.files import atomic_write_json, check_output_path
 
 TASKS = {"infer": ("infer",), "train": ("train",), "both": ("infer", "train")}

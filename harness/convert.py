@@ -40,7 +40,8 @@ from harness.checkpoints.io import CheckpointError, describe_integrity, sha256_f
 from harness.checkpoints.formats import read_raw
 from harness.checkpoints.registry import registry_entry, resolve
 from harness.checkpoints.sidecar import known_classes, read_labels, read_sidecar, sidecar_path, write_sidecar
-from harness.cli import CheckFailed, InputError, OneLineParser, add_verbose, num_classes, run_main, setup_logging
+from harness.errors import CheckFailed, InputError
+from harness.cli import add_verbose, num_classes, OneLineParser, run_main, setup_logging
 from harness.files import check_input_file, check_output_path
 from harness.text import printable
 

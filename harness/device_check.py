@@ -33,8 +33,9 @@ import numpy as np
 
 from frameworks.spec.arch import DEFAULT_PRESET, PRESETS, arch_hash, get_preset, layer_names, parameter_count
 from frameworks.spec.flops import gflops_per_clip
-from harness.cli import (InputError, OneLineParser, check_clip_size, clip_shape, int_list, nonnegative_int,
-                         positive_int, result_doc, run_main, tolerance, utc_now)
+from harness.errors import InputError
+from harness.provenance import result_doc, utc_now
+from harness.cli import (check_clip_size, clip_shape, int_list, nonnegative_int, OneLineParser, positive_int, run_main, tolerance)
 from harness.comparator import compare_outputs, format_report, topk_agreement
 from harness.files import atomic_write_json, check_output_path
 
@@ -86,10 +87,10 @@ def _child(job_args: dict, tmp: str, name: str, **options):
 
 
 def _outputs(child, op: str, clip_path: str, out: str) -> Dict[str, np.ndarray]:
-    from harness.runners.child import load_arrays
+    from harness.checkpoints.io import read_arrays
 
     child.request(op=op, input=clip_path, out=out)
-    return load_arrays(out)
+    return read_arrays(out)
 
 
 def _logits_error(ref: np.ndarray, got: np.ndarray) -> dict:

@@ -28,7 +28,9 @@ from typing import Dict, List, Optional
 import numpy as np
 
 from frameworks.spec.arch import PRESETS, I3DNLConfig, get_preset, parameter_specs
-from harness.cli import InputError, OneLineParser, add_verbose, result_doc, run_main, setup_logging, tolerance
+from harness.errors import InputError
+from harness.provenance import result_doc
+from harness.cli import add_verbose, OneLineParser, run_main, setup_logging, tolerance
 from harness.checkpoints.io import describe_integrity
 from harness.files import atomic_write_json
 from harness.text import printable

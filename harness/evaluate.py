@@ -68,9 +68,9 @@ from frameworks.spec.arch import DEFAULT_PRESET, PRESETS, I3DNLConfig, arch_hash
 from frameworks.spec.data_presets import DEFAULT_DATA_PRESET, PRESETS as DATA_PRESETS
 from frameworks.spec.data_presets import DECODERS, DataPreset, data_preset_hash, get_data_preset, spec_hash
 from harness import scores as score_store
-from harness.cli import (CheckFailed, InputError, OneLineParser, add_device, add_ms_mode, add_verbose,
-                         nonnegative_int, num_classes, positive_int, provenance, result_doc, run_main, setup_logging,
-                         tolerance, utc_now)
+from harness.errors import CheckFailed, InputError
+from harness.provenance import provenance, result_doc, utc_now
+from harness.cli import (add_device, add_ms_mode, add_verbose, nonnegative_int, num_classes, OneLineParser, positive_int, run_main, setup_logging, tolerance)
 from harness.files import (atomic_path, atomic_write_json, check_input_file, check_output_dir, check_output_path,
                            os_reason)
 from harness.scores import Chunk, ScoreStore, read_scores  # noqa: F401 - read_scores: public here too

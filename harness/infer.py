@@ -40,8 +40,9 @@ import numpy as np
 
 from frameworks.spec.arch import DEFAULT_PRESET, PRESETS, I3DNLConfig
 from frameworks.spec.data_presets import DEFAULT_DATA_PRESET, PRESETS as DATA_PRESETS, DataPreset, get_data_preset
-from harness.cli import (CheckFailed, InputError, OneLineParser, add_device, add_ms_mode, add_verbose, num_classes,
-                         positive_int, result_doc, run_main, setup_logging, utc_now)
+from harness.errors import CheckFailed, InputError
+from harness.provenance import result_doc, utc_now
+from harness.cli import (add_device, add_ms_mode, add_verbose, num_classes, OneLineParser, positive_int, run_main, setup_logging)
 from harness.files import atomic_path, atomic_write_json, check_input_file
 from harness.text import printable
 

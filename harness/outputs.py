@@ -31,7 +31,7 @@ from typing import Dict, Optional, Tuple
 
 import numpy as np
 
-from harness.cli import InputError
+from harness.errors import InputError
 
 SCHEMA = "nlparity.outputs/1"
 META_KEYS = ("__schema__", "__layout__", "__framework__", "__mode__")

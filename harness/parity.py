@@ -48,8 +48,9 @@ import numpy as np
 
 from frameworks.spec.arch import DEFAULT_PRESET, PRESETS, I3DNLConfig, arch_hash, layer_names, subop_names
 from frameworks.spec.train import DEFAULT_RECIPE, RECIPES
-from harness.cli import (InputError, OneLineParser, add_device, add_ms_mode, add_verbose, clip_shape, positive_int,
-                         result_doc, run_main, setup_logging, tolerance, utc_now)
+from harness.errors import InputError
+from harness.provenance import result_doc, utc_now
+from harness.cli import (add_device, add_ms_mode, add_verbose, clip_shape, OneLineParser, positive_int, run_main, setup_logging, tolerance)
 from harness.comparator import (COLUMNS, DEFAULT_RTOL, DEFAULT_STAGE_ATOL, ParityReport, compare_arrays,
                                 compare_outputs, default_atol, flag_outliers, format_report)
 from harness.files import atomic_write_json, check_output_dir, check_output_path
@@ -448,7 +449,8 @@ class _Work:
 
     def drill_down(self, fw: str, layer: str, reference: Dict[str, np.ndarray]) -> List:
         """Both frameworks trace ``layer``'s sub-operations on the reference's input to it."""
-        from harness.runners.child import Task, load_arrays
+        from harness.checkpoints.io import read_arrays
+        from harness.runners.child import Task
 
         names = layer_names(self.req.cfg)
         index = names.index(layer)
@@ -459,7 +461,7 @@ class _Work:
         for side in (self.req.reference, fw):
             out = os.path.join(self.tmp, f"{side}.subops.npz")
             self._job(side, [Task("subops", out=out, layer=layer, layer_input=x_path)], name=f"{side}-subops")
-            steps[side] = load_arrays(out)
+            steps[side] = read_arrays(out)
         atol = default_atol(layer) if self.req.atol is None else self.req.atol
         return [compare_arrays(f"{layer}:{step}", steps[self.req.reference][step], steps[fw][step], atol, self.req.rtol)
                 for step in subop_names(self.req.cfg, layer)]

@@ -60,7 +60,7 @@ def figure(width: float, height: float, missing: str = "plots need matplotlib: p
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
     except ImportError:
-        from harness.cli import InputError
+        from harness.errors import InputError
 
         raise InputError(missing) from None
     fig = Figure(figsize=(width, height), dpi=100)
@@ -286,10 +286,73 @@ def per_class_plot(pair: dict, number: int) -> Plot:
                                            "(same weights, spec and val set).", fig, ax)
 
 
+TRAINING_CHECKS = ("components", "optimizer", "step", "trajectory")
+
+
+def training_parity_plot(rows: List[dict]) -> Optional[Plot]:
+    """Per result file, one panel per check: for each parameter family, the candidate's and the
+    reference's worst error and torch float32's own error (the floor), as shares of the
+    family's tolerance, on a log axis with the tolerance (share 1) drawn: a bar above the
+    line is a failure, and the report's row says FAIL. An error of exactly 0 is drawn at the
+    axis' foot and written 0."""
+    files = {}
+    for r in rows:
+        files.setdefault(r["sources"][0]["path"], []).append(r)
+    if not files:
+        return None
+    checks = [c for c in TRAINING_CHECKS if any(r["check"] == c for rs in files.values() for r in rs)]
+    fig = figure(4.4 * len(checks), 3.4 * len(files) + 1.0)
+    first, handles = None, None
+    for i, (path, file_rows) in enumerate(files.items()):
+        for j, check in enumerate(checks):
+            ax = fig.add_subplot(len(files), len(checks), i * len(checks) + j + 1)
+            first = first or ax
+            handles = _family_bars(ax, [r for r in file_rows if r["check"] == check]) or handles
+            ax.set_title(check + (f" ({os.path.basename(path)})" if len(files) > 1 else ""), fontsize=9)
+            if j == 0:
+                ax.set_ylabel("share of its tolerance (ratio, log)")
+    comparison = next(iter(files.values()))[0]["comparison"]
+    fig.suptitle(f"Training parity, {comparison}: each family's worst error, beside torch float32's own error "
+                 "against float64 (the floor), as shares of its tolerance (above the dashed line fails)", fontsize=9)
+    if handles:
+        fig.legend(*handles, loc="lower center", ncol=4, fontsize=8, frameon=False)
+    fig.tight_layout(rect=(0, 0.07, 1, 0.95))
+    return _plot("parity_training.png", "Training parity by check and parameter family: the candidate's and the "
+                                        "reference's worst error (red: over the tolerance, fails) beside torch "
+                                        "float32's own error against float64 (hatched), as shares of the family's "
+                                        "tolerance.", fig, first)
+
+
+def _family_bars(ax, rows: List[dict]):
+    bottom = 1e-4
+    x = list(range(len(rows)))
+    series = [(rows[0]["candidate"] if rows else "candidate", "#1f77b4", "", -0.27),
+              (rows[0]["reference"] if rows else "reference", "#9ecae1", "", 0.0),
+              ("floor", "#bbbbbb", "//", 0.27)]
+    for name, colour, hatch, offset in series:
+        values = [r["floor_share"] if name == "floor" else r["shares"].get(name) for r in rows]
+        drawn = [max(v, bottom) if v is not None else None for v in values]
+        colours = ["#d62728" if (v or 0) > 1 else colour for v in values]
+        label = "torch float32's own error (floor)" if name == "floor" else f"{name} (worst)"
+        ax.bar([p + offset for p, v in zip(x, drawn) if v is not None], [v for v in drawn if v is not None],
+               width=0.26, color=[c for c, v in zip(colours, drawn) if v is not None], hatch=hatch, label=label,
+               bottom=0)
+        for p, v in zip(x, values):
+            if v == 0:
+                ax.text(p + offset, bottom * 1.3, "0", ha="center", fontsize=7)
+    ax.axhline(1.0, color="black", linestyle="--", linewidth=1.0, label="tolerance (share 1)")
+    ax.set_yscale("log")
+    top = max([1.0] + [v for r in rows for v in list(r["shares"].values()) + [r["floor_share"] or 0]])
+    ax.set_ylim(bottom, 3 * top)
+    ax.set_xticks(x)
+    ax.set_xticklabels([r["family"] for r in rows], rotation=30, fontsize=8)
+    ax.set_xlabel("parameter family (category)")
+    ax.grid(True, axis="y", alpha=0.3)
+    return ax.get_legend_handles_labels() if rows else None
+
+
 def make_plots(report: dict) -> List[Plot]:
     data = report["plots_data"]
-    from harness.report_training import training_parity_plot
-
     plots = [parity_plot(data["parity_layers"]), training_parity_plot(data.get("training_parity") or []),
              throughput_plot(report["tables"]["speed"]["rows"]), loss_plot(data["loss_curves"])]
     plots += [per_class_plot(pair, i + 1) for i, pair in enumerate(data["per_class"])]

@@ -11,7 +11,7 @@ import os
 import re
 from typing import List, Optional
 
-from harness.report import Notes, _source_ids, columns_of, other_notes
+from harness.report_columns import Notes, columns_of, other_notes, source_ids
 
 CSS = """
 body { font-family: system-ui, -apple-system, 'Segoe UI', sans-serif; margin: 1.5em; color: #1b1b1b; }
@@ -43,7 +43,7 @@ def _href(path: str, out_path: Optional[str]) -> str:
 
 
 def render_html(report: dict, plots: List, out_path: Optional[str] = None) -> str:
-    ids = _source_ids(report)
+    ids = source_ids(report)
     parts = [f"<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
              f"<title>nlparity report</title><style>{CSS}</style></head><body>",
              "<h1>I3D Non-local: published beside measured, PyTorch and MindSpore</h1>",

@@ -2,7 +2,7 @@
 
 Every ``*.json`` under the folder (a run's ``<name>.scores/`` folder belongs to its
 summary and is not scanned) becomes a :class:`Source`: its path, the sha256 of its bytes
-and its ``kind`` (stamped by :func:`harness.cli.result_doc`; files written before the
+and its ``kind`` (stamped by :func:`harness.provenance.result_doc`; files written before the
 stamp are told apart by their fields). The kinds read:
 
 ``evaluation``   a ``harness.evaluate`` summary: every number is recomputed from its saved
@@ -36,7 +36,7 @@ from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 import numpy as np
 
 from harness import metrics
-from harness.cli import InputError
+from harness.errors import InputError
 
 FRAMEWORK_NAMES = {"torch": "PyTorch", "ms": "MindSpore", "mmaction2": "mmaction2"}
 

@@ -608,6 +608,20 @@ def _per_class(evals: List[Evaluation]) -> List[dict]:
     return pairs
 
 
+def training_tables(training_parity: List[dict], alignment: List[dict]) -> dict:
+    """The training-parity table (by check and family) and the training-alignment one."""
+    notes = ["worst: the family's largest error as a share of its tolerance (over 100% fails); floor: torch "
+             "float32's own error against float64 as a share of the same tolerance; checks: components (loss, "
+             "first BN, dropout alone), optimizer (the optimiser alone on given gradients), step (each step from "
+             "the reference's state, against float64, the kinks a run flipped named), trajectory (K steps, "
+             "against the float32 floor band)"]
+    return {"training_parity": {"title": "Training parity: per check and parameter family "
+                                         "(python -m harness.parity --train-steps)",
+                                "rows": training_parity, "notes": notes if training_parity else []},
+            "alignment": {"title": "Training alignment: fine-tuned in both frameworks, against torch's own band "
+                                   "(python -m harness.align)", "rows": alignment, "notes": []}}
+
+
 def build_report(results_dir: str) -> dict:
     """Everything the report shows, as data (the JSON format is exactly this)."""
     from harness.checkpoints.registry import load_registry, registry_path
@@ -654,17 +668,7 @@ def build_report(results_dir: str) -> dict:
                                  "passes the layer, 'FAIL' where a layer failed"]
                        if parity else []},
             "training": {"title": "Training runs", "rows": training, "notes": []},
-            "training_parity": {
-                "title": "Training parity: per check and parameter family (python -m harness.parity --train-steps)",
-                "rows": training_parity,
-                "notes": ["worst: the family's largest error as a share of its tolerance (over 100% fails); floor: "
-                          "torch float32's own error against float64 as a share of the same tolerance; checks: "
-                          "components (loss, first BN, dropout alone), optimizer (the optimiser alone on given "
-                          "gradients), step (each step from the reference's state, against float64, the kinks a "
-                          "run flipped named), trajectory (K steps, against the float32 floor band)"]
-                if training_parity else []},
-            "alignment": {"title": "Training alignment: fine-tuned in both frameworks, against torch's own band "
-                                   "(python -m harness.align)", "rows": alignment, "notes": []},
+            **training_tables(training_parity, alignment),
         },
         "plots_data": {"parity_layers": layer_series, "loss_curves": curves, "per_class": _per_class(evals),
                        "training_parity": training_parity},

@@ -28,7 +28,8 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from harness import metrics
-from harness.cli import InputError, provenance, utc_now
+from harness.errors import InputError
+from harness.provenance import provenance, utc_now
 from harness.files import (atomic_path, atomic_write_json, check_input_file, check_output_dir,
                            check_output_path, describe_os_error, json_safe, os_reason)
 

@@ -57,9 +57,9 @@ from frameworks.spec.data_presets import (DEFAULT_TRAIN_PRESET, TRAIN_PRESETS, D
                                           get_train_preset)
 from frameworks.spec.train import (BN_MODES, DEFAULT_RECIPE, PARAMETER_KINDS, RECIPES, TrainRecipe, get_recipe,
                                    initial_weights, lr_schedule, recipe_hash, steps_per_epoch)
-from harness.cli import (CheckFailed, InputError, OneLineParser, add_device, add_ms_mode, add_verbose,
-                         nonnegative_int, num_classes, positive_int, result_doc, run_main, setup_logging, tolerance,
-                         utc_now)
+from harness.errors import CheckFailed, InputError
+from harness.provenance import result_doc, utc_now
+from harness.cli import (add_device, add_ms_mode, add_verbose, nonnegative_int, num_classes, OneLineParser, positive_int, run_main, setup_logging, tolerance)
 from harness.runners import runner_class, runner_options
 from harness.files import (OutputPathError, atomic_path, atomic_write_json, check_input_file, check_output_dir,
                            check_output_path, os_reason, refuse_overwriting_inputs)

@@ -232,7 +232,8 @@ def run(req: TrainParityRequest, workdir: str, progress=print) -> dict:
     checks; returns their parts (see :func:`to_json`)."""
     from harness.checkpoints.io import write_npz
     from harness.runners import FLOAT64_BY, runner_options
-    from harness.runners.child import Job, Task, load_arrays, run_job
+    from harness.checkpoints.io import read_arrays
+    from harness.runners.child import Job, Task, run_job
 
     weights, label = start_weights(req)
     inputs = make_inputs(req)
@@ -257,7 +258,7 @@ def run(req: TrainParityRequest, workdir: str, progress=print) -> dict:
                                  reference=ref_out)
     records["judge"] = child("judge", FLOAT64_BY, ["judge"], reference=ref_out,
                              candidate_outputs=records["candidate"]["out"], tolerance=TOLERANCES["step_grad"])
-    arrays = {role: load_arrays(records[role]["out"]) for role in ("reference", "candidate")}
+    arrays = {role: read_arrays(records[role]["out"]) for role in ("reference", "candidate")}
     rungs = {"components": components_rung(req, weights, inputs, records, arrays),
              "optimizer": optimizer_rung(req, records, arrays),
              "step": step_rung(req, records["judge"]["judge"])}
@@ -420,7 +421,7 @@ def inconclusive_reason(req, unjudged: List[Entry], worst: Entry) -> str:
 
 # ============================================================================ output
 def to_json(result: dict, req: TrainParityRequest) -> dict:
-    from harness.cli import utc_now
+    from harness.provenance import utc_now
 
     first: Optional[Entry] = result["first_failure"]
     rungs = result["rungs"]
@@ -483,7 +484,8 @@ def _share(x: float) -> str:
 
 def run_from_parity_args(args) -> int:
     """``python -m harness.parity --train-steps K``: the parity command's options, read for training."""
-    from harness.cli import InputError, result_doc
+    from harness.errors import InputError
+    from harness.provenance import result_doc
     from harness.files import atomic_write_json
     from harness.runners import require
 

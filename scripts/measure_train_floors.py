@@ -90,7 +90,7 @@ def main() -> int:
         os.makedirs(args.workdir, exist_ok=True)
         docs = [run_one(seed, int(t), os.path.join(args.workdir, f"seed{seed}-threads{t}.json"), args.shape)
                 for t in args.threads.split(",") for seed in range(args.seeds)]
-    from harness.cli import result_doc
+    from harness.provenance import result_doc
     from harness.files import atomic_write_json
 
     body = {"runs": len(docs), "shape": args.shape, "floors": aggregate(docs),

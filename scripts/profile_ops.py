@@ -20,7 +20,8 @@ import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from harness.cli import OneLineParser, positive_int, result_doc, run_main  # noqa: E402
+from harness.provenance import result_doc
+from harness.cli import OneLineParser, positive_int, run_main  # noqa: E402
 
 
 def _torch_table(runner, step, top: int):

@@ -274,7 +274,7 @@ def test_unreadable_checkpoint_is_a_checkpoint_error(tmp_path, monkeypatch):
 
 
 def test_a_scores_folder_that_turns_read_only_stops_the_run_in_one_line(tmp_path, monkeypatch):
-    from harness.cli import InputError
+    from harness.errors import InputError
     from harness.scores import Chunk, ScoreStore
 
     store = ScoreStore(str(tmp_path / "run.json"))

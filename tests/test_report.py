@@ -790,7 +790,7 @@ def test_runs_on_a_generated_dataset_are_titled_for_what_they_are(tmp_path):
 
 
 def test_text_tables_are_compact_and_every_other_format_holds_every_column(tmp_path):
-    from harness.report import ACCURACY_COLUMNS, SPEED_COLUMNS
+    from harness.report_columns import ACCURACY_COLUMNS, SPEED_COLUMNS
 
     _summary(tmp_path, "torch_run")
     shutil.copy(os.path.join(ROOT, "results", "bench_forward_cpu.json"), tmp_path / "bench.json")

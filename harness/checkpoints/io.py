@@ -330,6 +330,13 @@ def zip_integrity(path: str) -> str:
 # ------------------------------------------------------------------------- writers
 # Each writes through harness.files.atomic_path: a failure leaves neither a partial file
 # nor a temporary one, and an existing file is replaced only by a complete one.
+def read_arrays(path: str) -> Dict[str, np.ndarray]:
+    """An ``.npz`` of plain arrays this tool wrote itself (a child's outputs), read whole;
+    object arrays are refused (``allow_pickle=False``)."""
+    with np.load(path, allow_pickle=False) as z:
+        return {k: z[k] for k in z.files}
+
+
 def write_npz(path: str, arrays: Dict[str, np.ndarray]) -> None:
     """An ``.npz`` that ``np.load`` reads like ``np.savez``'s, but with fixed zip timestamps,
     so that the same arrays always give the same bytes; replaced atomically."""

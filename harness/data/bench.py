@@ -36,8 +36,9 @@ from typing import List, Optional, Sequence
 
 import numpy as np
 
-from harness.cli import (CheckFailed, InputError, OneLineParser, add_verbose, cpu_model, nonnegative_int, positive_int,
-                         provenance, run_main)
+from harness.errors import CheckFailed, InputError
+from harness.provenance import cpu_model, provenance
+from harness.cli import add_verbose, nonnegative_int, OneLineParser, positive_int, run_main
 from harness.data.synthetic import MAX_SECONDS, MAX_SIDE, check_video_memory, parse_seconds, parse_size
 from harness.files import atomic_write_json, check_input_file, check_output_path
 from harness.text import printable

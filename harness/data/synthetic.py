@@ -52,7 +52,8 @@ import numpy as np
 
 from frameworks.spec.labels import K400_CLASSES
 
-from harness.cli import InputError, OneLineParser, add_verbose, positive_int, positive_seconds, run_main
+from harness.errors import InputError
+from harness.cli import add_verbose, OneLineParser, positive_int, positive_seconds, run_main
 from harness.files import OutputPathError, atomic_path, atomic_write_json, check_output_dir, check_output_path
 from harness.text import printable
 

@@ -22,7 +22,8 @@ from typing import Dict, List, Optional, Tuple, Type
 import numpy as np
 
 from frameworks.spec.arch import I3DNLConfig
-from harness.cli import InputError, cpu_model
+from harness.errors import InputError
+from harness.provenance import cpu_model
 
 # framework -> "module:class", imported on first use (einops' lazy backends). A runner
 # module imports its framework only inside its methods, so importing it to read its names

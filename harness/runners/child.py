@@ -50,6 +50,7 @@ from typing import Any, Callable, Dict, List, Optional
 import numpy as np
 
 from frameworks.spec.arch import I3DNLConfig
+from harness.checkpoints.io import read_arrays
 from harness.runners import RunnerError
 
 TASKS = ("build", "intermediates", "forward", "isolated", "subops", "candidate", "train_parity", "train_time",
@@ -153,7 +154,7 @@ class WarmChild:
     """
 
     def __init__(self, job: Job, workdir: str, name: str, build: bool = True):
-        from harness.cli import REPO_ROOT
+        from harness.provenance import REPO_ROOT
 
         os.makedirs(workdir, exist_ok=True)
         stem = os.path.join(os.path.abspath(workdir), name)
@@ -227,11 +228,6 @@ def save_clip(path: str, clip: np.ndarray) -> str:
     return path
 
 
-def load_arrays(path: str) -> Dict[str, np.ndarray]:
-    with np.load(path, allow_pickle=False) as z:
-        return {k: z[k] for k in z.files}
-
-
 # ----------------------------------------------------------------------------- child side
 class _Child:
     """A child's state: the job, its weights and clip, its runner (built on first need), the
@@ -252,7 +248,7 @@ class _Child:
     def _weights(self) -> Optional[Dict[str, np.ndarray]]:
         job = self.job
         if job.seed is None:
-            return load_arrays(job.weights) if job.weights else None
+            return read_arrays(job.weights) if job.weights else None
         if self.clip is None:
             raise RunnerError("seeded weights are calibrated on the job's input clip; none given")
         from harness.checkpoints.io import write_npz
@@ -319,7 +315,7 @@ def _forward(child: _Child, task: Task) -> dict:
 
 def _isolated(child: _Child, task: Task) -> dict:
     clip = child.clip_of(task)
-    outputs = child.network().forward_isolated(clip, load_arrays(task.reference))
+    outputs = child.network().forward_isolated(clip, read_arrays(task.reference))
     outputs["input"] = clip
     _write(task.out, outputs)
     return {}

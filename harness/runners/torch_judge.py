@@ -23,7 +23,7 @@ import numpy as np
 from frameworks.spec.arch import kink_sites, parameter_specs
 from frameworks.spec.train import is_running_statistic, trainable_names
 from harness import train_compare
-from harness.runners.training import _state, step_arrays
+from harness.runners.train_arrays import state_before, step_arrays
 
 JUDGE_STEPS = 10_000   # the judge's trainers step many times (each recomputation is a step)
 ROLES = ("torch32", "reference", "candidate")
@@ -95,7 +95,7 @@ class Judge:
 
     def step(self, k: int):
         """Step ``k`` from the reference's state before it, for each role."""
-        truth = self._truth(_state(self.arrays["reference"], self.work.weights, k), k)
+        truth = self._truth(state_before(self.arrays["reference"], self.work.weights, k), k)
         targets = {"torch32": truth["torch32"],
                    "reference": step_arrays(self.arrays["reference"], f"trajectory/{k + 1}", self.cfg),
                    "candidate": step_arrays(self.arrays["candidate"], f"isolated/{k + 1}", self.cfg)}
@@ -122,7 +122,7 @@ class Judge:
             runs[role] = {"losses": [float(arrays[f"trajectory/{k + 1}/loss"]) for k in range(work.steps)],
                           "final": {n: arrays[f"trajectory/final/{n}"] for n in parameter_specs(self.cfg)},
                           "momentum": {n: arrays[f"trajectory/momentum/{n}"] for n in self.names},
-                          "states": [_state(arrays, work.weights, k) for k in range(work.steps)],
+                          "states": [state_before(arrays, work.weights, k) for k in range(work.steps)],
                           "steps": [step_arrays(arrays, f"trajectory/{k + 1}", self.cfg) for k in range(work.steps)]}
         out: Dict[str, dict] = {}
         plain = None

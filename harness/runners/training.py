@@ -30,6 +30,7 @@ from frameworks.spec.arch import I3DNLConfig, parameter_specs
 from frameworks.spec.train import TrainRecipe, decay_groups, is_running_statistic, trainable_names
 from harness import train_compare
 from harness.runners import FLOAT64_BY, RunnerError
+from harness.runners.train_arrays import save_step, state_before
 
 PARTS = ("components", "optimizer", "trajectory", "isolated", "judge")
 OPTIMIZER_SCHEDULE = (4, 3)   # the optimiser's lr table: 3 epochs of 4 steps (warm-up, then the cosine)
@@ -40,13 +41,13 @@ def run(job, task, weights: Dict[str, np.ndarray], runner=None) -> dict:
     """The ``train_parity`` task: every part in ``task.parts``; arrays to ``task.out``,
     numbers in the returned record."""
     from harness.checkpoints.io import write_npz
-    from harness.runners.child import load_arrays
+    from harness.checkpoints.io import read_arrays
 
     bad = [p for p in task.parts if p not in PARTS]
     if bad or not task.out:
         raise RunnerError(f"train_parity needs out and parts from {PARTS}; got {task.parts}")
     recipe = TrainRecipe.from_dict(task.recipe)
-    inputs = load_arrays(task.batches) if task.batches else {}
+    inputs = read_arrays(task.batches) if task.batches else {}
     work = _Work(job, recipe, weights, inputs, task, runner)
     record: Dict[str, object] = {"op": task.op, "out": task.out}
     arrays: Dict[str, np.ndarray] = {}
@@ -142,61 +143,36 @@ class _Work:
                 arrays.update({f"trajectory/state{k}/{n}": v for n, v in trainer.weights().items()})
             loss, _ = trainer.step(self.inputs[f"x{k}"], self.inputs[f"y{k}"])
             losses.append(loss)
-            arrays.update(_step_arrays(f"trajectory/{k + 1}", trainer, loss))
+            arrays.update(save_step(f"trajectory/{k + 1}", trainer, loss))
         arrays.update({f"trajectory/final/{n}": v for n, v in trainer.weights().items()})
         arrays.update({f"trajectory/momentum/{n}": v for n, v in trainer.momentum_buffers().items()})
         return arrays, {"losses": losses, "lr_used": [float(x) for x in trainer.lr_table()[:self.steps]],
                         "bn_momentum": trainer.bn_momentum()}
 
     def isolated(self):
-        from harness.runners.child import load_arrays
+        from harness.checkpoints.io import read_arrays
 
         trainer = self.stepper()
-        states = load_arrays(self.task.reference) if self.task.reference else {}
+        states = read_arrays(self.task.reference) if self.task.reference else {}
         arrays: Dict[str, np.ndarray] = {}
         losses = []
         for k in range(self.steps):
-            trainer.set_state(_state(states, self.weights, k))
+            trainer.set_state(state_before(states, self.weights, k))
             loss, _ = trainer.step(self.inputs[f"x{k}"], self.inputs[f"y{k}"])
             losses.append(loss)
-            arrays.update(_step_arrays(f"isolated/{k + 1}", trainer, loss))
+            arrays.update(save_step(f"isolated/{k + 1}", trainer, loss))
         return arrays, {"losses": losses}
 
     # ------------------------------------------------------------------ the float64 judge (torch)
     def judge(self):
-        from harness.runners.child import load_arrays
+        from harness.checkpoints.io import read_arrays
         from harness.runners.torch_judge import Judge
 
         if not self.runner.float64:
             raise RunnerError(f"the float64 judge runs in {FLOAT64_BY}, not {self.job.framework}")
-        judge = Judge(self, load_arrays(self.task.reference), load_arrays(self.task.candidate_outputs),
+        judge = Judge(self, read_arrays(self.task.reference), read_arrays(self.task.candidate_outputs),
                       tolerance=float(self.task.tolerance or 0.0))
         return {}, judge.run()
-
-
-def _state(states: Dict[str, np.ndarray], start: Dict[str, np.ndarray], k: int) -> Dict[str, np.ndarray]:
-    """The reference's weights and BN statistics before step ``k + 1`` (0-based ``k``)."""
-    if k == 0:
-        return start
-    prefix = f"trajectory/state{k}/"
-    return {n[len(prefix):]: v for n, v in states.items() if n.startswith(prefix)}
-
-
-def _step_arrays(prefix: str, trainer, loss: float) -> Dict[str, np.ndarray]:
-    """A step's loss, every gradient and the BN statistics after it."""
-    out = {f"{prefix}/loss": np.array(loss)}
-    out.update({f"{prefix}/grad/{n}": v for n, v in trainer.gradients().items()})
-    out.update({f"{prefix}/stat/{n}": v for n, v in trainer.weights().items() if is_running_statistic(n)})
-    return out
-
-
-def step_arrays(arrays: Dict[str, np.ndarray], prefix: str, cfg: I3DNLConfig) -> dict:
-    """``{"loss", "grad": {name: array}, "stat": {name: array}}`` of one step saved by
-    :func:`_step_arrays` under ``prefix``."""
-    names = parameter_specs(cfg)
-    return {"loss": float(arrays[f"{prefix}/loss"]),
-            "grad": {n: arrays[f"{prefix}/grad/{n}"] for n in names if not is_running_statistic(n)},
-            "stat": {n: arrays[f"{prefix}/stat/{n}"] for n in names if is_running_statistic(n)}}
 
 
 # a warm child's trainers, kept between its train_time requests: (runner, recipe, schedule length) ->
