@@ -32,6 +32,9 @@ Requests (``op``), each a :class:`Task`:
                    interleave A B A B and a machine's noise falls on all of them)
 ``probe``, ``flops``, ``memory``, ``reset_memory``   the GEMM probe, the framework's FLOP
                    counter, peak memory
+``export``         the network as an ONNX graph for ``shape`` (``opset``: the exporter's own if
+                   unset) to ``out``, every canonical layer a graph output (the runner's
+                   ``export_onnx``; :mod:`harness.runners.onnx_runner` asks the torch or MindSpore child)
 
 :func:`run_job` is a child that answers its job's tasks in order and quits; :class:`WarmChild`
 keeps one up for as many requests as the caller makes.
@@ -54,7 +57,7 @@ from harness.checkpoints.io import read_arrays
 from harness.runners import RunnerError
 
 TASKS = ("build", "intermediates", "forward", "isolated", "subops", "candidate", "train_parity", "train_time",
-         "prepare", "time", "probe", "flops", "memory", "reset_memory")
+         "prepare", "time", "probe", "flops", "memory", "reset_memory", "export")
 # the fields of a Task or Job that name a file: sent as absolute paths, since a child runs in its work folder
 PATH_FIELDS = ("out", "input", "reference", "layer_input", "batches", "candidate_outputs", "weights", "save_weights")
 
@@ -82,6 +85,7 @@ class Task:
     task: Optional[str] = None           # prepare / time: "infer" or "train"
     shape: Optional[List[int]] = None    # prepare / time / flops: the batch shape
     iters: int = 1                       # time: timed steps
+    opset: Optional[int] = None          # export: the ONNX opset (None: the exporter's own)
 
     def __post_init__(self) -> None:
         if self.op not in TASKS:
@@ -379,13 +383,24 @@ def _reset_memory(child: _Child, task: Task) -> dict:
     return {"ok": True}
 
 
+def _export(child: _Child, task: Task) -> dict:
+    """The network as an ONNX graph for ``task.shape``: the runner's ``export_onnx`` (its provenance)."""
+    runner = child.network()
+    export = getattr(runner, "export_onnx", None)
+    if export is None:
+        raise RunnerError(f"{child.job.framework} exports no ONNX graph")
+    if not task.out or not task.shape:
+        raise RunnerError("export needs out (the .onnx to write) and shape (the input's N,C,T,H,W)")
+    return dict(export(task.out, [int(d) for d in task.shape], task.opset))
+
+
 HANDLERS: Dict[str, Callable[[_Child, Task], dict]] = {
     "build": lambda child, task: {"settings": child.network().settings(), **child.built},
     "intermediates": _intermediates, "forward": _forward, "isolated": _isolated, "subops": _subops,
     "candidate": _candidate, "train_parity": _train, "train_time": _train, "prepare": _prepare, "time": _time,
     "probe": lambda child, task: child.network().gemm_probe(),
     "flops": lambda child, task: {"flops": child.network().flop_count(task.shape)},
-    "memory": _memory, "reset_memory": _reset_memory,
+    "memory": _memory, "reset_memory": _reset_memory, "export": _export,
 }
 
 

@@ -401,3 +401,33 @@ class MindSporeRunner(Runner):
         hw = super().hardware()
         hw.update(self.isa)
         return hw
+
+    # ------------------------------------------------------------------ ONNX export (harness.runners.onnx_runner)
+    def export_onnx(self, path: str, shape, opset: Optional[int] = None) -> Dict[str, object]:
+        """Write the exact network (canonical weights, eval, float32; this runner's execution
+        options and BN folding left out) to ``path`` with ``mindspore.export(file_format="ONNX")``
+        for input ``shape``: the outputs of :class:`IntermediatesNet`, every canonical layer in
+        :func:`layer_names` order, ``logits`` last, under MindSpore's own tensor names (the ONNX
+        runner renames them). ``mindspore.export`` takes no opset: it writes its own (11 in 2.10),
+        so any other is refused. Shapes are static."""
+        from frameworks.mindspore.model import IntermediatesNet, build_model
+        from frameworks.mindspore.weights import load_canonical
+
+        if opset is not None:
+            raise RunnerError(f"mindspore.export writes its own ONNX opset and takes none; {opset} asked for")
+        ms = self.ms
+        ms.set_context(mode=ms.GRAPH_MODE)
+        try:
+            net = build_model(self.cfg)
+            load_canonical(net, self._weights, self.cfg)
+            net.set_train(False)
+            cell = IntermediatesNet(net)
+            cell.set_train(False)
+            stem = path[:-len(".onnx")] if path.endswith(".onnx") else path
+            ms.export(cell, self._tensor(np.zeros(tuple(shape), np.float32)), file_name=stem, file_format="ONNX")
+        finally:
+            self._activate()
+        if stem + ".onnx" != path:
+            os.replace(stem + ".onnx", path)
+        return {"exporter": "mindspore.export (file_format=ONNX)", "outputs": layer_names(self.cfg),
+                "mindspore": ms.__version__}

@@ -359,6 +359,52 @@ class TorchRunner(OnTorchDevice):
     def versions(self) -> Dict[str, str]:
         return {**super().versions(), **self.backend.versions()}
 
+    # ------------------------------------------------------------------ ONNX export (harness.runners.onnx_runner)
+    ONNX_OPSET = 17   # the default: what onnxruntime and every recent exporter read
+
+    def export_onnx(self, path: str, shape, opset: Optional[int] = None) -> Dict[str, object]:
+        """Write the exact network (canonical weights, eval, CPU, float32; this runner's execution
+        options and BN folding left out) to ``path`` as an ONNX graph for input ``shape`` (named
+        ``input``) whose outputs are every canonical layer under its own name, ``logits`` last.
+
+        torch.onnx's TorchScript exporter (``dynamo=False``: the dynamo exporter needs onnxscript,
+        which the ``onnx`` extra does not pull in), constants folded as torch does by default:
+        each eval batch norm is folded into the convolution before it. Shapes are static."""
+        import warnings
+
+        import torch
+
+        from frameworks.torch.model import I3DNL
+        from frameworks.torch.weights import load_canonical
+
+        names = layer_names(self.cfg)
+        net = I3DNL(self.cfg).eval()
+        load_canonical(net, self._weights, self.cfg)
+        opset = int(opset or self.ONNX_OPSET)
+        wrapper = _intermediates_module(net, names).eval()   # the export puts a module back in its mode
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")   # the TorchScript exporter's deprecation notice
+            torch.onnx.export(wrapper, (torch.zeros(tuple(shape)),), path, dynamo=False, opset_version=opset,
+                              input_names=["input"], output_names=names, do_constant_folding=True)
+        return {"exporter": "torch.onnx.export (TorchScript, dynamo=False)", "opset": opset, "outputs": names,
+                "torch": torch.__version__, "constant_folding": True}
+
+
+def _intermediates_module(net, names):
+    """A torch module returning ``net``'s canonical layers as a tuple in ``names``' order."""
+    import torch
+
+    class Intermediates(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.net = net
+
+        def forward(self, x):
+            out = self.net.forward_intermediates(x)
+            return tuple(out[name] for name in names)
+
+    return Intermediates()
+
 
 def seeded_weights(cfg: I3DNLConfig, clip: np.ndarray, seed: int) -> Dict[str, np.ndarray]:
     """The project's seeded random weights: every test and command that compares
