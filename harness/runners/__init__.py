@@ -33,6 +33,7 @@ RUNNERS: Dict[str, str] = {
     "torch": "harness.runners.torch_runner:TorchRunner",
     "ms": "harness.runners.mindspore_runner:MindSporeRunner",
     "mmaction2": "harness.runners.mmaction2_runner:MMAction2Runner",
+    "onnx": "harness.runners.onnx_runner:OnnxRunner",
 }
 # the runner that makes the project's seeded weights (calibrated on a clip), and the one that
 # runs in float64 (every float32 noise floor)

@@ -18,11 +18,18 @@ Forward hooks capture those modules' outputs (or inputs) while the network runs 
 missing, not failed. A MindSpore network is named with the ``ms:`` prefix
 (``--candidate myport=ms:mypkg.port:build``) so that its process can set MindSpore's oneDNN
 ISA before import; it runs in PyNative mode, where Cells take hooks.
+
+An exported graph is a candidate too: ``--candidate myport=model.onnx`` runs it in onnxruntime
+(:meth:`harness.runners.onnx_runner.OnnxRunner.run_plugin`), its layers named by a JSON layer map
+``{canonical layer: tensor name | node name | "in:" node name}`` kept beside it as
+``model.onnx.layers.json`` or given in the spec as ``model.onnx:map.json``; without a map, the
+graph's outputs that carry canonical layer names are compared.
 """
 from __future__ import annotations
 
 import importlib
-from typing import Callable, Dict, Tuple
+import os
+from typing import Callable, Dict, Optional, Tuple
 
 import numpy as np
 
@@ -30,10 +37,15 @@ from frameworks.spec.arch import I3DNLConfig
 from harness.runners import RunnerError
 
 FRAMEWORK_PREFIXES = {"torch": "torch", "pt": "torch", "ms": "ms", "mindspore": "ms"}
+ONNX_SUFFIX, MAP_SUFFIX = ".onnx", ".json"
 
 
 def parse_spec(spec: str) -> Tuple[str, str]:
-    """``[torch:|ms:]module.path:function`` -> (framework, "module.path:function")."""
+    """``[torch:|ms:]module.path:function`` -> (framework, "module.path:function");
+    ``model.onnx[:map.json]`` -> ("onnx", the same with absolute paths)."""
+    graph = onnx_target(spec)
+    if graph is not None:
+        return "onnx", graph
     head, _, rest = spec.partition(":")
     framework = "torch"
     if head in FRAMEWORK_PREFIXES and rest.count(":") == 1:
@@ -42,6 +54,20 @@ def parse_spec(spec: str) -> Tuple[str, str]:
     if not sep or not module or not name or ":" in name:
         raise RunnerError(f"a candidate plug-in is [torch:|ms:]module:function, got {spec!r}")
     return framework, spec
+
+
+def onnx_target(spec: str) -> Optional[str]:
+    """``model.onnx`` or ``model.onnx:map.json`` as absolute paths (the child runs in a folder of its
+    own), each checked to exist; None for any other spec (``pkg.onnx:build`` is a module's function)."""
+    path, sep, layer_map = spec.rpartition(":")
+    if not (sep and path.lower().endswith(ONNX_SUFFIX) and layer_map.lower().endswith(MAP_SUFFIX)):
+        if not spec.lower().endswith(ONNX_SUFFIX):
+            return None
+        path, layer_map = spec, ""
+    for what, name in (("graph", path), ("layer map", layer_map)):
+        if name and not os.path.isfile(name):
+            raise RunnerError(f"the candidate's {what} {name}: no such file")
+    return os.path.abspath(path) + (":" + os.path.abspath(layer_map) if layer_map else "")
 
 
 def load_factory(spec: str) -> Callable:
