@@ -66,7 +66,8 @@ from typing import Dict, List, Optional, Sequence
 from frameworks.spec.arch import DEFAULT_PRESET, PRESETS
 from harness.errors import CheckFailed, InputError
 from harness.provenance import result_doc, utc_now
-from harness.cli import (add_ms_mode, add_verbose, int_list, OneLineParser, positive_int, positive_seconds, run_main, setup_logging, tolerance)
+from harness.cli import (add_ms_mode, add_verbose, int_list, OneLineParser, positive_int, positive_seconds, run_main,
+                         setup_logging, tolerance)
 from harness.files import atomic_write_json, check_output_dir, check_output_path
 
 # the demo's test size (harness/demo.py): the seed's pipelines at 8 frames of 48x48

@@ -17,6 +17,7 @@ from typing import Callable, List, Optional, Sequence
 
 from harness.errors import CheckFailed, InputError  # noqa: F401 - the exit-code families, re-raised here
 from harness.files import OutputPathError
+from harness.text import printable as _printable
 
 
 def bad_input_types() -> tuple:
@@ -124,6 +125,33 @@ def add_ms_mode(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ms-mode", choices=["graph", "pynative"], default="graph",
                    help="MindSpore's execution mode: graph (compiled) or pynative (eager); "
                         "ignored by torch (default graph)")
+
+
+def add_allow_outside_root(group) -> None:
+    group.add_argument("--allow-outside-root", action="store_true",
+                       help="read videos that lie outside --data-root (an id with '..', an absolute list-file path, "
+                            "a symbolic link out of the root); without it each is an outside_root fault, never opened")
+
+
+def say(text: str = "") -> None:
+    """A line of what the command does or found (stdout: stderr is kept for the error line)."""
+    print(text, flush=True)
+
+
+def caveats_to_stdout() -> None:
+    """Library warnings (a preset's known quirk) print as one ``warning:`` line each, once, on
+    stdout with the rest of what the run is, so that a refused run's stderr is its error line alone."""
+    import warnings
+
+    shown = set()
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        text = _printable(str(message).strip())
+        if text not in shown:
+            shown.add(text)
+            say(f"warning: {text}")
+
+    warnings.showwarning = show
 
 
 # ------------------------------------------------------------------ argument types

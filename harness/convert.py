@@ -212,7 +212,7 @@ def convert(src: str, dst: str, src_format: Optional[str] = None, dst_format: Op
     ``mismatched``, for the caller to judge. ``labels``: a file of class names to record."""
     if arch is not None and arch not in PRESETS:
         raise InputError(f"unknown arch preset {arch!r}; choose from {', '.join(PRESETS)}")
-    from harness.evaluate import MadeFolders, undone_on_failure
+    from harness.files import MadeFolders, undone_on_failure
 
     if os.path.isdir(dst):               # named for what it is, before its (missing) extension is
         check_output_path(dst, "DST")

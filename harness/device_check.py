@@ -35,7 +35,8 @@ from frameworks.spec.arch import DEFAULT_PRESET, PRESETS, arch_hash, get_preset,
 from frameworks.spec.flops import gflops_per_clip
 from harness.errors import InputError
 from harness.provenance import result_doc, utc_now
-from harness.cli import (check_clip_size, clip_shape, int_list, nonnegative_int, OneLineParser, positive_int, run_main, tolerance)
+from harness.cli import (check_clip_size, clip_shape, int_list, nonnegative_int, OneLineParser, positive_int,
+                         run_main, tolerance)
 from harness.comparator import compare_outputs, format_report, topk_agreement
 from harness.files import atomic_write_json, check_output_path
 

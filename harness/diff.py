@@ -251,7 +251,7 @@ def main(argv: Optional[List[str]] = None) -> int:
 
 def _main(args) -> int:
     from harness.checkpoints.registry import resolve
-    from harness.evaluate import MadeFolders, undone_on_failure
+    from harness.files import MadeFolders, undone_on_failure
 
     paths = [resolve(args.a, what="A"), resolve(args.b, what="B")]   # a folder or an unreadable file: named
     with undone_on_failure(MadeFolders()) as made:    # a refused run leaves no folder behind

@@ -63,9 +63,11 @@ from harness import metrics
 from harness import scores as score_store
 from harness.errors import CheckFailed, InputError
 from harness.provenance import result_doc
-from harness.cli import (add_device, add_ms_mode, add_verbose, nonnegative_int, num_classes, OneLineParser, positive_int, run_main, setup_logging)
+from harness.cli import (add_device, add_ms_mode, add_verbose, nonnegative_int, num_classes, OneLineParser,
+                         positive_int, run_main, setup_logging)
 from harness.drift_data import SharedSampling, decode_views, sampling_key
-from harness.evaluate import MadeFolders, add_allow_outside_root, caveats_to_stdout, say, undone_on_failure
+from harness.cli import add_allow_outside_root, caveats_to_stdout, say
+from harness.files import MadeFolders, undone_on_failure
 from harness.files import atomic_write_json, check_input_file, check_output_dir, os_reason
 from harness.text import printable
 

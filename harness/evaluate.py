@@ -70,9 +70,11 @@ from frameworks.spec.data_presets import DECODERS, DataPreset, data_preset_hash,
 from harness import scores as score_store
 from harness.errors import CheckFailed, InputError
 from harness.provenance import provenance, result_doc, utc_now
-from harness.cli import (add_device, add_ms_mode, add_verbose, nonnegative_int, num_classes, OneLineParser, positive_int, run_main, setup_logging, tolerance)
-from harness.files import (atomic_path, atomic_write_json, check_input_file, check_output_dir, check_output_path,
-                           os_reason)
+from harness.cli import (OneLineParser, add_allow_outside_root, add_device, add_ms_mode, add_verbose,
+                         caveats_to_stdout, nonnegative_int, num_classes, positive_int, run_main, say, setup_logging,
+                         tolerance)
+from harness.files import (MadeFolders, atomic_path, atomic_write_json, check_input_file, check_output_dir,
+                           check_output_path, os_reason, undone_on_failure)
 from harness.scores import Chunk, ScoreStore, read_scores  # noqa: F401 - read_scores: public here too
 from harness.text import printable
 
@@ -125,33 +127,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     add_verbose(p)
     return p
-
-
-def add_allow_outside_root(group) -> None:
-    group.add_argument("--allow-outside-root", action="store_true",
-                       help="read videos that lie outside --data-root (an id with '..', an absolute list-file path, "
-                            "a symbolic link out of the root); without it each is an outside_root fault, never opened")
-
-
-def say(text: str = "") -> None:
-    """A line of what the command does or found (stdout: stderr is kept for the error line)."""
-    print(text, flush=True)
-
-
-def caveats_to_stdout() -> None:
-    """Library warnings (a preset's known quirk) print as one ``warning:`` line each, once, on
-    stdout with the rest of what the run is, so that a refused run's stderr is its error line alone."""
-    import warnings
-
-    shown = set()
-
-    def show(message, category, filename, lineno, file=None, line=None):
-        text = printable(str(message).strip())
-        if text not in shown:
-            shown.add(text)
-            say(f"warning: {text}")
-
-    warnings.showwarning = show
 
 
 def check_inputs(data_root: Optional[str], checkpoint: Optional[str], annotations: Optional[str]) -> Optional[str]:
@@ -317,41 +292,6 @@ def protocol_from_args(args) -> Tuple[I3DNLConfig, DataPreset, dict, List[str]]:
     return choice.cfg, with_overrides(preset, overrides), overrides, notes
 
 
-class MadeFolders(list):
-    """The folders an output check created (the missing parents of an output path), so
-    that a run refused or failed afterwards removes them again when they are still empty:
-    a refused run leaves no trace, not even an empty folder."""
-
-    def check_path(self, path: str, what: str, inputs=()) -> str:
-        self._note(os.path.dirname(os.path.abspath(path)))
-        return check_output_path(path, what, inputs=inputs)
-
-    def _note(self, folder: str) -> None:
-        chain = []
-        while folder and not os.path.exists(folder) and folder != os.path.dirname(folder):
-            chain.append(folder)
-            folder = os.path.dirname(folder)
-        self.extend(reversed(chain))   # parents first
-
-    def remove_empty(self) -> None:
-        for folder in reversed(self):
-            try:
-                os.rmdir(folder)   # only if empty: never a file of anyone's
-            except OSError:
-                pass
-        self.clear()
-
-
-@contextlib.contextmanager
-def undone_on_failure(made: MadeFolders):
-    """Run the block; if it raises, remove the (still empty) folders its checks made."""
-    try:
-        yield made
-    except BaseException:
-        made.remove_empty()
-        raise
-
-
 def check_run_outputs(out: str, inputs: List[Optional[str]], made: Optional[MadeFolders] = None) -> None:
     """A run's summary file and scores folder: writable, never one of its inputs (the data
     root, the checkpoint, the annotation file), missing parent folders created."""
@@ -407,11 +347,10 @@ def seeded_weights_for(req: EvaluationRequest, index, calibration_videos: int = 
             with atomic_path(path, suffix=".npz") as partial:
                 run_job(seeded_weights_job(req.cfg, req.seed, partial, clip_path), tmp, "weights")
         except (OSError, RunnerError) as exc:
-            # the child reports its OSError as "[Errno 27] File too large: '<the temporary file>'"
-            code = exc.errno if isinstance(exc, OSError) else re.search(r"\[Errno (\d+)\]", str(exc))
-            if code is None:
+            code = getattr(exc, "errno", None)   # the child's OSError (writing the temporary file) carries its errno
+            if not code:
                 raise
-            reason = os_reason(OSError(code if isinstance(code, int) else int(code[1]), str(exc)))
+            reason = os_reason(OSError(code, str(exc)))
             raise InputError(f"cannot write the seeded weights {path}: {reason} (they are kept under "
                              f"$NLPARITY_CACHE)") from None
     return path

@@ -176,3 +176,38 @@ def atomic_write_json(path: str, doc, indent: int = 2) -> None:
             f.write(text + "\n")
             f.flush()
             os.fsync(f.fileno())
+
+
+class MadeFolders(list):
+    """The folders an output check created (the missing parents of an output path), so
+    that a run refused or failed afterwards removes them again when they are still empty:
+    a refused run leaves no trace, not even an empty folder."""
+
+    def check_path(self, path: str, what: str, inputs=()) -> str:
+        self._note(os.path.dirname(os.path.abspath(path)))
+        return check_output_path(path, what, inputs=inputs)
+
+    def _note(self, folder: str) -> None:
+        chain = []
+        while folder and not os.path.exists(folder) and folder != os.path.dirname(folder):
+            chain.append(folder)
+            folder = os.path.dirname(folder)
+        self.extend(reversed(chain))   # parents first
+
+    def remove_empty(self) -> None:
+        for folder in reversed(self):
+            try:
+                os.rmdir(folder)   # only if empty: never a file of anyone's
+            except OSError:
+                pass
+        self.clear()
+
+
+@contextmanager
+def undone_on_failure(made: MadeFolders):
+    """Run the block; if it raises, remove the (still empty) folders its checks made."""
+    try:
+        yield made
+    except BaseException:
+        made.remove_empty()
+        raise

@@ -42,7 +42,8 @@ from frameworks.spec.arch import DEFAULT_PRESET, PRESETS, I3DNLConfig
 from frameworks.spec.data_presets import DEFAULT_DATA_PRESET, PRESETS as DATA_PRESETS, DataPreset, get_data_preset
 from harness.errors import CheckFailed, InputError
 from harness.provenance import result_doc, utc_now
-from harness.cli import (add_device, add_ms_mode, add_verbose, num_classes, OneLineParser, positive_int, run_main, setup_logging)
+from harness.cli import (add_device, add_ms_mode, add_verbose, num_classes, OneLineParser, positive_int, run_main,
+                         setup_logging)
 from harness.files import atomic_path, atomic_write_json, check_input_file
 from harness.text import printable
 
@@ -306,7 +307,7 @@ def _inputs(args, made) -> Tuple[Optional[str], List[str]]:
 
 
 def _main(args) -> int:
-    from harness.evaluate import MadeFolders, undone_on_failure
+    from harness.files import MadeFolders, undone_on_failure
 
     with quiet_native_stderr(args.verbose) as said, undone_on_failure(MadeFolders()) as made:
         outcome = _run(args, made)     # a run refused before it wrote anything leaves no folder behind

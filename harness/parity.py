@@ -50,7 +50,8 @@ from frameworks.spec.arch import DEFAULT_PRESET, PRESETS, I3DNLConfig, arch_hash
 from frameworks.spec.train import DEFAULT_RECIPE, RECIPES
 from harness.errors import InputError
 from harness.provenance import result_doc, utc_now
-from harness.cli import (add_device, add_ms_mode, add_verbose, clip_shape, OneLineParser, positive_int, run_main, setup_logging, tolerance)
+from harness.cli import (add_device, add_ms_mode, add_verbose, clip_shape, OneLineParser, positive_int, run_main,
+                         setup_logging, tolerance)
 from harness.comparator import (COLUMNS, DEFAULT_RTOL, DEFAULT_STAGE_ATOL, ParityReport, compare_arrays,
                                 compare_outputs, default_atol, flag_outliers, format_report)
 from harness.files import atomic_write_json, check_output_dir, check_output_path

@@ -59,7 +59,8 @@ from frameworks.spec.train import (BN_MODES, DEFAULT_RECIPE, PARAMETER_KINDS, RE
                                    initial_weights, lr_schedule, recipe_hash, steps_per_epoch)
 from harness.errors import CheckFailed, InputError
 from harness.provenance import result_doc, utc_now
-from harness.cli import (add_device, add_ms_mode, add_verbose, nonnegative_int, num_classes, OneLineParser, positive_int, run_main, setup_logging, tolerance)
+from harness.cli import (add_device, add_ms_mode, add_verbose, nonnegative_int, num_classes, OneLineParser,
+                         positive_int, run_main, setup_logging, tolerance)
 from harness.runners import runner_class, runner_options
 from harness.files import (OutputPathError, atomic_path, atomic_write_json, check_input_file, check_output_dir,
                            check_output_path, os_reason, refuse_overwriting_inputs)

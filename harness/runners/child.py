@@ -199,7 +199,9 @@ class WarmChild:
             raise RunnerError(f"{self.framework}: {self._last_log_line()}")
         reply = json.loads(line)
         if "error" in reply:
-            raise RunnerError(f"{self.framework}: {reply['error']}")
+            error = RunnerError(f"{self.framework}: {reply['error']}")
+            error.errno = reply.get("errno")   # an OSError in the child: its errno
+            raise error
         return reply
 
     def _last_log_line(self) -> str:
@@ -411,7 +413,11 @@ def _serve(job: Job, channel) -> None:
         channel.write(json.dumps(message, default=str) + "\n")
         channel.flush()
 
-    child = _Child(job)
+    try:
+        child = _Child(job)
+    except Exception as exc:  # noqa: BLE001 - the first answer says why the child cannot serve, then it ends
+        send(_error_reply(exc))
+        return
     send(child.ready)
     for line in sys.stdin:
         request = json.loads(line)
@@ -421,7 +427,7 @@ def _serve(job: Job, channel) -> None:
         try:
             reply = child.answer(Task(**request))
         except Exception as exc:  # noqa: BLE001 - one request's failure is its answer, not the child's end
-            reply = {"error": _one_line(exc)}
+            reply = _error_reply(exc)
         send(reply)
 
 
@@ -445,6 +451,13 @@ def main(argv: Optional[List[str]] = None) -> int:
         print(f"error: {_one_line(exc)}", file=sys.stderr)
         return 2
     return 0
+
+
+def _error_reply(exc: BaseException) -> dict:
+    reply = {"error": _one_line(exc)}
+    if isinstance(exc, OSError) and exc.errno:
+        reply["errno"] = exc.errno   # the parent can name the reason for its own file
+    return reply
 
 
 def _one_line(exc: BaseException) -> str:
