@@ -66,8 +66,9 @@ from typing import Dict, List, Optional, Sequence
 from frameworks.spec.arch import DEFAULT_PRESET, PRESETS
 from harness.errors import CheckFailed, InputError
 from harness.provenance import result_doc, utc_now
-from harness.cli import (add_ms_mode, add_verbose, int_list, OneLineParser, positive_int, positive_seconds, run_main,
+from harness.cli import (add_verbose, int_list, OneLineParser, positive_int, positive_seconds, run_main,
                          setup_logging, tolerance)
+from harness.runners import add_runner_arguments, runner_argv, runner_settings
 from harness.files import atomic_write_json, check_output_dir, check_output_path
 
 # the demo's test size (harness/demo.py): the seed's pipelines at 8 frames of 48x48
@@ -217,7 +218,7 @@ class AlignRequest:
     seed: int
     threads: int
     band_threads: List[int]
-    ms_mode: str
+    runner_settings: dict
     multiple: float
     floor: float
     max_steps: Optional[int]
@@ -291,7 +292,7 @@ def build_parser() -> argparse.ArgumentParser:
                       help="no torch run with the candidate's oneDNN ISA in the band (by default there is one "
                            f"when the candidate ran with another {ISA_VARIABLE} than torch, e.g. MindSpore's AVX2 "
                            "cap on an AVX-512 CPU)")
-    add_ms_mode(runs)
+    add_runner_arguments(runs)
     runs.add_argument("--multiple", type=tolerance, default=DEFAULT_MULTIPLE,
                       help=f"the candidate may leave the reference by this many bands (default {DEFAULT_MULTIPLE:g})")
     runs.add_argument("--floor", type=tolerance, default=DEFAULT_FLOOR,
@@ -345,7 +346,7 @@ def request_from(args) -> AlignRequest:
 
         figure(1, 1, missing="the plot needs matplotlib (pip install matplotlib), or pass --no-plot")
     return AlignRequest(out, json_path, plot_path, args.data_root, overrides, args.epochs, args.batch_size, args.lr,
-                        args.dropout, args.seed, args.threads, args.band_threads, args.ms_mode, args.multiple,
+                        args.dropout, args.seed, args.threads, args.band_threads, runner_settings(args), args.multiple,
                         args.floor, args.max_steps, args.workers, args.arch, args.quiet, {**DATASET, **sizes},
                         not args.no_isa_band)
 
@@ -429,7 +430,7 @@ def env_text(run: Run) -> str:
 def train_run(req: AlignRequest, run: Run, data_root: str, number: str) -> None:
     folder = os.path.join(req.out, "train", run.name)
     argv = ["--framework", run.framework, "--data-root", data_root, "--out", folder, *req.recipe_args(),
-            "--threads", str(run.threads), "--workers", str(req.workers), "--ms-mode", req.ms_mode, "--keep", "1",
+            "--threads", str(run.threads), "--workers", str(req.workers), *runner_argv(req.runner_settings), "--keep", "1",
             "-q", *run.extra]
     _say(req, f"[{number}] {run.name} ({run.role}{env_text(run)}) ...")
     info = _child("harness.train", argv, os.path.join(req.out, "logs", f"train_{run.name}.log"), run.env)
@@ -453,7 +454,7 @@ def evaluate_run(req: AlignRequest, run: Run, data_root: str, number: str) -> No
     out = os.path.join(req.out, "eval", f"{run.name}.json")
     argv = ["--framework", run.framework, "--checkpoint", run.record["train"]["checkpoint"], "--data-root", data_root,
             "--split", "val", "--data-preset", EVAL_PRESET, *[a for o in req.overrides for a in ("--data-override", o)],
-            "--threads", str(req.threads), "--workers", str(req.workers), "--ms-mode", req.ms_mode, "--out", out,
+            "--threads", str(req.threads), "--workers", str(req.workers), *runner_argv(req.runner_settings), "--out", out,
             "-q"]
     info = _child("harness.evaluate", argv, os.path.join(req.out, "logs", f"eval_{run.name}.log"), run.env)
     with open(out) as f:
@@ -542,7 +543,7 @@ def _recipe(req: AlignRequest) -> dict:
             "batch_size": req.batch_size, "lr": req.lr, "t_max_epochs": req.epochs, "dropout": req.dropout,
             "seed": req.seed, "data_override": req.overrides, "arch": req.arch or "harness.train's default",
             "threads": req.threads, "band_threads": req.band_threads, "isa_band": req.isa_band,
-            "ms_mode": req.ms_mode,
+            "runner_settings": req.runner_settings,
             "max_steps": req.max_steps, "harness_train_args": req.recipe_args()}
 
 

@@ -121,12 +121,6 @@ def add_device(p: argparse.ArgumentParser, default: str = "cpu") -> None:
                    help=f"where the network runs: cpu, or gpu (CUDA; MindSpore's GPU target) (default {default})")
 
 
-def add_ms_mode(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--ms-mode", choices=["graph", "pynative"], default="graph",
-                   help="MindSpore's execution mode: graph (compiled) or pynative (eager); "
-                        "ignored by torch (default graph)")
-
-
 def add_allow_outside_root(group) -> None:
     group.add_argument("--allow-outside-root", action="store_true",
                        help="read videos that lie outside --data-root (an id with '..', an absolute list-file path, "

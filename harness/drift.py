@@ -63,10 +63,11 @@ from harness import metrics
 from harness import scores as score_store
 from harness.errors import CheckFailed, InputError
 from harness.provenance import result_doc
-from harness.cli import (add_device, add_ms_mode, add_verbose, nonnegative_int, num_classes, OneLineParser,
+from harness.cli import (add_device, add_verbose, nonnegative_int, num_classes, OneLineParser,
                          positive_int, run_main, setup_logging)
 from harness.drift_data import SharedSampling, decode_views, sampling_key
 from harness.cli import add_allow_outside_root, caveats_to_stdout, say
+from harness.runners import add_runner_arguments, names_help, runner_settings
 from harness.files import MadeFolders, undone_on_failure
 from harness.files import atomic_write_json, check_input_file, check_output_dir, os_reason
 from harness.text import printable
@@ -366,7 +367,7 @@ def build_parser() -> argparse.ArgumentParser:
     run = p.add_argument_group("evaluation (as harness.evaluate)")
     run.add_argument("--checkpoint", help="weights (any format harness.convert reads, or a registry name)")
     run.add_argument("--trust-checkpoint", action="store_true", help=TRUST_HELP.replace("the weights file", "--checkpoint"))
-    run.add_argument("--framework", default="torch", help="torch/pt or mindspore/ms (default torch)")
+    run.add_argument("--framework", default="torch", help=f"{names_help('evaluates')} (default torch)")
     run.add_argument("--data-root", help="dataset root (the seed's Kinetics layout)")
     run.add_argument("--split", default="val", help="split name (default val)")
     run.add_argument("--annotations", help="annotation file: the split's CSV, or an mmaction2 list file (.txt)")
@@ -376,7 +377,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--batch-size", type=positive_int, default=1, help="videos per forward pass (default 1)")
     run.add_argument("--workers", type=nonnegative_int, default=2, help="decoding processes (default 2; 0 = in process)")
     add_device(run)
-    add_ms_mode(run)
+    add_runner_arguments(run)
     run.add_argument("--threads", type=positive_int, help="framework threads (default: cores / shards)")
     run.add_argument("--shard", metavar="I/N", help="run shard I of N (default: from the launcher's env)")
     run.add_argument("--chunk-videos", type=positive_int, default=32, help="videos per saved score chunk (default 32)")
@@ -456,7 +457,8 @@ def context_from_args(args, plan: Plan) -> Context:
     base = EvaluationRequest(framework=framework, cfg=plan.a.cfg, preset=plan.a.preset, data_root=args.data_root,
                              out=out, split=args.split, annotations=args.annotations, checkpoint=args.checkpoint,
                              trust=args.trust_checkpoint, limit=args.limit, batch_size=args.batch_size,
-                             workers=args.workers, device=args.device, ms_mode=args.ms_mode, threads=args.threads,
+                             workers=args.workers, device=args.device, runner_settings=runner_settings(args),
+                             threads=args.threads,
                              rank=rank, world=world, chunk_videos=args.chunk_videos, resume=args.resume,
                              quiet=args.quiet, allow_outside_root=args.allow_outside_root)
     return Context(base=base, out=out, steps_dir=stem + ".steps", plot=plot, num_classes=args.num_classes,

@@ -70,9 +70,10 @@ from frameworks.spec.data_presets import DECODERS, DataPreset, data_preset_hash,
 from harness import scores as score_store
 from harness.errors import CheckFailed, InputError
 from harness.provenance import provenance, result_doc, utc_now
-from harness.cli import (OneLineParser, add_allow_outside_root, add_device, add_ms_mode, add_verbose,
+from harness.cli import (OneLineParser, add_allow_outside_root, add_device, add_verbose,
                          caveats_to_stdout, nonnegative_int, num_classes, positive_int, run_main, say, setup_logging,
                          tolerance)
+from harness.runners import add_runner_arguments, names_help, runner_settings
 from harness.files import (MadeFolders, atomic_path, atomic_write_json, check_input_file, check_output_dir,
                            check_output_path, os_reason, undone_on_failure)
 from harness.scores import Chunk, ScoreStore, read_scores  # noqa: F401 - read_scores: public here too
@@ -90,7 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
     mode.add_argument("--compare", nargs=2, metavar=("A.json", "B.json"),
                       help="agreement of two runs over their common videos")
     run = p.add_argument_group("evaluation")
-    run.add_argument("--framework", help="torch/pt or mindspore/ms")
+    run.add_argument("--framework", help=names_help("evaluates"))
     run.add_argument("--data-root", help="dataset root (the seed's Kinetics layout, or the prefix of a list file)")
     run.add_argument("--arch", choices=list(PRESETS), metavar="PRESET",
                      help=f"architecture preset (default: the checkpoint's registry entry, or the arch convert "
@@ -114,7 +115,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="decoding processes (default 2; 0 = in process)")
     run.add_argument("--decoder", choices=DECODERS, help="default: the data preset's")
     add_device(run)
-    add_ms_mode(run)
+    add_runner_arguments(run)
     run.add_argument("--threads", type=positive_int, help="framework threads (default: cores / shards)")
     run.add_argument("--shard", metavar="I/N", help="evaluate shard I of N (default: from the launcher's env)")
     run.add_argument("--chunk-videos", type=positive_int, default=32, help="videos per saved score chunk (default 32)")
@@ -235,7 +236,7 @@ class EvaluationRequest:
     batch_size: int = 1
     workers: int = 2
     device: str = "cpu"
-    ms_mode: str = "graph"
+    runner_settings: dict = field(default_factory=dict)   # every framework's own options (runner_settings)
     threads: Optional[int] = None
     rank: int = 0
     world: int = 1
@@ -265,7 +266,7 @@ class EvaluationRequest:
         return cls(framework=framework, cfg=cfg, preset=preset, data_root=args.data_root, out=out,
                    overrides=overrides, split=args.split, annotations=args.annotations, checkpoint=args.checkpoint,
                    trust=args.trust_checkpoint, seed=args.seed, limit=args.limit, batch_size=args.batch_size,
-                   workers=args.workers, device=args.device, ms_mode=args.ms_mode, threads=args.threads,
+                   workers=args.workers, device=args.device, runner_settings=runner_settings(args), threads=args.threads,
                    rank=rank, world=world, chunk_videos=args.chunk_videos, resume=args.resume, quiet=args.quiet,
                    allow_outside_root=args.allow_outside_root)
 
@@ -453,7 +454,7 @@ def run_identity(req: EvaluationRequest, n_index: int, annotation: str, checkpoi
             "split": req.split, "n_index": n_index, "limit": req.limit, "num_classes": req.cfg.num_classes,
             "data_root": os.path.abspath(req.data_root), "annotations": annotation,
             "decoder": req.preset.decoder, "device": req.device,
-            "ms_mode": runner_options(req.framework, req.ms_mode).get("mode"), "batch_size": req.batch_size,
+            "runner_options": runner_options(req.framework, req.runner_settings), "batch_size": req.batch_size,
             "shard": [req.rank, req.world]}
 
 
@@ -462,14 +463,14 @@ def runner_for(req: EvaluationRequest, arrays):
     oneDNN ISA cap the MindSpore runner sets, and MindSpore 2.10 aborts ("random_device
     could not be read") if decord entered this process before it (nothing above decodes here)."""
     threads = req.threads or max(1, (os.cpu_count() or 1) // req.world)
-    return built_runner(req.framework, req.cfg, arrays, req.device, threads, req.ms_mode)
+    return built_runner(req.framework, req.cfg, arrays, req.device, threads, req.runner_settings)
 
 
-def built_runner(framework: str, cfg: I3DNLConfig, arrays, device: str, threads: Optional[int], ms_mode: str):
+def built_runner(framework: str, cfg: I3DNLConfig, arrays, device: str, threads: Optional[int], settings: dict):
     """A runner with the network built and the weights loaded (a refusal is a one-line InputError)."""
     from harness.runners import make_runner, runner_options
 
-    runner = make_runner(framework, device=device, threads=threads, **runner_options(framework, ms_mode))
+    runner = make_runner(framework, device=device, threads=threads, **runner_options(framework, settings))
     try:
         runner.build(cfg)
         runner.load(arrays)

@@ -42,8 +42,9 @@ from frameworks.spec.arch import DEFAULT_PRESET, PRESETS, I3DNLConfig
 from frameworks.spec.data_presets import DEFAULT_DATA_PRESET, PRESETS as DATA_PRESETS, DataPreset, get_data_preset
 from harness.errors import CheckFailed, InputError
 from harness.provenance import result_doc, utc_now
-from harness.cli import (add_device, add_ms_mode, add_verbose, num_classes, OneLineParser, positive_int, run_main,
+from harness.cli import (add_device, add_verbose, num_classes, OneLineParser, positive_int, run_main,
                          setup_logging)
+from harness.runners import add_runner_arguments, names_help, runner_settings
 from harness.files import atomic_path, atomic_write_json, check_input_file
 from harness.text import printable
 
@@ -56,7 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = OneLineParser(prog="python -m harness.infer", description=__doc__,
                       formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("videos", nargs="+", metavar="VIDEO", help="video files")
-    p.add_argument("--framework", required=True, help="torch/pt or mindspore/ms")
+    p.add_argument("--framework", required=True, help=names_help("evaluates"))
     p.add_argument("--checkpoint", help="weights (any format harness.convert reads, or a registry name)")
     p.add_argument("--trust-checkpoint", action="store_true", help=TRUST_HELP.replace("the weights file",
                                                                                       "--checkpoint"))
@@ -72,7 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", metavar="OUT", help="write the predictions as JSON")
     p.add_argument("--visualize", metavar="OUT.gif", help="draw the sampled frames with the top predictions")
     add_device(p)
-    add_ms_mode(p)
+    add_runner_arguments(p)
     p.add_argument("--threads", type=positive_int, help="framework threads (default: all cores)")
     p.add_argument("--seed", type=int, default=0, help="seed of the initialisation without --checkpoint")
     add_verbose(p)
@@ -329,7 +330,7 @@ def _run(args, made) -> "Outcome":
     if note:
         print(note, file=sys.stderr)     # captured: shown once the run succeeds
     # the framework before any decoding: MindSpore aborts if decord entered the process first
-    runner = built_runner(framework, cfg, arrays, args.device, args.threads, args.ms_mode)
+    runner = built_runner(framework, cfg, arrays, args.device, args.threads, runner_settings(args))
     outcome = predict(runner, preset, cfg, args.videos, names, args.top_k, workers=0 if runner_class(framework).decodes_beside else 1,
                       keep_frames=bool(args.visualize), verbose=args.verbose)
     print(f"weights: {weights_label}", flush=True)

@@ -50,13 +50,13 @@ from frameworks.spec.arch import DEFAULT_PRESET, PRESETS, I3DNLConfig, arch_hash
 from frameworks.spec.train import DEFAULT_RECIPE, RECIPES
 from harness.errors import InputError
 from harness.provenance import result_doc, utc_now
-from harness.cli import (add_device, add_ms_mode, add_verbose, clip_shape, OneLineParser, positive_int, run_main,
+from harness.cli import (add_device, add_verbose, clip_shape, OneLineParser, positive_int, run_main,
                          setup_logging, tolerance)
 from harness.comparator import (COLUMNS, DEFAULT_RTOL, DEFAULT_STAGE_ATOL, ParityReport, compare_arrays,
                                 compare_outputs, default_atol, flag_outliers, format_report)
 from harness.files import atomic_write_json, check_output_dir, check_output_path
 from harness.outputs import check_same_input, read_outputs, write_outputs
-from harness.runners import able, runner_class
+from harness.runners import able, add_runner_arguments, names_help, runner_class, runner_settings
 
 log = logging.getLogger("harness.parity")
 
@@ -83,14 +83,14 @@ def build_parser() -> argparse.ArgumentParser:
                      help=TRUST_HELP.replace("the weights file", "--checkpoint / --weights files"))
     who = p.add_argument_group("what is compared")
     who.add_argument("--frameworks", default="torch,ms",
-                     help="comma-separated: torch/pt, mindspore/ms, mmaction2 (default torch,ms); the first is the "
-                          "reference unless --reference is given")
+                     help=f"comma-separated: {names_help()} (default torch,ms); the first is the reference "
+                          "unless --reference is given")
     who.add_argument("--reference", help="the implementation every other one is compared with (mmaction2, or one "
                                          "of the frameworks; default: the first of --frameworks)")
     who.add_argument("--candidate", action="append", default=[], metavar="NAME=SOURCE",
-                     help="also compare your own port: SOURCE is a .npz of outputs (harness.outputs' schema) or "
-                          "[ms:]module:function building your torch / MindSpore network (harness.runners.plugin); "
-                          "repeatable")
+                     help="also compare your own port: SOURCE is a .npz of outputs (harness.outputs' schema), "
+                          "[ms:]module:function building your torch / MindSpore network, or your exported "
+                          "model.onnx[:layers.json] (harness.runners.plugin); repeatable")
     clip = p.add_argument_group("the input")
     clip.add_argument("--input-shape", type=clip_shape, default=(1, 3, 32, 224, 224), metavar="N,C,T,H,W",
                       help="shape of the seeded random clip (default 1,3,32,224,224)")
@@ -115,7 +115,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--no-explain", action="store_true",
                      help="on a failure, do not rerun isolated and drill into the failing layer (default: explain)")
     add_device(run)
-    add_ms_mode(run)
+    add_runner_arguments(run)
     out = p.add_argument_group("output")
     out.add_argument("--json", metavar="OUT", help="write the comparison as JSON (default: none)")
     out.add_argument("--only-failures", action="store_true", help="print only the layers that fail or are flagged")
@@ -163,7 +163,7 @@ class ParityRequest:
     rtol: float = DEFAULT_RTOL
     mode: str = "propagated"
     device: str = "cpu"
-    ms_mode: str = "graph"
+    runner_settings: dict = field(default_factory=dict)   # every framework's own options (runner_settings)
     save_outputs: Optional[str] = None
     stats_only: bool = False
     load_outputs: Optional[str] = None
@@ -200,7 +200,7 @@ class ParityRequest:
         return cls(cfg=choice.cfg, reference=reference, candidates=frameworks, checkpoint=args.checkpoint, weights=weights, external=external,
                    trust=args.trust_checkpoint, input=args.input, input_shape=tuple(args.input_shape),
                    seed=args.seed, atol=args.atol, rtol=args.rtol, mode=args.mode, device=args.device,
-                   ms_mode=args.ms_mode, save_outputs=args.save_outputs, stats_only=args.stats_only,
+                   runner_settings=runner_settings(args), save_outputs=args.save_outputs, stats_only=args.stats_only,
                    load_outputs=args.load_outputs, save_weights=args.save_weights, noise_floor=args.noise_floor,
                    explain=not args.no_explain)
 
@@ -351,7 +351,7 @@ class _Work:
         from harness.runners.child import Job, run_job
 
         return run_job(Job(framework, self.req.cfg, device=self.req.device,
-                           options=runner_options(framework, self.req.ms_mode),
+                           options=runner_options(framework, self.req.runner_settings),
                            weights=self.weights_for(framework), input=self.clip_path, tasks=tasks, **options),
                        self.tmp, name or framework)
 
@@ -372,9 +372,10 @@ class _Work:
             task = Task("isolated", out=out, reference=os.path.join(self.tmp, f"{req.reference}.run.npz"))
         else:
             task = Task("intermediates", out=out)
-        record = self._job(fw, [task])
+        record = self._job(fw, [task, Task("build")])   # build after the forward: the settings it ran with
         self.runs[fw] = {"framework": fw, "versions": record["versions"], "hardware": record["hardware"],
-                         "build_s": record.get("build_s"), "forward_s": record["tasks"][0]["forward_s"]}
+                         "build_s": record.get("build_s"), "forward_s": record["tasks"][0]["forward_s"],
+                         "settings": record["tasks"][-1].get("settings")}
         return self._keep(fw, out, fw)
 
     def _run_plugin(self, name: str, spec: str) -> Tuple[Dict[str, np.ndarray], dict]:

@@ -39,7 +39,7 @@ SUMMARY_VERSION = 2
 # only in the last bits, and a resumed run may fairly use another machine's cores.)
 IDENTITY_KEYS = ("framework", "arch", "arch_hash", "data_preset", "data_preset_hash", "checkpoint_sha256",
                  "weights_sha256", "split", "n_index", "limit", "num_classes", "data_root", "annotations",
-                 "decoder", "device", "ms_mode", "batch_size")
+                 "decoder", "device", "runner_options", "batch_size")
 # faults that are not a video of the split (the same row listed twice)
 NOT_LISTED = ("duplicate_row",)
 

@@ -59,9 +59,9 @@ from frameworks.spec.train import (BN_MODES, DEFAULT_RECIPE, PARAMETER_KINDS, RE
                                    initial_weights, lr_schedule, recipe_hash, steps_per_epoch)
 from harness.errors import CheckFailed, InputError
 from harness.provenance import result_doc, utc_now
-from harness.cli import (add_device, add_ms_mode, add_verbose, nonnegative_int, num_classes, OneLineParser,
+from harness.cli import (add_device, add_verbose, nonnegative_int, num_classes, OneLineParser,
                          positive_int, run_main, setup_logging, tolerance)
-from harness.runners import runner_class, runner_options
+from harness.runners import add_runner_arguments, names_help, runner_class, runner_options, runner_settings
 from harness.files import (OutputPathError, atomic_path, atomic_write_json, check_input_file, check_output_dir,
                            check_output_path, os_reason, refuse_overwriting_inputs)
 
@@ -98,7 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = OneLineParser(prog="python -m harness.train", description=__doc__,
                       formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--framework", required=True, help="torch/pt or mindspore/ms")
+    p.add_argument("--framework", required=True, help=names_help("trains"))
     p.add_argument("--data-root", required=True, help="dataset root (the seed's Kinetics layout)")
     p.add_argument("--split", default="train", help="split to train on: <root>/kinetics-400_<split>.csv (default train)")
     p.add_argument("--annotations", help="annotation file instead: the split's CSV or an mmaction2 list file")
@@ -141,7 +141,7 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--seed", type=int, default=0, help="seed of the data order, the draws and the initial weights")
     run = p.add_argument_group("run")
     add_device(run)
-    add_ms_mode(run)
+    add_runner_arguments(run)
     run.add_argument("--threads", type=positive_int,
                      help="framework threads (default: cores / processes; on a machine others also use, 1: a "
                           "two-thread OpenMP team on two busy cores made torch's step 10-30x slower, measured)")
@@ -180,7 +180,7 @@ class TrainRequest:
     seed: int = 0
     workers: int = 1
     device: str = "cpu"
-    ms_mode: str = "graph"
+    runner_settings: dict = field(default_factory=dict)   # every framework's own options (runner_settings)
     threads: Optional[int] = None
     sync_bn: bool = False
     save_every: Optional[int] = None
@@ -220,7 +220,7 @@ class TrainRequest:
                    annotations=args.annotations, checkpoint=args.checkpoint, trust=args.trust_checkpoint,
                    reset_head=args.reset_head, checkpoint_classes=args.checkpoint_classes,
                    num_classes=args.num_classes, seed=args.seed, workers=args.workers, device=args.device,
-                   ms_mode=args.ms_mode, threads=args.threads, sync_bn=args.sync_bn, save_every=args.save_every,
+                   runner_settings=runner_settings(args), threads=args.threads, sync_bn=args.sync_bn, save_every=args.save_every,
                    keep=args.keep, max_steps=args.max_steps, resume=args.resume, quiet=args.quiet)
 
 
@@ -482,7 +482,7 @@ def _identity(req: TrainRequest, cfg: I3DNLConfig, index, init_sha: str, world) 
             "data_preset_hash": data_preset_hash(req.preset), "n_videos": len(index),
             "annotation": index.annotation, "init_weights_sha256": init_sha, "seed": req.seed,
             "world_size": world.size, "device": req.device,
-            "ms_mode": runner_options(req.framework, req.ms_mode).get("mode")}
+            "runner_options": runner_options(req.framework, req.runner_settings)}
 
 
 def _prune(out: str, framework: str, keep: int, inputs: List[str]) -> None:
@@ -611,7 +611,7 @@ def _train(req: TrainRequest, world, folder: RunFolder) -> dict:
     s = prepare(req, world)
     threads = req.threads or max(1, (os.cpu_count() or 1) // world.size)
     trainer = make_trainer(req.framework, s.cfg, req.recipe, s.arrays, steps_per_epoch=s.spe, device=req.device,
-                           ms_mode=req.ms_mode, threads=threads, world=world, seed=req.seed, sync_bn=req.sync_bn)
+                           settings=req.runner_settings, threads=threads, world=world, seed=req.seed, sync_bn=req.sync_bn)
     world = trainer.world
     if world.is_main and folder.fd is None:
         folder.lock()

@@ -97,7 +97,7 @@ class TrainParityRequest:
     trust: bool = False
     recipe: TrainRecipe = field(default_factory=get_recipe)
     device: str = "cpu"
-    ms_mode: str = "graph"
+    runner_settings: dict = field(default_factory=dict)   # every framework's own options (runner_settings)
     # one thread per framework: repeatable, and robust on a shared machine (a 2-thread
     # OpenMP team on 2 busy cores ran torch's training step 10-30x slower, measured)
     threads: Optional[int] = 1
@@ -248,7 +248,7 @@ def run(req: TrainParityRequest, workdir: str, progress=print) -> dict:
         task = Task("train_parity", out=out, steps=req.steps, batches=inputs_path, recipe=req.recipe.to_dict(),
                     parts=parts, **extra)
         record = run_job(Job(framework, req.cfg, device=req.device, threads=req.threads,
-                             options=runner_options(framework, req.ms_mode), weights=weights_path, tasks=[task]),
+                             options=runner_options(framework, req.runner_settings), weights=weights_path, tasks=[task]),
                          workdir, role)["tasks"][0]
         return record
 
@@ -437,7 +437,7 @@ def to_json(result: dict, req: TrainParityRequest) -> dict:
             "threads": req.threads, "checkpoint": req.checkpoint, "weights": result["weights"],
             "input_shape": list(req.shape), "steps": req.steps, "recipe": req.recipe.to_dict(),
             "recipe_hash": recipe_hash(req.recipe), "tolerances": TOLERANCES, "device": req.device,
-            "ms_mode": req.ms_mode, "date": utc_now(), "summary": summary(rungs),
+            "runner_settings": req.runner_settings, "date": utc_now(), "summary": summary(rungs),
             "rungs": {name: rung.to_dict() for name, rung in rungs.items()}, "conventions": conventions,
             "runs": runs}
 
@@ -487,7 +487,7 @@ def run_from_parity_args(args) -> int:
     from harness.errors import InputError
     from harness.provenance import result_doc
     from harness.files import atomic_write_json
-    from harness.runners import require
+    from harness.runners import require, runner_settings
 
     frameworks = [require(f, "trains", "--train-steps") for f in args.frameworks.split(",") if f]
     reference = require(args.reference, "trains", "--train-steps") if args.reference else frameworks[0]
@@ -514,7 +514,7 @@ def run_from_parity_args(args) -> int:
     req = TrainParityRequest(cfg=cfg, reference=reference, candidate=candidates[0], steps=args.train_steps,
                              shape=shape, seed=args.seed, checkpoint=args.checkpoint, trust=args.trust_checkpoint,
                              recipe=get_recipe(args.recipe or DEFAULT_RECIPE), device=args.device,
-                             ms_mode=args.ms_mode, threads=args.threads)
+                             runner_settings=runner_settings(args), threads=args.threads)
     with tempfile.TemporaryDirectory(prefix="nlparity-train-") as tmp:
         result = run(req, tmp, progress=lambda line: None if args.quiet else print(line, flush=True))
     print(format_summary(result, req))

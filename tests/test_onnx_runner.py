@@ -76,16 +76,16 @@ def test_options_come_from_the_command_or_the_environment(monkeypatch):
     monkeypatch.delenv(onnx_runner.ENV_EXPORTER, raising=False)
     monkeypatch.delenv(onnx_runner.ENV_OPSET, raising=False)
     assert cls.options_from() == {"exporter": "torch", "opset": 17}
-    assert cls.options_from(onnx_exporter="mindspore") == {"exporter": "ms", "opset": None}
-    assert cls.options_from(onnx_opset=18) == {"exporter": "torch", "opset": 18}
+    assert cls.options_from({"onnx_exporter": "mindspore"}) == {"exporter": "ms", "opset": None}
+    assert cls.options_from({"onnx_opset": 18}) == {"exporter": "torch", "opset": 18}
     monkeypatch.setenv(onnx_runner.ENV_EXPORTER, "ms")
     monkeypatch.setenv(onnx_runner.ENV_OPSET, "18")   # torch's: MindSpore's export takes none
     assert cls.options_from() == {"exporter": "ms", "opset": None}
-    assert cls.options_from(onnx_exporter="torch") == {"exporter": "torch", "opset": 18}
+    assert cls.options_from({"onnx_exporter": "torch"}) == {"exporter": "torch", "opset": 18}
     with pytest.raises(RunnerError, match="takes none"):
-        cls.options_from(onnx_opset=13)
+        cls.options_from({"onnx_opset": 13})
     with pytest.raises(RunnerError, match="use torch or ms"):
-        cls.options_from(onnx_exporter="tf")
+        cls.options_from({"onnx_exporter": "tf"})
     with pytest.raises(RunnerError, match="CPU provider"):
         cls(device="gpu")
     with pytest.raises(RunnerError, match="float32"):

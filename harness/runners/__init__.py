@@ -99,6 +99,13 @@ def able(ability: str) -> List[str]:
     return [n for n in RUNNERS if getattr(_load(n), ability)]
 
 
+def names_help(ability: Optional[str] = None) -> str:
+    """The frameworks a user may name (with an ``ability``), aliases included, for a ``--help``:
+    ``torch/pt/pytorch, ms/mindspore, onnx/onnxruntime/ort``."""
+    names = able(ability) if ability else list(RUNNERS)
+    return ", ".join("/".join((n, *_load(n).aliases)) for n in names)
+
+
 def require(framework: str, ability: str, doing: str) -> str:
     """``framework``'s canonical name if its runner has ``ability``; else one line naming the
     frameworks that have it (``evaluate runs on torch or ms; mmaction2 does not evaluates``)."""
@@ -149,8 +156,16 @@ class Runner(ABC):
         return {}
 
     @classmethod
-    def options_from(cls, ms_mode: str = "graph") -> dict:
-        """The runner's own options from the commands' shared ones (``--ms-mode``)."""
+    def arguments(cls) -> Tuple[Tuple[Tuple[str, ...], dict], ...]:
+        """The command-line options this framework owns, as ``((flags...), add_argument
+        keywords)``: every command that runs a framework offers them (:func:`add_runner_arguments`),
+        MindSpore's ``--ms-mode`` for one."""
+        return ()
+
+    @classmethod
+    def options_from(cls, settings: Optional[dict] = None) -> dict:
+        """The runner's keyword arguments from a command's runner settings (the values of every
+        runner's :meth:`arguments`, by ``dest``; :func:`runner_settings`)."""
         return {}
 
     @classmethod
@@ -261,9 +276,45 @@ def get_runner_class(framework: str) -> Type[Runner]:
     return runner_class(framework)
 
 
-def runner_options(framework: str, ms_mode: str = "graph") -> dict:
-    """A framework's own runner options from the commands' shared ones (:meth:`Runner.options_from`)."""
-    return runner_class(framework).options_from(ms_mode=ms_mode)
+def runner_options(framework: str, settings: Optional[dict] = None) -> dict:
+    """A framework's runner keyword arguments from a command's runner settings
+    (:meth:`Runner.options_from`; ``None``: every default)."""
+    return runner_class(framework).options_from(settings or {})
+
+
+def _arguments():
+    seen = set()
+    for name in RUNNERS:
+        for flags, keywords in _load(name).arguments():
+            if flags not in seen:
+                seen.add(flags)
+                yield flags, keywords
+
+
+def add_runner_arguments(parser) -> None:
+    """Every framework's own options (:meth:`Runner.arguments`) on a command's parser or group."""
+    for flags, keywords in _arguments():
+        parser.add_argument(*flags, **keywords)
+
+
+def runner_settings(args) -> dict:
+    """The values of every framework's own options from parsed ``args`` (defaults where a
+    command does not offer them), by ``dest``: what a request carries to its runners."""
+    out = {}
+    for flags, keywords in _arguments():
+        dest = keywords.get("dest") or flags[0].lstrip("-").replace("-", "_")
+        out[dest] = getattr(args, dest, keywords.get("default"))
+    return out
+
+
+def runner_argv(settings: dict) -> List[str]:
+    """``settings`` as command-line options again (for a command that starts another)."""
+    argv = []
+    for flags, keywords in _arguments():
+        dest = keywords.get("dest") or flags[0].lstrip("-").replace("-", "_")
+        if settings.get(dest) is not None:
+            argv += [flags[0], str(settings[dest])]
+    return argv
 
 
 def make_runner(framework: str, device: str = "cpu", threads: Optional[int] = None, **options) -> Runner:
@@ -291,7 +342,7 @@ def world_from_env(framework: str, env=None) -> World:
 
 
 def make_trainer(framework: str, cfg: I3DNLConfig, recipe, weights: Dict[str, np.ndarray], *, steps_per_epoch: int,
-                 total_steps: Optional[int] = None, device: str = "cpu", ms_mode: str = "graph",
+                 total_steps: Optional[int] = None, device: str = "cpu", settings: Optional[dict] = None,
                  threads: Optional[int] = None, float64: bool = False, return_grads: bool = False,
                  world: Optional[World] = None, seed: int = 0, sync_bn: bool = False):
     """A framework's trainer (:meth:`Runner.trainer`), its process prepared by its runner (MindSpore's
@@ -303,7 +354,7 @@ def make_trainer(framework: str, cfg: I3DNLConfig, recipe, weights: Dict[str, np
         trainer.weights(); trainer.gradients(); trainer.momentum_buffers()   # canonical names
         trainer.save(path, meta); trainer.load(path)
     """
-    runner = make_runner(framework, device=device, threads=threads, **runner_options(framework, ms_mode))
+    runner = make_runner(framework, device=device, threads=threads, **runner_options(framework, settings))
     try:
         trainer = runner.trainer(cfg, recipe, weights, steps_per_epoch=steps_per_epoch, total_steps=total_steps,
                                  float64=float64, return_grads=return_grads, world=world or World(), seed=seed,

@@ -93,8 +93,14 @@ class MindSporeRunner(Runner):
         return configure_onednn_isa()
 
     @classmethod
-    def options_from(cls, ms_mode: str = "graph") -> dict:
-        return {"mode": ms_mode}
+    def arguments(cls):
+        return ((("--ms-mode",), dict(choices=list(cls.MODES), default="graph",
+                                      help="MindSpore's execution mode: graph (compiled) or pynative (eager); "
+                                           "ignored by the other frameworks (default graph)")),)
+
+    @classmethod
+    def options_from(cls, settings=None) -> dict:
+        return {"mode": (settings or {}).get("ms_mode") or "graph"}
 
     @classmethod
     def world_from_env(cls, env):

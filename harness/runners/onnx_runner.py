@@ -132,12 +132,21 @@ class OnnxRunner(Runner):
     float64 = False
 
     @classmethod
-    def options_from(cls, ms_mode: str = "graph", onnx_exporter: Optional[str] = None,
-                     onnx_opset: Optional[int] = None, **_) -> dict:
+    def arguments(cls):
+        return ((("--onnx-exporter",), dict(default=None, metavar="|".join(EXPORTERS),
+                                            help="ONNX Runtime: the framework whose exporter writes the graph it runs "
+                                                 "(default torch, or $NLPARITY_ONNX_EXPORTER)")),
+                (("--onnx-opset",), dict(type=int, default=None,
+                                         help="ONNX Runtime with the torch exporter: the ONNX opset (default 17, or "
+                                              "$NLPARITY_ONNX_OPSET; MindSpore's exporter writes 11)")))
+
+    @classmethod
+    def options_from(cls, settings=None) -> dict:
         """The exporter and opset: a command's ``--onnx-exporter`` / ``--onnx-opset`` where it has
         them, else ``$NLPARITY_ONNX_EXPORTER`` / ``$NLPARITY_ONNX_OPSET``, else torch at opset 17."""
-        exporter = choose_exporter(onnx_exporter)
-        return {"exporter": exporter, "opset": choose_opset(onnx_opset, exporter)}
+        settings = settings or {}
+        exporter = choose_exporter(settings.get("onnx_exporter"))
+        return {"exporter": exporter, "opset": choose_opset(settings.get("onnx_opset"), exporter)}
 
     # ------------------------------------------------------------------ its bench configurations (harness.bench)
     @classmethod
