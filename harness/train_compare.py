@@ -211,7 +211,7 @@ def cross_entropy_reference(logits: np.ndarray, labels: np.ndarray) -> float:
 # --------------------------------------------------------------------- kinks, explained
 def explain_flips(target: Dict[str, np.ndarray], base: Dict[str, np.ndarray], gradients_with,
                   kinks: Dict[str, np.ndarray], sites: Dict[str, List[str]], tolerance: float,
-                  scales: Dict[str, float], order: List[str], max_rounds: int = 4, max_passes: int = 24
+                  scales: Dict[str, float], order: List[str], max_rounds: int = 8, max_passes: int = 40
                   ) -> Tuple[Dict[str, np.ndarray], Dict[str, np.ndarray], List[dict]]:
     """The ReLU / max-pool decisions ``target`` (a float32 step's gradients) took the other way.
 
@@ -220,36 +220,33 @@ def explain_flips(target: Dict[str, np.ndarray], base: Dict[str, np.ndarray], gr
     within float32 rounding of their kink) taken the other way; ``sites`` maps each site to
     the parameters whose rows it touches first (:func:`frameworks.spec.arch.kink_sites`).
 
-    While some gradient's error exceeds ``tolerance`` (scaled), the latest failing
-    parameter in forward ``order`` points at the sites that could be responsible (a decision
-    changes the gradients at and before its site, never after); for each, the float64
-    gradients with all its kinks flipped give the change each channel's kinks make to the
-    site's first parameters, and a channel is taken as flipped only if that change
+    While some gradient's error exceeds ``tolerance`` (scaled), the sites are tried in the
+    order of the error left in their own first parameters (a flipped decision moves its own
+    channel's rows by far the most; everything upstream only a little): for each, the
+    float64 gradients with all its kinks flipped give the change each channel's kinks make
+    to the site's first parameters, and a channel is taken as flipped only if that change
     reproduces ``target``'s own difference there (within half of it). Channels holding
-    several kinks whose flips together do not match are tried kink by kink. The search
-    stops when every gradient is within tolerance, when nothing more matches, or after
-    ``max_passes`` recomputations. Returns (the flips, the float64 gradients with them, and
-    one record per flipped channel: site, channel, kinks flipped)."""
+    several kinks whose flips together do not match are tried kink by kink. The search stops
+    when every gradient is within tolerance, when no site matches, or after ``max_passes``
+    recomputations. Returns (the flips, the float64 gradients with them, and one record per
+    flipped channel: site, channel, kinks flipped)."""
     flips: Dict[str, np.ndarray] = {}
     current = base
     found: List[dict] = []
-    position = {n: i for i, n in enumerate(order)}
     passes = 0
     for _ in range(max_rounds):
-        failing = {n for n in order if _error(target[n], current[n], scales[n]) > tolerance}
-        if not failing:
+        errors = {n: _error(target[n], current[n], scales[n]) for n in order}
+        if max(errors.values()) <= tolerance:
             break
         candidates = []
         for site, params in sites.items():
             mask = kinks.get(site)
-            if mask is None:
-                continue
-            remaining = mask & ~flips.get(site, np.zeros_like(mask))
-            hit = [position[p] for p in params if p in failing]
-            if remaining.any() and hit:
-                candidates.append((max(hit), site, remaining))
+            remaining = None if mask is None else mask & ~flips.get(site, np.zeros_like(mask))
+            own = max(errors[p] for p in params)
+            if remaining is not None and remaining.any() and own > tolerance:
+                candidates.append((own, site, remaining))
         added = False
-        for _, site, remaining in sorted(candidates, key=lambda c: -c[0])[:3]:
+        for _, site, remaining in sorted(candidates, key=lambda c: -c[0]):
             if passes >= max_passes:
                 break
             accepted, used = _match_site(site, remaining, flips, current, target, gradients_with, sites[site],
@@ -258,7 +255,9 @@ def explain_flips(target: Dict[str, np.ndarray], base: Dict[str, np.ndarray], gr
             for channel, mask in accepted:
                 flips[site] = flips.get(site, np.zeros_like(remaining)) | mask
                 found.append({"site": site, "channel": int(channel), "kinks": int(mask.sum())})
+            if accepted:
                 added = True
+                break
         if not added or passes >= max_passes:
             break
         current = gradients_with(flips)
@@ -297,7 +296,7 @@ def _match_site(site, remaining, flips, current, target, gradients_with, params,
             accepted.append((channel, in_channel))
             continue
         elements = np.argwhere(in_channel)
-        if len(elements) < 2 or len(elements) > 4:
+        if len(elements) < 2 or len(elements) > 8:
             continue
         for element in elements:        # several kinks in the channel: one of them alone?
             if used >= budget:

@@ -232,7 +232,7 @@ def run(req: TrainParityRequest, workdir: str, progress=print) -> dict:
     checks; returns their parts (see :func:`to_json`)."""
     from harness.checkpoints.io import write_npz
     from harness.runners import FLOAT64_BY, runner_options
-    from harness.checkpoints.io import read_arrays
+    from harness.checkpoints.io import open_arrays
     from harness.runners.child import Job, Task, run_job
 
     weights, label = start_weights(req)
@@ -258,7 +258,7 @@ def run(req: TrainParityRequest, workdir: str, progress=print) -> dict:
                                  reference=ref_out)
     records["judge"] = child("judge", FLOAT64_BY, ["judge"], reference=ref_out,
                              candidate_outputs=records["candidate"]["out"], tolerance=TOLERANCES["step_grad"])
-    arrays = {role: read_arrays(records[role]["out"]) for role in ("reference", "candidate")}
+    arrays = {role: open_arrays(records[role]["out"]) for role in ("reference", "candidate")}   # a few are read
     rungs = {"components": components_rung(req, weights, inputs, records, arrays),
              "optimizer": optimizer_rung(req, records, arrays),
              "step": step_rung(req, records["judge"]["judge"])}

@@ -337,6 +337,13 @@ def read_arrays(path: str) -> Dict[str, np.ndarray]:
         return {k: z[k] for k in z.files}
 
 
+def open_arrays(path: str):
+    """The same file, each array read when it is asked for (a mapping: ``arrays[name]``,
+    ``.items()``): training parity's files hold a network's weights several times over, and a
+    reader that needs a few of them should not hold them all."""
+    return np.load(path, allow_pickle=False)
+
+
 def write_npz(path: str, arrays: Dict[str, np.ndarray]) -> None:
     """An ``.npz`` that ``np.load`` reads like ``np.savez``'s, but with fixed zip timestamps,
     so that the same arrays always give the same bytes; replaced atomically."""

@@ -122,8 +122,9 @@ class Judge:
             runs[role] = {"losses": [float(arrays[f"trajectory/{k + 1}/loss"]) for k in range(work.steps)],
                           "final": {n: arrays[f"trajectory/final/{n}"] for n in parameter_specs(self.cfg)},
                           "momentum": {n: arrays[f"trajectory/momentum/{n}"] for n in self.names},
-                          "states": [state_before(arrays, work.weights, k) for k in range(work.steps)],
-                          "steps": [step_arrays(arrays, f"trajectory/{k + 1}", self.cfg) for k in range(work.steps)]}
+                          # read one step at a time (a state and a step's gradients: a network's weights each)
+                          "state": lambda k, a=arrays: state_before(a, work.weights, k),
+                          "step": lambda k, a=arrays: step_arrays(a, f"trajectory/{k + 1}", self.cfg)}
         out: Dict[str, dict] = {}
         plain = None
         for role in ROLES:
@@ -152,13 +153,13 @@ class Judge:
             steps.append({"loss": loss, "grad": trainer.gradients(),
                           "stat": {n: v for n, v in trainer.weights().items() if is_running_statistic(n)}})
         return {"losses": [s["loss"] for s in steps], "final": trainer.weights(),
-                "momentum": trainer.momentum_buffers(), "states": states, "steps": steps}
+                "momentum": trainer.momentum_buffers(), "state": states.__getitem__, "step": steps.__getitem__}
 
     def _trajectory_flips(self, run: dict) -> List[Dict[str, np.ndarray]]:
         flips = []
         for k in range(self.work.steps):
-            truth = self._truth(run["states"][k], k)
-            flips.append(self._explain(truth, run["steps"][k])["_masks"])
+            truth = self._truth(run["state"](k), k)
+            flips.append(self._explain(truth, run["step"](k))["_masks"])
         return flips
 
     def _float64_trajectory(self, flips: Optional[List[Dict[str, np.ndarray]]]) -> dict:

@@ -16,7 +16,7 @@ def state_before(states: Dict[str, np.ndarray], start: Dict[str, np.ndarray], k:
     if k == 0:
         return start
     prefix = f"trajectory/state{k}/"
-    return {n[len(prefix):]: v for n, v in states.items() if n.startswith(prefix)}
+    return {n[len(prefix):]: states[n] for n in states.keys() if n.startswith(prefix)}   # only this state read
 
 
 def save_step(prefix: str, trainer, loss: float) -> Dict[str, np.ndarray]:

@@ -150,10 +150,10 @@ class _Work:
                         "bn_momentum": trainer.bn_momentum()}
 
     def isolated(self):
-        from harness.checkpoints.io import read_arrays
+        from harness.checkpoints.io import open_arrays
 
         trainer = self.stepper()
-        states = read_arrays(self.task.reference) if self.task.reference else {}
+        states = open_arrays(self.task.reference) if self.task.reference else {}
         arrays: Dict[str, np.ndarray] = {}
         losses = []
         for k in range(self.steps):
@@ -165,12 +165,12 @@ class _Work:
 
     # ------------------------------------------------------------------ the float64 judge (torch)
     def judge(self):
-        from harness.checkpoints.io import read_arrays
+        from harness.checkpoints.io import open_arrays
         from harness.runners.torch_judge import Judge
 
         if not self.runner.float64:
             raise RunnerError(f"the float64 judge runs in {FLOAT64_BY}, not {self.job.framework}")
-        judge = Judge(self, read_arrays(self.task.reference), read_arrays(self.task.candidate_outputs),
+        judge = Judge(self, open_arrays(self.task.reference), open_arrays(self.task.candidate_outputs),
                       tolerance=float(self.task.tolerance or 0.0))
         return {}, judge.run()
 
