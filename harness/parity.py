@@ -64,36 +64,72 @@ NOISE_FLOOR_FACTOR = 5.0   # --noise-floor: tolerance = this x the reference's f
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The options most runs need first, the rest in groups; the long text after them."""
+    intro, _, details = __doc__.partition("\n\nWeights: ")
+    p = OneLineParser(prog="python -m harness.parity", description=intro,
+                      epilog=(f"Weights: {details}\n" if details else "") + COLUMNS,
+                      formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--frameworks", default="torch,ms",
+                   help=f"comma-separated: {names_help()} (default torch,ms); the first is the reference "
+                        "unless --reference is given")
+    p.add_argument("--reference", help="the implementation every other one is compared with (mmaction2, or one "
+                                       "of the frameworks; default: the first of --frameworks)")
+    p.add_argument("--checkpoint", help="weights for every framework: a file in any format harness.convert reads, "
+                                        "or a fetched registry name (default: seeded random weights)")
+    p.add_argument("--input-shape", type=clip_shape, default=(1, 3, 32, 224, 224), metavar="N,C,T,H,W",
+                   help="shape of the seeded random clip (default 1,3,32,224,224)")
+    p.add_argument("--mode", choices=["propagated", "isolated"], default="propagated",
+                   help="propagated (default): each framework runs end to end; isolated: every layer of a "
+                        "candidate runs on the reference's input to that layer, showing each layer's own error")
+    p.add_argument("--json", metavar="OUT", help="write the comparison as JSON (default: none)")
+    p.add_argument("--train-steps", type=positive_int, metavar="K",
+                   help="training parity instead of a forward pass: the loss, first BN and dropout alone; "
+                        "the optimiser alone on given gradients; each of K steps from the same state (loss, "
+                        "every gradient and BN statistic, against torch float64, kinks named); the K-step "
+                        "trajectory against the float32 floor band; --input-shape is each step's batch "
+                        "(default 2,3,8,64,64); see harness/train_parity.py and the group below")
+    _network_options(p.add_argument_group("network and weights"))
+    _port_options(p.add_argument_group("your own port (its weights, its model or its saved outputs)"))
+    _input_and_tolerance_options(p)
+    run = p.add_argument_group("run")
+    run.add_argument("--no-explain", action="store_true",
+                     help="on a failure, do not rerun isolated and drill into the failing layer (default: explain)")
+    add_device(run)
+    add_runner_arguments(p.add_argument_group("framework options"))
+    _output_options(p.add_argument_group("saved outputs and weights"), p.add_argument_group("output"))
+    train = p.add_argument_group("training-step parity (with --train-steps; harness.train_parity)")
+    train.add_argument("--recipe", choices=list(RECIPES), metavar="RECIPE",
+                       help=f"the training recipe, one of {', '.join(RECIPES)} (default {DEFAULT_RECIPE})")
+    train.add_argument("--threads", type=positive_int, default=1,
+                       help="threads of each framework process (default 1: repeatable, and steady on a shared "
+                            "machine)")
+    return p
+
+
+def _network_options(net) -> None:
     from harness.checkpoints.safe_pickle import TRUST_HELP
 
-    p = OneLineParser(prog="python -m harness.parity", description=__doc__, epilog=COLUMNS,
-                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    net = p.add_argument_group("the network and its weights")
     net.add_argument("--arch", choices=list(PRESETS), metavar="PRESET",
                      help=f"architecture preset (default: the checkpoint's, from its registry entry or the "
                           f"arch convert recorded beside it; else {DEFAULT_PRESET}; one of: {', '.join(PRESETS)})")
     net.add_argument("--depth", type=int, choices=[50, 101], help="override the preset's depth (default: the preset's)")
     net.add_argument("--num-classes", type=int, help="override the preset's number of classes (default: the preset's)")
-    net.add_argument("--checkpoint", help="weights for every framework: a file in any format harness.convert reads, "
-                                          "or a fetched registry name (default: seeded random weights)")
-    net.add_argument("--weights", action="append", default=[], metavar="FRAMEWORK=FILE",
-                     help="weights for one framework only (repeatable), e.g. --weights torch=orig.pth "
-                          "--weights ms=mine.ckpt; the others use --checkpoint or seeded weights")
     net.add_argument("--trust-checkpoint", action="store_true",
                      help=TRUST_HELP.replace("the weights file", "--checkpoint / --weights files"))
-    who = p.add_argument_group("what is compared")
-    who.add_argument("--frameworks", default="torch,ms",
-                     help=f"comma-separated: {names_help()} (default torch,ms); the first is the reference "
-                          "unless --reference is given")
-    who.add_argument("--reference", help="the implementation every other one is compared with (mmaction2, or one "
-                                         "of the frameworks; default: the first of --frameworks)")
-    who.add_argument("--candidate", action="append", default=[], metavar="NAME=SOURCE",
-                     help="also compare your own port: SOURCE is a .npz of outputs (harness.outputs' schema), "
-                          "[ms:]module:function building your torch / MindSpore network, or your exported "
-                          "model.onnx[:layers.json] (harness.runners.plugin); repeatable")
-    clip = p.add_argument_group("the input")
-    clip.add_argument("--input-shape", type=clip_shape, default=(1, 3, 32, 224, 224), metavar="N,C,T,H,W",
-                      help="shape of the seeded random clip (default 1,3,32,224,224)")
+
+
+def _port_options(port) -> None:
+    port.add_argument("--weights", action="append", default=[], metavar="FRAMEWORK=FILE",
+                      help="weights for one framework only (repeatable), e.g. --weights torch=orig.pth "
+                           "--weights ms=mine.ckpt; the others use --checkpoint or seeded weights")
+    port.add_argument("--candidate", action="append", default=[], metavar="NAME=SOURCE",
+                      help="also compare your own port: SOURCE is a .npz of outputs (harness.outputs' schema), "
+                           "[ms:]module:function building your torch / MindSpore network, or your exported "
+                           "model.onnx[:layers.json] (harness.runners.plugin); repeatable")
+
+
+def _input_and_tolerance_options(p) -> None:
+    clip = p.add_argument_group("input")
     clip.add_argument("--input", help="a float32 clip (N,C,T,H,W) saved with numpy.save, instead of a random one")
     clip.add_argument("--seed", type=int, default=0, help="seed for the random clip and weights (default 0)")
     tol = p.add_argument_group("tolerances")
@@ -108,41 +144,22 @@ def build_parser() -> argparse.ArgumentParser:
     tol.add_argument("--noise-floor", action="store_true",
                      help=f"also run torch in float64 and set each layer's atol to {NOISE_FLOOR_FACTOR:g}x the "
                           "reference's own float32 error against it: tolerances for your weights (default: off)")
-    run = p.add_argument_group("how")
-    run.add_argument("--mode", choices=["propagated", "isolated"], default="propagated",
-                     help="propagated (default): each framework runs end to end; isolated: every layer of a "
-                          "candidate runs on the reference's input to that layer, showing each layer's own error")
-    run.add_argument("--no-explain", action="store_true",
-                     help="on a failure, do not rerun isolated and drill into the failing layer (default: explain)")
-    add_device(run)
-    add_runner_arguments(run)
-    out = p.add_argument_group("output")
-    out.add_argument("--json", metavar="OUT", help="write the comparison as JSON (default: none)")
+
+
+def _output_options(saved, out) -> None:
+    saved.add_argument("--save-outputs", metavar="DIR", help="keep <name>.npz (every intermediate, logits, input)")
+    saved.add_argument("--stats-only", action="store_true",
+                       help="with --save-outputs: keep per-layer statistics (min, max, mean, std, mean |x|, "
+                            "non-finite count) instead of the arrays, about 200x smaller; compared as statistics "
+                            "later")
+    saved.add_argument("--load-outputs", metavar="DIR",
+                       help="compare outputs saved earlier (<name>.npz); run nothing")
+    saved.add_argument("--save-weights", metavar="FILE.npz",
+                       help="keep the weights every framework ran (canonical names): the seeded random ones, "
+                            "or the checkpoint's; any command that takes --checkpoint reads them")
     out.add_argument("--only-failures", action="store_true", help="print only the layers that fail or are flagged")
-    out.add_argument("--save-outputs", metavar="DIR", help="keep <name>.npz (every intermediate, logits, input)")
-    out.add_argument("--stats-only", action="store_true",
-                     help="with --save-outputs: keep per-layer statistics (min, max, mean, std, mean |x|, non-finite "
-                          "count) instead of the arrays, about 200x smaller; compared as statistics later")
-    out.add_argument("--load-outputs", metavar="DIR", help="compare outputs saved earlier (<name>.npz); run nothing")
-    out.add_argument("--save-weights", metavar="FILE.npz",
-                     help="keep the weights every framework ran (canonical names): the seeded random ones, "
-                          "or the checkpoint's; any command that takes --checkpoint reads them")
-    train = p.add_argument_group("training-step parity (harness.train_parity)")
-    train.add_argument("--train-steps", type=positive_int, metavar="K",
-                       help="training parity instead of a forward pass: the loss, first BN and dropout alone; "
-                            "the optimiser alone on given gradients; each of K steps from the same state (loss, "
-                            "every gradient and BN statistic, against torch float64, kinks named); the K-step "
-                            "trajectory against the float32 floor band; --input-shape is each step's batch "
-                            "(default 2,3,8,64,64); see harness/train_parity.py")
-    train.add_argument("--recipe", choices=list(RECIPES), metavar="RECIPE",
-                       help=f"with --train-steps: the training recipe, one of {', '.join(RECIPES)} "
-                            f"(default {DEFAULT_RECIPE})")
-    train.add_argument("--threads", type=positive_int, default=1,
-                       help="with --train-steps: threads of each framework process (default 1: repeatable, "
-                            "and steady on a shared machine)")
-    p.add_argument("-q", "--quiet", action="store_true", help="only the verdicts (default: the tables)")
-    add_verbose(p)
-    return p
+    out.add_argument("-q", "--quiet", action="store_true", help="only the verdicts (default: the tables)")
+    add_verbose(out)
 
 
 @dataclass
