@@ -51,7 +51,6 @@ INCONCLUSIVE (or a child run failed its own check), 2 bad input (one line).
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import math
 import os
@@ -69,7 +68,7 @@ from harness.provenance import result_doc, utc_now
 from harness.cli import (add_verbose, int_list, OneLineParser, positive_int, positive_seconds, run_main,
                          setup_logging, tolerance)
 from harness.runners import add_runner_arguments, runner_argv, runner_settings
-from harness.files import atomic_write_json, check_output_dir, check_output_path
+from harness.files import atomic_write_json, check_output_dir, check_output_path, sha256_file
 
 # the demo's test size (harness/demo.py): the seed's pipelines at 8 frames of 48x48
 DEFAULT_OVERRIDES = ("clip_len=8", "short_edge=54", "crop_size=48")
@@ -292,7 +291,7 @@ def build_parser() -> argparse.ArgumentParser:
                       help="no torch run with the candidate's oneDNN ISA in the band (by default there is one "
                            f"when the candidate ran with another {ISA_VARIABLE} than torch, e.g. MindSpore's AVX2 "
                            "cap on an AVX-512 CPU)")
-    add_runner_arguments(runs)
+    add_runner_arguments(runs, "trains")
     runs.add_argument("--multiple", type=tolerance, default=DEFAULT_MULTIPLE,
                       help=f"the candidate may leave the reference by this many bands (default {DEFAULT_MULTIPLE:g})")
     runs.add_argument("--floor", type=tolerance, default=DEFAULT_FLOOR,
@@ -390,14 +389,6 @@ def _load() -> Optional[float]:
         return None
 
 
-def _sha256(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def prepare_dataset(req: AlignRequest) -> dict:
     """The dataset's description: made here, or the given root's CSVs."""
     root, generated, description, made = req.data_root, req.data_root is None, None, None
@@ -420,7 +411,7 @@ def prepare_dataset(req: AlignRequest) -> dict:
         with open(path) as f:
             rows[s] = sum(1 for line in f if line.strip()) - 1
     return {"root": root, "generated": generated, "description": description, "made_by": made,
-            "csv_sha256": {s: _sha256(p) for s, p in csvs.items()}, "csv_rows": rows}
+            "csv_sha256": {s: sha256_file(p) for s, p in csvs.items()}, "csv_rows": rows}
 
 
 def env_text(run: Run) -> str:

@@ -69,7 +69,7 @@ from harness.drift_data import SharedSampling, decode_views, sampling_key
 from harness.cli import add_allow_outside_root, caveats_to_stdout, say
 from harness.runners import add_runner_arguments, names_help, runner_settings
 from harness.files import MadeFolders, undone_on_failure
-from harness.files import atomic_write_json, check_input_file, check_output_dir, os_reason
+from harness.files import atomic_write_json, check_output_dir, os_reason, read_json_input
 from harness.text import printable
 
 # a field named so is never a difference, metadata or not (the arch config carries no metadata)
@@ -342,14 +342,31 @@ def evaluate_command(run: RunSpec, plan: Plan, ctx: "Context") -> Optional[List[
 
 # ----------------------------------------------------------------------------- CLI
 def build_parser() -> argparse.ArgumentParser:
-    from harness.checkpoints.safe_pickle import TRUST_HELP
-
+    """The two presets, the weights, the data and the result first; the rest in groups."""
     p = OneLineParser(prog="python -m harness.drift", description=__doc__,
                       formatter_class=argparse.RawDescriptionHelpFormatter)
-    what = p.add_argument_group("the two sides")
-    what.add_argument("--from", dest="from_preset", choices=list(DATA_PRESETS), metavar="PRESET",
-                      help=f"data preset A (one of {', '.join(DATA_PRESETS)})")
-    what.add_argument("--to", dest="to_preset", choices=list(DATA_PRESETS), metavar="PRESET", help="data preset B")
+    p.add_argument("--from", dest="from_preset", choices=list(DATA_PRESETS), metavar="PRESET",
+                   help=f"data preset A (one of {', '.join(DATA_PRESETS)})")
+    p.add_argument("--to", dest="to_preset", choices=list(DATA_PRESETS), metavar="PRESET", help="data preset B")
+    p.add_argument("--checkpoint", help="weights (any format harness.convert reads, or a registry name)")
+    p.add_argument("--data-root", help="dataset root (the seed's Kinetics layout)")
+    p.add_argument("--framework", default="torch", help=f"{names_help('evaluates')} (default torch)")
+    p.add_argument("--out", help="result JSON (default runs/drift_<from>_to_<to>.json); each step's run goes "
+                                 "to <out without .json>.steps/")
+    p.add_argument("--list", action="store_true", help="print the differences and the steps, run nothing")
+    _sides_options(p.add_argument_group("the two sides, further"))
+    _evaluation_options(p.add_argument_group("data and network (as harness.evaluate)"))
+    _speed_options(p.add_argument_group("speed, sharding and resuming"))
+    add_runner_arguments(p.add_argument_group("framework options"))
+    out = p.add_argument_group("output")
+    out.add_argument("--plot", help="waterfall plot PNG (default <out without .json>.png)")
+    out.add_argument("--no-plot", action="store_true", help="no plot")
+    out.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    add_verbose(out)
+    return p
+
+
+def _sides_options(what) -> None:
     what.add_argument("--arch-from", choices=list(ARCH_PRESETS), metavar="ARCH",
                       help=f"arch of A (default: the checkpoint's registry entry or sidecar, else {DEFAULT_PRESET})")
     what.add_argument("--arch-to", choices=list(ARCH_PRESETS), metavar="ARCH",
@@ -363,34 +380,28 @@ def build_parser() -> argparse.ArgumentParser:
     what.add_argument("--order", metavar="D1,D2,...",
                       help="the cumulative path's order: these differences first (names as --list prints them), "
                            "the rest in spec order")
-    what.add_argument("--list", action="store_true", help="print the differences and the steps, run nothing")
-    run = p.add_argument_group("evaluation (as harness.evaluate)")
-    run.add_argument("--checkpoint", help="weights (any format harness.convert reads, or a registry name)")
+
+
+def _evaluation_options(run) -> None:
+    from harness.checkpoints.safe_pickle import TRUST_HELP
+
     run.add_argument("--trust-checkpoint", action="store_true", help=TRUST_HELP.replace("the weights file", "--checkpoint"))
-    run.add_argument("--framework", default="torch", help=f"{names_help('evaluates')} (default torch)")
-    run.add_argument("--data-root", help="dataset root (the seed's Kinetics layout)")
     run.add_argument("--split", default="val", help="split name (default val)")
     run.add_argument("--annotations", help="annotation file: the split's CSV, or an mmaction2 list file (.txt)")
     add_allow_outside_root(run)
     run.add_argument("--num-classes", type=num_classes, help="override the arch's number of classes")
     run.add_argument("--limit", type=positive_int, help="only the first N videos of the index")
+
+
+def _speed_options(run) -> None:
     run.add_argument("--batch-size", type=positive_int, default=1, help="videos per forward pass (default 1)")
     run.add_argument("--workers", type=nonnegative_int, default=2, help="decoding processes (default 2; 0 = in process)")
     add_device(run)
-    add_runner_arguments(run)
     run.add_argument("--threads", type=positive_int, help="framework threads (default: cores / shards)")
     run.add_argument("--shard", metavar="I/N", help="run shard I of N (default: from the launcher's env)")
     run.add_argument("--chunk-videos", type=positive_int, default=32, help="videos per saved score chunk (default 32)")
     run.add_argument("--resume", action="store_true", help="continue every step from the chunks already saved")
-    out = p.add_argument_group("outputs")
-    out.add_argument("--out", help="result JSON (default runs/drift_<from>_to_<to>.json); each step's run goes "
-                                   "to <out without .json>.steps/")
-    out.add_argument("--plot", help="waterfall plot PNG (default <out without .json>.png)")
-    out.add_argument("--no-plot", action="store_true", help="no plot")
-    out.add_argument("--merge", nargs="+", metavar="SHARD", help="merge drift shard results (needs --out)")
-    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
-    add_verbose(p)
-    return p
+    run.add_argument("--merge", nargs="+", metavar="SHARD", help="merge drift shard results (needs --out)")
 
 
 @dataclass
@@ -973,14 +984,7 @@ def _shard_results(items: List[str]) -> List[dict]:
     """The drift results to merge (each with its ``_path``); anything else is bad input."""
     docs = []
     for path in score_store.summary_files(items):
-        check_input_file(path, "shard result")
-        try:
-            with open(path) as f:
-                doc = json.load(f)
-        except OSError as exc:
-            raise InputError(f"cannot read {printable(path)}: {os_reason(exc)}") from None
-        except ValueError as exc:
-            raise InputError(f"{printable(path)} is not a harness.drift result (not JSON: {exc})") from None
+        doc = read_json_input(path, "a harness.drift result")
         if not isinstance(doc, dict) or doc.get("kind") != "drift":
             raise InputError(f"{printable(path)} is not a harness.drift result")
         doc["_path"] = path

@@ -126,6 +126,38 @@ def os_reason(exc: OSError) -> str:
     return _OS_REASONS.get(exc.errno) or (exc.strerror or str(exc)).lower()
 
 
+def sha256_file(path: str, chunk: int = 1 << 20) -> str:
+    """The hex sha256 of a file's bytes, read a block at a time (OSError as it comes)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(chunk), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def read_json_input(path: str, what: str, error=None):
+    """An input file holding JSON, read whole: a missing or unreadable file and text that is not
+    JSON are each one line (``error``, default :class:`harness.errors.InputError`) naming
+    ``what`` it should have been; the caller checks the shape it needs."""
+    from harness.errors import InputError
+    from harness.text import printable
+
+    error = error or InputError
+    try:
+        check_input_file(path, what)
+    except OutputPathError as exc:
+        raise error(str(exc)) from None
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except OSError as exc:
+        raise error(f"cannot read {what} {printable(path)}: {os_reason(exc)}") from None
+    except ValueError as exc:
+        raise error(f"{printable(path)} is not {what} (not JSON: {str(exc).splitlines()[0]})") from None
+
+
 def describe_os_error(exc: OSError) -> str:
     """One line: which file, and what went wrong, in words (``x.json: no space left on the disk``)."""
     name = exc.filename if isinstance(exc.filename, str) else ""

@@ -37,6 +37,7 @@ import numpy as np
 
 from harness import metrics
 from harness.errors import InputError
+from harness.files import sha256_file
 
 FRAMEWORK_NAMES = {"torch": "PyTorch", "ms": "MindSpore", "mmaction2": "mmaction2"}
 
@@ -64,14 +65,6 @@ def kind_of(doc: dict) -> Optional[str]:
     if isinstance(doc.get("kind"), str):
         return doc["kind"]
     return next((kind for kind, test in _LEGACY_KINDS if test(doc)), None)
-
-
-def sha256_of(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 @dataclass
@@ -216,7 +209,7 @@ class Evaluation:
 def _scores_digest(scores_dir: str) -> str:
     h = hashlib.sha256()
     for path in sorted(glob.glob(os.path.join(scores_dir, "chunk-*.npz"))):
-        h.update(os.path.basename(path).encode() + b"\0" + sha256_of(path).encode() + b"\0")
+        h.update(os.path.basename(path).encode() + b"\0" + sha256_file(path).encode() + b"\0")
     return h.hexdigest()
 
 

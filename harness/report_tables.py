@@ -13,11 +13,12 @@ import re
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
+from harness.files import sha256_file
 from harness.report_training import alignment_rows, training_parity_rows
 from harness.report_inputs import (STAGES, Evaluation, Scan, Source, agreement, bench_records, device_label,
                                    framework_name, generated_roots, is_training, layer_error, loss_curve,
                                    median_step_s, near_zero_reference, number, p90_step_s, parity_blocks,
-                                   peak_memory_gib, per_class_top1, read_evaluation, scan, sha256_of, stage_of,
+                                   peak_memory_gib, per_class_top1, read_evaluation, scan, stage_of,
                                    train_record)
 
 ROWS = ("caffe", "pytorch", "mindspore")
@@ -647,7 +648,7 @@ def build_report(results_dir: str) -> dict:
     reg = registry_path()
     return {
         "kind": "report", "generated": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "results": results_dir, "registry": {"path": reg, "sha256": sha256_of(reg)},
+        "results": results_dir, "registry": {"path": reg, "sha256": sha256_file(reg)},
         "units": {"accuracy": "percent", "delta": "percentage points", "agreement": "percent of common videos",
                   "parity error": "max |difference| / max |reference| of the layer",
                   "latency": "ms per forward pass of the batch", "memory": "GiB"},

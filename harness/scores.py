@@ -30,8 +30,8 @@ import numpy as np
 from harness import metrics
 from harness.errors import InputError
 from harness.provenance import provenance, utc_now
-from harness.files import (atomic_path, atomic_write_json, check_input_file, check_output_dir,
-                           check_output_path, describe_os_error, json_safe, os_reason)
+from harness.files import (atomic_path, atomic_write_json, check_output_dir, check_output_path,
+                           describe_os_error, json_safe, os_reason, read_json_input)
 
 SUMMARY_VERSION = 2
 # What must be equal for two sessions (a resume) or two shards (a merge) to be one run:
@@ -336,14 +336,7 @@ def summarize(scores_dir: str, identity: dict, index_faults: List[dict], extra: 
 
 # ----------------------------------------------------------------------------- loading summaries
 def load_summary(path: str) -> dict:
-    check_input_file(path, "summary")
-    try:
-        with open(path) as f:
-            doc = json.load(f)
-    except OSError as exc:
-        raise InputError(f"cannot read summary {path}: {os_reason(exc)}") from None
-    except ValueError as exc:
-        raise InputError(f"{path} is not a harness.evaluate summary (not JSON: {exc})") from None
+    doc = read_json_input(path, "a harness.evaluate summary")
     if not isinstance(doc, dict) or "summary_version" not in doc or "scores" not in doc:
         raise InputError(f"{path} is not a harness.evaluate summary")
     doc["_scores_dir"] = os.path.join(os.path.dirname(os.path.abspath(path)), doc["scores"])

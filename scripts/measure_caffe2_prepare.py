@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import hashlib
 import json
 import os
 import platform
@@ -39,17 +38,10 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from frameworks.spec import transforms as tf  # noqa: E402
 from frameworks.spec.data_presets import get_data_preset  # noqa: E402
+from harness.files import sha256_file  # noqa: E402
 
 TARGET = 256
 SCALE_ARGS = "w=trunc(oh*a/2)*2:h=256:flags=bicubic"
-
-
-def sha256(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def filter_graph(av, frame, pre: str = ""):
@@ -153,7 +145,7 @@ def main(argv=None) -> int:
     for name, transpose in cases:
         path = os.path.join(data_dir, name)
         row = {"clip": name + (" (transpose=1: portrait)" if transpose else ""), "file": name,
-               "sha256": sha256(path), "bytes": os.path.getsize(path)}
+               "sha256": sha256_file(path), "bytes": os.path.getsize(path)}
         row.update(measure_clip(av, path, transpose, args.max_frames))
         clips.append(row)
         m = row["spec_vs_ffmpeg_yuv"]

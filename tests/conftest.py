@@ -21,6 +21,16 @@ def run_cli(module: str, *args: str, timeout: float = 900, env: dict = None) -> 
                           env={**os.environ, **(env or {})})
 
 
+def make_videos(root, classes: int, train: int, val: int, size: str = "128x96", faults: bool = False):
+    """A generated Kinetics-style dataset under ``root`` (harness.data.synthetic): ``train`` and
+    ``val`` two-second videos per class, and one video of each planted fault with ``faults``."""
+    proc = run_cli("harness.data.synthetic", root, "--classes", classes, "--videos-per-class", train,
+                   "--val-videos-per-class", val, "--seconds", "2", "--size", size, "--no-progress",
+                   *(["--faults"] if faults else []))
+    assert proc.returncode == 0, proc.stderr
+    return root
+
+
 def kill_when(module: str, *args, ready, timeout: float) -> None:
     """Start ``python -m module args`` (output discarded) and SIGKILL it as soon as ``ready()``
     holds, it has ended, or ``timeout`` seconds have passed; the caller asserts where it landed."""

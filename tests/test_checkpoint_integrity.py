@@ -18,7 +18,6 @@ import io
 import json
 import os
 import pickle
-import resource
 import subprocess
 import sys
 import zipfile

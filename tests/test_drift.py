@@ -20,7 +20,7 @@ from frameworks.spec.arch import get_preset
 from frameworks.spec.data_presets import PRESETS, DataPreset
 from harness.drift import Side, build_plan, differences, leaves
 from harness.scores import read_scores
-from tests.conftest import kill_when, run_cli
+from tests.conftest import kill_when, make_videos, run_cli
 
 SMALL = ["--data-override", "clip_len=8", "--data-override", "short_edge=64", "--data-override", "crop_size=64"]
 LEAN_LIMIT = ["--limit", "8"]   # 8 of the 12 videos (classes 0-2): the lean tests stay under a minute
@@ -129,10 +129,7 @@ def test_list_and_bad_input(cli):
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory):
     root = tmp_path_factory.mktemp("k400")
-    proc = run_cli("harness.data.synthetic", root, "--classes", "4", "--videos-per-class", "2",
-                   "--val-videos-per-class", "3", "--seconds", "2", "--size", "128x96", "--no-progress")
-    assert proc.returncode == 0, proc.stderr
-    return root
+    return make_videos(root, 4, 2, 3)
 
 
 @pytest.fixture(scope="module")
@@ -254,9 +251,7 @@ def test_every_step_records_the_faults_evaluate_records(seeded_weights, tmp_path
     """Every planted fault, the short video (used, with the loader's note) among them: each
     step's summary lists what harness.evaluate lists for that preset, and the same scores."""
     root = tmp_path / "faulty"
-    made = run_cli("harness.data.synthetic", root, "--classes", "2", "--videos-per-class", "1",
-                   "--val-videos-per-class", "1", "--seconds", "2", "--size", "128x96", "--faults", "--no-progress")
-    assert made.returncode == 0, made.stderr
+    make_videos(root, 2, 1, 1, faults=True)
     out = tmp_path / "faulty.json"
     proc = drift(root, seeded_weights, out, "--from", "mmaction2_val", "--to", "mmaction2_val", "--to-override",
                  "std=[58.395, 57.12, 65.025]", "--no-plot", "--chunk-videos", "1")

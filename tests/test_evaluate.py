@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from harness.evaluate import read_scores
-from tests.conftest import ROOT, kill_when, run_cli
+from tests.conftest import ROOT, kill_when, make_videos, run_cli
 
 SMALL = ["--data-override", "clip_len=8", "--data-override", "short_edge=72", "--data-override", "crop_size=64"]
 PLANTED = {"missing_file": 1, "empty_file": 1, "truncated": 1, "not_a_video": 1, "short_video": 1,
@@ -25,10 +25,7 @@ STABLE = ("framework", "arch", "data_preset", "checkpoint_sha256", "n_index", "n
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory):
     root = tmp_path_factory.mktemp("k400")
-    proc = run_cli("harness.data.synthetic", root, "--classes", "8", "--videos-per-class", "1",
-                   "--val-videos-per-class", "4", "--seconds", "2", "--size", "128x96", "--faults", "--no-progress")
-    assert proc.returncode == 0, proc.stderr
-    return root
+    return make_videos(root, 8, 1, 4, faults=True)
 
 
 @pytest.fixture(scope="module")

@@ -196,35 +196,28 @@ def test_worker_crash_is_a_fault_and_the_run_goes_on(dataset, preset, monkeypatc
     assert loader.stats["restarts"] == 1
 
 
-def test_worker_killed_while_sending_its_result_is_a_fault(dataset, preset, monkeypatch):
-    """Each worker has a pipe of its own, so a worker killed half-way through a send takes
-    nothing with it (with one pipe and lock shared by all, as pebble's ProcessPool has, the
-    orphaned lock stalled the run 2 minutes, then lost every remaining video)."""
+# Each is charged to its own video, the run goes on and finishes well inside its timeout:
+# - killed while sending its result: each worker has a pipe of its own, so a worker killed
+#   half-way through a send takes nothing with it (with one pipe and lock shared by all, as
+#   pebble's ProcessPool has, the orphaned lock stalled the run 2 minutes, then lost every
+#   remaining video);
+# - dies as it starts a video while the parent still reads the result it sent before: the
+#   finished result is kept (pebble's ProcessPool charged the crash to the previous, good video
+#   and never resolved the victim's future: a run without timeout_s hung).
+@pytest.mark.parametrize("process_fn, reason", [(killed_while_sending, "code -9"),
+                                                (crash_on_victim_after_a_slow_result, "")],
+                         ids=["killed while sending", "crash while its last result is read"])
+def test_a_worker_crash_is_charged_to_its_own_video(dataset, preset, monkeypatch, process_fn, reason):
     root, _ = dataset
     victim = _good_ids(root)[2]
     monkeypatch.setenv(VICTIM, victim)
     t0 = time.monotonic()
-    loader, items = _run(root, preset, workers=2, timeout_s=20, process_fn=killed_while_sending)
+    loader, items = _run(root, preset, workers=2, timeout_s=20, process_fn=process_fn)
     assert time.monotonic() - t0 < 30
     assert loader.faults.ids("worker_crash") == [victim] and loader.faults.ids("timeout") == []
-    assert "code -9" in [f for f in loader.faults.faults if f.kind == "worker_crash"][0].reason
+    assert reason in [f for f in loader.faults.faults if f.kind == "worker_crash"][0].reason
     assert [it.video_id for it in items][:5] == [v for v in _good_ids(root) if v != victim]
     assert loader.stats["restarts"] == 1
-
-
-def test_crash_is_charged_to_its_own_video_while_its_last_result_is_read(dataset, preset, monkeypatch):
-    """A worker dies as it starts a video while the parent is still reading the result it
-    sent before: the crash is that video's, the finished result is kept, the run goes on
-    (pebble's ProcessPool charged the crash to the previous, good video and never resolved
-    the victim's future: a run without timeout_s hung)."""
-    root, _ = dataset
-    victim = _good_ids(root)[2]
-    monkeypatch.setenv(VICTIM, victim)
-    t0 = time.monotonic()
-    loader, items = _run(root, preset, workers=2, timeout_s=20, process_fn=crash_on_victim_after_a_slow_result)
-    assert time.monotonic() - t0 < 30
-    assert loader.faults.ids("worker_crash") == [victim] and loader.faults.ids("timeout") == []
-    assert [it.video_id for it in items][:5] == [v for v in _good_ids(root) if v != victim]
 
 
 def test_hung_worker_times_out(dataset, preset, monkeypatch):

@@ -21,7 +21,7 @@ import pytest
 
 from frameworks.spec.arch import PRESETS, get_preset, layer_names
 from harness.runners import RunnerError, able, runner_class
-from tests.conftest import ROOT, run_cli
+from tests.conftest import ROOT, make_videos, run_cli
 
 onnx = pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
@@ -332,9 +332,7 @@ def test_mindspores_graph_unrepaired_is_refused_in_one_line(tmp_path, monkeypatc
 @pytest.mark.slow
 def test_evaluate_on_onnx_gives_torchs_top1_on_every_video(tmp_path):
     data = tmp_path / "k400"
-    proc = run_cli("harness.data.synthetic", data, "--classes", "2", "--videos-per-class", "1",
-                   "--val-videos-per-class", "4", "--seconds", "2", "--size", "128x96", "--no-progress")
-    assert proc.returncode == 0, proc.stderr
+    make_videos(data, 2, 1, 4)
     small = ["--data-override", "clip_len=8", "--data-override", "short_edge=72", "--data-override", "crop_size=64"]
     summaries = {}
     for fw in ("torch", "onnx"):

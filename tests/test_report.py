@@ -20,7 +20,7 @@ import pytest
 
 from harness.report import build_report, render
 from harness.scores import Chunk, write_chunk
-from tests.conftest import ROOT, run_cli
+from tests.conftest import ROOT, make_videos, run_cli
 
 SMALL = ["--data-override", "clip_len=8", "--data-override", "short_edge=72", "--data-override", "crop_size=64"]
 HAS_MS = importlib.util.find_spec("mindspore") is not None
@@ -44,8 +44,7 @@ def runs(tmp_path_factory):
     top = tmp_path_factory.mktemp("report")
     data, res = top / "k400", top / "results"
     res.mkdir()
-    _ok(run_cli("harness.data.synthetic", data, "--classes", "4", "--videos-per-class", "1",
-                "--val-videos-per-class", "3", "--seconds", "2", "--size", "128x96", "--faults", "--no-progress"))
+    make_videos(data, 4, 1, 3, faults=True)
     weights = top / "W.npz"
     _ok(run_cli("harness.parity", "--frameworks", "torch", "--reference", "mmaction2", "--input-shape", "1,3,8,64,64",
                 "--save-weights", weights, "--json", res / "parity_torch_mmaction2.json"))

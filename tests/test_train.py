@@ -16,7 +16,7 @@ from frameworks.spec.arch import get_preset, parameter_specs
 from frameworks.spec.data_presets import PRESETS, get_train_preset
 from frameworks.spec.train import (TrainRecipe, decay_groups, get_recipe, initial_weights, lr_at, lr_schedule,
                                    parameter_kind, steps_per_epoch, trainable_names, weight_decay_of)
-from tests.conftest import ROOT, kill_when, run_cli
+from tests.conftest import ROOT, kill_when, make_videos, run_cli
 
 SMALL = ["--data-override", "clip_len=8", "--data-override", "short_edge=72", "--data-override", "crop_size=64"]
 CFG = get_preset("i3d_nl_dot_product_r50")
@@ -135,10 +135,7 @@ def test_help_and_bad_input(tmp_path):
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory):
     root = tmp_path_factory.mktemp("k400train")
-    proc = run_cli("harness.data.synthetic", root, "--classes", "2", "--videos-per-class", "4",
-                   "--val-videos-per-class", "1", "--seconds", "2", "--size", "96x72", "--no-progress")
-    assert proc.returncode == 0, proc.stderr
-    return root
+    return make_videos(root, 2, 4, 1, size="96x72")
 
 
 def _train_args(dataset, out, *extra):

@@ -8,15 +8,13 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
 
-import numpy as np
 import pytest
 
-from tests.conftest import ROOT, kill_when, run_cli
+from tests.conftest import ROOT, kill_when, make_videos, run_cli
 
 # 8 frames at 32x32: the smallest clip the network takes; res5's BatchNorm then sees one value
 # per channel and clip, so a one-clip step in training mode raises (the bug this guards)
@@ -27,10 +25,7 @@ TINY = ["--data-override", "clip_len=8", "--data-override", "short_edge=36", "--
 def dataset(tmp_path_factory):
     """train: 8 clean videos of 2 classes; val: 4 good videos and one of each planted fault."""
     root = tmp_path_factory.mktemp("k400safety")
-    proc = run_cli("harness.data.synthetic", root, "--classes", "2", "--videos-per-class", "4",
-                   "--val-videos-per-class", "2", "--seconds", "2", "--size", "96x72", "--faults", "--no-progress")
-    assert proc.returncode == 0, proc.stderr
-    return root
+    return make_videos(root, 2, 4, 2, size="96x72", faults=True)
 
 
 def args(dataset, out, *extra, framework="torch"):
@@ -131,8 +126,8 @@ def test_temporaries_of_dead_writers_are_removed_at_resume_and_the_live_ones_kep
     dead = dead_pid()
     live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(300)", "harness.train"])
     try:
-        planted = {f".ckpt-000003.pth.k2j4h5qz.pth.tmp": 912 * 2 ** 20,        # atomic_path's, 912 MiB (sparse)
-                   f".ckpt-000003.pth.nlparity.json.a1b2c3.tmp": 100,
+        planted = {".ckpt-000003.pth.k2j4h5qz.pth.tmp": 912 * 2 ** 20,        # atomic_path's, 912 MiB (sparse)
+                   ".ckpt-000003.pth.nlparity.json.a1b2c3.tmp": 100,
                    ".state.json.x8y9z0.tmp": 2000,
                    f".ckpt-000003.ckpt.{dead}.partial.ckpt": 3 * 2 ** 20,      # MindSpore's, its writer dead
                    f".ckpt-000003.ckpt.{dead}.partial.tmp": 12345}

@@ -22,6 +22,7 @@ from typing import Dict, List, Optional
 
 import numpy as np
 
+from harness import files
 from harness.files import atomic_path
 
 log = logging.getLogger(__name__)
@@ -64,14 +65,10 @@ def describe_integrity(integrity: str) -> str:
 
 
 def sha256_file(path: str, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
     try:
-        with open(path, "rb") as f:
-            for block in iter(lambda: f.read(chunk), b""):
-                h.update(block)
+        return files.sha256_file(path, chunk)
     except OSError as exc:
         raise CheckpointError(f"cannot read {path}: {exc.strerror or exc}") from None
-    return h.hexdigest()
 
 
 def _c_order(value: np.ndarray) -> np.ndarray:

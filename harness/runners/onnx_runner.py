@@ -74,6 +74,7 @@ from typing import Dict, List, Optional, Tuple
 import numpy as np
 
 from frameworks.spec.arch import I3DNLConfig, arch_hash, check_weights, layer_names
+from harness.files import read_json_input
 from harness.runners import Runner, RunnerError
 
 EXPORT_VERSION = 1            # bump when an export or its repairs change: every cached graph is then re-made
@@ -599,13 +600,7 @@ def split_onnx_target(target: str) -> Tuple[str, Optional[str]]:
 
 
 def read_layer_map(path: str) -> Dict[str, str]:
-    try:
-        with open(path) as f:
-            layer_map = json.load(f)
-    except OSError as exc:
-        raise RunnerError(f"cannot read the layer map {path}: {exc.strerror or exc}") from None
-    except ValueError as exc:
-        raise RunnerError(f"the layer map {path} is not JSON ({first_line(exc)})") from None
+    layer_map = read_json_input(path, "a layer map", RunnerError)
     if not isinstance(layer_map, dict) or not all(isinstance(k, str) and isinstance(v, str)
                                                   for k, v in layer_map.items()):
         raise RunnerError(f"the layer map {path} must be one JSON object of canonical layer -> tensor or node name")
