@@ -55,7 +55,6 @@ import contextlib
 import dataclasses
 import json
 import os
-import re
 import sys
 import tempfile
 import time
@@ -75,59 +74,73 @@ from harness.cli import (OneLineParser, add_allow_outside_root, add_device, add_
                          tolerance)
 from harness.runners import add_runner_arguments, names_help, runner_settings
 from harness.files import (MadeFolders, atomic_path, atomic_write_json, check_input_file, check_output_dir,
-                           check_output_path, os_reason, undone_on_failure)
+                           os_reason, undone_on_failure)
 from harness.scores import Chunk, ScoreStore, read_scores  # noqa: F401 - read_scores: public here too
 from harness.text import printable
 
 
 # ----------------------------------------------------------------------------- CLI
 def build_parser() -> argparse.ArgumentParser:
-    from harness.checkpoints.safe_pickle import TRUST_HELP
-
+    """The options of a usual run first; data, network, speed, other modes in groups of their own."""
     p = OneLineParser(prog="python -m harness.evaluate", description=__doc__,
                       formatter_class=argparse.RawDescriptionHelpFormatter)
-    mode = p.add_argument_group("what to do (default: evaluate)")
+    p.add_argument("--framework", help=names_help("evaluates"))
+    p.add_argument("--data-root", help="dataset root (the seed's Kinetics layout, or the prefix of a list file)")
+    p.add_argument("--checkpoint", help="weights (any format harness.convert reads, or a registry name); "
+                                        "default: seeded random weights")
+    p.add_argument("--out", help="summary JSON (default runs/<framework>_<arch>_<preset>.json); "
+                                 "scores go to <out without .json>.scores/")
+    p.add_argument("--resume", action="store_true", help="continue from the chunks already saved")
+    p.add_argument("--limit", type=positive_int, help="only the first N videos of the index")
+    _data_options(p.add_argument_group("data"))
+    _network_options(p.add_argument_group("network and weights"))
+    _speed_options(p.add_argument_group("speed and sharding"))
+    add_runner_arguments(p.add_argument_group("framework options"))
+    mode = p.add_argument_group("other modes (instead of an evaluation)")
     mode.add_argument("--merge", nargs="+", metavar="SHARD", help="merge shard summaries (JSON files or folders)")
     mode.add_argument("--compare", nargs=2, metavar=("A.json", "B.json"),
                       help="agreement of two runs over their common videos")
-    run = p.add_argument_group("evaluation")
-    run.add_argument("--framework", help=names_help("evaluates"))
-    run.add_argument("--data-root", help="dataset root (the seed's Kinetics layout, or the prefix of a list file)")
-    run.add_argument("--arch", choices=list(PRESETS), metavar="PRESET",
+    mode.add_argument("--json", metavar="OUT", help="(--compare) also write the agreement as JSON")
+    mode.add_argument("--tie-margin", type=tolerance, default=1e-4,
+                      help="(--compare) a top-1 flip whose top-two scores lie within this margin is a near-tie "
+                           "(default 1e-4)")
+    out = p.add_argument_group("output")
+    out.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    add_verbose(out)
+    return p
+
+
+def _data_options(data) -> None:
+    data.add_argument("--data-preset", choices=list(DATA_PRESETS), metavar="NAME",
+                      help=f"clip protocol (default: the checkpoint's registry entry's, else {DEFAULT_DATA_PRESET}; "
+                           f"one of {', '.join(DATA_PRESETS)})")
+    data.add_argument("--data-override", action="append", default=[], metavar="FIELD=VALUE",
+                      help="change one field of the data preset (e.g. crop_size=64 for a test-sized run); recorded")
+    data.add_argument("--split", default="val", help="split name: <root>/kinetics-400_<split>.csv (default val)")
+    data.add_argument("--annotations", help="annotation file: the split's CSV, or an mmaction2 list file (.txt)")
+    data.add_argument("--decoder", choices=DECODERS, help="default: the data preset's")
+    add_allow_outside_root(data)
+
+
+def _network_options(net) -> None:
+    from harness.checkpoints.safe_pickle import TRUST_HELP
+
+    net.add_argument("--arch", choices=list(PRESETS), metavar="PRESET",
                      help=f"architecture preset (default: the checkpoint's registry entry, or the arch convert "
                           f"recorded beside it, else {DEFAULT_PRESET})")
-    run.add_argument("--data-preset", choices=list(DATA_PRESETS), metavar="NAME",
-                     help=f"clip protocol (default: the checkpoint's registry entry's, else {DEFAULT_DATA_PRESET}; "
-                          f"one of {', '.join(DATA_PRESETS)})")
-    run.add_argument("--data-override", action="append", default=[], metavar="FIELD=VALUE",
-                     help="change one field of the data preset (e.g. crop_size=64 for a test-sized run); recorded")
-    run.add_argument("--split", default="val", help="split name: <root>/kinetics-400_<split>.csv (default val)")
-    run.add_argument("--annotations", help="annotation file: the split's CSV, or an mmaction2 list file (.txt)")
-    add_allow_outside_root(run)
-    run.add_argument("--checkpoint", help="weights (any format harness.convert reads, or a registry name); "
-                                          "default: seeded random weights")
-    run.add_argument("--trust-checkpoint", action="store_true", help=TRUST_HELP.replace("the weights file", "--checkpoint"))
-    run.add_argument("--seed", type=int, default=0, help="seed of the random weights (default 0)")
-    run.add_argument("--num-classes", type=num_classes, help="override the preset's number of classes")
-    run.add_argument("--limit", type=positive_int, help="only the first N videos of the index")
+    net.add_argument("--num-classes", type=num_classes, help="override the preset's number of classes")
+    net.add_argument("--trust-checkpoint", action="store_true", help=TRUST_HELP.replace("the weights file", "--checkpoint"))
+    net.add_argument("--seed", type=int, default=0, help="seed of the random weights (default 0)")
+
+
+def _speed_options(run) -> None:
     run.add_argument("--batch-size", type=positive_int, default=1, help="videos per forward pass (default 1)")
     run.add_argument("--workers", type=nonnegative_int, default=2,
                      help="decoding processes (default 2; 0 = in process)")
-    run.add_argument("--decoder", choices=DECODERS, help="default: the data preset's")
     add_device(run)
-    add_runner_arguments(run)
     run.add_argument("--threads", type=positive_int, help="framework threads (default: cores / shards)")
     run.add_argument("--shard", metavar="I/N", help="evaluate shard I of N (default: from the launcher's env)")
     run.add_argument("--chunk-videos", type=positive_int, default=32, help="videos per saved score chunk (default 32)")
-    run.add_argument("--out", help="summary JSON (default runs/<framework>_<arch>_<preset>.json); "
-                                   "scores go to <out without .json>.scores/")
-    run.add_argument("--resume", action="store_true", help="continue from the chunks already saved")
-    p.add_argument("--json", metavar="OUT", help="(--compare) also write the agreement as JSON")
-    p.add_argument("--tie-margin", type=tolerance, default=1e-4,
-                   help="(--compare) a top-1 flip whose top-two scores lie within this margin is a near-tie (default 1e-4)")
-    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
-    add_verbose(p)
-    return p
 
 
 def check_inputs(data_root: Optional[str], checkpoint: Optional[str], annotations: Optional[str]) -> Optional[str]:

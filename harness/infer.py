@@ -52,6 +52,7 @@ GIF_MIN_SIDE = 256
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The videos, the framework, the weights and the outputs first; the rest in groups."""
     from harness.checkpoints.safe_pickle import TRUST_HELP
 
     p = OneLineParser(prog="python -m harness.infer", description=__doc__,
@@ -59,24 +60,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("videos", nargs="+", metavar="VIDEO", help="video files")
     p.add_argument("--framework", required=True, help=names_help("evaluates"))
     p.add_argument("--checkpoint", help="weights (any format harness.convert reads, or a registry name)")
-    p.add_argument("--trust-checkpoint", action="store_true", help=TRUST_HELP.replace("the weights file",
-                                                                                      "--checkpoint"))
-    p.add_argument("--arch", choices=list(PRESETS), metavar="PRESET",
-                   help=f"architecture preset (default: the checkpoint's, else {DEFAULT_PRESET})")
-    p.add_argument("--num-classes", type=num_classes, help="default: the checkpoint classifier's outputs")
     p.add_argument("--labels", metavar="FILE", help="class names, one per line, in the checkpoint's order")
-    p.add_argument("--data-preset", default=DEFAULT_DATA_PRESET, choices=list(DATA_PRESETS), metavar="NAME",
-                   help=f"clip protocol (default {DEFAULT_DATA_PRESET}; one of {', '.join(DATA_PRESETS)})")
-    p.add_argument("--data-override", action="append", default=[], metavar="FIELD=VALUE",
-                   help="change one field of the data preset (e.g. crop_size=64)")
     p.add_argument("--top-k", type=positive_int, default=5, help="classes shown per video (default 5)")
     p.add_argument("--json", metavar="OUT", help="write the predictions as JSON")
     p.add_argument("--visualize", metavar="OUT.gif", help="draw the sampled frames with the top predictions")
-    add_device(p)
-    add_runner_arguments(p)
-    p.add_argument("--threads", type=positive_int, help="framework threads (default: all cores)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the initialisation without --checkpoint")
-    add_verbose(p)
+    net = p.add_argument_group("network and clip protocol")
+    net.add_argument("--trust-checkpoint", action="store_true", help=TRUST_HELP.replace("the weights file",
+                                                                                        "--checkpoint"))
+    net.add_argument("--arch", choices=list(PRESETS), metavar="PRESET",
+                     help=f"architecture preset (default: the checkpoint's, else {DEFAULT_PRESET})")
+    net.add_argument("--num-classes", type=num_classes, help="default: the checkpoint classifier's outputs")
+    net.add_argument("--data-preset", default=DEFAULT_DATA_PRESET, choices=list(DATA_PRESETS), metavar="NAME",
+                     help=f"clip protocol (default {DEFAULT_DATA_PRESET}; one of {', '.join(DATA_PRESETS)})")
+    net.add_argument("--data-override", action="append", default=[], metavar="FIELD=VALUE",
+                     help="change one field of the data preset (e.g. crop_size=64)")
+    net.add_argument("--seed", type=int, default=0, help="seed of the initialisation without --checkpoint")
+    run = p.add_argument_group("run")
+    add_device(run)
+    run.add_argument("--threads", type=positive_int, help="framework threads (default: all cores)")
+    add_verbose(run)
+    add_runner_arguments(p.add_argument_group("framework options"))
     return p
 
 

@@ -141,7 +141,7 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--seed", type=int, default=0, help="seed of the data order, the draws and the initial weights")
     run = p.add_argument_group("run")
     add_device(run)
-    add_runner_arguments(run)
+    add_runner_arguments(run, "trains")
     run.add_argument("--threads", type=positive_int,
                      help="framework threads (default: cores / processes; on a machine others also use, 1: a "
                           "two-thread OpenMP team on two busy cores made torch's step 10-30x slower, measured)")

@@ -282,18 +282,21 @@ def runner_options(framework: str, settings: Optional[dict] = None) -> dict:
     return runner_class(framework).options_from(settings or {})
 
 
-def _arguments():
+def _arguments(ability: Optional[str] = None):
     seen = set()
     for name in RUNNERS:
+        if ability and not getattr(_load(name), ability):
+            continue
         for flags, keywords in _load(name).arguments():
             if flags not in seen:
                 seen.add(flags)
                 yield flags, keywords
 
 
-def add_runner_arguments(parser) -> None:
-    """Every framework's own options (:meth:`Runner.arguments`) on a command's parser or group."""
-    for flags, keywords in _arguments():
+def add_runner_arguments(parser, ability: Optional[str] = None) -> None:
+    """Every framework's own options (:meth:`Runner.arguments`) on a command's parser or group;
+    with ``ability`` (``"trains"``), only those of the frameworks that have it."""
+    for flags, keywords in _arguments(ability):
         parser.add_argument(*flags, **keywords)
 
 
