@@ -43,7 +43,7 @@ import io
 import json
 import os
 import sys
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, List, Optional, Tuple
 
 from harness.errors import InputError
 from harness.cli import OneLineParser, run_main

@@ -611,7 +611,3 @@ def train_record(source: Source) -> dict:
             "final_loss": final_loss, "accuracy_pct": accuracy, "accuracy_field": accuracy_key,
             "ms_per_step": ms_per_step,
             "device": device_label(rec, d.get("hardware")), "dtype": d.get("dtype"), "curve": curve}
-
-
-def numbers_in(values: Sequence[Any]) -> List[float]:
-    return [float(v) for v in values if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)]

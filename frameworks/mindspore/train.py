@@ -240,13 +240,6 @@ class MindSporeTrainer:
         return {self.ms_names[p.name]: a.asnumpy().copy() for p, a in zip(self.optimizer.parameters,
                                                                            self.optimizer.accum)}
 
-    def weight_decay_by_name(self) -> Dict[str, float]:
-        """What the optimiser will apply, read back from it (0 where its decay flag is off)."""
-        out = {}
-        for p, flag, wd in zip(self.optimizer.parameters, self.optimizer.decay_flags, self.optimizer.weight_decay):
-            out[self.ms_names[p.name]] = float(wd.asnumpy()) if flag else 0.0
-        return out
-
     # ------------------------------------------------------------------ checkpoints
     def bn_momentum(self) -> dict:
         """The BN momentum as MindSpore holds it: nn.BatchNorm's constructor takes the weight of

@@ -471,10 +471,6 @@ def get_data_preset(name: str, **overrides) -> DataPreset:
     return preset
 
 
-def data_preset_to_dict(preset: DataPreset) -> dict:
-    return preset.to_dict()
-
-
 def canonical_json(obj) -> str:
     """The JSON every spec hash is taken over: sorted keys, no whitespace, tuples as lists."""
     return json.dumps(obj, sort_keys=True, separators=(",", ":"), default=list)

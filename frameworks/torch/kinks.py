@@ -24,8 +24,7 @@ elements explicitly instead of allowing every gradient a blanket tolerance:
 """
 from __future__ import annotations
 
-from contextlib import contextmanager
-from typing import Dict, Iterator, Optional
+from typing import Dict, Optional
 
 import numpy as np
 import torch
@@ -193,9 +192,3 @@ def find_kinks(model: torch.nn.Module, x32: Dict[str, np.ndarray], x64: Dict[str
         out[site] = {"kind": kind, "noise": noise, "margin": margin, "elements": int(flip.size),
                      "count": int(flip.sum()), "flip": flip}
     return out
-
-
-@contextmanager
-def watching(model: torch.nn.Module, flips: Optional[Dict[str, np.ndarray]] = None) -> Iterator[Watch]:
-    with Watch(model, flips) as watch:
-        yield watch

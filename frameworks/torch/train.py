@@ -177,11 +177,6 @@ class TorchTrainer:
                 out[n] = buf.detach().cpu().numpy().copy()
         return out
 
-    def weight_decay_by_name(self) -> Dict[str, float]:
-        """What the optimiser will apply, read back from its groups."""
-        return {n: float(g["weight_decay"]) for names, g in zip(self.group_names, self.optimizer.param_groups)
-                for n in names}
-
     # ------------------------------------------------------------------ components, measured alone
     def probe_loss(self, logits: np.ndarray, labels: np.ndarray) -> float:
         """The trainer's loss of given logits and labels."""

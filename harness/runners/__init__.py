@@ -85,14 +85,6 @@ def canonical_framework(name: str) -> str:
     return runner_class(name).name
 
 
-def framework_title(name: str) -> str:
-    """``PyTorch`` for ``torch``; a name no runner knows is returned as it is."""
-    try:
-        return runner_class(name).title or str(name)
-    except RunnerError:
-        return str(name)
-
-
 def able(ability: str) -> List[str]:
     """The frameworks with an ability (a :class:`Runner` attribute: ``trains``, ``evaluates``,
     ``explains``, ``float64``)."""

@@ -26,8 +26,8 @@ from typing import Dict
 
 import numpy as np
 
-from frameworks.spec.arch import I3DNLConfig, parameter_specs
-from frameworks.spec.train import TrainRecipe, decay_groups, is_running_statistic, trainable_names
+from frameworks.spec.arch import I3DNLConfig
+from frameworks.spec.train import TrainRecipe, decay_groups, trainable_names
 from harness import train_compare
 from harness.runners import FLOAT64_BY, RunnerError
 from harness.runners.train_arrays import save_step, state_before
