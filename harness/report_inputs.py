@@ -53,7 +53,8 @@ READ_KINDS = ("evaluation", "bench_forward", "bench_train", "device_check", "par
               "dataset")
 # kinds this report knows and leaves out on purpose, with the reason it gives
 LEFT_OUT = {"agreement": "recomputed from the two runs' own scores instead",
-            "bench_data": "a decoding benchmark: not part of this report"}
+            "bench_data": "a decoding benchmark: not part of this report",
+            "train_parity_floors": "the floors training parity's tolerances were set from (README: Training parity)"}
 
 
 def framework_name(name: Any) -> str:

@@ -63,7 +63,7 @@ TOLERANCES = {
     # components: float32 against the float64 definition
     "loss": 2e-6,            # |L - L64| / max(1, |L64|); worst 3.1e-7 (MindSpore)
     "bn": 2e-6,              # max |y - y64| / max |y64|; worst 1.6e-7
-    "dropout_p": 6.0,        # |p_measured - p| in binomial sigmas (2^20 elements); worst 1.4
+    "dropout_p": 6.0,        # |p_measured - p| in binomial sigmas (2^20 elements); worst 2.7 (torch)
     "dropout_scale": 1e-6,   # max |kept - 1/(1-p)| * (1-p); worst 0
     # optimizer: in units of float32's rounding bound of the update (harness.train_compare)
     "optimizer": 2.0,        # worst 0.9995: the bound is tight (some element of every run meets it)
@@ -71,8 +71,8 @@ TOLERANCES = {
     "lr": 1e-6,              # |lr - lr_spec| / lr_spec; worst 0 (the tables are equal)
     # step: against float64 from the same state, after the flipped kinks are named
     "step_loss": 5e-6,       # |L - L64| / |L64|; floor 1.0e-6, MindSpore 8.2e-7
-    "step_grad": 3e-4,       # max |g - g64| / max |module's g64|; floor 6.2e-5 where no decision
-                             # flipped unexplained, MindSpore 1.2e-4; a gradient off by more than a
+    "step_grad": 3e-4,       # max |g - g64| / max |module's g64|; floor 6.0e-5 where no decision
+                             # flipped unexplained, MindSpore 6.3e-5; a gradient off by more than a
                              # third of this starts the search for flipped decisions (the judge,
                              # harness/runners/torch_judge.py), so one whose effect stays below it
                              # is what is left in the error
@@ -80,7 +80,10 @@ TOLERANCES = {
     # trajectory: relative L2 against float64, a band of the floor
     "band": 10.0,            # x torch float32's own error of the same tensor
     "band_min": 1e-6,        # ... and never below this (a BN scale's K-step update is below float32's
-                             # resolution of the scale itself: its floor is ~0.1, so is its band x 0.1)
+                             # resolution of the scale itself: its floor is ~0.1, so is its band x 0.1);
+                             # the loss never below step_loss: loss@1 is the step check's own loss (the
+                             # same state), whose float32 floor is 1.0e-6 (MindSpore measured 0.82 of a
+                             # 1e-6 band there, seed 4)
 }
 
 
@@ -390,7 +393,7 @@ def trajectory_rung(req, judge: dict, step_conditioned: bool = True) -> Rung:
         for k, error in enumerate(got["loss_errors"], start=1):
             f = traj["torch32"]["loss_errors"][k - 1]
             entries.append(Entry("trajectory", "loss", "loss", f"loss@{k}", fw, error,
-                                 max(TOLERANCES["band"] * f, TOLERANCES["band_min"]), f, k, step_conditioned))
+                                 max(TOLERANCES["band"] * f, TOLERANCES["step_loss"]), f, k, step_conditioned))
         for key, stats in got["tensors"].items():
             name, _, quantity = key.rpartition("@")
             for statistic, label in (("rel_l2", quantity), ("median", f"{quantity} median")):

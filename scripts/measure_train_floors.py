@@ -68,6 +68,13 @@ def aggregate(docs: List[dict]) -> dict:
                 band.append((e["error"] / e["floor"], e["name"], e["quantity"], e["framework"]))
     top = max(band) if band else None
     out["band"] = {"worst_ratio_to_floor": top[0] if top else None, "where": top[1:] if top else None}
+    out["worst_share"] = {}   # per check: the largest error / tolerance any entry of any run had
+    for check in ("components", "optimizer", "step", "trajectory"):
+        rows = [e for d in docs for e in entries(d, check) if e["tolerance"]]
+        top = max(rows, key=lambda e: e["error"] / e["tolerance"], default=None)
+        out["worst_share"][check] = None if top is None else {
+            "share": top["error"] / top["tolerance"], "name": top["name"], "quantity": top["quantity"],
+            "framework": top["framework"], "step": top["step"], "tolerance": top["tolerance"]}
     out["verdicts"] = [{"seed": d["seed"], "threads": d["threads"], "verdict": d["verdict"],
                         "first_failure": d["first_failure"]} for d in docs]
     out["flips"] = [n for d in docs for r in ("step", "trajectory") for n in d["rungs"][r]["notes"]
@@ -93,7 +100,8 @@ def main() -> int:
     from harness.provenance import result_doc
     from harness.files import atomic_write_json
 
-    body = {"runs": len(docs), "shape": args.shape, "floors": aggregate(docs),
+    commits = sorted({(d.get("provenance") or {}).get("git", {}).get("commit") or "unknown" for d in docs})
+    body = {"runs": len(docs), "run_commits": commits, "shape": args.shape, "floors": aggregate(docs),
             "versions": docs[0]["runs"]["candidate"]["versions"] if docs else None}
     atomic_write_json(args.out, result_doc("train_parity_floors", body))
     print(json.dumps(body["floors"], indent=1)[:4000])
