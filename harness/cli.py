@@ -13,6 +13,7 @@ import logging
 import math
 import os
 import sys
+import threading
 from typing import Callable, List, Optional, Sequence
 
 from harness.errors import CheckFailed, InputError  # noqa: F401 - the exit-code families, re-raised here
@@ -46,6 +47,18 @@ def one_line(exc: BaseException) -> str:
     return printable(text.splitlines()[0], backslashes=False) if text else type(exc).__name__
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where the command is, so that its temporaries are removed and its
+    framework processes stopped on the way out, as on Ctrl-C (exit 143)."""
+
+
+def _terminated(signum, frame) -> None:
+    import signal
+
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)   # a second TERM ends the process at once
+    raise Terminated()
+
+
 def run_main(body: Callable[[], Optional[int]], verbose: bool = False) -> int:
     """Run a command's body and map its errors to the exit-code contract. A write that
     fails (full disk, file-size limit, permissions) or an allocation that cannot be met is
@@ -55,15 +68,18 @@ def run_main(body: Callable[[], Optional[int]], verbose: bool = False) -> int:
 
     if hasattr(signal, "SIGXFSZ"):   # past `ulimit -f`, a write fails with EFBIG instead of killing us
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _terminated)   # `kill`, `timeout`: clean up as Ctrl-C does
     try:
         code = body()
         return 0 if code is None else int(code)
     except CheckFailed as exc:
         print(f"error: {one_line(exc)}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
-        print("error: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as exc:
+        term = isinstance(exc, Terminated)
+        print("error: terminated" if term else "error: interrupted", file=sys.stderr)
+        return 143 if term else 130
     except BrokenPipeError:  # `... | head`: the reader has gone, which is not an error of ours
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0

@@ -184,6 +184,26 @@ def test_make_dataset_that_fails_midway_removes_what_it_made(tmp_path, monkeypat
     assert files_under(tmp_path / "ds") == ["train/old.mp4"] and not (tmp_path / "ds" / "val").exists()
 
 
+def test_make_dataset_terminated_midway_removes_what_it_made_and_says_so(tmp_path):
+    """``kill`` (SIGTERM) and ``timeout`` end a command as Ctrl-C does: its temporaries and
+    the folders it made are removed, one line says it, exit 143 (was: Python's default, no
+    cleanup, half a dataset left)."""
+    import time
+
+    root = tmp_path / "ds"
+    proc = subprocess.Popen([sys.executable, "-m", "harness.data.synthetic", str(root), "--classes", "4",
+                             "--videos-per-class", "40", "--seconds", "3", "--size", "340x256", "--no-progress"],
+                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None and len(files_under(root) if root.exists() else []) < 3:
+        time.sleep(0.05)
+    proc.terminate()
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 143, err
+    assert err.strip() == "error: terminated"
+    assert not root.exists()
+
+
 # ----------------------------------------------------------------------------- evaluate
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
