@@ -800,7 +800,22 @@ def _results(cfg, configs: List[Config], tasks, args, cores: int, threads: int,
         for run in r["runs"]:
             if "achieved_gflops" in run and best_probe.get(r["dtype"]):
                 run["utilisation_vs_best_probe"] = run["achieved_gflops"] / best_probe[r["dtype"]]
+    _withdraw_a_peak_below_the_probe(peak, best_probe.get("float32"), results)
     return results, best_probe
+
+
+def _withdraw_a_peak_below_the_probe(peak: Optional[dict], probe: Optional[float], results: List[dict]) -> None:
+    """A measured matrix product faster than the formula's peak proves the formula wrong on this
+    CPU (its clock is the one read now, a turbo runs higher; its FMA units are assumed): no share
+    of it is kept, and the peak says why (e.g. ONNX Runtime's MLAS at 235 GFLOP/s on one core of an
+    AMD EPYC whose formula gave 166)."""
+    if not (peak and peak.get("gflops") and probe and probe > peak["gflops"]):
+        return
+    peak["below_probe"] = probe
+    for r in results:
+        for run in r["runs"]:
+            for key in ("peak_gflops", "utilisation_of_peak", "above_peak"):
+                run.pop(key, None)
 
 
 def _document(cfg, configs: List[Config], tasks, shapes, args, cores: int, threads: int) -> dict:
@@ -947,8 +962,12 @@ def peak_line(peak: Optional[dict], probe: Optional[float]) -> str:
         return f"no CPU peak (device is not the CPU); {probe_text}"
     if not peak.get("gflops"):
         return f"no CPU peak ({peak.get('error')}); {probe_text}"
-    return (f"float32 peak {peak['formula']} ({peak.get('model') or 'CPU'}; read: {'; '.join(peak['read'])}; "
+    text = (f"float32 peak {peak['formula']} ({peak.get('model') or 'CPU'}; read: {'; '.join(peak['read'])}; "
             f"assumed: {'; '.join(peak['assumed']) or 'nothing'}); {probe_text}")
+    if peak.get("below_probe"):
+        text += (f"; the peak is below a GEMM measured here ({peak['below_probe']:.1f} GFLOP/s): its clock or its "
+                 "assumed FMA units do not hold on this CPU, so no share of it is given")
+    return text
 
 
 def main(argv: Optional[List[str]] = None) -> int:
