@@ -178,13 +178,24 @@ def _bar_label(r: dict, dtypes: int) -> str:
     return f"{r['framework']}{variant}" + (f" {r['dtype']}" if dtypes > 1 else "") + f" (batch {r['batch']})"
 
 
+# one colour per framework in every plot (by title; a framework not listed gets the next free one)
+FRAMEWORK_COLORS = {"PyTorch": "tab:orange", "MindSpore": "tab:blue", "mmaction2": "tab:green",
+                    "ONNX Runtime": "tab:purple"}
+_SPARE_COLORS = ["tab:brown", "tab:pink", "tab:olive", "tab:cyan", "tab:gray"]
+
+
+def framework_color(title: str) -> str:
+    if title not in FRAMEWORK_COLORS:
+        FRAMEWORK_COLORS[title] = _SPARE_COLORS[(len(FRAMEWORK_COLORS) - 4) % len(_SPARE_COLORS)]
+    return FRAMEWORK_COLORS[title]
+
+
 def _throughput_panel(ax, rows: List[dict], title: str) -> None:
     ref = _reference(rows)
     dtypes = len({r["dtype"] for r in rows})
     values = [r["clips_per_s"] for r in rows]
     noisy = [bool(r.get("noisy")) for r in rows]
-    bars = ax.barh(range(len(rows)), values, color=["tab:orange" if r["framework"] == "PyTorch" else "tab:blue"
-                                                     if r["framework"] == "MindSpore" else "tab:green" for r in rows],
+    bars = ax.barh(range(len(rows)), values, color=[framework_color(r["framework"]) for r in rows],
                    hatch=None, edgecolor="black", linewidth=0.5)
     for bar, is_noisy in zip(bars, noisy):
         if is_noisy:

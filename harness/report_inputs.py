@@ -39,7 +39,6 @@ from harness import metrics
 from harness.errors import InputError
 from harness.files import sha256_file
 
-FRAMEWORK_NAMES = {"torch": "PyTorch", "ms": "MindSpore", "mmaction2": "mmaction2"}
 
 # result files written before every command stamped its ``kind``: told apart by their fields
 _LEGACY_KINDS = (("evaluation", lambda d: "summary_version" in d and "scores" in d),
@@ -58,7 +57,13 @@ LEFT_OUT = {"agreement": "recomputed from the two runs' own scores instead",
 
 
 def framework_name(name: Any) -> str:
-    return FRAMEWORK_NAMES.get(str(name), str(name))
+    """The runner's title (``PyTorch`` for ``torch``); a name no runner knows, as it is."""
+    from harness.runners import RunnerError, runner_class
+
+    try:
+        return runner_class(str(name)).title or str(name)
+    except RunnerError:
+        return str(name)
 
 
 def kind_of(doc: dict) -> Optional[str]:

@@ -37,10 +37,11 @@ def _rows_of(src: Source, flag) -> List[dict]:
     shares = _shares_by_framework(doc)
     out = []
     for row in sorted(doc["summary"], key=lambda r: (CHECKS.index(r["rung"]) if r["rung"] in CHECKS else 9)):
-        share = float(row["worst_share"])
+        judged = row.get("worst") is not None or not row.get("not_judged")
+        share = float(row["worst_share"]) if judged else None   # nothing judged: no share to show
         status = row["status"]
         flags = []
-        if status == "PASS" and share > 1.0:
+        if status == "PASS" and (share or 0.0) > 1.0:
             flags.append(flag(f"{row['rung']} / {row['family']} needed {100 * share:.0f}% of its tolerance and the "
                               "file marks it passed: shown as FAIL", "status"))
             status = "FAIL"

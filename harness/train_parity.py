@@ -456,9 +456,10 @@ def format_summary(result: dict, req: TrainParityRequest) -> str:
         w = row["worst"] or {}
         floor = "" if row["floor_share"] is None else _share(row["floor_share"])
         where = f"{w.get('name')} {w.get('quantity')} ({w.get('framework')}" + (
-            f", step {w['step']})" if w.get("step") else ")") if w else ""
-        lines.append(f"  {row['rung']:11s} {row['family']:9s} {row['n']:5d} {w.get('error', 0.0):9.2e} "
-                     f"{_share(row['worst_share']):>8s} {floor:>8s} {row['failed']:6d}  {row['status']:12s} {where}")
+            f", step {w['step']})" if w.get("step") else ")") if w else f"{row['not_judged']} not judged"
+        worst, share = (f"{w['error']:9.2e}", _share(row["worst_share"])) if w else ("-", "-")
+        lines.append(f"  {row['rung']:11s} {row['family']:9s} {row['n']:5d} {worst:>9s} "
+                     f"{share:>8s} {floor:>8s} {row['failed']:6d}  {row['status']:12s} {where}")
     lines.append("  (worst: the largest error of the family, in its check's unit; of tol.: as a share of the "
                  "tolerance (over 100% fails); floor: torch float32's own error against float64, same unit)")
     notes = [n for r in rungs.values() for n in r.notes]
