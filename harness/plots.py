@@ -263,7 +263,7 @@ def loss_plot(curves: List[dict]) -> Optional[Plot]:
         for i, c in enumerate(group):
             ax.plot(c["steps"], c["loss"], linewidth=1.2, linestyle=LINESTYLES[i % len(LINESTYLES)],
                     marker=MARKERS[i % len(MARKERS)] if len(c["steps"]) < 50 else None, markersize=4,
-                    label=c["label"].split(" [")[0])
+                    label=c["label"].split(" [")[0], color=framework_color(c["label"].split(" [")[0]))
         names = [c["label"].split(" [")[0] for c in group]
         what = " and ".join(names) if len(names) > 1 else f"{names[0]} only"
         ax.set_title(f"Training loss: {what} ({os.path.relpath(path) if not os.path.isabs(path) else path})",
