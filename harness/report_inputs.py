@@ -58,12 +58,9 @@ LEFT_OUT = {"agreement": "recomputed from the two runs' own scores instead",
 
 def framework_name(name: Any) -> str:
     """The runner's title (``PyTorch`` for ``torch``); a name no runner knows, as it is."""
-    from harness.runners import RunnerError, runner_class
+    from harness.runners import framework_title
 
-    try:
-        return runner_class(str(name)).title or str(name)
-    except RunnerError:
-        return str(name)
+    return framework_title(name)
 
 
 def kind_of(doc: dict) -> Optional[str]:

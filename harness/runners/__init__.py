@@ -85,6 +85,14 @@ def canonical_framework(name: str) -> str:
     return runner_class(name).name
 
 
+def framework_title(name) -> str:
+    """``PyTorch`` for ``torch``; a name no runner knows is returned as it is."""
+    try:
+        return runner_class(str(name)).title or str(name)
+    except RunnerError:
+        return str(name)
+
+
 def able(ability: str) -> List[str]:
     """The frameworks with an ability (a :class:`Runner` attribute: ``trains``, ``evaluates``,
     ``explains``, ``float64``)."""
